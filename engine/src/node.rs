@@ -1,0 +1,169 @@
+//! One node of the tree: value, permissions, ordered children, generation.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::perms::Perms;
+
+/// A child's name: one path component, shared between parent lists.
+pub type Name = Arc<str>;
+
+/// A node's value: arbitrary bytes (NULs included). The empty value, which
+/// most directory nodes have, costs no allocation.
+#[derive(Clone, Default)]
+pub struct Value(Option<Arc<[u8]>>);
+
+impl Value {
+    pub fn new(bytes: &[u8]) -> Value {
+        if bytes.is_empty() { Value(None) } else { Value(Some(Arc::from(bytes))) }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Same bytes; O(1) when both share one allocation.
+    pub fn same(&self, other: &Value) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(b: &[u8]) -> Value {
+        Value::new(b)
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        self.same(other)
+    }
+}
+impl Eq for Value {}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", self.as_bytes().escape_ascii())
+    }
+}
+
+/// Children in creation order (PROTOCOL.md §4.4): a new child is appended,
+/// a removed one closes its gap. Shared until modified; a modification copies
+/// the list of names (pointer copies, not string copies).
+#[derive(Clone, Default)]
+pub struct Children(Option<Arc<[Name]>>);
+
+impl Children {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Name> + ExactSizeIterator {
+        self.as_slice().iter()
+    }
+
+    pub fn as_slice(&self) -> &[Name] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub(crate) fn with_appended(&self, name: Name) -> Children {
+        let mut v: Vec<Name> = Vec::with_capacity(self.len() + 1);
+        v.extend(self.iter().cloned());
+        v.push(name);
+        Children(Some(Arc::from(v)))
+    }
+
+    pub(crate) fn without(&self, name: &str) -> Children {
+        let v: Vec<Name> = self.iter().filter(|n| &***n != name).cloned().collect();
+        if v.is_empty() { Children(None) } else { Children(Some(Arc::from(v))) }
+    }
+
+    /// Same names in the same order; O(1) when both share one allocation.
+    pub fn same(&self, other: &Children) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// The wire form of DIRECTORY: each name followed by a NUL.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.iter().map(|n| n.len() + 1).sum());
+        for n in self.iter() {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+}
+
+impl PartialEq for Children {
+    fn eq(&self, other: &Children) -> bool {
+        self.same(other)
+    }
+}
+impl Eq for Children {}
+
+impl fmt::Debug for Children {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// A node as stored in a snapshot. Cheap to clone (three reference counts).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Node {
+    pub(crate) value: Value,
+    pub(crate) perms: Perms,
+    pub(crate) children: Children,
+    pub(crate) generation: u64,
+}
+
+impl Node {
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    pub fn perms(&self) -> &Perms {
+        &self.perms
+    }
+
+    pub fn children(&self) -> &Children {
+        &self.children
+    }
+
+    /// The value of the global generation counter when this node was last
+    /// modified (created, written, permissions or children changed).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("value", &self.value)
+            .field("perms", &self.perms)
+            .field("children", &self.children)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}

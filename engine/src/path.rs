@@ -1,0 +1,239 @@
+//! Node paths: `/local/domain/5/device` and the special `@...` paths.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use core::borrow::Borrow;
+use core::fmt;
+
+/// A syntactically valid xenstore path (PROTOCOL.md §3.1), either absolute
+/// (`/`, `/a/b`) or special (`@releaseDomain`, `@releaseDomain/5`).
+///
+/// Invariants: non-empty; only `A–Z a–z 0–9 - _ @ /`; no `//`; no trailing
+/// `/` except for the root; starts with `/` or `@`. Relative paths are the
+/// server's business: it resolves them before they reach the engine.
+///
+/// Cloning is a reference-count increment.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Path(Arc<str>);
+
+/// Why a string is not a [`Path`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// The empty string.
+    #[error("empty path")]
+    Empty,
+    /// Neither `/` nor `@` at the start (a relative path).
+    #[error("path is not absolute")]
+    NotAbsolute,
+    /// A byte outside `A–Z a–z 0–9 - _ @ /`.
+    #[error("invalid character in path")]
+    BadCharacter,
+    /// `//` somewhere, or a trailing `/` on a path other than `/`.
+    #[error("empty path component")]
+    EmptyComponent,
+}
+
+impl Path {
+    /// Validates `s` as an absolute or special path.
+    pub fn new(s: &str) -> Result<Path, PathError> {
+        validate(s.as_bytes())?;
+        Ok(Path(Arc::from(s)))
+    }
+
+    /// Validates raw bytes from the wire.
+    pub fn from_bytes(b: &[u8]) -> Result<Path, PathError> {
+        validate(b)?;
+        // validate() admits ASCII only, so this cannot fail.
+        let s = core::str::from_utf8(b).map_err(|_| PathError::BadCharacter)?;
+        Ok(Path(Arc::from(s)))
+    }
+
+    /// The root node `/`.
+    pub fn root() -> Path {
+        Path(Arc::from("/"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        &*self.0 == "/"
+    }
+
+    /// `@introduceDomain`, `@releaseDomain/5`, ...: event sources, not tree nodes.
+    pub fn is_special(&self) -> bool {
+        self.0.starts_with('@')
+    }
+
+    /// The parent of an absolute path; `None` for `/` and for special paths.
+    pub fn parent(&self) -> Option<Path> {
+        self.parent_str().map(|p| Path(Arc::from(p)))
+    }
+
+    /// The parent as a borrowed string, without allocating.
+    pub fn parent_str(&self) -> Option<&str> {
+        if self.is_special() || self.is_root() {
+            return None;
+        }
+        let cut = self.0.rfind('/')?;
+        Some(if cut == 0 { "/" } else { &self.0[..cut] })
+    }
+
+    /// The last component (`c` for `/a/b/c`); empty for `/`.
+    pub fn name(&self) -> &str {
+        match self.0.rfind('/') {
+            Some(i) => &self.0[i + 1..],
+            None => &self.0,
+        }
+    }
+
+    /// The path of child `name` (which must be one valid component).
+    pub fn child(&self, name: &str) -> Path {
+        let mut s = String::with_capacity(self.0.len() + 1 + name.len());
+        s.push_str(&self.0);
+        if !self.is_root() {
+            s.push('/');
+        }
+        s.push_str(name);
+        Path(Arc::from(s))
+    }
+
+    /// True if `self` is `other` or lies below it (`/a/b` is under `/a` and `/`,
+    /// not under `/a/bb`'s sibling `/a/b`... nor is `/a/bb` under `/a/b`).
+    pub fn is_under(&self, other: &Path) -> bool {
+        is_under(self.as_str(), other.as_str())
+    }
+
+    /// Number of components (`/` is 0, `/a/b` is 2).
+    pub fn depth(&self) -> usize {
+        if self.is_root() {
+            0
+        } else {
+            self.0.bytes().filter(|&b| b == b'/').count()
+        }
+    }
+}
+
+/// String form of [`Path::is_under`], for callers holding `&str`.
+pub fn is_under(path: &str, ancestor: &str) -> bool {
+    if ancestor == "/" {
+        return path.starts_with('/');
+    }
+    path.starts_with(ancestor)
+        && (path.len() == ancestor.len() || path.as_bytes()[ancestor.len()] == b'/')
+}
+
+fn validate(b: &[u8]) -> Result<(), PathError> {
+    let (&first, _) = b.split_first().ok_or(PathError::Empty)?;
+    if first != b'/' && first != b'@' {
+        return Err(PathError::NotAbsolute);
+    }
+    if !b
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'@' | b'/'))
+    {
+        return Err(PathError::BadCharacter);
+    }
+    if b != b"/" && (b.ends_with(b"/") || b.windows(2).any(|w| w == b"//")) {
+        return Err(PathError::EmptyComponent);
+    }
+    Ok(())
+}
+
+impl Borrow<str> for Path {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Path {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl TryFrom<&str> for Path {
+    type Error = PathError;
+    fn try_from(s: &str) -> Result<Path, PathError> {
+        Path::new(s)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for Path {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Path {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Path, D::Error> {
+        let s = <alloc::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        Path::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_paths() {
+        for p in ["/", "/a", "/a-b_c@d/E9", "@introduceDomain", "@releaseDomain/5"] {
+            assert!(Path::new(p).is_ok(), "{p}");
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_paths() {
+        assert_eq!(Path::new(""), Err(PathError::Empty));
+        assert_eq!(Path::new("a/b"), Err(PathError::NotAbsolute));
+        assert_eq!(Path::new("/a/"), Err(PathError::EmptyComponent));
+        assert_eq!(Path::new("/a//b"), Err(PathError::EmptyComponent));
+        assert_eq!(Path::new("//"), Err(PathError::EmptyComponent));
+        for p in ["/a.b", "/a b", "/a:b", "/é", "/a\0b", "/a+b"] {
+            assert_eq!(Path::new(p), Err(PathError::BadCharacter), "{p:?}");
+        }
+        assert_eq!(Path::from_bytes(b"/a\xff"), Err(PathError::BadCharacter));
+    }
+
+    #[test]
+    fn parent_name_child() {
+        let p = Path::new("/a/b/c").unwrap();
+        assert_eq!(p.parent().unwrap().as_str(), "/a/b");
+        assert_eq!(p.name(), "c");
+        assert_eq!(Path::new("/a").unwrap().parent().unwrap().as_str(), "/");
+        assert_eq!(Path::root().parent(), None);
+        assert_eq!(Path::new("@releaseDomain").unwrap().parent(), None);
+        assert_eq!(Path::root().child("x").as_str(), "/x");
+        assert_eq!(p.child("d").as_str(), "/a/b/c/d");
+        assert_eq!(Path::root().depth(), 0);
+        assert_eq!(p.depth(), 3);
+    }
+
+    #[test]
+    fn under() {
+        let ab = Path::new("/a/b").unwrap();
+        assert!(ab.is_under(&Path::new("/a").unwrap()));
+        assert!(ab.is_under(&Path::root()));
+        assert!(ab.is_under(&ab));
+        assert!(!Path::new("/a/bb").unwrap().is_under(&ab));
+        assert!(!Path::new("/a").unwrap().is_under(&ab));
+        assert!(!Path::new("@x").unwrap().is_under(&Path::root()));
+    }
+}

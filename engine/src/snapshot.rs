@@ -1,0 +1,472 @@
+//! Immutable versions of the whole store, and the primitive mutations that
+//! derive one version from another.
+//!
+//! A [`Snapshot`] is a persistent hash-array-mapped trie from [`Path`] to
+//! [`Node`] plus the per-domain node counts and the generation counter.
+//! Cloning one is a reference-count increment; a mutation copies only the
+//! trie nodes on the way to the changed entries (`O(log n)`), so every older
+//! version stays valid and shared.
+//!
+//! Invariants (checked by [`Snapshot::check_consistent`]):
+//! 1. `/` exists; every other tree node's parent exists and lists it exactly
+//!    once among its children; every listed child exists.
+//! 2. Special nodes (`@...`) have no parent and no children.
+//! 3. `owned_count(d)` equals the number of tree nodes whose owner is `d`.
+//! 4. Every node's generation is below `next_generation()`.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+
+use archery::ArcTK;
+use rpds::HashTrieMap;
+
+use crate::error::{BuildError, EngineError, Inconsistency};
+use crate::node::{Children, Name, Node, Value};
+use crate::path::Path;
+use crate::perms::{DomId, Perms};
+
+type Hasher = foldhash::fast::RandomState;
+type NodeMap = HashTrieMap<Path, Node, ArcTK, Hasher>;
+type CountMap = HashTrieMap<DomId, u32, ArcTK, Hasher>;
+
+/// One immutable version of the store. `Send + Sync`: readers on any thread
+/// may hold one while commits publish newer versions.
+#[derive(Clone)]
+pub struct Snapshot(Arc<Inner>);
+
+#[derive(Clone)]
+struct Inner {
+    nodes: NodeMap,
+    owners: CountMap,
+    tree_nodes: usize,
+    next_generation: u64,
+}
+
+/// What one primitive mutation did, as the server needs it to fire watches
+/// (PROTOCOL.md §6.3) and as a commit reports it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Change {
+    /// `path` was written, or created (with any missing ancestors) by WRITE
+    /// or MKDIR.
+    Written { path: Path, created: bool },
+    /// `path` and its subtree were removed. `descendants` lists the removed
+    /// nodes below `path`, children before parents, each with the
+    /// permissions it had.
+    Removed { path: Path, perms: Perms, descendants: Vec<(Path, Perms)> },
+    /// The permissions of `path` changed from `old` to `new`.
+    PermsSet { path: Path, old: Perms, new: Perms },
+}
+
+impl Change {
+    pub fn path(&self) -> &Path {
+        match self {
+            Change::Written { path, .. }
+            | Change::Removed { path, .. }
+            | Change::PermsSet { path, .. } => path,
+        }
+    }
+}
+
+/// A primitive mutation. Transactions log these and replay them onto the
+/// newest root at commit.
+#[derive(Clone, Debug)]
+pub(crate) enum Mutation {
+    /// Set the value of `path`, creating it and missing ancestors if needed.
+    /// Created nodes copy their parent's permissions, with the owner
+    /// replaced by `creator` when given (PROTOCOL.md §4.2).
+    Write { path: Path, value: Value, creator: Option<DomId> },
+    /// Create `path` with an empty value if it is missing.
+    Mkdir { path: Path, creator: Option<DomId> },
+    /// Remove `path` and its subtree if it exists.
+    Remove { path: Path },
+    /// Replace the permissions of an existing node (special nodes included).
+    SetPerms { path: Path, perms: Perms },
+}
+
+/// One node of a snapshot in a form that can be written out and read back:
+/// the unit of [`Snapshot::iter_tree`] and [`Snapshot::from_entries`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct TreeEntry {
+    pub path: Path,
+    pub value: Vec<u8>,
+    pub perms: Perms,
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// A store holding only `/` with the given permissions.
+    pub fn new(root_perms: Perms) -> Snapshot {
+        let mut s = Snapshot(Arc::new(Inner {
+            nodes: NodeMap::new_with_hasher_and_ptr_kind(Hasher::default()),
+            owners: CountMap::new_with_hasher_and_ptr_kind(Hasher::default()),
+            tree_nodes: 0,
+            next_generation: 0,
+        }));
+        let generation = s.fresh_generation();
+        s.insert_new(
+            Path::root(),
+            Node { value: Value::default(), perms: root_perms, children: Children::default(), generation },
+        );
+        s
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.0.nodes.get(path)
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.0.nodes.contains_key(path)
+    }
+
+    /// Nodes in the tree (special nodes not included).
+    pub fn len(&self) -> usize {
+        self.0.tree_nodes
+    }
+
+    /// Never true: `/` always exists.
+    pub fn is_empty(&self) -> bool {
+        self.0.tree_nodes == 0
+    }
+
+    /// Tree nodes owned by `domid` (entry 0 of their permissions).
+    pub fn owned_count(&self, domid: DomId) -> u32 {
+        self.0.owners.get(&domid).copied().unwrap_or(0)
+    }
+
+    /// Every domain owning at least one node, with its count.
+    pub fn owners(&self) -> impl Iterator<Item = (DomId, u32)> + '_ {
+        self.0.owners.iter().map(|(d, n)| (*d, *n))
+    }
+
+    /// The generation the next modified node will get.
+    pub fn next_generation(&self) -> u64 {
+        self.0.next_generation
+    }
+
+    /// True if both are the very same version (O(1)).
+    pub fn same_version(&self, other: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The tree in pre-order from `/`, children in creation order: the order
+    /// checkpoints and the migration stream use. Special nodes are not included.
+    pub fn iter_tree(&self) -> TreeIter<'_> {
+        self.iter_subtree(&Path::root())
+    }
+
+    /// The subtree at `path` in pre-order (empty if `path` is missing).
+    pub fn iter_subtree(&self, path: &Path) -> TreeIter<'_> {
+        let stack = if self.contains(path.as_str()) { alloc::vec![path.clone()] } else { Vec::new() };
+        TreeIter { snapshot: self, stack }
+    }
+
+    /// The special nodes (`@introduceDomain`, `@releaseDomain`, ...).
+    pub fn special_nodes(&self) -> impl Iterator<Item = (&Path, &Node)> + '_ {
+        self.0.nodes.iter().filter(|(p, _)| p.is_special())
+    }
+
+    /// Every node as a [`TreeEntry`]: the tree in pre-order, then special nodes.
+    pub fn entries(&self) -> impl Iterator<Item = TreeEntry> + '_ {
+        let entry = |(path, node): (&Path, &Node)| TreeEntry {
+            path: path.clone(),
+            value: node.value.as_bytes().to_vec(),
+            perms: node.perms.clone(),
+            generation: node.generation,
+        };
+        self.iter_tree().map(move |(p, n)| entry((&p, n))).chain(self.special_nodes().map(entry))
+    }
+
+    /// Rebuilds a snapshot from entries as [`Snapshot::entries`] yields them:
+    /// `/` first, every tree node after its parent (children are listed in
+    /// the order they appear), special nodes anywhere. Generations are kept;
+    /// the counter resumes above the largest.
+    pub fn from_entries<I: IntoIterator<Item = TreeEntry>>(entries: I) -> Result<Snapshot, BuildError> {
+        let mut iter = entries.into_iter();
+        let root = iter.next().ok_or(BuildError::MissingRoot)?;
+        if !root.path.is_root() {
+            return Err(BuildError::MissingRoot);
+        }
+        let mut s = Snapshot::new(root.perms);
+        s.update_node(&Path::root(), |n| {
+            n.value = Value::new(&root.value);
+            n.generation = root.generation;
+        });
+        let mut max_generation = root.generation;
+        for e in iter {
+            if s.contains(e.path.as_str()) {
+                return Err(BuildError::Duplicate(e.path));
+            }
+            max_generation = max_generation.max(e.generation);
+            let node = Node {
+                value: Value::new(&e.value),
+                perms: e.perms,
+                children: Children::default(),
+                generation: e.generation,
+            };
+            if e.path.is_special() {
+                s.inner().nodes.insert_mut(e.path, node);
+                continue;
+            }
+            let parent = e.path.parent().ok_or(BuildError::MissingRoot)?;
+            if !s.contains(parent.as_str()) {
+                return Err(BuildError::MissingParent(e.path));
+            }
+            let name: Name = Arc::from(e.path.name());
+            s.update_node(&parent, |p| p.children = p.children.with_appended(name));
+            s.insert_new(e.path, node);
+        }
+        s.inner().next_generation = max_generation + 1;
+        Ok(s)
+    }
+
+    /// Verifies the invariants listed in the module documentation.
+    pub fn check_consistent(&self) -> Result<(), Inconsistency> {
+        if !self.contains("/") {
+            return Err(Inconsistency::MissingRoot);
+        }
+        let mut counts: alloc::collections::BTreeMap<DomId, u32> = alloc::collections::BTreeMap::new();
+        let mut tree_nodes = 0usize;
+        for (path, node) in self.0.nodes.iter() {
+            if node.generation >= self.0.next_generation {
+                return Err(Inconsistency::GenerationAhead(path.clone()));
+            }
+            if path.is_special() {
+                if !node.children.is_empty() {
+                    return Err(Inconsistency::SpecialWithChildren(path.clone()));
+                }
+                continue;
+            }
+            tree_nodes += 1;
+            *counts.entry(node.perms.owner()).or_default() += 1;
+            if let Some(parent) = path.parent_str() {
+                let listed = self
+                    .get(parent)
+                    .map(|p| p.children.iter().filter(|n| &***n == path.name()).count());
+                if listed != Some(1) {
+                    return Err(Inconsistency::NotListedByParent(path.clone()));
+                }
+            }
+            for name in node.children.iter() {
+                if !self.contains(path.child(name).as_str()) {
+                    return Err(Inconsistency::MissingChild(path.child(name)));
+                }
+            }
+        }
+        if tree_nodes != self.0.tree_nodes {
+            return Err(Inconsistency::NodeCount { counted: tree_nodes, recorded: self.0.tree_nodes });
+        }
+        let recorded: alloc::collections::BTreeMap<DomId, u32> =
+            self.owners().filter(|(_, n)| *n > 0).collect();
+        if counts != recorded {
+            return Err(Inconsistency::OwnerCounts);
+        }
+        Ok(())
+    }
+
+    // ---- primitive mutations (crate-internal) ----
+
+    fn inner(&mut self) -> &mut Inner {
+        Arc::make_mut(&mut self.0)
+    }
+
+    fn fresh_generation(&mut self) -> u64 {
+        let inner = self.inner();
+        let g = inner.next_generation;
+        inner.next_generation += 1;
+        g
+    }
+
+    fn count_owner(&mut self, domid: DomId, delta: i64) {
+        let inner = self.inner();
+        let n = i64::from(inner.owners.get(&domid).copied().unwrap_or(0)) + delta;
+        if n <= 0 {
+            inner.owners.remove_mut(&domid);
+        } else {
+            inner.owners.insert_mut(domid, u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn insert_new(&mut self, path: Path, node: Node) {
+        self.count_owner(node.perms.owner(), 1);
+        let inner = self.inner();
+        inner.tree_nodes += 1;
+        inner.nodes.insert_mut(path, node);
+    }
+
+    /// Applies `f` to a copy of the node at `path` and stores it; `false` if
+    /// the node is missing.
+    fn update_node(&mut self, path: &Path, f: impl FnOnce(&mut Node)) -> bool {
+        let Some(mut node) = self.get(path.as_str()).cloned() else { return false };
+        f(&mut node);
+        self.inner().nodes.insert_mut(path.clone(), node);
+        true
+    }
+
+    /// Applies one primitive mutation; `Ok(None)` when it changes nothing.
+    pub(crate) fn apply(&mut self, m: &Mutation) -> Result<Option<Change>, EngineError> {
+        match m {
+            Mutation::Write { path, value, creator } => {
+                reject_special(path)?;
+                if self.contains(path.as_str()) {
+                    let generation = self.fresh_generation();
+                    self.update_node(path, |n| {
+                        n.value = value.clone();
+                        n.generation = generation;
+                    });
+                    Ok(Some(Change::Written { path: path.clone(), created: false }))
+                } else {
+                    self.create(path, value.clone(), *creator);
+                    Ok(Some(Change::Written { path: path.clone(), created: true }))
+                }
+            }
+            Mutation::Mkdir { path, creator } => {
+                reject_special(path)?;
+                if self.contains(path.as_str()) {
+                    return Ok(None);
+                }
+                self.create(path, Value::default(), *creator);
+                Ok(Some(Change::Written { path: path.clone(), created: true }))
+            }
+            Mutation::Remove { path } => {
+                reject_special(path)?;
+                if path.is_root() {
+                    return Err(EngineError::RootRemoval);
+                }
+                Ok(self.remove(path))
+            }
+            Mutation::SetPerms { path, perms } => {
+                let old = self.get(path.as_str()).ok_or_else(|| EngineError::NotFound(path.clone()))?;
+                let old = old.perms.clone();
+                if !path.is_special() {
+                    self.count_owner(old.owner(), -1);
+                    self.count_owner(perms.owner(), 1);
+                }
+                let generation = self.fresh_generation();
+                self.update_node(path, |n| {
+                    n.perms = perms.clone();
+                    n.generation = generation;
+                });
+                Ok(Some(Change::PermsSet { path: path.clone(), old, new: perms.clone() }))
+            }
+        }
+    }
+
+    /// This version with the special node `path` (`@introduceDomain`, ...)
+    /// installed or replaced: how a daemon sets up its initial state.
+    pub fn with_special(mut self, path: &Path, perms: Perms) -> Result<Snapshot, EngineError> {
+        if !path.is_special() {
+            return Err(EngineError::NotSpecial(path.clone()));
+        }
+        let generation = self.fresh_generation();
+        let node = Node { value: Value::default(), perms, children: Children::default(), generation };
+        self.inner().nodes.insert_mut(path.clone(), node);
+        Ok(self)
+    }
+
+    /// Creates `path` and its missing ancestors top-down (PROTOCOL.md §4.2).
+    fn create(&mut self, path: &Path, value: Value, creator: Option<DomId>) {
+        // Walk up to the nearest existing ancestor, remembering the way down.
+        let mut missing = alloc::vec![path.clone()];
+        let mut parent = path.parent();
+        while let Some(p) = parent.take() {
+            if self.contains(p.as_str()) {
+                parent = Some(p);
+                break;
+            }
+            parent = p.parent();
+            missing.push(p);
+        }
+        let Some(mut parent) = parent else { return };
+        let mut perms = match self.get(parent.as_str()) {
+            Some(n) => n.perms.clone(),
+            None => return,
+        };
+        if let Some(creator) = creator {
+            perms = perms.with_owner(creator);
+        }
+        while let Some(p) = missing.pop() {
+            let parent_generation = self.fresh_generation();
+            let name: Name = Arc::from(p.name());
+            self.update_node(&parent, |n| {
+                n.children = n.children.with_appended(name);
+                n.generation = parent_generation;
+            });
+            let value = if missing.is_empty() { value.clone() } else { Value::default() };
+            let generation = self.fresh_generation();
+            let node = Node { value, perms: perms.clone(), children: Children::default(), generation };
+            self.insert_new(p.clone(), node);
+            parent = p;
+        }
+    }
+
+    fn remove(&mut self, path: &Path) -> Option<Change> {
+        let perms = self.get(path.as_str())?.perms.clone();
+        // Children before parents, as C fires the RM events (§6.3).
+        let mut doomed: Vec<(Path, Perms)> = Vec::new();
+        let mut stack: Vec<(Path, bool)> = alloc::vec![(path.clone(), false)];
+        while let Some((p, expanded)) = stack.pop() {
+            let Some(node) = self.get(p.as_str()) else { continue };
+            if expanded {
+                doomed.push((p, node.perms.clone()));
+            } else {
+                let children: Vec<Path> = node.children.iter().rev().map(|n| p.child(n)).collect();
+                stack.push((p, true));
+                stack.extend(children.into_iter().map(|c| (c, false)));
+            }
+        }
+        for (p, perms) in &doomed {
+            self.count_owner(perms.owner(), -1);
+            let inner = self.inner();
+            inner.tree_nodes -= 1;
+            inner.nodes.remove_mut(p.as_str());
+        }
+        if let Some(parent) = path.parent() {
+            let generation = self.fresh_generation();
+            let name = path.name();
+            self.update_node(&parent, |n| {
+                n.children = n.children.without(name);
+                n.generation = generation;
+            });
+        }
+        doomed.pop(); // the last one is `path` itself
+        Some(Change::Removed { path: path.clone(), perms, descendants: doomed })
+    }
+}
+
+fn reject_special(path: &Path) -> Result<(), EngineError> {
+    if path.is_special() { Err(EngineError::SpecialPath(path.clone())) } else { Ok(()) }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("nodes", &self.len())
+            .field("next_generation", &self.next_generation())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pre-order iterator over a (sub)tree; see [`Snapshot::iter_tree`].
+#[derive(Debug)]
+pub struct TreeIter<'a> {
+    snapshot: &'a Snapshot,
+    stack: Vec<Path>,
+}
+
+impl<'a> Iterator for TreeIter<'a> {
+    type Item = (Path, &'a Node);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let path = self.stack.pop()?;
+            let Some(node) = self.snapshot.get(path.as_str()) else { continue };
+            self.stack.extend(node.children.iter().rev().map(|n| path.child(n)));
+            return Some((path, node));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

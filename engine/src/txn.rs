@@ -1,0 +1,328 @@
+//! Transactions: an O(1) fork of a snapshot, a record of what was observed,
+//! and a log of mutations that commit replays onto the newest root.
+//!
+//! # The commit rule
+//!
+//! Every read records the *aspect* it looked at (existence, value,
+//! permissions, children, generation) of the version the transaction forked
+//! from, unless the transaction's own earlier mutations fully determine that
+//! aspect. At commit, each recorded aspect is compared with the newest
+//! committed version. If all are equal, every reply the transaction got is
+//! exactly what running its requests now would give, so its mutation log is
+//! replayed onto the newest version and published: the transaction is
+//! serialized at its commit point. If one differs, the commit fails with
+//! [`crate::CommitError::Conflict`] (the protocol's `EAGAIN`).
+//!
+//! Mutations record only what they depend on: creating `/a/x` observes that
+//! `/a/x` is absent and that `/a` exists with its permissions (which the new
+//! node copies), but not `/a`'s list of children, which it merely appends to.
+//! So two transactions creating different children of one parent both
+//! commit. A transaction without mutations always commits: it is
+//! serializable at its fork point.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::error::EngineError;
+use crate::node::{Children, Value};
+use crate::path::Path;
+use crate::perms::{DomId, Perms};
+use crate::snapshot::{Change, Mutation, Snapshot};
+
+/// What a transaction knows about one path: what it saw of the fork-point
+/// version (`None` = not observed) and which aspects its own mutations decide.
+#[derive(Default, Debug)]
+struct Record {
+    exists: Option<bool>,
+    value: Option<Value>,
+    perms: Option<Perms>,
+    children: Option<Children>,
+    generation: Option<u64>,
+    /// Created by this transaction: every aspect is its own.
+    created: bool,
+    value_own: bool,
+    perms_own: bool,
+    /// Modified in any way (a child added or removed counts): its generation
+    /// in the transaction's view is provisional.
+    touched: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Aspect {
+    Exists,
+    Value,
+    Perms,
+    Children,
+    Generation,
+}
+
+/// An open transaction. Reads see the transaction's own writes over its
+/// fork-point snapshot. See the module documentation for the commit rule.
+#[derive(Debug)]
+pub struct Transaction {
+    base: Snapshot,
+    view: Snapshot,
+    records: BTreeMap<Path, Record>,
+    /// Roots of subtrees this transaction removed: paths below them that it
+    /// has not re-created are absent by its own doing.
+    removed_roots: Vec<Path>,
+    log: Vec<Mutation>,
+    /// The changes of `log` as applied to `view`.
+    changes: Vec<Change>,
+}
+
+/// A published commit.
+#[derive(Clone, Debug)]
+pub struct Commit {
+    /// The version the commit was applied to.
+    pub previous: Snapshot,
+    /// The version it produced (now the newest).
+    pub snapshot: Snapshot,
+    /// What changed, in order, for firing watches.
+    pub changes: Vec<Change>,
+}
+
+impl Transaction {
+    /// Forks `base`: O(1).
+    pub fn new(base: Snapshot) -> Transaction {
+        Transaction {
+            view: base.clone(),
+            base,
+            records: BTreeMap::new(),
+            removed_roots: Vec::new(),
+            log: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    /// The version this transaction forked from.
+    pub fn base(&self) -> &Snapshot {
+        &self.base
+    }
+
+    /// The fork-point version with this transaction's own mutations applied.
+    /// Reading through it records nothing: use it for checks whose outcome
+    /// must not be part of the commit rule (or that are re-checked at commit).
+    pub fn view(&self) -> &Snapshot {
+        &self.view
+    }
+
+    /// Distinct paths this transaction has read or written (C's
+    /// `transaction-nodes` quota counts these).
+    pub fn accessed_paths(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.log.is_empty()
+    }
+
+    /// Changes made so far, as they apply to the view.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    // ---- reads: each records the aspect it returns ----
+
+    pub fn exists(&mut self, path: &Path) -> bool {
+        self.observe(path, Aspect::Exists);
+        self.view.contains(path.as_str())
+    }
+
+    pub fn value(&mut self, path: &Path) -> Option<Value> {
+        self.observe(path, Aspect::Value);
+        self.view.get(path.as_str()).map(|n| n.value().clone())
+    }
+
+    pub fn perms(&mut self, path: &Path) -> Option<Perms> {
+        self.observe(path, Aspect::Perms);
+        self.view.get(path.as_str()).map(|n| n.perms().clone())
+    }
+
+    pub fn children(&mut self, path: &Path) -> Option<Children> {
+        self.observe(path, Aspect::Children);
+        self.view.get(path.as_str()).map(|n| n.children().clone())
+    }
+
+    /// The node's generation (DIRECTORY_PART reports it). Provisional for a
+    /// node this transaction modified.
+    pub fn generation(&mut self, path: &Path) -> Option<u64> {
+        self.observe(path, Aspect::Generation);
+        self.view.get(path.as_str()).map(|n| n.generation())
+    }
+
+    // ---- mutations ----
+
+    /// Sets the value of `path`, creating it and any missing ancestors; new
+    /// nodes copy their parent's permissions with the owner replaced by
+    /// `creator` if given. Returns the change.
+    pub fn write(&mut self, path: &Path, value: &[u8], creator: Option<DomId>) -> Result<Change, EngineError> {
+        let m = Mutation::Write { path: path.clone(), value: Value::new(value), creator };
+        if self.exists(path) {
+            let rec = self.records.entry(path.clone()).or_default();
+            rec.value_own = true;
+            rec.touched = true;
+        } else {
+            self.prepare_create(path)?;
+        }
+        self.apply(m)?.ok_or_else(|| EngineError::NotFound(path.clone()))
+    }
+
+    /// Creates `path` (empty value) and missing ancestors if it is missing;
+    /// `None` if it already existed.
+    pub fn mkdir(&mut self, path: &Path, creator: Option<DomId>) -> Result<Option<Change>, EngineError> {
+        if self.exists(path) {
+            return Ok(None);
+        }
+        self.prepare_create(path)?;
+        self.apply(Mutation::Mkdir { path: path.clone(), creator })
+    }
+
+    /// Removes `path` and its subtree; `None` if it did not exist.
+    pub fn remove(&mut self, path: &Path) -> Result<Option<Change>, EngineError> {
+        if path.is_root() {
+            return Err(EngineError::RootRemoval);
+        }
+        if path.is_special() {
+            return Err(EngineError::SpecialPath(path.clone()));
+        }
+        if !self.exists(path) {
+            return Ok(None);
+        }
+        if let Some(parent) = path.parent() {
+            self.records.entry(parent).or_default().touched = true;
+        }
+        self.removed_roots.push(path.clone());
+        // Everything this transaction created below is gone again.
+        for (p, rec) in self.records.range_mut(path.clone()..) {
+            if !p.is_under(path) {
+                break;
+            }
+            rec.created = false;
+        }
+        self.apply(Mutation::Remove { path: path.clone() })
+    }
+
+    /// Replaces the permissions of an existing node (special nodes included).
+    pub fn set_perms(&mut self, path: &Path, perms: Perms) -> Result<Change, EngineError> {
+        if !self.exists(path) {
+            return Err(EngineError::NotFound(path.clone()));
+        }
+        let rec = self.records.entry(path.clone()).or_default();
+        rec.perms_own = true;
+        rec.touched = true;
+        self.apply(Mutation::SetPerms { path: path.clone(), perms })?
+            .ok_or_else(|| EngineError::NotFound(path.clone()))
+    }
+
+    /// Observes the chain a creation of `path` depends on: each missing
+    /// ancestor's absence, and the nearest existing ancestor's existence and
+    /// permissions (the new nodes copy them). Marks the nodes it will create.
+    fn prepare_create(&mut self, path: &Path) -> Result<(), EngineError> {
+        if path.is_special() {
+            return Err(EngineError::SpecialPath(path.clone()));
+        }
+        let mut created = alloc::vec![path.clone()];
+        let mut cur = path.parent();
+        while let Some(p) = cur {
+            if self.exists(&p) {
+                self.perms(&p);
+                self.records.entry(p).or_default().touched = true;
+                break;
+            }
+            cur = p.parent();
+            created.push(p);
+        }
+        for p in created {
+            let rec = self.records.entry(p).or_default();
+            rec.created = true;
+            rec.touched = true;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, m: Mutation) -> Result<Option<Change>, EngineError> {
+        let change = self.view.apply(&m)?;
+        self.log.push(m);
+        if let Some(c) = &change {
+            self.changes.push(c.clone());
+        }
+        Ok(change)
+    }
+
+    /// Records `aspect` of `path` as seen in the fork-point version, unless it
+    /// is already recorded or this transaction's own mutations decide it.
+    fn observe(&mut self, path: &Path, aspect: Aspect) {
+        let removed_by_us = self.removed_roots.iter().any(|r| path.is_under(r));
+        let base = &self.base;
+        let rec = self.records.entry(path.clone()).or_default();
+        if rec.created || removed_by_us {
+            return;
+        }
+        let node = base.get(path.as_str());
+        if rec.exists.is_none() {
+            rec.exists = Some(node.is_some());
+        }
+        let Some(node) = node else { return };
+        match aspect {
+            Aspect::Exists => {}
+            Aspect::Value if !rec.value_own && rec.value.is_none() => rec.value = Some(node.value().clone()),
+            Aspect::Perms if !rec.perms_own && rec.perms.is_none() => rec.perms = Some(node.perms().clone()),
+            Aspect::Children if rec.children.is_none() => rec.children = Some(node.children().clone()),
+            Aspect::Generation if !rec.touched && rec.generation.is_none() => {
+                rec.generation = Some(node.generation())
+            }
+            _ => {}
+        }
+    }
+
+    /// The first path whose recorded observation differs in `newest`.
+    fn first_conflict(&self, newest: &Snapshot) -> Option<&Path> {
+        self.records.iter().find_map(|(path, rec)| {
+            let node = newest.get(path.as_str());
+            let same = rec.exists.is_none_or(|e| e == node.is_some())
+                && rec.value.as_ref().is_none_or(|v| node.is_some_and(|n| n.value().same(v)))
+                && rec.perms.as_ref().is_none_or(|p| node.is_some_and(|n| n.perms() == p))
+                && rec.children.as_ref().is_none_or(|c| node.is_some_and(|n| n.children().same(c)))
+                && rec.generation.is_none_or(|g| node.is_some_and(|n| n.generation() == g));
+            (!same).then_some(path)
+        })
+    }
+
+    /// Turns this transaction into the version to publish on top of `newest`,
+    /// or the path of the first conflict.
+    pub(crate) fn rebase(self, newest: &Snapshot) -> Result<(Snapshot, Vec<Change>), Path> {
+        if newest.same_version(&self.base) {
+            return Ok(self.into_result());
+        }
+        if let Some(path) = self.first_conflict(newest) {
+            return Err(path.clone());
+        }
+        let mut next = newest.clone();
+        let mut changes = Vec::with_capacity(self.changes.len());
+        for m in &self.log {
+            // Validation guarantees the log applies; an error here would be
+            // an engine bug, reported as a conflict rather than a panic.
+            match next.apply(m) {
+                Ok(Some(c)) => changes.push(c),
+                Ok(None) => {}
+                Err(_) => return Err(mutation_path(m).clone()),
+            }
+        }
+        Ok((next, changes))
+    }
+
+    /// The view and its changes, as they stand.
+    pub(crate) fn into_result(self) -> (Snapshot, Vec<Change>) {
+        (self.view, self.changes)
+    }
+}
+
+fn mutation_path(m: &Mutation) -> &Path {
+    match m {
+        Mutation::Write { path, .. }
+        | Mutation::Mkdir { path, .. }
+        | Mutation::Remove { path }
+        | Mutation::SetPerms { path, .. } => path,
+    }
+}
