@@ -326,3 +326,214 @@ fn mutation_path(m: &Mutation) -> &Path {
         | Mutation::SetPerms { path, .. } => path,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CommitError, Store};
+    use crate::perms::DomId;
+
+    fn p(s: &str) -> Path {
+        Path::new(s).expect("test path")
+    }
+
+    fn store_with(paths: &[&str]) -> Store {
+        let store = Store::new(Snapshot::new(Perms::owned_by(DomId(0))));
+        for path in paths {
+            store.update(|tx| tx.write(&p(path), b"init", None)).expect("setup");
+        }
+        store
+    }
+
+    fn commit(store: &Store, tx: Transaction) -> Result<Commit, CommitError<()>> {
+        store.commit(tx, |_| Ok(()))
+    }
+
+    fn is_conflict(r: Result<Commit, CommitError<()>>, at: &str) -> bool {
+        matches!(r, Err(CommitError::Conflict { path }) if path.as_str() == at)
+    }
+
+    #[test]
+    fn own_writes_are_visible_inside_and_invisible_outside() {
+        let store = store_with(&["/x"]);
+        let mut tx = store.begin();
+        tx.write(&p("/x"), b"new", None).unwrap();
+        assert_eq!(tx.value(&p("/x")).unwrap().as_bytes(), b"new");
+        assert_eq!(store.snapshot().get("/x").unwrap().value().as_bytes(), b"init");
+        commit(&store, tx).unwrap();
+        assert_eq!(store.snapshot().get("/x").unwrap().value().as_bytes(), b"new");
+    }
+
+    #[test]
+    fn read_then_concurrent_write_conflicts() {
+        let store = store_with(&["/x", "/y"]);
+        let mut tx = store.begin();
+        tx.value(&p("/x"));
+        tx.write(&p("/y"), b"1", None).unwrap();
+        store.update(|t| t.write(&p("/x"), b"other", None)).unwrap();
+        let before = store.snapshot();
+        assert!(is_conflict(commit(&store, tx), "/x"));
+        assert!(store.snapshot().same_version(&before), "nothing published");
+    }
+
+    #[test]
+    fn reading_a_missing_node_then_its_creation_conflicts() {
+        let store = store_with(&["/y"]);
+        let mut tx = store.begin();
+        assert!(tx.value(&p("/x")).is_none());
+        tx.write(&p("/y"), b"1", None).unwrap();
+        store.update(|t| t.write(&p("/x"), b"now", None)).unwrap();
+        assert!(is_conflict(commit(&store, tx), "/x"));
+    }
+
+    #[test]
+    fn creations_of_different_children_of_one_parent_coalesce() {
+        let store = store_with(&["/local/domain/0"]);
+        let mut a = store.begin();
+        let mut b = store.begin();
+        a.write(&p("/local/domain/1/name"), b"a", None).unwrap();
+        b.write(&p("/local/domain/2/name"), b"b", None).unwrap();
+        store.update(|t| t.write(&p("/local/domain/3"), b"", None)).unwrap();
+        commit(&store, b).unwrap();
+        commit(&store, a).unwrap();
+        let snap = store.snapshot();
+        let order = snap.get("/local/domain").unwrap().children().to_wire();
+        assert_eq!(order, b"0\x003\x002\x001\x00", "appended in commit order");
+        snap.check_consistent().unwrap();
+    }
+
+    #[test]
+    fn creating_the_same_child_twice_conflicts() {
+        let store = store_with(&["/d"]);
+        let mut a = store.begin();
+        let mut b = store.begin();
+        a.write(&p("/d/x"), b"a", None).unwrap();
+        b.write(&p("/d/x"), b"b", None).unwrap();
+        commit(&store, a).unwrap();
+        assert!(is_conflict(commit(&store, b), "/d/x"));
+        assert_eq!(store.snapshot().get("/d/x").unwrap().value().as_bytes(), b"a");
+    }
+
+    #[test]
+    fn listing_children_then_a_concurrent_creation_conflicts() {
+        let store = store_with(&["/d/a"]);
+        let mut tx = store.begin();
+        tx.children(&p("/d"));
+        tx.write(&p("/e"), b"", None).unwrap();
+        store.update(|t| t.write(&p("/d/b"), b"", None)).unwrap();
+        assert!(is_conflict(commit(&store, tx), "/d"));
+    }
+
+    #[test]
+    fn write_skew_is_refused() {
+        let store = store_with(&["/x", "/y"]);
+        let mut t1 = store.begin();
+        let mut t2 = store.begin();
+        t1.value(&p("/x"));
+        t1.write(&p("/y"), b"t1", None).unwrap();
+        t2.value(&p("/y"));
+        t2.write(&p("/x"), b"t2", None).unwrap();
+        commit(&store, t1).unwrap();
+        assert!(is_conflict(commit(&store, t2), "/y"));
+    }
+
+    #[test]
+    fn disjoint_subtrees_commit() {
+        let store = store_with(&["/t1/a", "/t2/a"]);
+        let mut tx = store.begin();
+        tx.value(&p("/t1/a"));
+        tx.write(&p("/t1/a"), b"tx", None).unwrap();
+        store.update(|t| t.write(&p("/t2/a"), b"other", None)).unwrap();
+        store.update(|t| t.remove(&p("/t2/a"))).unwrap();
+        commit(&store, tx).unwrap();
+        assert_eq!(store.snapshot().get("/t1/a").unwrap().value().as_bytes(), b"tx");
+    }
+
+    #[test]
+    fn read_only_transactions_always_commit() {
+        let store = store_with(&["/x"]);
+        let mut tx = store.begin();
+        assert_eq!(tx.value(&p("/x")).unwrap().as_bytes(), b"init");
+        store.update(|t| t.write(&p("/x"), b"changed", None)).unwrap();
+        // Repeatable: the transaction keeps reading its fork point.
+        assert_eq!(tx.value(&p("/x")).unwrap().as_bytes(), b"init");
+        assert!(commit(&store, tx).unwrap().changes.is_empty());
+        let empty = store.begin();
+        commit(&store, empty).unwrap();
+    }
+
+    #[test]
+    fn removal_applies_to_the_newest_subtree() {
+        // Serially, RM /a after the concurrent creation of /a/new removes it too.
+        let store = store_with(&["/a/old"]);
+        let mut tx = store.begin();
+        tx.remove(&p("/a")).unwrap();
+        tx.write(&p("/a/b"), b"fresh", None).unwrap();
+        store.update(|t| t.write(&p("/a/new"), b"", None)).unwrap();
+        let c = commit(&store, tx).unwrap();
+        let snap = store.snapshot();
+        assert_eq!(snap.get("/a").unwrap().children().to_wire(), b"b\0");
+        match &c.changes[0] {
+            Change::Removed { descendants, .. } => {
+                let d: Vec<&str> = descendants.iter().map(|(p, _)| p.as_str()).collect();
+                assert_eq!(d, ["/a/old", "/a/new"], "events for what the newest tree held");
+            }
+            other => panic!("expected Removed, got {other:?}"),
+        }
+        snap.check_consistent().unwrap();
+    }
+
+    #[test]
+    fn own_creations_need_no_observation_of_later_reads() {
+        let store = store_with(&["/d"]);
+        let mut tx = store.begin();
+        tx.write(&p("/d/x/y"), b"1", None).unwrap();
+        assert_eq!(tx.children(&p("/d/x")).unwrap().to_wire(), b"y\0");
+        assert_eq!(tx.value(&p("/d/x/y")).unwrap().as_bytes(), b"1");
+        // Someone else rewrites /d's value: we never looked at it.
+        store.update(|t| t.write(&p("/d"), b"v", None)).unwrap();
+        commit(&store, tx).unwrap();
+    }
+
+    #[test]
+    fn permission_change_of_the_copied_ancestor_conflicts() {
+        let store = store_with(&["/d"]);
+        let mut tx = store.begin();
+        tx.write(&p("/d/x"), b"1", Some(DomId(5))).unwrap();
+        store.update(|t| t.set_perms(&p("/d"), Perms::owned_by(DomId(9)))).unwrap();
+        assert!(is_conflict(commit(&store, tx), "/d"));
+    }
+
+    #[test]
+    fn generation_observation_detects_any_change_of_the_node() {
+        let store = store_with(&["/d/a"]);
+        let mut tx = store.begin();
+        tx.generation(&p("/d"));
+        tx.write(&p("/e"), b"", None).unwrap();
+        store.update(|t| t.write(&p("/d"), b"value", None)).unwrap();
+        assert!(is_conflict(commit(&store, tx), "/d"));
+    }
+
+    #[test]
+    fn a_rejected_commit_publishes_nothing() {
+        let store = store_with(&[]);
+        let mut tx = store.begin();
+        tx.write(&p("/q"), b"", Some(DomId(5))).unwrap();
+        let before = store.snapshot();
+        let r = store.commit(tx, |c| if c.snapshot.owned_count(DomId(5)) > 0 { Err("quota") } else { Ok(()) });
+        assert!(matches!(r, Err(CommitError::Rejected("quota"))));
+        assert!(store.snapshot().same_version(&before));
+    }
+
+    #[test]
+    fn accessed_paths_count_distinct_paths() {
+        let store = store_with(&["/a"]);
+        let mut tx = store.begin();
+        tx.value(&p("/a"));
+        tx.value(&p("/a"));
+        tx.perms(&p("/b"));
+        tx.write(&p("/c/d"), b"", None).unwrap();
+        // /a, /b, /c/d, /c, and / (the nearest existing ancestor).
+        assert_eq!(tx.accessed_paths(), 5);
+    }
+}
