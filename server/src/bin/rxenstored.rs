@@ -1,0 +1,184 @@
+//! rxenstored: the xenstore daemon. Command line compatible with C
+//! xenstored's where the options make sense for it.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use engine::DomId;
+use server::daemon::{self, Daemon};
+use server::quota::{Quota, QuotaName};
+use server::{Config, Core};
+
+/// A xenstore daemon: the configuration store of a Xen host.
+///
+/// The socket is at $XENSTORED_PATH, else $XENSTORED_RUNDIR/socket, else
+/// /var/run/xenstored/socket. The store is kept in memory.
+#[derive(Parser, Debug)]
+#[command(name = "rxenstored", version, about)]
+struct Args {
+    /// Do not detach from the terminal (run in the foreground).
+    #[arg(short = 'N', long = "no-fork")]
+    no_fork: bool,
+
+    /// Write the daemon's process id to this file.
+    #[arg(short = 'F', long = "pid-file")]
+    pid_file: Option<PathBuf>,
+
+    /// Trace every message received and sent to this file.
+    #[arg(short = 'T', long = "trace-file")]
+    trace_file: Option<PathBuf>,
+
+    /// Set a hard quota: NAME=VALUE, NAME one of nodes, watches,
+    /// outstanding, memory, transactions, transaction-nodes,
+    /// node-permissions, path-max, node-size. Repeatable.
+    #[arg(short = 'Q', long = "quota", value_name = "NAME=VALUE")]
+    quota: Vec<String>,
+
+    /// Set a soft quota (logged only): NAME=VALUE. Repeatable.
+    #[arg(short = 'q', long = "quota-soft", value_name = "NAME=VALUE")]
+    quota_soft: Vec<String>,
+
+    /// Nodes a domain may own (same as -Q nodes=N).
+    #[arg(short = 'E', long = "entry-nb")]
+    entry_nb: Option<u32>,
+
+    /// Watches a domain may hold (same as -Q watches=N).
+    #[arg(short = 'W', long = "watch-nb")]
+    watch_nb: Option<u32>,
+
+    /// Permission entries a node may carry (same as -Q node-permissions=N).
+    #[arg(short = 'A', long = "perm-nb")]
+    perm_nb: Option<u32>,
+
+    /// Longest path an unprivileged domain may use (at most 2048).
+    #[arg(short = 'M', long = "path-max")]
+    path_max: Option<u32>,
+
+    /// Largest node size (same as -Q node-size=N).
+    #[arg(short = 'S', long = "entry-size")]
+    entry_size: Option<u32>,
+
+    /// Concurrent transactions per domain (same as -Q transactions=N).
+    #[arg(short = 't', long = "transaction")]
+    transaction: Option<u32>,
+
+    /// The privileged (control) domain.
+    #[arg(long = "priv-domid", default_value_t = 0)]
+    priv_domid: u16,
+
+    /// Give a released domain's nodes to the control domain instead of
+    /// deleting them.
+    #[arg(long = "keep-orphans")]
+    keep_orphans: bool,
+
+    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long = "log-level", default_value = "info")]
+    log_level: String,
+}
+
+fn parse_quota(spec: &str) -> Result<(Quota, u32), String> {
+    let (name, value) = spec.split_once('=').ok_or_else(|| format!("quota '{spec}': expected NAME=VALUE"))?;
+    let quota = Quota::from_name(name.as_bytes()).ok_or_else(|| format!("quota '{spec}': unknown name '{name}'"))?;
+    let value = value.parse::<u32>().map_err(|_| format!("quota '{spec}': '{value}' is not a number"))?;
+    Ok((quota, value))
+}
+
+fn config(args: &Args) -> Result<Config, String> {
+    let mut config = Config { priv_domid: DomId(args.priv_domid), keep_orphans: args.keep_orphans, ..Config::default() };
+    let mut set = |q: Quota, v: u32| config.quotas.set(QuotaName { quota: q, soft: false }, v);
+    for spec in &args.quota {
+        let (q, v) = parse_quota(spec)?;
+        set(q, v);
+    }
+    for (q, v) in [
+        (Quota::Nodes, args.entry_nb),
+        (Quota::Watches, args.watch_nb),
+        (Quota::NodePermissions, args.perm_nb),
+        (Quota::NodeSize, args.entry_size),
+        (Quota::Transactions, args.transaction),
+    ] {
+        if let Some(v) = v {
+            set(q, v);
+        }
+    }
+    if let Some(v) = args.path_max {
+        // C lets -M lower the limit, never raise it above 2048 (§3.3).
+        set(Quota::PathMax, v.min(2048));
+    }
+    for spec in &args.quota_soft {
+        let (q, v) = parse_quota(spec)?;
+        config.quotas.set_soft(q, v);
+    }
+    Ok(config)
+}
+
+/// Detaches from the terminal: fork, new session, stdio to /dev/null.
+fn daemonize() -> io::Result<()> {
+    // SAFETY: called before any thread is started; the child continues
+    // with a copy of this single-threaded process.
+    match unsafe { libc::fork() } {
+        -1 => return Err(io::Error::last_os_error()),
+        0 => {}
+        _ => std::process::exit(0),
+    }
+    // SAFETY: plain system calls without pointers from us.
+    if unsafe { libc::setsid() } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let null = fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    use std::os::fd::AsRawFd;
+    for fd in 0..3 {
+        // SAFETY: duplicating a descriptor we own onto the standard ones.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let config = config(&args)?;
+    let socket = daemon::socket_path_from_env();
+    let listener = daemon::bind(&socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    let trace = match &args.trace_file {
+        Some(p) => Some(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("cannot open trace file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    if !args.no_fork {
+        daemonize().map_err(|e| format!("cannot detach: {e}"))?;
+    }
+    if let Some(p) = &args.pid_file {
+        fs::write(p, format!("{}\n", std::process::id())).map_err(|e| format!("cannot write pid file {}: {e}", p.display()))?;
+    }
+    let core = Core::new(config);
+    let mut daemon = Daemon::new(core, listener, socket.clone(), trace).map_err(|e| format!("cannot start: {e}"))?;
+    tracing::info!("rxenstored {} listening on {}", env!("CARGO_PKG_VERSION"), socket.display());
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    daemon.run().map_err(|e| format!("event loop failed: {e}"))?;
+    if let Some(p) = &args.pid_file {
+        let _ = fs::remove_file(p);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("rxenstored: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

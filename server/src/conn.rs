@@ -1,0 +1,159 @@
+//! One client connection: a Unix socket or a domain's ring.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+
+use engine::{DomId, Transaction};
+use wire::Decoder;
+
+use crate::access::Caller;
+
+/// Identifies a connection for the lifetime of the core; never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Where a connection's bytes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnKind {
+    /// A Unix socket client: acts as the store domain (normally dom0).
+    Socket,
+    /// The shared ring of a domain.
+    Domain,
+}
+
+/// Replies and watch events waiting to be sent, in order.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    messages: VecDeque<Outgoing>,
+    /// Bytes of the front message already handed to the transport.
+    sent: usize,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    is_event: bool,
+}
+
+impl OutQueue {
+    pub(crate) fn push(&mut self, bytes: Vec<u8>, is_event: bool) {
+        self.bytes += bytes.len();
+        self.messages.push_back(Outgoing { bytes, is_event });
+    }
+
+    /// True if an identical event is queued and not yet begun (C drops the
+    /// new one then, §6.8).
+    pub(crate) fn has_unsent_event(&self, bytes: &[u8]) -> bool {
+        let skip = usize::from(self.sent > 0);
+        self.messages.iter().skip(skip).any(|m| m.is_event && m.bytes == bytes)
+    }
+
+    /// The unsent bytes of the front message.
+    pub fn front(&self) -> Option<&[u8]> {
+        self.messages.front().map(|m| &m.bytes[self.sent..])
+    }
+
+    /// Marks `n` bytes of the front message as sent.
+    pub fn advance(&mut self, n: usize) {
+        let Some(front) = self.messages.front() else { return };
+        self.sent += n;
+        self.bytes = self.bytes.saturating_sub(n);
+        if self.sent >= front.bytes.len() {
+            self.messages.pop_front();
+            self.sent = 0;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Messages waiting (the one being sent included).
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Unsent bytes in all.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.messages.clear();
+        self.sent = 0;
+        self.bytes = 0;
+    }
+}
+
+/// An open transaction of a connection.
+#[derive(Debug)]
+pub(crate) struct OpenTx {
+    pub(crate) tx: Transaction,
+    /// Doomed by an earlier failure: commit answers ENOMEM (§7.3 step 1).
+    pub(crate) doomed: bool,
+}
+
+/// Per-connection protocol state.
+#[derive(Debug)]
+pub struct Conn {
+    pub(crate) kind: ConnKind,
+    pub(crate) caller: Caller,
+    pub(crate) decoder: Decoder,
+    pub(crate) out: OutQueue,
+    pub(crate) transactions: BTreeMap<u32, OpenTx>,
+    pub(crate) last_tx_id: u32,
+    pub(crate) watches: usize,
+    /// Server features this connection may use (§8.7).
+    pub(crate) features: u32,
+}
+
+impl Conn {
+    pub(crate) fn new(kind: ConnKind, caller: Caller, features: u32) -> Conn {
+        Conn {
+            kind,
+            caller,
+            decoder: Decoder::new(),
+            out: OutQueue::default(),
+            transactions: BTreeMap::new(),
+            last_tx_id: 0,
+            watches: 0,
+            features,
+        }
+    }
+
+    pub fn kind(&self) -> ConnKind {
+        self.kind
+    }
+
+    pub fn domid(&self) -> DomId {
+        self.caller.domid
+    }
+
+    pub fn caller(&self) -> Caller {
+        self.caller
+    }
+
+    pub fn open_transactions(&self) -> usize {
+        self.transactions.len()
+    }
+
+    /// The next transaction id: a counter from 1, wrapping, skipping 0 and
+    /// ids still open (§7.1).
+    pub(crate) fn allocate_tx_id(&mut self) -> u32 {
+        loop {
+            self.last_tx_id = self.last_tx_id.wrapping_add(1);
+            if self.last_tx_id != 0 && !self.transactions.contains_key(&self.last_tx_id) {
+                return self.last_tx_id;
+            }
+        }
+    }
+
+    /// Drops transactions, queued output and partial input (INTRODUCE of an
+    /// introduced domain, §8.1 step 3). Watches are the core's to drop.
+    pub(crate) fn reset(&mut self) {
+        self.transactions.clear();
+        self.out.clear();
+        self.decoder = Decoder::new();
+    }
+}

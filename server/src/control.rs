@@ -1,0 +1,224 @@
+//! CONTROL (DEBUG) sub-commands (PROTOCOL.md §12), with C xenstored's
+//! texts where clients or operators read them.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use engine::DomId;
+use wire::{parse_lenient_u32, split_args};
+
+use crate::conn::ConnId;
+use crate::protocol::{Core, parse_domid_arg};
+use crate::domain::Platform;
+use crate::error::{Error, Result};
+use crate::ops::ok;
+use crate::quota::{Quota, QuotaName, QuotaTable};
+
+/// The trace switches of C's `log` command.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    pub on: bool,
+    switches: [bool; 5],
+}
+
+impl Trace {
+    const NAMES: [&'static str; 5] = ["obj", "io", "wrl", "acc", "tdb"];
+
+    fn index(name: &[u8]) -> Option<usize> {
+        Self::NAMES.iter().position(|n| n.as_bytes() == name)
+    }
+}
+
+const HELP: &str = "check\t\n\
+log\ton|off|+<switch>|-<switch>\n\
+live-update\t[-c <cmdline>] [-F] [-t <timeout>] <file>\n    Default timeout is 60 seconds.\n\
+logfile\t<file>\n\
+print\t<string>\n\
+quota\t[set <name> <val>|<domid>|max [-r]]\n\
+quota-soft\t[set <name> <val>]\n\
+help\t\n";
+
+fn describe(q: Quota) -> &'static str {
+    match q {
+        Quota::Nodes => "Nodes per domain",
+        Quota::Watches => "Watches per domain",
+        Quota::Transactions => "Transactions per domain",
+        Quota::Outstanding => "Outstanding requests per domain",
+        Quota::TransactionNodes => "Max. number of accessed nodes per transaction",
+        Quota::Memory => "Total Xenstore memory per domain (error level)",
+        Quota::NodeSize => "Max. size of a node",
+        Quota::PathMax => "Max. length of a node path",
+        Quota::NodePermissions => "Max. number of permissions per node",
+    }
+}
+
+/// The order C prints its quota table in.
+const TABLE_ORDER: [Quota; 9] = [
+    Quota::Nodes,
+    Quota::Watches,
+    Quota::Transactions,
+    Quota::Outstanding,
+    Quota::TransactionNodes,
+    Quota::Memory,
+    Quota::NodeSize,
+    Quota::PathMax,
+    Quota::NodePermissions,
+];
+
+fn text(s: String) -> Vec<u8> {
+    let mut v = s.into_bytes();
+    v.push(0);
+    v
+}
+
+fn quota_table(table: &QuotaTable, soft: bool) -> String {
+    let mut s = String::from("Quota settings:\n");
+    for q in TABLE_ORDER {
+        let (value, what) = if soft {
+            match table.soft(q) {
+                Some(v) => (v, describe(q).replace("(error level)", "(warning level)")),
+                None => continue,
+            }
+        } else {
+            (table.hard(q), String::from(describe(q)))
+        };
+        let name = if q == Quota::NodePermissions { "permissions" } else { q.name() };
+        let _ = writeln!(s, "{name:<17}: {value:>8} {what}");
+    }
+    s
+}
+
+/// Current use of the counted quotas by one domain.
+struct Usage {
+    nodes: usize,
+    watches: usize,
+    transactions: usize,
+    outstanding: usize,
+    memory: usize,
+}
+
+impl<P: Platform> Core<P> {
+    fn usage(&self, domid: DomId) -> Usage {
+        let snap = self.store.snapshot();
+        let mut u = Usage { nodes: snap.owned_count(domid) as usize, watches: 0, transactions: 0, outstanding: 0, memory: 0 };
+        for conn in self.conns.values().filter(|c| c.domid() == domid) {
+            u.watches += conn.watches;
+            u.transactions += conn.open_transactions();
+            u.outstanding += conn.out.len();
+            u.memory += conn.out.bytes();
+        }
+        // Node memory as C accounts it: header, permissions, value, child
+        // names, path.
+        for (path, node) in snap.iter_tree().filter(|(_, n)| n.perms().owner() == domid) {
+            u.memory += 16 + 8 * node.perms().entries().len() + node.value().len() + path.as_str().len();
+            u.memory += node.children().iter().map(|c| c.len() + 1).sum::<usize>();
+        }
+        u
+    }
+
+    fn usage_text(&self, title: &str, u: &Usage) -> String {
+        let mut s = format!("{title}:\n");
+        for (name, v) in [
+            ("nodes", u.nodes),
+            ("watches", u.watches),
+            ("transactions", u.transactions),
+            ("outstanding", u.outstanding),
+            ("memory", u.memory),
+        ] {
+            let _ = writeln!(s, "{name:<16}: {v:>8}");
+        }
+        s
+    }
+
+    pub(crate) fn control(&mut self, _id: ConnId, payload: &[u8]) -> Result<Vec<u8>> {
+        let args: Vec<&[u8]> = split_args(payload).collect();
+        let (&cmd, rest) = args.split_first().ok_or(Error::BadRequest)?;
+        match (cmd, rest) {
+            (b"help", []) => Ok(text(String::from(HELP))),
+            (b"check", []) => match self.store.snapshot().check_consistent() {
+                Ok(()) => Ok(ok()),
+                Err(e) => {
+                    self.logs.push(format!("check: {e}"));
+                    Ok(text(format!("store inconsistent: {e}")))
+                }
+            },
+            (b"print", [msg]) => {
+                self.logs.push(String::from_utf8_lossy(msg).into_owned());
+                Ok(ok())
+            }
+            (b"log", []) => {
+                let mut s = String::new();
+                for (i, name) in Trace::NAMES.iter().enumerate() {
+                    let _ = writeln!(s, "{name}: {}", if self.trace.switches[i] { "on" } else { "off" });
+                }
+                Ok(text(s))
+            }
+            (b"log", [b"on"]) => {
+                self.trace.on = true;
+                Ok(ok())
+            }
+            (b"log", [b"off"]) => {
+                self.trace.on = false;
+                Ok(ok())
+            }
+            (b"log", [switch]) => {
+                let (on, name) = match switch.split_first() {
+                    Some((b'+', name)) => (true, name),
+                    Some((b'-', name)) => (false, name),
+                    _ => return Err(Error::BadRequest),
+                };
+                let i = Trace::index(name).ok_or(Error::BadRequest)?;
+                self.trace.switches[i] = on;
+                Ok(ok())
+            }
+            (b"logfile", [file]) => {
+                self.logs.push(format!("trace file requested: {}", String::from_utf8_lossy(file)));
+                Ok(ok())
+            }
+            (b"quota", []) => Ok(text(quota_table(&self.config.quotas, false))),
+            (b"quota-soft", []) => Ok(text(quota_table(&self.config.quotas, true))),
+            (b"quota" | b"quota-soft", [b"set", name, value]) => {
+                let soft = cmd == b"quota-soft";
+                let quota = Quota::from_name(name).ok_or(Error::BadRequest)?;
+                let value = parse_lenient_u32(value);
+                if value == 0 || value == u32::MAX {
+                    return Err(Error::BadRequest);
+                }
+                if soft {
+                    self.config.quotas.set_soft(quota, value);
+                } else {
+                    self.config.quotas.set(QuotaName { quota, soft: false }, value);
+                }
+                Ok(ok())
+            }
+            (b"quota", [b"max", flags @ ..]) if flags.is_empty() || flags == [b"-r"] => {
+                // The largest current use over unprivileged domains.
+                let mut max = Usage { nodes: 0, watches: 0, transactions: 0, outstanding: 0, memory: 0 };
+                let domids: Vec<DomId> = self.domains.keys().copied().filter(|d| *d != self.config.priv_domid).collect();
+                for d in domids {
+                    let u = self.usage(d);
+                    max.nodes = max.nodes.max(u.nodes);
+                    max.watches = max.watches.max(u.watches);
+                    max.transactions = max.transactions.max(u.transactions);
+                    max.outstanding = max.outstanding.max(u.outstanding);
+                    max.memory = max.memory.max(u.memory);
+                }
+                Ok(text(self.usage_text("Max. quota usage", &max)))
+            }
+            (b"quota", [domid]) => {
+                let domid = parse_domid_arg(domid)?;
+                if !self.domains.contains_key(&domid) {
+                    return Err(Error::NotFound);
+                }
+                let u = self.usage(domid);
+                Ok(text(self.usage_text(&format!("Domain {}", domid.0), &u)))
+            }
+            (b"live-update", _) => {
+                Ok(text(String::from("Live update is not supported by this rxenstored version.\n")))
+            }
+            _ => Err(Error::BadRequest),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! rxenstored's protocol core and daemon.
+//!
+//! # Layout
+//!
+//! The sans-IO core (builds without `std`):
+//! - [`protocol`]: [`Core`], the state machine: connections in, replies and
+//!   watch events out; request pipeline, transactions, watch firing.
+//! - [`ops`]: the node operations (READ, WRITE, MKDIR, RM, DIRECTORY,
+//!   DIRECTORY_PART, GET_PERMS, SET_PERMS) over an engine transaction.
+//! - `domain_ops`: INTRODUCE, RELEASE, SET_TARGET, features and quotas.
+//! - `control`: CONTROL sub-commands.
+//! - [`access`]: [`Caller`] and the permission decision; [`quota`]: C's
+//!   quota table; [`watch`]: the watch index; [`conn`]: per-connection
+//!   state and output queue; [`domain`]: domain records and the
+//!   [`Platform`] trait (the hypervisor, as INTRODUCE needs it).
+//! - [`error`]: [`Error`] and its single mapping to wire errno names.
+//!
+//! The `std` edge: `daemon` (the Unix socket event loop) and the
+//! `rxenstored` binary.
+
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub mod access;
+pub mod conn;
+mod control;
+pub mod protocol;
+pub mod domain;
+mod domain_ops;
+pub mod error;
+pub mod ops;
+pub mod quota;
+pub mod watch;
+
+#[cfg(feature = "std")]
+pub mod daemon;
+
+pub use access::Caller;
+pub use conn::{ConnId, ConnKind, OutQueue};
+pub use protocol::{Config, Core, ProtocolViolation, initial_snapshot};
+pub use domain::{NoRings, Platform};
+pub use error::Error;

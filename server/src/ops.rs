@@ -1,0 +1,326 @@
+//! The node operations (PROTOCOL.md §2.2, §4, §5): READ, WRITE, MKDIR, RM,
+//! DIRECTORY, DIRECTORY_PART, GET_PERMS, SET_PERMS.
+//!
+//! Each runs against a [`Transaction`]: the client's own, or a one-request
+//! transaction that the core commits at once. Reads go through the
+//! transaction's recording accessors, so everything a reply depends on is
+//! part of the commit rule.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use engine::{Children, DomId, Path, Perm, Perms, Transaction};
+use wire::{Op, one_arg, parse_lenient_u32, split_args, split_first};
+
+use crate::access::{Caller, Need, Rights};
+use crate::domain::Platform;
+use crate::error::{Error, Result};
+use crate::quota::{Quota, QuotaTable};
+
+/// The reply `OK\0`.
+pub(crate) fn ok() -> Vec<u8> {
+    b"OK\0".to_vec()
+}
+
+/// What a node operation needs to know about its caller.
+pub(crate) struct Ctx<'a, P> {
+    pub caller: Caller,
+    /// The quotas that apply to the caller (its domain's, else the global ones).
+    pub quotas: &'a QuotaTable,
+    pub platform: &'a P,
+}
+
+impl<P: Platform> Ctx<'_, P> {
+    fn limited(&self) -> bool {
+        !self.caller.privileged
+    }
+
+    /// Canonicalizes a path argument (§3): relative paths are under the
+    /// caller's home; `@` paths only where `special` allows; unprivileged
+    /// callers are held to `path-max` (§3.3).
+    pub fn path(&self, raw: &[u8], special: bool) -> Result<Path> {
+        let path = match raw.first() {
+            Some(b'/' | b'@') => Path::from_bytes(raw)?,
+            _ => {
+                let mut abs = home_of(self.caller.domid).into_bytes();
+                abs.push(b'/');
+                abs.extend_from_slice(raw);
+                Path::from_bytes(&abs)?
+            }
+        };
+        if path.is_special() && !special {
+            return Err(Error::BadRequest);
+        }
+        if self.limited() && !path.is_special() && self.quotas.exceeded(Quota::PathMax, checked_length(&path)) {
+            return Err(Error::PathTooLong);
+        }
+        Ok(path)
+    }
+
+    fn rights(&self, perms: &Perms) -> Rights {
+        self.caller.rights(perms)
+    }
+
+    /// The error for a missing `path` (§5.4): ENOENT only if the caller holds
+    /// `need` on the nearest existing ancestor, else EACCES.
+    fn missing(&self, tx: &mut Transaction, path: &Path, need: Need) -> Error {
+        if self.caller.privileged {
+            return Error::NotFound;
+        }
+        let mut cur = path.parent();
+        while let Some(p) = cur {
+            if let Some(perms) = tx.perms(&p) {
+                return if self.rights(&perms).reveal(need) { Error::NotFound } else { Error::Denied };
+            }
+            cur = p.parent();
+        }
+        Error::Denied
+    }
+
+    /// The permissions of an existing node the caller holds `need` on.
+    fn checked(&self, tx: &mut Transaction, path: &Path, need: Need) -> Result<Perms> {
+        let perms = tx.perms(path).ok_or_else(|| self.missing(tx, path, need))?;
+        if self.rights(&perms).allow(need) { Ok(perms) } else { Err(Error::Denied) }
+    }
+
+    fn creator(&self) -> Option<DomId> {
+        self.limited().then_some(self.caller.domid)
+    }
+}
+
+/// `/local/domain/<domid>`: a domain's home path (§3.2, GET_DOMAIN_PATH).
+pub(crate) fn home_of(domid: DomId) -> String {
+    format!("/local/domain/{}", domid.0)
+}
+
+/// The length §3.3 checks: after `/local/domain/<digits>/` if the path
+/// starts so, else all of it.
+fn checked_length(path: &Path) -> usize {
+    let s = path.as_str();
+    if let Some(rest) = s.strip_prefix("/local/domain/") {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 {
+            if let Some(after) = rest[digits..].strip_prefix('/') {
+                return after.len();
+            }
+        }
+    }
+    s.len()
+}
+
+/// C's accounting size of a node (node-size quota, §9.1).
+fn node_size(perms: usize, value: usize, children: &Children) -> usize {
+    16 + 8 * perms + value + children.iter().map(|n| n.len() + 1).sum::<usize>()
+}
+
+/// Runs one node operation.
+pub(crate) fn run<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, op: Op, payload: &[u8]) -> Result<Vec<u8>> {
+    match op {
+        Op::Read => read(ctx, tx, payload),
+        Op::Write => write(ctx, tx, payload),
+        Op::Mkdir => mkdir(ctx, tx, payload),
+        Op::Rm => rm(ctx, tx, payload),
+        Op::Directory => directory(ctx, tx, payload),
+        Op::DirectoryPart => directory_part(ctx, tx, payload),
+        Op::GetPerms => get_perms(ctx, tx, payload),
+        Op::SetPerms => set_perms(ctx, tx, payload),
+        _ => Err(Error::Unsupported),
+    }
+}
+
+fn one_path<P: Platform>(ctx: &Ctx<'_, P>, payload: &[u8], special: bool) -> Result<Path> {
+    ctx.path(one_arg(payload).ok_or(Error::BadRequest)?, special)
+}
+
+fn read<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+    let path = one_path(ctx, payload, false)?;
+    ctx.checked(tx, &path, Need::Read)?;
+    Ok(tx.value(&path).map(|v| v.as_bytes().to_vec()).unwrap_or_default())
+}
+
+fn write<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+    let (raw, value) = split_first(payload).ok_or(Error::BadRequest)?;
+    let path = ctx.path(raw, false)?;
+    if let Some(perms) = tx.perms(&path) {
+        if !ctx.rights(&perms).write {
+            return Err(Error::Denied);
+        }
+        if ctx.limited() {
+            let children = tx.children(&path).unwrap_or_default();
+            if ctx.quotas.exceeded(Quota::NodeSize, node_size(perms.entries().len(), value.len(), &children)) {
+                return Err(Error::Quota);
+            }
+        }
+    } else {
+        check_creation(ctx, tx, &path, value.len())?;
+    }
+    tx.write(&path, value, ctx.creator())?;
+    Ok(ok())
+}
+
+fn mkdir<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+    let path = one_path(ctx, payload, false)?;
+    if let Some(perms) = tx.perms(&path) {
+        // Nothing changes, but C still wants write access (§2.2 MKDIR).
+        return if ctx.rights(&perms).write { Ok(ok()) } else { Err(Error::Denied) };
+    }
+    check_creation(ctx, tx, &path, 0)?;
+    tx.mkdir(&path, ctx.creator())?;
+    Ok(ok())
+}
+
+/// Checks creating the missing `path` (§4.2): write access on the nearest
+/// existing ancestor and, for unprivileged callers, the node quota and the
+/// node-size quota of the new node and of the ancestor that gains a child.
+fn check_creation<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, path: &Path, value_len: usize) -> Result<()> {
+    let mut first_missing = path.clone();
+    let mut cur = path.parent();
+    let (ancestor, perms) = loop {
+        let Some(p) = cur else { return Err(Error::NotFound) };
+        if let Some(perms) = tx.perms(&p) {
+            break (p, perms);
+        }
+        cur = p.parent();
+        first_missing = p;
+    };
+    if !ctx.rights(&perms).write {
+        return Err(Error::Denied);
+    }
+    if ctx.limited() {
+        let quotas = ctx.quotas;
+        let owned = tx.view().owned_count(ctx.caller.domid) as usize;
+        let entries = perms.entries().len();
+        let children = tx.children(&ancestor).unwrap_or_default();
+        let ancestor_value = tx.value(&ancestor).map_or(0, |v| v.len());
+        let grown = node_size(entries, ancestor_value, &children) + first_missing.name().len() + 1;
+        if quotas.exceeded(Quota::Nodes, owned + 1)
+            || quotas.exceeded(Quota::NodeSize, node_size(entries, value_len, &Children::default()))
+            || quotas.exceeded(Quota::NodeSize, grown)
+        {
+            return Err(Error::Quota);
+        }
+    }
+    Ok(())
+}
+
+fn rm<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+    let path = one_path(ctx, payload, false)?;
+    match tx.perms(&path) {
+        Some(perms) => {
+            if !ctx.rights(&perms).write {
+                return Err(Error::Denied);
+            }
+            if path.is_root() {
+                return Err(Error::BadRequest);
+            }
+            tx.remove(&path)?;
+            Ok(ok())
+        }
+        None => {
+            // Missing: OK if the parent exists, ENOENT if not; but first the
+            // hiding rule, as C applies it (§2.2 RM).
+            let err = ctx.missing(tx, &path, Need::Write);
+            if err == Error::Denied {
+                return Err(err);
+            }
+            match path.parent() {
+                Some(parent) if tx.exists(&parent) => Ok(ok()),
+                _ => Err(Error::NotFound),
+            }
+        }
+    }
+}
+
+fn directory<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+    let path = one_path(ctx, payload, false)?;
+    ctx.checked(tx, &path, Need::Read)?;
+    Ok(tx.children(&path).unwrap_or_default().to_wire())
+}
+
+fn directory_part<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+    if payload.iter().filter(|&&b| b == 0).count() != 2 {
+        return Err(Error::BadRequest);
+    }
+    let mut args = split_args(payload);
+    let (Some(raw), Some(offset)) = (args.next(), args.next()) else { return Err(Error::BadRequest) };
+    let path = ctx.path(raw, false)?;
+    ctx.checked(tx, &path, Need::Read)?;
+    let generation = tx.generation(&path).unwrap_or_default();
+    let list = tx.children(&path).unwrap_or_default().to_wire();
+    let offset = parse_lenient_u32(offset) as usize;
+
+    let mut reply = format!("{generation}").into_bytes();
+    reply.push(0);
+    if offset >= list.len() {
+        reply.push(0);
+        return Ok(reply);
+    }
+    // Whole entries while they fit; an extra NUL marks the last part.
+    let limit = wire::PAYLOAD_MAX - reply.len() - 1;
+    let mut so_far = 0;
+    let mut rest = &list[offset..];
+    while let Some((name, after)) = split_first(rest) {
+        if so_far + name.len() >= limit {
+            break;
+        }
+        reply.extend_from_slice(name);
+        reply.push(0);
+        so_far += name.len() + 1;
+        rest = after;
+    }
+    if rest.is_empty() {
+        reply.push(0);
+    }
+    Ok(reply)
+}
+
+fn get_perms<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+    let path = one_path(ctx, payload, true)?;
+    Ok(ctx.checked(tx, &path, Need::Read)?.to_wire())
+}
+
+fn set_perms<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+    // The check order of §2.2 SET_PERMS.
+    let mut args = split_args(payload);
+    let raw = args.next().ok_or(Error::BadRequest)?;
+    let strings: Vec<&[u8]> = args.collect();
+    if strings.is_empty() {
+        return Err(Error::BadRequest);
+    }
+    if ctx.limited() && ctx.quotas.exceeded(Quota::NodePermissions, strings.len()) {
+        return Err(Error::Quota);
+    }
+    let entries: Vec<Perm> = strings.iter().map(|s| Perm::parse(s)).collect::<Option<_>>().ok_or(Error::BadRequest)?;
+    let perms = Perms::new(&entries).map_err(|_| Error::BadRequest)?;
+    if !ctx.platform.domain_exists(perms.owner()) {
+        return Err(Error::NotFound);
+    }
+    let path = ctx.path(raw, true)?;
+    let old = ctx.checked(tx, &path, Need::WriteOwner)?;
+    if ctx.limited() && old.owner() != perms.owner() {
+        return Err(Error::OwnerChange);
+    }
+    if ctx.limited() && !path.is_special() {
+        let value = tx.value(&path).map_or(0, |v| v.len());
+        let children = tx.children(&path).unwrap_or_default();
+        if ctx.quotas.exceeded(Quota::NodeSize, node_size(entries.len(), value, &children)) {
+            return Err(Error::Quota);
+        }
+    }
+    tx.set_perms(&path, perms)?;
+    Ok(ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_length_skips_the_domain_prefix() {
+        assert_eq!(checked_length(&Path::new("/local/domain/5/abc").unwrap()), 3);
+        assert_eq!(checked_length(&Path::new("/local/domain/5").unwrap()), 15);
+        assert_eq!(checked_length(&Path::new("/local/domain/x/abc").unwrap()), 19);
+        assert_eq!(checked_length(&Path::new("/vm/abc").unwrap()), 7);
+    }
+}

@@ -1,0 +1,191 @@
+//! Quotas and limits of C xenstored (PROTOCOL.md §9.1), by their C names.
+
+use core::fmt::Write as _;
+
+use alloc::string::String;
+
+/// One quota of §9.1. The value 0 disables its check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Quota {
+    /// Nodes owned by the domain.
+    Nodes,
+    /// Watches of the connection.
+    Watches,
+    /// Replies and events queued but not yet consumed.
+    Outstanding,
+    /// Bytes accounted to the domain.
+    Memory,
+    /// Concurrently open transactions.
+    Transactions,
+    /// Distinct nodes accessed in one transaction.
+    TransactionNodes,
+    /// Entries in a SET_PERMS request.
+    NodePermissions,
+    /// Checked path length (§3.3).
+    PathMax,
+    /// Size of a node: 16 + 8 × entries + value + Σ(child name + 1).
+    NodeSize,
+}
+
+impl Quota {
+    /// In the order C lists them (GET_QUOTA with an empty payload).
+    pub const ALL: [Quota; 9] = [
+        Quota::Nodes,
+        Quota::Watches,
+        Quota::Outstanding,
+        Quota::Memory,
+        Quota::Transactions,
+        Quota::TransactionNodes,
+        Quota::NodePermissions,
+        Quota::PathMax,
+        Quota::NodeSize,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Quota::Nodes => "nodes",
+            Quota::Watches => "watches",
+            Quota::Outstanding => "outstanding",
+            Quota::Memory => "memory",
+            Quota::Transactions => "transactions",
+            Quota::TransactionNodes => "transaction-nodes",
+            Quota::NodePermissions => "node-permissions",
+            Quota::PathMax => "path-max",
+            Quota::NodeSize => "node-size",
+        }
+    }
+
+    pub fn from_name(name: &[u8]) -> Option<Quota> {
+        Quota::ALL.into_iter().find(|q| q.name().as_bytes() == name)
+    }
+
+    /// C's default hard value.
+    pub fn default_hard(self) -> u32 {
+        match self {
+            Quota::Nodes => 1000,
+            Quota::Watches => 128,
+            Quota::Outstanding => 20,
+            Quota::Memory => 2_621_440,
+            Quota::Transactions => 10,
+            Quota::TransactionNodes => 1024,
+            Quota::NodePermissions => 5,
+            Quota::PathMax => 2048,
+            Quota::NodeSize => 2048,
+        }
+    }
+}
+
+/// A quota name as GET/SET_QUOTA address it: hard, or `soft-<name>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaName {
+    pub quota: Quota,
+    pub soft: bool,
+}
+
+impl QuotaName {
+    pub fn parse(name: &[u8], table: &QuotaTable) -> Option<QuotaName> {
+        if let Some(hard) = Quota::from_name(name) {
+            return Some(QuotaName { quota: hard, soft: false });
+        }
+        let soft = name.strip_prefix(b"soft-")?;
+        let quota = Quota::from_name(soft)?;
+        table.soft(quota).map(|_| QuotaName { quota, soft: true })
+    }
+}
+
+/// Hard values, and soft values where a quota has one (only `memory` by
+/// default). Indexed by `Quota as usize`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaTable {
+    hard: [u32; 9],
+    soft: [Option<u32>; 9],
+}
+
+impl Default for QuotaTable {
+    fn default() -> QuotaTable {
+        let mut soft = [None; 9];
+        soft[Quota::Memory as usize] = Some(2_097_152);
+        QuotaTable { hard: Quota::ALL.map(Quota::default_hard), soft }
+    }
+}
+
+impl QuotaTable {
+    pub fn hard(&self, q: Quota) -> u32 {
+        self.hard[q as usize]
+    }
+
+    pub fn soft(&self, q: Quota) -> Option<u32> {
+        self.soft[q as usize]
+    }
+
+    pub fn get(&self, name: QuotaName) -> u32 {
+        if name.soft { self.soft(name.quota).unwrap_or(0) } else { self.hard(name.quota) }
+    }
+
+    pub fn set(&mut self, name: QuotaName, value: u32) {
+        if name.soft {
+            self.soft[name.quota as usize] = Some(value);
+        } else {
+            self.hard[name.quota as usize] = value;
+        }
+    }
+
+    /// Sets a soft value, giving the quota a soft variant if it had none.
+    pub fn set_soft(&mut self, q: Quota, value: u32) {
+        self.soft[q as usize] = Some(value);
+    }
+
+    /// Whether `count` (the value after the request) is refused: the HEAD
+    /// boundary rule, "≥ quota", with 0 disabling the check.
+    pub fn exceeded(&self, q: Quota, count: usize) -> bool {
+        let limit = self.hard(q);
+        limit != 0 && count >= limit as usize
+    }
+
+    /// The names GET_QUOTA lists: every hard name, and `soft-<name>` right
+    /// after each quota that has a soft variant.
+    pub fn names(&self) -> String {
+        let mut s = String::new();
+        for q in Quota::ALL {
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            s.push_str(q.name());
+            if self.soft(q).is_some() {
+                let _ = write!(s, " soft-{}", q.name());
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_c_order() {
+        assert_eq!(
+            QuotaTable::default().names(),
+            "nodes watches outstanding memory soft-memory transactions transaction-nodes node-permissions path-max node-size"
+        );
+    }
+
+    #[test]
+    fn boundary_rule() {
+        let t = QuotaTable::default();
+        assert!(!t.exceeded(Quota::Watches, 127));
+        assert!(t.exceeded(Quota::Watches, 128));
+        let mut t = t;
+        t.set(QuotaName { quota: Quota::Watches, soft: false }, 0);
+        assert!(!t.exceeded(Quota::Watches, 1_000_000));
+    }
+
+    #[test]
+    fn soft_names() {
+        let t = QuotaTable::default();
+        assert_eq!(QuotaName::parse(b"soft-memory", &t), Some(QuotaName { quota: Quota::Memory, soft: true }));
+        assert_eq!(QuotaName::parse(b"soft-nodes", &t), None);
+        assert_eq!(QuotaName::parse(b"nosuch", &t), None);
+    }
+}
