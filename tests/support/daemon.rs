@@ -278,7 +278,9 @@ impl Daemon {
         if let Some(child) = &mut self.child {
             return matches!(child.try_wait(), Ok(None));
         }
-        pid_alive(self.pid)
+        // Not our child (start-peer daemonised it): make sure the pid still
+        // names a xenstore daemon, so that a recycled pid is never signalled.
+        pid_alive(self.pid) && pid_is_xenstored(self.pid)
     }
 
     /// SIGTERM, wait up to 5 s, then SIGKILL. Idempotent.
@@ -325,4 +327,10 @@ fn pid_alive(pid: i32) -> bool {
             .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
         Err(_) => false,
     }
+}
+
+/// Whether `pid`'s command name is one of the peer daemons'.
+fn pid_is_xenstored(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| matches!(c.trim(), "xenstored" | "oxenstored"))
 }
