@@ -109,6 +109,11 @@ fn checked_length(path: &Path) -> usize {
     s.len()
 }
 
+/// C's accounting size of a stored node.
+pub(crate) fn node_size_of(node: &engine::Node) -> usize {
+    node_size(node.perms().entries().len(), node.value().len(), node.children())
+}
+
 /// C's accounting size of a node (node-size quota, §9.1).
 fn node_size(perms: usize, value: usize, children: &Children) -> usize {
     16 + 8 * perms + value + children.iter().map(|n| n.len() + 1).sum::<usize>()
@@ -189,11 +194,13 @@ fn check_creation<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, path: &Pa
     }
     if ctx.limited() {
         let quotas = ctx.quotas;
-        let owned = tx.view().owned_count(ctx.caller.domid) as usize;
+        // Read without recording: the ancestor's size must not become part
+        // of the commit rule (siblings created concurrently would conflict);
+        // a transaction re-checks it at commit instead.
+        let view = tx.view();
+        let owned = view.owned_count(ctx.caller.domid) as usize;
         let entries = perms.entries().len();
-        let children = tx.children(&ancestor).unwrap_or_default();
-        let ancestor_value = tx.value(&ancestor).map_or(0, |v| v.len());
-        let grown = node_size(entries, ancestor_value, &children) + first_missing.name().len() + 1;
+        let grown = view.get(ancestor.as_str()).map_or(0, node_size_of) + first_missing.name().len() + 1;
         if quotas.exceeded(Quota::Nodes, owned + 1)
             || quotas.exceeded(Quota::NodeSize, node_size(entries, value_len, &Children::default()))
             || quotas.exceeded(Quota::NodeSize, grown)

@@ -366,10 +366,21 @@ impl<P: Platform> Core<P> {
         };
         let result = self.store.commit(open.tx, |c: &Commit| {
             let (before, after) = (c.previous.owned_count(caller.domid), c.snapshot.owned_count(caller.domid));
-            if !caller.privileged && after > before && quotas.exceeded(Quota::Nodes, after as usize) {
+            if caller.privileged {
+                return Ok(());
+            }
+            if after > before && quotas.exceeded(Quota::Nodes, after as usize) {
                 return Err(Error::Quota);
             }
-            Ok(())
+            // Parents that gained children may have outgrown node-size.
+            let outgrown = c.changes.iter().any(|change| match change {
+                Change::Written { path, created: true } => path
+                    .parent_str()
+                    .and_then(|p| c.snapshot.get(p))
+                    .is_some_and(|n| quotas.exceeded(Quota::NodeSize, ops::node_size_of(n))),
+                _ => false,
+            });
+            if outgrown { Err(Error::Quota) } else { Ok(()) }
         });
         match result {
             Ok(commit) => {
