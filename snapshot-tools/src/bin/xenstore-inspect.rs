@@ -1,0 +1,279 @@
+//! `xenstore-inspect`: offline inspector for xenstore live-update state
+//! files (C `state_dump` binary streams and oxenstored `db` text dumps).
+//!
+//! Exit status: 0 = fine; 1 = the file has problems (`validate`) or the
+//! files differ (`diff`); 2 = the file could not be read at all.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use snapshot_tools::bytes::escape;
+use snapshot_tools::cver::{self, CVersion};
+use snapshot_tools::read::Item;
+use snapshot_tools::report::{self, Style};
+use snapshot_tools::{Parsed, ReadError, Severity, oxenstored, read_stream};
+
+/// Inspect xenstore migration streams and oxenstored dumps.
+#[derive(Debug, Parser)]
+#[command(name = "xenstore-inspect", version, about)]
+struct Cli {
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Parse report and answers: domains, connections, pending data, watches, quotas.
+    Summary { file: PathBuf },
+    /// The node tree like `xenstore-ls -p` (values escaped).
+    Tree { file: PathBuf, path: Option<String> },
+    /// One node: value and permissions.
+    Get { file: PathBuf, path: String },
+    /// Every record with its offset and decode.
+    Records {
+        file: PathBuf,
+        /// Hex dump of each record too.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Malformed-record checks, and whether a C version would restore the file.
+    Validate {
+        file: PathBuf,
+        /// C release whose reader rules to apply: 4.17, 4.21 or 4.22.
+        #[arg(long = "as-c", value_name = "VERSION")]
+        as_c: Option<CVersion>,
+    },
+    /// Tree, connection, watch and domain differences between two files.
+    Diff { file_a: PathBuf, file_b: PathBuf },
+}
+
+/// Errors that stop the inspector; each names the file.
+#[derive(Debug, thiserror::Error)]
+enum InspectError {
+    #[error("{file}: cannot read: {source}")]
+    Io { file: String, source: std::io::Error },
+    #[error("{file}: {source}")]
+    Stream { file: String, source: ReadError },
+    #[error("{file}: {source}")]
+    Oxenstored { file: String, source: oxenstored::OxError },
+    #[error("{file}: offset 0x0: oxenstored persistent-store text, not a live-update dump (not supported)")]
+    Persistent { file: String },
+    #[error("{file}: no node {path:?}")]
+    NoNode { file: String, path: String },
+    #[error("cannot write output: {0}")]
+    Output(std::io::Error),
+}
+
+/// A loaded file of any supported kind.
+struct Loaded {
+    name: String,
+    kind: &'static str,
+    parsed: Parsed,
+}
+
+fn load(path: &Path) -> Result<Loaded, InspectError> {
+    let name = path.display().to_string();
+    let data = std::fs::read(path).map_err(|source| InspectError::Io { file: name.clone(), source })?;
+    if data.starts_with(oxenstored::HEADER.as_bytes()) {
+        let parsed = oxenstored::read_dump(&data).map_err(|source| InspectError::Oxenstored { file: name.clone(), source })?;
+        return Ok(Loaded { name, kind: "oxenstored LU text", parsed });
+    }
+    if data.starts_with(b"/") && data.contains(&b'{') {
+        return Err(InspectError::Persistent { file: name });
+    }
+    let parsed = read_stream(&data).map_err(|source| InspectError::Stream { file: name.clone(), source })?;
+    Ok(Loaded { name, kind: "binary stream", parsed })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let style = Style { colour: !cli.json && std::io::stdout().is_terminal() };
+    match run(&cli, style) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xenstore-inspect: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn out(text: &str) -> Result<(), InspectError> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes()).map_err(InspectError::Output)?;
+    if !text.ends_with('\n') {
+        o.write_all(b"\n").map_err(InspectError::Output)?;
+    }
+    Ok(())
+}
+
+fn json_out(v: &serde_json::Value) -> Result<(), InspectError> {
+    out(&serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")))
+}
+
+fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
+    match &cli.cmd {
+        Cmd::Summary { file } => {
+            let l = load(file)?;
+            let mut s = report::summarize(&l.name, &l.parsed);
+            s.kind = l.kind.to_string();
+            if cli.json {
+                json_out(&serde_json::to_value(&s).unwrap_or_default())?;
+            } else {
+                out(&s.text(st))?;
+            }
+        }
+        Cmd::Tree { file, path } => {
+            let l = load(file)?;
+            let tree = report::Tree::build(&l.parsed.snapshot);
+            let root = path.as_deref().unwrap_or("/");
+            if root != "/" && tree.get(root.as_bytes()).is_none() {
+                return Err(InspectError::NoNode { file: l.name, path: root.into() });
+            }
+            let entries = tree.list(root.as_bytes());
+            if cli.json {
+                json_out(&json!({"file": l.name, "root": root, "nodes": entries}))?;
+            } else {
+                let text: Vec<String> = entries.iter().map(|e| e.text()).collect();
+                out(&text.join("\n"))?;
+            }
+        }
+        Cmd::Get { file, path } => {
+            let l = load(file)?;
+            let snap = &l.parsed.snapshot;
+            let Some((i, node)) =
+                snap.nodes.iter().enumerate().find(|(_, n)| n.conn_id == 0 && n.path == path.as_bytes())
+            else {
+                return Err(InspectError::NoNode { file: l.name, path: path.clone() });
+            };
+            let offset = l.parsed.offset_of(Item::Node(i));
+            let perms = snapshot_tools::perms_display(&node.perms);
+            if cli.json {
+                json_out(&json!({
+                    "path": path, "value": escape(&node.value), "value_bytes": node.value,
+                    "perms": perms, "offset": offset,
+                }))?;
+            } else {
+                let at = offset.map(|o| format!("  @0x{o:04x}")).unwrap_or_default();
+                out(&format!("{path} = \"{}\"  ({perms}){at}", escape(&node.value)))?;
+            }
+        }
+        Cmd::Records { file, hex } => {
+            let l = load(file)?;
+            let lines = report::record_lines(&l.parsed);
+            let data = if *hex { std::fs::read(file).unwrap_or_default() } else { Vec::new() };
+            if cli.json {
+                let recs: Vec<serde_json::Value> = lines
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::to_value(r).unwrap_or_default();
+                        if *hex {
+                            v["hex"] = json!(record_hex(&data, r.offset, r.length).join("\n"));
+                        }
+                        v
+                    })
+                    .collect();
+                json_out(&json!({"header": report::header_line(&l.parsed), "records": recs}))?;
+            } else {
+                let mut text = report::header_line(&l.parsed);
+                for r in &lines {
+                    text.push('\n');
+                    text.push_str(&r.text());
+                    if *hex {
+                        for h in record_hex(&data, r.offset, r.length) {
+                            text.push('\n');
+                            text.push_str(&h);
+                        }
+                    }
+                }
+                out(&text)?;
+            }
+        }
+        Cmd::Validate { file, as_c } => {
+            let l = load(file)?;
+            let errors = l.parsed.findings.iter().filter(|f| f.severity == Severity::Error).count();
+            let verdict = as_c.map(|v| cver::check(&l.parsed, v));
+            let clean = errors == 0 && verdict.as_ref().is_none_or(|v| v.accepted);
+            if cli.json {
+                let findings: Vec<serde_json::Value> = l
+                    .parsed
+                    .findings
+                    .iter()
+                    .map(|f| json!({"offset": f.offset, "severity": f.severity, "message": f.problem.to_string()}))
+                    .collect();
+                json_out(&json!({"file": l.name, "clean": clean, "errors": errors, "findings": findings, "c": verdict}))?;
+            } else {
+                let mut t = String::new();
+                for f in &l.parsed.findings {
+                    let line = format!("{}: {f}", l.name);
+                    t += &(if f.severity == Severity::Error { st.err(&line) } else { st.warn(&line) } + "\n");
+                }
+                t += &format!("{}: {} error(s), {} finding(s)\n", l.name, errors, l.parsed.findings.len());
+                if let Some(v) = &verdict {
+                    match v.breaks.first() {
+                        None => t += &st.ok(&format!("C {}: would restore this file\n", v.version)),
+                        Some(b) => {
+                            t += &st.err(&format!(
+                                "C {}: would NOT restore this file: first rule broken ({}) @0x{:04x}: {}\n",
+                                v.version, b.rule, b.offset, b.message
+                            ));
+                            for b in &v.breaks[1..] {
+                                t += &format!("  also ({}) @0x{:04x}: {}\n", b.rule, b.offset, b.message);
+                            }
+                        }
+                    }
+                    for d in &v.dropped {
+                        t += &format!("  C {} drops ({}) @0x{:04x}: {}\n", v.version, d.rule, d.offset, d.message);
+                    }
+                }
+                t += &(if clean { st.ok("result: clean") } else { st.err("result: NOT clean") });
+                out(&t)?;
+            }
+            return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        Cmd::Diff { file_a, file_b } => {
+            let (a, b) = (load(file_a)?, load(file_b)?);
+            let d = report::diff(&a.parsed.snapshot, &b.parsed.snapshot);
+            if cli.json {
+                json_out(&json!({"a": a.name, "b": b.name, "same": d.is_empty(), "diff": d}))?;
+            } else if d.is_empty() {
+                out(&format!("{} and {}: no differences", a.name, b.name))?;
+            } else {
+                let mut t = format!("--- {}\n+++ {}\n", a.name, b.name);
+                for (title, lines) in
+                    [("nodes", &d.nodes), ("connections", &d.connections), ("watches", &d.watches), ("other", &d.other)]
+                {
+                    if !lines.is_empty() {
+                        t += &format!("{}\n", st.head(&format!("{title}:")));
+                        for l in lines {
+                            t += &format!("  {l}\n");
+                        }
+                    }
+                }
+                out(&t)?;
+            }
+            return Ok(if d.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Hex dump lines of one record (header included), bounded by the file.
+fn record_hex(data: &[u8], offset: u64, length: u32) -> Vec<String> {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+    let end = start.saturating_add(8).saturating_add(length as usize).min(data.len());
+    data[start..end]
+        .chunks(16)
+        .enumerate()
+        .map(|(i, c)| {
+            let hex: Vec<String> = c.iter().map(|b| format!("{b:02x}")).collect();
+            let ascii: String = c.iter().map(|b| if b.is_ascii_graphic() { *b as char } else { '.' }).collect();
+            format!("    {:04x}: {:<47}  {ascii}", start + i * 16, hex.join(" "))
+        })
+        .collect()
+}
