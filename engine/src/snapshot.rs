@@ -265,6 +265,62 @@ impl Snapshot {
         Ok(())
     }
 
+    // ---- recovery: replaying logged node states exactly ----
+
+    /// Sets `path` to exactly this value, permissions and generation, as a
+    /// commit log recorded it: an existing node keeps its children and its
+    /// place; a missing one is appended to its parent's children (the parent
+    /// must exist). The generation counter moves above `generation`.
+    pub fn restore_node(&mut self, path: &Path, value: &[u8], perms: Perms, generation: u64) -> Result<(), BuildError> {
+        let value = Value::new(value);
+        if path.is_special() {
+            let node = Node { value: Value::default(), perms, children: Children::default(), generation };
+            self.inner().nodes.insert_mut(path.clone(), node);
+        } else if let Some(old) = self.get(path.as_str()) {
+            let old_owner = old.perms.owner();
+            self.count_owner(old_owner, -1);
+            self.count_owner(perms.owner(), 1);
+            self.update_node(path, |n| {
+                n.value = value;
+                n.perms = perms;
+                n.generation = generation;
+            });
+        } else {
+            let parent = path.parent().ok_or(BuildError::MissingRoot)?;
+            let name: Name = Arc::from(path.name());
+            if !self.update_node(&parent, |p| p.children = p.children.with_appended(name)) {
+                return Err(BuildError::MissingParent(path.clone()));
+            }
+            self.insert_new(path.clone(), Node { value, perms, children: Children::default(), generation });
+        }
+        let inner = self.inner();
+        inner.next_generation = inner.next_generation.max(generation + 1);
+        Ok(())
+    }
+
+    /// Removes `path` and its subtree as a commit log recorded it; the
+    /// parent's generation is left to its own logged state. Missing: no-op.
+    pub fn restore_removal(&mut self, path: &Path) -> Result<(), BuildError> {
+        if path.is_root() || path.is_special() {
+            return Err(BuildError::MissingRoot);
+        }
+        let parent_generation = path.parent().and_then(|p| self.get(p.as_str()).map(|n| n.generation));
+        let counter = self.0.next_generation;
+        if self.remove(path).is_some() {
+            if let (Some(parent), Some(g)) = (path.parent(), parent_generation) {
+                self.update_node(&parent, |n| n.generation = g);
+            }
+            self.inner().next_generation = counter;
+        }
+        Ok(())
+    }
+
+    /// Raises the generation counter to at least `next`.
+    pub fn restore_next_generation(&mut self, next: u64) {
+        let inner = self.inner();
+        inner.next_generation = inner.next_generation.max(next);
+    }
+
     // ---- primitive mutations (crate-internal) ----
 
     fn inner(&mut self) -> &mut Inner {
