@@ -169,7 +169,7 @@ fn message_line(dir: &str, bytes: &[u8], payload: &[u8], desc: &str) -> String {
         let more = if payload.len() > 32 { "..." } else { "" };
         left.push_str(&format!(" '{}'{more}", escape(shown)));
     }
-    format!("{left:<59}({desc})")
+    format!("{left:<58} ({desc})")
 }
 
 /// Describes one whole message in a line.
@@ -234,7 +234,7 @@ fn pending_lines(c: &Connection, order: ByteOrder) -> Vec<String> {
     }
     if !partial_resp.is_empty() {
         let desc = format!("rest of a partly sent response, {} bytes", partial_resp.len());
-        out.push(format!("{:<59}({desc})", format!("      out: {}", hex_words(partial_resp.get(..16).unwrap_or(&partial_resp)))));
+        out.push(format!("{:<58} ({desc})", format!("      out: {}", hex_words(partial_resp.get(..16).unwrap_or(&partial_resp)))));
     }
     for m in &output.messages {
         let start = m.offset + partial_resp.len();
@@ -621,7 +621,8 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
             let mut over_quota = Vec::new();
             let mut over = |name: &str, used: usize| {
                 if let Some(&limit) = quotas.get(name) {
-                    if limit != 0 && used > limit as usize {
+                    // The privileged domain is exempt from quotas in C.
+                    if domid != 0 && limit != 0 && used > limit as usize {
                         over_quota.push(format!("{name} {used} > {limit}"));
                     }
                 }
@@ -781,11 +782,13 @@ impl Summary {
         let yes = |b: bool| if b { "yes" } else { "no" };
         o += &format!("{}\n", st.head(&format!("== {} ==", self.file)));
         o += &format!("kind: {}, {} bytes, version {}, {}\n", self.kind, self.size, self.version, self.byte_order);
-        o += &format!(
-            "preamble accepted by C 4.17-4.20: {}, by C 4.21+: {}\n",
-            yes(self.preamble_ok_c417),
-            yes(self.preamble_ok_c421)
-        );
+        if self.kind == "binary stream" {
+            o += &format!(
+                "preamble accepted by C 4.17-4.20: {}, by C 4.21+: {}\n",
+                yes(self.preamble_ok_c417),
+                yes(self.preamble_ok_c421)
+            );
+        }
         o += &format!("producer: {}\n", self.producer);
         for e in &self.evidence {
             o += &format!("  - {e}\n");

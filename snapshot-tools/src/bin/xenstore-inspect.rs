@@ -96,6 +96,7 @@ fn main() -> ExitCode {
     let style = Style { colour: !cli.json && std::io::stdout().is_terminal() };
     match run(&cli, style) {
         Ok(code) => code,
+        Err(InspectError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xenstore-inspect: {e}");
             ExitCode::from(2)
@@ -122,6 +123,12 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
             let l = load(file)?;
             let mut s = report::summarize(&l.name, &l.parsed);
             s.kind = l.kind.to_string();
+            if l.kind != "binary stream" {
+                s.producer = "oxenstored (text dump; no pending data, transactions, targets or quotas)".into();
+                s.evidence.clear();
+                s.preamble_ok_c417 = false;
+                s.preamble_ok_c421 = false;
+            }
             if cli.json {
                 json_out(&serde_json::to_value(&s).unwrap_or_default())?;
             } else {
