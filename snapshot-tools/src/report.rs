@@ -605,12 +605,21 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
     for n in &committed {
         domids.extend(n.perms.iter().map(|p| p.domid).filter(|d| *d < DOMID_FIRST_RESERVED));
     }
+    // Per-domain counts computed once: a hostile file may name many domains.
+    let owned = crate::read::count_by(&committed, |n| n.owner());
+    let mut conns_of: HashMap<u16, Vec<&ConnSummary>> = HashMap::new();
+    for c in &connections {
+        if let Some(d) = c.domid {
+            conns_of.entry(d).or_default().push(c);
+        }
+    }
+    let records: HashMap<u16, &DomainData> = s.domains.iter().rev().map(|d| (d.domid, d)).collect();
     let domains = domids
         .into_iter()
         .map(|domid| {
-            let conns: Vec<&ConnSummary> = connections.iter().filter(|c| c.domid == Some(domid)).collect();
-            let record = s.domains.iter().find(|d| d.domid == domid);
-            let nodes = committed.iter().filter(|n| n.owner() == Some(domid)).count();
+            let conns: Vec<&ConnSummary> = conns_of.get(&domid).cloned().unwrap_or_default();
+            let record = records.get(&domid).copied();
+            let nodes = owned.get(&Some(domid)).copied().unwrap_or(0);
             let watches: usize = conns.iter().map(|c| c.watches.len()).sum();
             let mut quotas = effective_defaults.clone();
             if let Some(r) = record {

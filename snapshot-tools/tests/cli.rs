@@ -1,0 +1,177 @@
+//! Runs the built `xenstore-inspect` binary on the real files.
+//!
+//! Guards the operator-facing contract: output content, JSON shape, exit
+//! status (0 clean / 1 problems or differences / 2 unreadable), error
+//! messages that name the file and offset, and no panic on bad input.
+
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xenstore-inspect");
+
+fn data(name: &str) -> String {
+    format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run xenstore-inspect")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(o)))
+}
+
+#[test]
+fn records_prints_the_golden_decode() {
+    let o = run(&["records", &data("lu1-basic-4.17.state")]);
+    assert_eq!(o.status.code(), Some(0));
+    let want = std::fs::read_to_string(data("lu1-basic-4.17.records.golden")).expect("golden");
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), want.lines().collect::<Vec<_>>());
+    assert!(!stdout(&o).contains('\x1b'), "no colour when not a terminal");
+}
+
+#[test]
+fn records_hex_and_json() {
+    let o = run(&["records", "--hex", &data("lu1-basic-4.17.state")]);
+    assert!(stdout(&o).contains("    0380: 05 00 00 00 38 00 00 00 00 00 00 00 00 00 00 00"));
+    let o = run(&["--json", "records", &data("lu1-basic-4.17.state")]);
+    let v = json(&o);
+    let recs = v["records"].as_array().expect("records");
+    assert_eq!(recs.len(), 30);
+    assert_eq!(recs[1]["offset"], 0x20);
+    assert_eq!(recs[1]["type"], "CONNECTION_DATA");
+    assert_eq!(recs[29]["type"], "END");
+}
+
+#[test]
+fn summary_text_and_json() {
+    let f = data("lu1-basic-4.17.state");
+    let o = run(&["summary", &f]);
+    assert_eq!(o.status.code(), Some(0));
+    let t = stdout(&o);
+    for want in [
+        "producer: C xenstored 4.17",
+        "stub domain: dom2 acts for dom1",
+        "live update requested by: conn 7",
+        "partial-request: partial WRITE req 1, len 31: 26 payload bytes missing",
+        "watch '@introduceDomain' token 'intro'",
+        "open transactions: none",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    let v = json(&run(&["summary", "--json", &f]));
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["lu_requesters"], serde_json::json!([7]));
+    assert_eq!(v["connections"].as_array().map(Vec::len), Some(7));
+    assert_eq!(v["domains"][1]["domid"], 1);
+    assert_eq!(v["domains"][1]["nodes"], 2);
+}
+
+#[test]
+fn summary_of_generated_busy_file() {
+    let v = json(&run(&["--json", "summary", &data("lu2-busy-4.17.state")]));
+    let conns = v["connections"].as_array().expect("conns");
+    let watcher = conns.iter().find(|c| c["watches"].as_array().is_some_and(|w| w.len() == 3)).expect("watcher");
+    assert!(watcher["watches"][1].as_str().is_some_and(|w| w.contains("(relative)")));
+    let events = watcher["pending"].as_array().expect("pending");
+    assert!(events.len() > 100 && events.iter().all(|e| e["kind"] == "watch-event"));
+    assert!(conns.iter().any(|c| c["delayed_transaction_starts"] == 1));
+    assert_eq!(v["stubdom_targets"], serde_json::json!([[3, 1]]));
+    let v = json(&run(&["--json", "summary", &data("lu4-many-delayed-4.17.state")]));
+    let delayed: u64 = v["connections"].as_array().expect("c").iter().filter_map(|c| c["delayed_transaction_starts"].as_u64()).sum();
+    assert_eq!(delayed, 4);
+}
+
+#[test]
+fn tree_and_get() {
+    let f = data("lu1-basic-4.17.state");
+    let o = run(&["tree", &f, "/local/domain/1"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        stdout(&o),
+        "name = \"guest1\"  (b1,r2,w0)\ndata = \"\"  (n0)\n blob = \"bin\\0ary\\xff\\x01\"  (n0)\n"
+    );
+    let o = run(&["get", &f, "/local/domain/2/name"]);
+    assert_eq!(stdout(&o), "/local/domain/2/name = \"stubdom-for-1\"  (n0)  @0x0468\n");
+    let v = json(&run(&["get", "--json", &f, "/local/domain/1/data/blob"]));
+    assert_eq!(v["value_bytes"], serde_json::json!([98, 105, 110, 0, 97, 114, 121, 255, 1]));
+    let o = run(&["get", &f, "/nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("lu1-basic-4.17.state: no node \"/nope\""), "{}", stderr(&o));
+}
+
+#[test]
+fn validate_exit_codes() {
+    for f in ["lu1-basic-4.17.state", "lu2-busy-4.17.state", "lu3-restored-4.17.state", "lu4-many-delayed-4.17.state"] {
+        for v in ["4.17", "4.21", "4.22"] {
+            let o = run(&["validate", &data(f), "--as-c", v]);
+            assert_eq!(o.status.code(), Some(0), "{f} as {v}: {}", stdout(&o));
+            assert!(stdout(&o).contains(&format!("C {v}: would restore this file")));
+        }
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // Truncated inside the NODE at 0x380.
+    let bytes = std::fs::read(data("lu1-basic-4.17.state")).expect("read");
+    let cut = dir.path().join("cut.state");
+    std::fs::write(&cut, &bytes[..0x3a0]).expect("write");
+    let o = run(&["validate", cut.to_str().expect("path"), "--as-c", "4.21"]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = stdout(&o);
+    assert!(t.contains("@0x0380 error: NODE_DATA length 56 runs past end of file"), "{t}");
+    assert!(t.contains("would NOT restore this file: first rule broken"), "{t}");
+    // Not a stream at all.
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"hello world, not xenstore").expect("write");
+    let o = run(&["validate", junk.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("junk: offset 0x0: bad ident"), "{}", stderr(&o));
+    // Missing file.
+    let o = run(&["summary", "/nonexistent/state_dump"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent/state_dump: cannot read"));
+    // JSON verdict.
+    let v = json(&run(&["--json", "validate", cut.to_str().expect("path"), "--as-c", "4.17"]));
+    assert_eq!(v["clean"], false);
+    assert_eq!(v["c"]["version"], "4.17");
+}
+
+#[test]
+fn diff_shows_tree_and_connection_changes() {
+    let o = run(&["diff", &data("lu2-busy-4.17.state"), &data("lu3-restored-4.17.state")]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = stdout(&o);
+    assert!(t.contains("+ /partial"), "{t}");
+    assert!(t.contains("pending in 19->0"), "{t}");
+    let f = data("lu1-basic-4.17.state");
+    let o = run(&["diff", &f, &f]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("no differences"));
+    let v = json(&run(&["--json", "diff", &f, &data("lu4-many-delayed-4.17.state")]));
+    assert_eq!(v["same"], false);
+}
+
+#[test]
+fn oxenstored_dump_is_understood() {
+    let f = data("ox1-4.17.db");
+    let o = run(&["summary", &f]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("kind: oxenstored LU text"));
+    let o = run(&["tree", &f, "/local/domain/4"]);
+    assert_eq!(stdout(&o), "name = \"guest4\"  (n0)\n");
+    let o = run(&["validate", &f]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn bad_arguments_are_rejected_cleanly() {
+    let o = run(&["validate", &data("lu1-basic-4.17.state"), "--as-c", "3.0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown C version"));
+}
