@@ -1,0 +1,290 @@
+//! The state directory: checkpoint files, log files, recovery.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path as FsPath, PathBuf};
+
+use crate::codec::Reader;
+use crate::log::{self, LogRecord};
+use crate::{FORMAT_VERSION, LoadError, Problem, State, checkpoint};
+
+/// What [`StateDir::load`] found.
+#[derive(Debug)]
+pub struct Recovered {
+    pub state: State,
+    /// The last commit included.
+    pub seq: u64,
+    /// Things repaired on the way (a torn last log record), for the log.
+    pub warnings: Vec<String>,
+}
+
+/// A directory holding checkpoints and commit logs.
+#[derive(Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+    log: Option<File>,
+}
+
+fn checkpoint_name(seq: u64) -> String {
+    format!("checkpoint-{seq:020}.rxs")
+}
+
+fn log_name(seq: u64) -> String {
+    format!("log-{seq:020}.rxl")
+}
+
+/// Files named `<prefix><seq><suffix>`, sorted by seq.
+fn numbered(dir: &FsPath, prefix: &str, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut v = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(seq) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(suffix)).and_then(|n| n.parse().ok()) {
+            v.push((seq, entry.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn sync_dir(dir: &FsPath) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn io_err(path: &FsPath) -> impl FnOnce(io::Error) -> LoadError + '_ {
+    move |source| LoadError::Io { path: path.to_path_buf(), source }
+}
+
+fn corrupt(path: &FsPath, problem: Problem) -> LoadError {
+    LoadError::Corrupt { path: path.to_path_buf(), problem }
+}
+
+impl StateDir {
+    /// Opens (creating if needed) the directory.
+    pub fn open(dir: impl Into<PathBuf>) -> io::Result<StateDir> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir)?;
+        Ok(StateDir { dir, log: None })
+    }
+
+    pub fn path(&self) -> &FsPath {
+        &self.dir
+    }
+
+    /// Writes `state` as the checkpoint after commit `seq`: a temporary
+    /// file, fsync, rename, fsync of the directory. Usable from a background
+    /// thread (it touches nothing but the new file).
+    pub fn write_checkpoint(dir: &FsPath, state: &State, seq: u64) -> io::Result<PathBuf> {
+        let bytes = checkpoint::encode(state, seq);
+        let path = dir.join(checkpoint_name(seq));
+        let tmp = dir.join(format!("{}.tmp", checkpoint_name(seq)));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &path)?;
+        sync_dir(dir)?;
+        Ok(path)
+    }
+
+    /// Starts a new log file whose first record will be `first_seq`; later
+    /// [`StateDir::append`]s go there.
+    pub fn start_log(&mut self, first_seq: u64) -> io::Result<()> {
+        let path = self.dir.join(log_name(first_seq));
+        let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+        let mut header = Vec::with_capacity(20);
+        header.extend_from_slice(log::MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&first_seq.to_le_bytes());
+        f.write_all(&header)?;
+        f.sync_all()?;
+        sync_dir(&self.dir)?;
+        self.log = Some(f);
+        Ok(())
+    }
+
+    /// Appends records and makes them durable with one `fdatasync` (group
+    /// commit): when this returns, a crash cannot lose them.
+    pub fn append(&mut self, records: &[LogRecord]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let f = self.log.as_mut().ok_or_else(|| io::Error::other("no log file started"))?;
+        let mut buf = Vec::new();
+        for r in records {
+            r.encode(&mut buf);
+        }
+        f.write_all(&buf)?;
+        f.sync_data()
+    }
+
+    /// Removes checkpoints older than the one for `seq` and logs wholly
+    /// before it; call once checkpoint `seq` is durable.
+    pub fn prune(&self, seq: u64) -> io::Result<()> {
+        for (s, p) in numbered(&self.dir, "checkpoint-", ".rxs")? {
+            if s < seq {
+                fs::remove_file(p)?;
+            }
+        }
+        let logs = numbered(&self.dir, "log-", ".rxl")?;
+        // A log is wholly before `seq` if the next log starts at or before seq + 1.
+        for (i, (_, p)) in logs.iter().enumerate() {
+            if logs.get(i + 1).is_some_and(|(next, _)| *next <= seq + 1) {
+                fs::remove_file(p)?;
+            }
+        }
+        for (_, p) in numbered(&self.dir, "checkpoint-", ".rxs.tmp")? {
+            fs::remove_file(p)?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Moves every state file into `discarded-<n>/` (never deletes them, so
+    /// they can be inspected), for `--discard-state`.
+    pub fn set_aside(&self) -> io::Result<Option<PathBuf>> {
+        let mut files = numbered(&self.dir, "checkpoint-", ".rxs")?;
+        files.extend(numbered(&self.dir, "log-", ".rxl")?);
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let mut n = 1;
+        let target = loop {
+            let t = self.dir.join(format!("discarded-{n}"));
+            if !t.exists() {
+                break t;
+            }
+            n += 1;
+        };
+        fs::create_dir(&target)?;
+        for (_, p) in files {
+            if let Some(name) = p.file_name() {
+                fs::rename(&p, target.join(name))?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(Some(target))
+    }
+
+    /// Loads the newest checkpoint and replays the logs after it. `None`
+    /// if the directory holds no state. Corrupt or inconsistent state is an
+    /// error naming the file and the problem; only a torn last record of the
+    /// last log (a write that was never acknowledged) is repaired, with a
+    /// warning.
+    pub fn load(&self) -> Result<Option<Recovered>, LoadError> {
+        let checkpoints = numbered(&self.dir, "checkpoint-", ".rxs").map_err(io_err(&self.dir))?;
+        let logs = numbered(&self.dir, "log-", ".rxl").map_err(io_err(&self.dir))?;
+        if checkpoints.is_empty() && logs.is_empty() {
+            return Ok(None);
+        }
+        let mut warnings = Vec::new();
+        let (mut state, mut seq) = match checkpoints.last() {
+            Some((_, path)) => read_checkpoint(path)?,
+            None => {
+                let root = engine::Perms::owned_by(engine::DomId(0));
+                (State { snapshot: engine::Snapshot::new(root), domains: Vec::new(), global_quotas: Vec::new() }, 0)
+            }
+        };
+        let checkpoint_seq = seq;
+        for (i, (_, path)) in logs.iter().enumerate() {
+            let last_file = i + 1 == logs.len();
+            let records = read_log(path, last_file, &mut warnings)?;
+            for rec in records {
+                if rec.seq <= checkpoint_seq {
+                    continue;
+                }
+                if rec.seq != seq + 1 {
+                    return Err(LoadError::Inconsistent {
+                        path: path.clone(),
+                        what: format!("commit {} follows commit {seq}: commits are missing", rec.seq),
+                    });
+                }
+                if let Some((domains, quotas)) = rec.apply(&mut state.snapshot).map_err(|e| LoadError::Inconsistent {
+                    path: path.clone(),
+                    what: format!("commit {} does not apply: {e}", rec.seq),
+                })? {
+                    state.domains = domains;
+                    state.global_quotas = quotas;
+                }
+                seq = rec.seq;
+            }
+        }
+        state.snapshot.check_consistent().map_err(|e| LoadError::Inconsistent {
+            path: self.dir.clone(),
+            what: format!("the recovered tree is inconsistent: {e}"),
+        })?;
+        Ok(Some(Recovered { state, seq, warnings }))
+    }
+}
+
+fn read_checkpoint(path: &FsPath) -> Result<(State, u64), LoadError> {
+    let data = fs::read(path).map_err(io_err(path))?;
+    let mut r = Reader::new(&data, 0);
+    let (version, seq) = checkpoint::header(&mut r).map_err(|p| corrupt(path, p))?;
+    if version > FORMAT_VERSION {
+        return Err(LoadError::NewerVersion { path: path.to_path_buf(), found: version, supported: FORMAT_VERSION });
+    }
+    let state = checkpoint::decode_body(&mut r).map_err(|p| corrupt(path, p))?;
+    if !r.is_empty() {
+        return Err(corrupt(path, Problem { offset: r.offset(), what: "trailing bytes after the checksum".into() }));
+    }
+    Ok((state, seq))
+}
+
+/// Reads a log's records. A record cut short at the very end of the last
+/// log is the write a crash interrupted (never acknowledged): it is dropped
+/// and the file truncated before it. Anything else wrong is corruption.
+fn read_log(path: &FsPath, last_file: bool, warnings: &mut Vec<String>) -> Result<Vec<LogRecord>, LoadError> {
+    let data = fs::read(path).map_err(io_err(path))?;
+    let mut r = Reader::new(&data, 0);
+    let magic = r.take(8, "magic").map_err(|p| corrupt(path, p))?;
+    if magic != log::MAGIC {
+        return Err(corrupt(path, Problem { offset: 0, what: "not an rxenstored log (bad magic)".into() }));
+    }
+    let version = r.u32("format version").map_err(|p| corrupt(path, p))?;
+    if version > FORMAT_VERSION {
+        return Err(LoadError::NewerVersion { path: path.to_path_buf(), found: version, supported: FORMAT_VERSION });
+    }
+    r.u64("first sequence number").map_err(|p| corrupt(path, p))?;
+    let mut records = Vec::new();
+    while !r.is_empty() {
+        let start = r.offset();
+        let framed = (|| {
+            let len = r.u32("record length")? as usize;
+            let crc = r.u32("record checksum")?;
+            let payload = r.take(len, "record")?;
+            Ok::<_, Problem>((crc, payload))
+        })();
+        let torn = |problem: Problem, warnings: &mut Vec<String>| -> Result<(), LoadError> {
+            if !last_file {
+                return Err(corrupt(path, problem));
+            }
+            warnings.push(format!(
+                "{}: dropping an incomplete record at byte {start} (a write interrupted by a crash, never acknowledged)",
+                path.display()
+            ));
+            let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+            f.set_len(start).and_then(|()| f.sync_all()).map_err(io_err(path))
+        };
+        let (crc, payload) = match framed {
+            Ok(x) => x,
+            Err(problem) => {
+                torn(problem, warnings)?;
+                break;
+            }
+        };
+        if crc32fast::hash(payload) != crc {
+            let problem = Problem { offset: start, what: "record checksum mismatch".into() };
+            // Only a damaged *last* record can be an interrupted write.
+            if r.is_empty() {
+                torn(problem, warnings)?;
+                break;
+            }
+            return Err(corrupt(path, problem));
+        }
+        let mut pr = Reader::new(payload, start + 8);
+        records.push(LogRecord::decode_payload(&mut pr).map_err(|p| corrupt(path, p))?);
+    }
+    Ok(records)
+}
