@@ -175,11 +175,10 @@ pub fn check(parsed: &Parsed, version: CVersion) -> CVerdict {
                 if !paths.insert(&n.path) {
                     brk(at, "1.7 rule 6", format!("NODE {:?} twice: its children are unlinked", n.path_str()));
                 }
-                if let Some(parent) = parent_of(&n.path) {
-                    if parent != b"/" && !paths.contains(parent) {
+                if let Some(parent) = parent_of(&n.path)
+                    && parent != b"/" && !paths.contains(parent) {
                         brk(at, "1.7 rule 6", format!("read parent error restoring node {:?}", n.path_str()));
                     }
-                }
             }
             Item::Domain(i) => {
                 let Some(d) = snap.domains.get(i) else { continue };

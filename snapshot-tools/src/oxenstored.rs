@@ -38,7 +38,7 @@ pub fn read_dump(data: &[u8]) -> Result<Parsed, OxError> {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

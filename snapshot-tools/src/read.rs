@@ -409,14 +409,13 @@ impl Reader<'_> {
             // A WATCH_EXT written by the buggy 4.22 writer is shorter than it
             // says; follow the bytes that were really written.
             let mut next = body_start + length as usize;
-            if let Item::Watch(i, Some(WatchExtLayout::Bug422)) = item {
-                if let Some(w) = self.parsed.snapshot.watches.get(i) {
+            if let Item::Watch(i, Some(WatchExtLayout::Bug422)) = item
+                && let Some(w) = self.parsed.snapshot.watches.get(i) {
                     let written = body_start + roundup8(8 + w.path.len() + 1 + w.token.len() + 1);
                     if written != next && self.plausible_record_at(written) && !self.plausible_record_at(next) {
                         next = written;
                     }
                 }
-            }
             pos = next;
         }
     }
@@ -720,11 +719,10 @@ impl Reader<'_> {
             } else {
                 self.node_paths.insert(path.clone(), at);
             }
-            if let Some(parent) = parent_of(&path) {
-                if !self.node_paths.contains_key(parent) {
+            if let Some(parent) = parent_of(&path)
+                && !self.node_paths.contains_key(parent) {
                     self.waiting_parent.push((at, path.clone()));
                 }
-            }
             if let Some(owner) = perms.first() {
                 self.domids_seen.insert(owner.domid);
             }
@@ -825,16 +823,15 @@ impl Reader<'_> {
         }
         // Unknown conn-ids that do exist later become "comes later".
         for f in &mut self.parsed.findings {
-            if let Problem::UnknownConn { name, conn_id } = f.problem {
-                if self.conn_index.contains_key(&conn_id) {
+            if let Problem::UnknownConn { name, conn_id } = f.problem
+                && self.conn_index.contains_key(&conn_id) {
                     f.problem = Problem::ConnLater { name, conn_id };
                 }
-            }
         }
         // Migration stream (no GLOBAL): watches must belong to its one connection.
         let snap = &self.parsed.snapshot;
-        if snap.global.is_none() {
-            if let Some(first) = snap.connections.first().map(|c| c.conn_id) {
+        if snap.global.is_none()
+            && let Some(first) = snap.connections.first().map(|c| c.conn_id) {
                 let bad: Vec<(u64, u32)> = self
                     .parsed
                     .records
@@ -849,7 +846,6 @@ impl Reader<'_> {
                     self.find(at, Problem::MigrationWatchOtherConn(c, first));
                 }
             }
-        }
         self.parsed.findings.sort_by_key(|f| f.offset);
     }
 }

@@ -570,11 +570,10 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
     let duplicate_evtchns =
         dups(connections.iter().filter_map(|c| c.evtchn.map(i64::from)).collect()).into_iter().map(|v| v as u32).collect();
     let mut fds: Vec<i64> = connections.iter().filter_map(|c| c.fd.map(i64::from)).collect();
-    if let Some(g) = s.global {
-        if g.socket_fd >= 0 {
+    if let Some(g) = s.global
+        && g.socket_fd >= 0 {
             fds.push(g.socket_fd.into());
         }
-    }
     let duplicate_fds = dups(fds).into_iter().map(|v| v as i32).collect();
 
     // Quotas.
@@ -613,6 +612,16 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
             conns_of.entry(d).or_default().push(c);
         }
     }
+    // Per-node limits, charged to the owner: largest value, path, ACL.
+    let mut node_max: HashMap<u16, (usize, usize, usize)> = HashMap::new();
+    for n in &committed {
+        if let Some(owner) = n.owner() {
+            let e = node_max.entry(owner).or_default();
+            e.0 = e.0.max(n.value.len());
+            e.1 = e.1.max(n.path.len());
+            e.2 = e.2.max(n.perms.len());
+        }
+    }
     let records: HashMap<u16, &DomainData> = s.domains.iter().rev().map(|d| (d.domid, d)).collect();
     let domains = domids
         .into_iter()
@@ -639,6 +648,10 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
             over("nodes", nodes);
             over("watches", watches);
             over("outstanding", conns.iter().map(|c| c.outstanding).sum());
+            let (value, path, perms) = node_max.get(&domid).copied().unwrap_or_default();
+            over("node-size", value);
+            over("path-max", path);
+            over("node-permissions", perms);
             DomainSummary {
                 domid,
                 connections: conns.iter().map(|c| c.conn_id).collect(),
@@ -833,6 +846,10 @@ impl Summary {
             }
             o += &line;
             o += "\n";
+            if self.global_quotas.len() + usize::from(d.has_domain_record) > 0 && !d.quotas.is_empty() {
+                let q: Vec<String> = d.quotas.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                o += &format!("    quotas: {}\n", q.join(" "));
+            }
             for q in &d.over_quota {
                 o += &format!("    {}\n", st.warn(&format!("over quota: {q}")));
             }

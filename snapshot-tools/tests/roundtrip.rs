@@ -327,3 +327,63 @@ fn oxenstored_dump_reads_and_writes_back() {
     assert!(q.is_clean(), "{:?}", q.findings);
     assert!(cver::check(&q, cver::CVersion::V417).accepted);
 }
+
+#[test]
+fn more_section_5_3_checks_fire() {
+    let mut snap = head_snapshot();
+    snap.watches.retain(|w| w.depth.is_none());
+    // Socket with a unique-id trailer; a transaction node without TRANSACTION_DATA;
+    // a committed node with no permissions; an oversized queued message.
+    snap.connections[2].unique_id = Some(5);
+    snap.connections[2].output = b"\x02\0\0\0\0\0\0\0\0\0\0\0\x01\x20\0\0".to_vec();
+    snap.connections[2].partial_response_len = 0;
+    snap.nodes.push(Node { path: b"/tx".to_vec(), value: vec![], perms: vec![], conn_id: 3, tx_id: 9, access: 2 });
+    snap.nodes.push(Node::committed("/noperm", "", vec![]));
+    snap.domains.push(DomainData { domid: 7, features: 0x30, quotas: vec![Quota::new("bogus", 1)] });
+    let bytes = write_stream(&snap, WriteFormat::HEAD).expect("write");
+    let p = read_stream(&bytes).expect("read");
+    let has = |f: &dyn Fn(&Problem) -> bool| p.findings.iter().any(|x| f(&x.problem));
+    assert!(has(&|p| matches!(p, Problem::SocketUniqueId)));
+    assert!(has(&|p| matches!(p, Problem::OversizedMessage { part: "output", len: 0x2001, .. })));
+    assert!(has(&|p| matches!(p, Problem::PendingNotWhole { part: "output", .. })));
+    assert!(has(&|p| matches!(p, Problem::NodeWithoutTransaction { conn_id: 3, tx_id: 9, .. })));
+    assert!(has(&|p| matches!(p, Problem::NoPerms(path) if path == "/noperm")));
+    assert!(has(&|p| matches!(p, Problem::UnknownFeatures { domid: 7, bits: 0x30 })));
+    assert!(has(&|p| matches!(p, Problem::UnknownQuota { .. })));
+    // With TRANSACTION_DATA first the transaction node is fine, but C would
+    // still apply it as committed.
+    snap.transactions.push(Transaction { conn_id: 3, tx_id: 9 });
+    let p = read_stream(&write_stream(&snap, WriteFormat::HEAD).expect("write")).expect("read");
+    assert!(!p.findings.iter().any(|f| matches!(f.problem, Problem::NodeWithoutTransaction { .. })));
+    let v = cver::check(&p, cver::CVersion::V421);
+    assert!(v.breaks.iter().any(|b| b.message.contains("would be applied as committed")));
+    assert!(v.dropped.iter().any(|d| d.rule == "1.5.6"));
+
+    // Byte patches: conn length mismatch, out-resp-len > out, features in v1,
+    // a second GLOBAL, a ring domid in the reserved range, tdomid == domid.
+    let lu1 = data("lu1-basic-4.17.state");
+    let mut b = lu1.clone();
+    b[0x24] = 0x38; // CONNECTION 1 length 24 -> 56, eats the next records
+    assert!(read_stream(&b).expect("r").findings.iter().any(|f| f.offset == 0x20
+        && matches!(f.problem, Problem::ConnLengthMismatch { length: 56, expected: 24, .. })));
+    let mut b = lu1.clone();
+    b[0x192] = 0x20; // conn 7 out-resp-len 32 > out 19
+    assert!(read_stream(&b).expect("r").findings.iter().any(|f| f.problem == Problem::RespLenTooBig { resp: 32, out: 19 }));
+    let mut b = lu1.clone();
+    b[0x20] = 1; // CONNECTION 1 becomes a second GLOBAL
+    assert!(read_stream(&b).expect("r").findings.iter().any(|f| f.offset == 0x20 && f.problem == Problem::DuplicateGlobal));
+    let mut b = lu1.clone();
+    b[0x50] = 0xf1; // dom 1 -> 0x7ff1
+    b[0x51] = 0x7f;
+    assert!(read_stream(&b).expect("r").findings.iter().any(|f| f.problem == Problem::ReservedDomid(0x7ff1)));
+    let mut b = lu1.clone();
+    b[0x72] = 2; // dom 2 targets itself
+    b[0x73] = 0;
+    assert!(read_stream(&b).expect("r").findings.iter().any(|f| f.problem == Problem::SelfTarget(2)));
+    let mut p = read_stream(&lu1).expect("lu1").snapshot;
+    p.domains.push(DomainData { domid: 1, features: 0, quotas: vec![] });
+    let mut b = write_stream(&p, WriteFormat::C417).expect("write");
+    let dom_at = b.len() - 8 - 16; // DOMAIN record (8 + 8) before END (8)
+    b[dom_at + 12] = 2; // features = 2 in a v1 stream
+    assert!(read_stream(&b).expect("r").findings.iter().any(|f| f.problem == Problem::FeaturesInV1(1)));
+}
