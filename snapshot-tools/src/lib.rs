@@ -10,7 +10,7 @@
 //! * [`read`]: [`read_stream`], the tolerant reader. It returns a
 //!   [`Parsed`]: the snapshot, every record with its file offset, and the
 //!   malformed-record [`Finding`]s of §5.3. It never panics on file data.
-//! * [`write`]: [`write_stream`], the byte-exact writer of §1.6 for a
+//! * [`write`](mod@write): [`write_stream`], the byte-exact writer of §1.6 for a
 //!   [`WriteFormat`] (4.17 v1, HEAD v2, HEAD `-v 1`).
 //! * [`message`]: a small decoder of xenstore wire messages for the pending
 //!   input/output bytes of connections.
