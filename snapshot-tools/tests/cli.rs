@@ -13,7 +13,10 @@ fn data(name: &str) -> String {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run xenstore-inspect")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run xenstore-inspect")
 }
 
 fn stdout(o: &Output) -> String {
@@ -33,8 +36,14 @@ fn records_prints_the_golden_decode() {
     let o = run(&["records", &data("lu1-basic-4.17.state")]);
     assert_eq!(o.status.code(), Some(0));
     let want = std::fs::read_to_string(data("lu1-basic-4.17.records.golden")).expect("golden");
-    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), want.lines().collect::<Vec<_>>());
-    assert!(!stdout(&o).contains('\x1b'), "no colour when not a terminal");
+    assert_eq!(
+        stdout(&o).lines().collect::<Vec<_>>(),
+        want.lines().collect::<Vec<_>>()
+    );
+    assert!(
+        !stdout(&o).contains('\x1b'),
+        "no colour when not a terminal"
+    );
 }
 
 #[test]
@@ -78,14 +87,30 @@ fn summary_text_and_json() {
 fn summary_of_generated_busy_file() {
     let v = json(&run(&["--json", "summary", &data("lu2-busy-4.17.state")]));
     let conns = v["connections"].as_array().expect("conns");
-    let watcher = conns.iter().find(|c| c["watches"].as_array().is_some_and(|w| w.len() == 3)).expect("watcher");
-    assert!(watcher["watches"][1].as_str().is_some_and(|w| w.contains("(relative)")));
+    let watcher = conns
+        .iter()
+        .find(|c| c["watches"].as_array().is_some_and(|w| w.len() == 3))
+        .expect("watcher");
+    assert!(
+        watcher["watches"][1]
+            .as_str()
+            .is_some_and(|w| w.contains("(relative)"))
+    );
     let events = watcher["pending"].as_array().expect("pending");
     assert!(events.len() > 100 && events.iter().all(|e| e["kind"] == "watch-event"));
     assert!(conns.iter().any(|c| c["delayed_transaction_starts"] == 1));
     assert_eq!(v["stubdom_targets"], serde_json::json!([[3, 1]]));
-    let v = json(&run(&["--json", "summary", &data("lu4-many-delayed-4.17.state")]));
-    let delayed: u64 = v["connections"].as_array().expect("c").iter().filter_map(|c| c["delayed_transaction_starts"].as_u64()).sum();
+    let v = json(&run(&[
+        "--json",
+        "summary",
+        &data("lu4-many-delayed-4.17.state"),
+    ]));
+    let delayed: u64 = v["connections"]
+        .as_array()
+        .expect("c")
+        .iter()
+        .filter_map(|c| c["delayed_transaction_starts"].as_u64())
+        .sum();
     assert_eq!(delayed, 4);
 }
 
@@ -99,17 +124,32 @@ fn tree_and_get() {
         "name = \"guest1\"  (b1,r2,w0)\ndata = \"\"  (n0)\n blob = \"bin\\0ary\\xff\\x01\"  (n0)\n"
     );
     let o = run(&["get", &f, "/local/domain/2/name"]);
-    assert_eq!(stdout(&o), "/local/domain/2/name = \"stubdom-for-1\"  (n0)  @0x0468\n");
+    assert_eq!(
+        stdout(&o),
+        "/local/domain/2/name = \"stubdom-for-1\"  (n0)  @0x0468\n"
+    );
     let v = json(&run(&["get", "--json", &f, "/local/domain/1/data/blob"]));
-    assert_eq!(v["value_bytes"], serde_json::json!([98, 105, 110, 0, 97, 114, 121, 255, 1]));
+    assert_eq!(
+        v["value_bytes"],
+        serde_json::json!([98, 105, 110, 0, 97, 114, 121, 255, 1])
+    );
     let o = run(&["get", &f, "/nope"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("lu1-basic-4.17.state: no node \"/nope\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("lu1-basic-4.17.state: no node \"/nope\""),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn validate_exit_codes() {
-    for f in ["lu1-basic-4.17.state", "lu2-busy-4.17.state", "lu3-restored-4.17.state", "lu4-many-delayed-4.17.state"] {
+    for f in [
+        "lu1-basic-4.17.state",
+        "lu2-busy-4.17.state",
+        "lu3-restored-4.17.state",
+        "lu4-many-delayed-4.17.state",
+    ] {
         for v in ["4.17", "4.21", "4.22"] {
             let o = run(&["validate", &data(f), "--as-c", v]);
             assert_eq!(o.status.code(), Some(0), "{f} as {v}: {}", stdout(&o));
@@ -124,27 +164,47 @@ fn validate_exit_codes() {
     let o = run(&["validate", cut.to_str().expect("path"), "--as-c", "4.21"]);
     assert_eq!(o.status.code(), Some(1));
     let t = stdout(&o);
-    assert!(t.contains("@0x0380 error: NODE_DATA length 56 runs past end of file"), "{t}");
-    assert!(t.contains("would NOT restore this file: first rule broken"), "{t}");
+    assert!(
+        t.contains("@0x0380 error: NODE_DATA length 56 runs past end of file"),
+        "{t}"
+    );
+    assert!(
+        t.contains("would NOT restore this file: first rule broken"),
+        "{t}"
+    );
     // Not a stream at all.
     let junk = dir.path().join("junk");
     std::fs::write(&junk, b"hello world, not xenstore").expect("write");
     let o = run(&["validate", junk.to_str().expect("path")]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("junk: offset 0x0: bad ident"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("junk: offset 0x0: bad ident"),
+        "{}",
+        stderr(&o)
+    );
     // Missing file.
     let o = run(&["summary", "/nonexistent/state_dump"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/nonexistent/state_dump: cannot read"));
     // JSON verdict.
-    let v = json(&run(&["--json", "validate", cut.to_str().expect("path"), "--as-c", "4.17"]));
+    let v = json(&run(&[
+        "--json",
+        "validate",
+        cut.to_str().expect("path"),
+        "--as-c",
+        "4.17",
+    ]));
     assert_eq!(v["clean"], false);
     assert_eq!(v["c"]["version"], "4.17");
 }
 
 #[test]
 fn diff_shows_tree_and_connection_changes() {
-    let o = run(&["diff", &data("lu2-busy-4.17.state"), &data("lu3-restored-4.17.state")]);
+    let o = run(&[
+        "diff",
+        &data("lu2-busy-4.17.state"),
+        &data("lu3-restored-4.17.state"),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let t = stdout(&o);
     assert!(t.contains("+ /partial"), "{t}");
@@ -153,7 +213,12 @@ fn diff_shows_tree_and_connection_changes() {
     let o = run(&["diff", &f, &f]);
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("no differences"));
-    let v = json(&run(&["--json", "diff", &f, &data("lu4-many-delayed-4.17.state")]));
+    let v = json(&run(&[
+        "--json",
+        "diff",
+        &f,
+        &data("lu4-many-delayed-4.17.state"),
+    ]));
     assert_eq!(v["same"], false);
 }
 
@@ -167,6 +232,9 @@ fn oxenstored_dump_is_understood() {
     assert_eq!(stdout(&o), "name = \"guest4\"  (n0)\n");
     let o = run(&["validate", &f]);
     assert_eq!(o.status.code(), Some(0));
+    let o = run(&["validate", &f, "--as-c", "4.17"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("C xenstored cannot load this format"));
 }
 
 #[test]

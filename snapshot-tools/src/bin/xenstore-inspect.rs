@@ -57,12 +57,20 @@ enum Cmd {
 #[derive(Debug, thiserror::Error)]
 enum InspectError {
     #[error("{file}: cannot read: {source}")]
-    Io { file: String, source: std::io::Error },
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {source}")]
     Stream { file: String, source: ReadError },
     #[error("{file}: {source}")]
-    Oxenstored { file: String, source: oxenstored::OxError },
-    #[error("{file}: offset 0x0: oxenstored persistent-store text, not a live-update dump (not supported)")]
+    Oxenstored {
+        file: String,
+        source: oxenstored::OxError,
+    },
+    #[error(
+        "{file}: offset 0x0: oxenstored persistent-store text, not a live-update dump (not supported)"
+    )]
     Persistent { file: String },
     #[error("{file}: no node {path:?}")]
     NoNode { file: String, path: String },
@@ -79,24 +87,45 @@ struct Loaded {
 
 fn load(path: &Path) -> Result<Loaded, InspectError> {
     let name = path.display().to_string();
-    let data = std::fs::read(path).map_err(|source| InspectError::Io { file: name.clone(), source })?;
+    let data = std::fs::read(path).map_err(|source| InspectError::Io {
+        file: name.clone(),
+        source,
+    })?;
     if data.starts_with(oxenstored::HEADER.as_bytes()) {
-        let parsed = oxenstored::read_dump(&data).map_err(|source| InspectError::Oxenstored { file: name.clone(), source })?;
-        return Ok(Loaded { name, kind: "oxenstored LU text", parsed });
+        let parsed = oxenstored::read_dump(&data).map_err(|source| InspectError::Oxenstored {
+            file: name.clone(),
+            source,
+        })?;
+        return Ok(Loaded {
+            name,
+            kind: "oxenstored LU text",
+            parsed,
+        });
     }
     if data.starts_with(b"/") && data.contains(&b'{') {
         return Err(InspectError::Persistent { file: name });
     }
-    let parsed = read_stream(&data).map_err(|source| InspectError::Stream { file: name.clone(), source })?;
-    Ok(Loaded { name, kind: "binary stream", parsed })
+    let parsed = read_stream(&data).map_err(|source| InspectError::Stream {
+        file: name.clone(),
+        source,
+    })?;
+    Ok(Loaded {
+        name,
+        kind: "binary stream",
+        parsed,
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let style = Style { colour: !cli.json && std::io::stdout().is_terminal() };
+    let style = Style {
+        colour: !cli.json && std::io::stdout().is_terminal(),
+    };
     match run(&cli, style) {
         Ok(code) => code,
-        Err(InspectError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(InspectError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("xenstore-inspect: {e}");
             ExitCode::from(2)
@@ -124,7 +153,9 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
             let mut s = report::summarize(&l.name, &l.parsed);
             s.kind = l.kind.to_string();
             if l.kind != "binary stream" {
-                s.producer = "oxenstored (text dump; no pending data, transactions, targets or quotas)".into();
+                s.producer =
+                    "oxenstored (text dump; no pending data, transactions, targets or quotas)"
+                        .into();
                 s.evidence.clear();
                 s.preamble_ok_c417 = false;
                 s.preamble_ok_c421 = false;
@@ -140,7 +171,10 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
             let tree = report::Tree::build(&l.parsed.snapshot);
             let root = path.as_deref().unwrap_or("/");
             if root != "/" && tree.get(root.as_bytes()).is_none() {
-                return Err(InspectError::NoNode { file: l.name, path: root.into() });
+                return Err(InspectError::NoNode {
+                    file: l.name,
+                    path: root.into(),
+                });
             }
             let entries = tree.list(root.as_bytes());
             if cli.json {
@@ -153,10 +187,16 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
         Cmd::Get { file, path } => {
             let l = load(file)?;
             let snap = &l.parsed.snapshot;
-            let Some((i, node)) =
-                snap.nodes.iter().enumerate().find(|(_, n)| n.conn_id == 0 && n.path == path.as_bytes())
+            let Some((i, node)) = snap
+                .nodes
+                .iter()
+                .enumerate()
+                .find(|(_, n)| n.conn_id == 0 && n.path == path.as_bytes())
             else {
-                return Err(InspectError::NoNode { file: l.name, path: path.clone() });
+                return Err(InspectError::NoNode {
+                    file: l.name,
+                    path: path.clone(),
+                });
             };
             let offset = l.parsed.offset_of(Item::Node(i));
             let perms = snapshot_tools::perms_display(&node.perms);
@@ -167,13 +207,27 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                 }))?;
             } else {
                 let at = offset.map(|o| format!("  @0x{o:04x}")).unwrap_or_default();
-                out(&format!("{path} = \"{}\"  ({perms}){at}", escape(&node.value)))?;
+                out(&format!(
+                    "{path} = \"{}\"  ({perms}){at}",
+                    escape(&node.value)
+                ))?;
             }
         }
         Cmd::Records { file, hex } => {
             let l = load(file)?;
+            if l.kind != "binary stream" {
+                out(&format!(
+                    "{}: {} has no binary records; use summary or tree",
+                    l.name, l.kind
+                ))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let lines = report::record_lines(&l.parsed);
-            let data = if *hex { std::fs::read(file).unwrap_or_default() } else { Vec::new() };
+            let data = if *hex {
+                std::fs::read(file).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             if cli.json {
                 let recs: Vec<serde_json::Value> = lines
                     .iter()
@@ -203,8 +257,27 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
         }
         Cmd::Validate { file, as_c } => {
             let l = load(file)?;
-            let errors = l.parsed.findings.iter().filter(|f| f.severity == Severity::Error).count();
-            let verdict = as_c.map(|v| cver::check(&l.parsed, v));
+            let errors = l
+                .parsed
+                .findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .count();
+            let verdict = as_c.map(|v| {
+                let mut verdict = cver::check(&l.parsed, v);
+                if l.kind != "binary stream" {
+                    verdict.accepted = false;
+                    verdict.breaks.insert(
+                        0,
+                        cver::RuleBreak {
+                            offset: 0,
+                            rule: "2.3",
+                            message: format!("{}: C xenstored cannot load this format", l.kind),
+                        },
+                    );
+                }
+                verdict
+            });
             let clean = errors == 0 && verdict.as_ref().is_none_or(|v| v.accepted);
             if cli.json {
                 let findings: Vec<serde_json::Value> = l
@@ -213,14 +286,25 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                     .iter()
                     .map(|f| json!({"offset": f.offset, "severity": f.severity, "message": f.problem.to_string()}))
                     .collect();
-                json_out(&json!({"file": l.name, "clean": clean, "errors": errors, "findings": findings, "c": verdict}))?;
+                json_out(
+                    &json!({"file": l.name, "clean": clean, "errors": errors, "findings": findings, "c": verdict}),
+                )?;
             } else {
                 let mut t = String::new();
                 for f in &l.parsed.findings {
                     let line = format!("{}: {f}", l.name);
-                    t += &(if f.severity == Severity::Error { st.err(&line) } else { st.warn(&line) } + "\n");
+                    t += &(if f.severity == Severity::Error {
+                        st.err(&line)
+                    } else {
+                        st.warn(&line)
+                    } + "\n");
                 }
-                t += &format!("{}: {} error(s), {} finding(s)\n", l.name, errors, l.parsed.findings.len());
+                t += &format!(
+                    "{}: {} error(s), {} finding(s)\n",
+                    l.name,
+                    errors,
+                    l.parsed.findings.len()
+                );
                 if let Some(v) = &verdict {
                     match v.breaks.first() {
                         None => t += &st.ok(&format!("C {}: would restore this file\n", v.version)),
@@ -230,18 +314,32 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                                 v.version, b.rule, b.offset, b.message
                             ));
                             for b in &v.breaks[1..] {
-                                t += &format!("  also ({}) @0x{:04x}: {}\n", b.rule, b.offset, b.message);
+                                t += &format!(
+                                    "  also ({}) @0x{:04x}: {}\n",
+                                    b.rule, b.offset, b.message
+                                );
                             }
                         }
                     }
                     for d in &v.dropped {
-                        t += &format!("  C {} drops ({}) @0x{:04x}: {}\n", v.version, d.rule, d.offset, d.message);
+                        t += &format!(
+                            "  C {} drops ({}) @0x{:04x}: {}\n",
+                            v.version, d.rule, d.offset, d.message
+                        );
                     }
                 }
-                t += &(if clean { st.ok("result: clean") } else { st.err("result: NOT clean") });
+                t += &(if clean {
+                    st.ok("result: clean")
+                } else {
+                    st.err("result: NOT clean")
+                });
                 out(&t)?;
             }
-            return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            return Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         Cmd::Diff { file_a, file_b } => {
             let (a, b) = (load(file_a)?, load(file_b)?);
@@ -252,9 +350,12 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                 out(&format!("{} and {}: no differences", a.name, b.name))?;
             } else {
                 let mut t = format!("--- {}\n+++ {}\n", a.name, b.name);
-                for (title, lines) in
-                    [("nodes", &d.nodes), ("connections", &d.connections), ("watches", &d.watches), ("other", &d.other)]
-                {
+                for (title, lines) in [
+                    ("nodes", &d.nodes),
+                    ("connections", &d.connections),
+                    ("watches", &d.watches),
+                    ("other", &d.other),
+                ] {
                     if !lines.is_empty() {
                         t += &format!("{}\n", st.head(&format!("{title}:")));
                         for l in lines {
@@ -264,7 +365,11 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                 }
                 out(&t)?;
             }
-            return Ok(if d.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            return Ok(if d.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -272,14 +377,28 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
 
 /// Hex dump lines of one record (header included), bounded by the file.
 fn record_hex(data: &[u8], offset: u64, length: u32) -> Vec<String> {
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
-    let end = start.saturating_add(8).saturating_add(length as usize).min(data.len());
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let end = start
+        .saturating_add(8)
+        .saturating_add(length as usize)
+        .min(data.len());
     data[start..end]
         .chunks(16)
         .enumerate()
         .map(|(i, c)| {
             let hex: Vec<String> = c.iter().map(|b| format!("{b:02x}")).collect();
-            let ascii: String = c.iter().map(|b| if b.is_ascii_graphic() { *b as char } else { '.' }).collect();
+            let ascii: String = c
+                .iter()
+                .map(|b| {
+                    if b.is_ascii_graphic() {
+                        *b as char
+                    } else {
+                        '.'
+                    }
+                })
+                .collect();
             format!("    {:04x}: {:<47}  {ascii}", start + i * 16, hex.join(" "))
         })
         .collect()
