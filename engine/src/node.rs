@@ -83,6 +83,10 @@ impl Children {
         self.0.is_none()
     }
 
+    pub(crate) fn from_names(names: Vec<Name>) -> Children {
+        if names.is_empty() { Children(None) } else { Children(Some(Arc::from(names))) }
+    }
+
     pub(crate) fn with_appended(&self, name: Name) -> Children {
         let mut v: Vec<Name> = Vec::with_capacity(self.len() + 1);
         v.extend(self.iter().cloned());

@@ -188,46 +188,96 @@ impl Snapshot {
         if !root.path.is_root() {
             return Err(BuildError::MissingRoot);
         }
-        let mut s = Snapshot::new(root.perms);
-        s.update_node(&Path::root(), |n| {
-            n.value = Value::new(&root.value);
-            n.generation = root.generation;
-        });
+        let mut s = Snapshot::new(root.perms.clone());
         let mut max_generation = root.generation;
+        // The chain of nodes whose children are still being collected: each
+        // is a child of the one below. In pre-order input every node is
+        // completed when the walk leaves its subtree, so each children list
+        // is built once (linear time); other parent-first orders fall back
+        // to appending to an already stored parent.
+        let node = |e: &TreeEntry| Node {
+            value: Value::new(&e.value),
+            perms: e.perms.clone(),
+            children: Children::default(),
+            generation: e.generation,
+        };
+        let mut open: Vec<(Path, Node, Vec<Name>)> = alloc::vec![(root.path.clone(), node(&root), Vec::new())];
         for e in iter {
-            if s.contains(e.path.as_str()) {
-                return Err(BuildError::Duplicate(e.path));
-            }
             max_generation = max_generation.max(e.generation);
-            let node = Node {
-                value: Value::new(&e.value),
-                perms: e.perms,
-                children: Children::default(),
-                generation: e.generation,
-            };
             if e.path.is_special() {
-                s.inner().nodes.insert_mut(e.path, node);
+                if s.contains(e.path.as_str()) {
+                    return Err(BuildError::Duplicate(e.path));
+                }
+                let n = node(&e);
+                s.inner().nodes.insert_mut(e.path, n);
                 continue;
             }
-            let parent = e.path.parent().ok_or(BuildError::MissingRoot)?;
-            if !s.contains(parent.as_str()) {
-                return Err(BuildError::MissingParent(e.path));
+            let parent = e.path.parent_str().ok_or(BuildError::Duplicate(e.path.clone()))?;
+            while let Some((top, _, _)) = open.last() {
+                if crate::path::is_under(parent, top.as_str()) {
+                    break;
+                }
+                s.close_built(&mut open);
+            }
+            if s.contains(e.path.as_str()) || open.iter().any(|(p, _, _)| *p == e.path) {
+                return Err(BuildError::Duplicate(e.path));
             }
             let name: Name = Arc::from(e.path.name());
-            s.update_node(&parent, |p| p.children = p.children.with_appended(name));
-            s.insert_new(e.path, node);
+            match open.last_mut() {
+                Some((top, _, children)) if top.as_str() == parent => children.push(name),
+                _ => {
+                    let parent = e.path.parent().ok_or(BuildError::MissingRoot)?;
+                    if !s.update_node(&parent, |p| p.children = p.children.with_appended(name)) {
+                        return Err(BuildError::MissingParent(e.path));
+                    }
+                }
+            }
+            let n = node(&e);
+            open.push((e.path, n, Vec::new()));
+        }
+        while !open.is_empty() {
+            s.close_built(&mut open);
         }
         s.inner().next_generation = max_generation + 1;
         Ok(s)
     }
 
-    /// Verifies the invariants listed in the module documentation.
+    /// Stores the innermost open node of `from_entries` with its children.
+    fn close_built(&mut self, open: &mut Vec<(Path, Node, Vec<Name>)>) {
+        let Some((path, mut node, children)) = open.pop() else { return };
+        if !children.is_empty() {
+            node.children = Children::from_names(children);
+        }
+        if path.is_root() {
+            // `Snapshot::new` stored and counted the root already.
+            let old_owner = self.get("/").map(|n| n.perms.owner());
+            if let Some(o) = old_owner {
+                self.count_owner(o, -1);
+            }
+            self.count_owner(node.perms.owner(), 1);
+            self.inner().nodes.insert_mut(path, node);
+        } else {
+            self.insert_new(path, node);
+        }
+    }
+
+    /// Verifies the invariants listed in the module documentation, in one
+    /// pass without per-node allocation.
+    ///
+    /// "Listed exactly once" follows from: every listed child exists, no
+    /// list names a child twice, every non-root node's parent exists, and
+    /// the lists hold as many entries as there are non-root nodes (a listed
+    /// path is determined by its parent and name, so distinct entries are
+    /// distinct nodes).
     pub fn check_consistent(&self) -> Result<(), Inconsistency> {
         if !self.contains("/") {
             return Err(Inconsistency::MissingRoot);
         }
         let mut counts: alloc::collections::BTreeMap<DomId, u32> = alloc::collections::BTreeMap::new();
         let mut tree_nodes = 0usize;
+        let mut listed = 0usize;
+        let mut child = alloc::string::String::new();
+        let mut names: Vec<&str> = Vec::new();
         for (path, node) in self.0.nodes.iter() {
             if node.generation >= self.0.next_generation {
                 return Err(Inconsistency::GenerationAhead(path.clone()));
@@ -240,22 +290,33 @@ impl Snapshot {
             }
             tree_nodes += 1;
             *counts.entry(node.perms.owner()).or_default() += 1;
-            if let Some(parent) = path.parent_str() {
-                let listed = self
-                    .get(parent)
-                    .map(|p| p.children.iter().filter(|n| &***n == path.name()).count());
-                if listed != Some(1) {
-                    return Err(Inconsistency::NotListedByParent(path.clone()));
-                }
+            if path.parent_str().is_some_and(|p| !self.contains(p)) {
+                return Err(Inconsistency::NotListedByParent(path.clone()));
             }
+            names.clear();
             for name in node.children.iter() {
-                if !self.contains(path.child(name).as_str()) {
+                child.clear();
+                child.push_str(path.as_str());
+                if !path.is_root() {
+                    child.push('/');
+                }
+                child.push_str(name);
+                if !self.contains(&child) {
                     return Err(Inconsistency::MissingChild(path.child(name)));
                 }
+                names.push(name);
             }
+            names.sort_unstable();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(Inconsistency::NotListedByParent(path.child(w[0])));
+            }
+            listed += names.len();
         }
         if tree_nodes != self.0.tree_nodes {
             return Err(Inconsistency::NodeCount { counted: tree_nodes, recorded: self.0.tree_nodes });
+        }
+        if listed + 1 != tree_nodes {
+            return Err(Inconsistency::NodeCount { counted: listed + 1, recorded: tree_nodes });
         }
         let recorded: alloc::collections::BTreeMap<DomId, u32> =
             self.owners().filter(|(_, n)| *n > 0).collect();
@@ -515,12 +576,23 @@ impl<'a> Iterator for TreeIter<'a> {
     type Item = (Path, &'a Node);
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let path = self.stack.pop()?;
-            let Some(node) = self.snapshot.get(path.as_str()) else { continue };
-            self.stack.extend(node.children.iter().rev().map(|n| path.child(n)));
-            return Some((path, node));
+        let path = self.stack.pop()?;
+        let node = self.snapshot.get(path.as_str())?;
+        // Children's paths are the trie's own keys: found through a reused
+        // buffer and shared, not allocated anew for every node.
+        let mut buf = alloc::string::String::with_capacity(path.as_str().len() + 32);
+        for name in node.children.iter().rev() {
+            buf.clear();
+            buf.push_str(path.as_str());
+            if !path.is_root() {
+                buf.push('/');
+            }
+            buf.push_str(name);
+            if let Some((key, _)) = self.snapshot.0.nodes.get_key_value(buf.as_str()) {
+                self.stack.push(key.clone());
+            }
         }
+        Some((path, node))
     }
 }
 

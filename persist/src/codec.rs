@@ -56,11 +56,12 @@ pub(crate) struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
     base: u64,
+    last_perms: Option<Perms>,
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(data: &'a [u8], base: u64) -> Reader<'a> {
-        Reader { data, pos: 0, base }
+        Reader { data, pos: 0, base, last_perms: None }
     }
 
     pub(crate) fn offset(&self) -> u64 {
@@ -140,6 +141,8 @@ impl<'a> Reader<'a> {
         Path::from_bytes(b).map_err(|e| Problem { offset: at, what: format!("invalid path {:?}: {e}", b.escape_ascii().to_string()) })
     }
 
+    /// A permission list. Lists equal to the previous one read are shared
+    /// with it, as they are in the store (children copy their parent's).
     pub(crate) fn perms(&mut self) -> Result<Perms, Problem> {
         let n = self.count(3, "permission entries")?;
         let mut v = Vec::with_capacity(n);
@@ -148,6 +151,11 @@ impl<'a> Reader<'a> {
             let access = Access::from_letter(letter).ok_or_else(|| self.fail(&format!("bad permission letter {letter:#x}")))?;
             v.push(Perm::new(access, DomId(self.u16("permission domid")?)));
         }
-        Perms::new(&v).map_err(|_| self.fail("empty permission list"))
+        if let Some(last) = self.last_perms.as_ref().filter(|p| p.entries() == v.as_slice()) {
+            return Ok(last.clone());
+        }
+        let perms = Perms::new(&v).map_err(|_| self.fail("empty permission list"))?;
+        self.last_perms = Some(perms.clone());
+        Ok(perms)
     }
 }

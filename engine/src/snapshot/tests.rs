@@ -234,3 +234,16 @@ fn restore_primitives_replay_exact_states() {
     r.check_consistent().unwrap();
     assert!(r.restore_node(&p("/x/y"), b"", Perms::owned_by(DomId(0)), 1).is_err(), "parent missing");
 }
+
+#[test]
+fn from_entries_accepts_any_parent_first_order() {
+    let e = |path: &str| TreeEntry { path: p(path), value: path.as_bytes().to_vec(), perms: Perms::owned_by(DomId(3)), generation: 2 };
+    // Breadth-first rather than pre-order.
+    let snap = Snapshot::from_entries([e("/"), e("/a"), e("/b"), e("/a/x"), e("/b/y"), e("/a/z")]).unwrap();
+    snap.check_consistent().unwrap();
+    assert_eq!(names(&snap, "/"), ["a", "b"]);
+    assert_eq!(names(&snap, "/a"), ["x", "z"]);
+    assert_eq!(snap.owned_count(DomId(3)), 6);
+    assert_eq!(snap.get("/b/y").unwrap().value().as_bytes(), b"/b/y");
+    assert!(Snapshot::from_entries([e("/"), e("/a"), e("/a/x"), e("/b"), e("/a/x")]).is_err(), "duplicate after close");
+}
