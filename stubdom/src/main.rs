@@ -1,0 +1,126 @@
+//! rxenstored as a stub domain: a freestanding x86_64 kernel image that
+//! runs the engine and the protocol core (`server` without `std`) and
+//! serves xenstore rings. No libc, no POSIX, no Linux.
+//!
+//! # Layout
+//!
+//! - `boot`: the PVH entry note and the 32-bit entry (page tables, long
+//!   mode, SSE) that calls [`stub_main`].
+//! - `rt`: memory functions, panic handler, exit; `heap`: the allocator;
+//!   `arch`: port I/O; `console`: the debug port.
+//! - `start_info`: the PVH start info (Xen's `hvm_start_info`).
+//! - `selftest`: the core driven as a guest with raw wire bytes, at every
+//!   boot.
+//! - `pci`, `frontend`, `ring`: the QEMU test platform — rings in an
+//!   `ivshmem` shared region, served by polling (`ring` is a local
+//!   stand-in until the ring issue's `server::ring` lands).
+//! - `xen` (feature `xen`): the Xen platform (hypercall page, console ring,
+//!   the domain's own xenstore ring, grant tables, event channels).
+//!
+//! Invariants: interrupts are never enabled; there is one CPU and one
+//! stack; everything above the platform comes from `server`.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod boot;
+mod console;
+mod frontend;
+mod heap;
+mod pci;
+mod ring;
+mod rt;
+mod selftest;
+mod start_info;
+#[cfg(feature = "xen")]
+mod xen;
+
+use core::ptr::NonNull;
+
+use server::{Config, Core};
+
+/// QEMU's inter-VM shared memory device (`ivshmem-plain`).
+const IVSHMEM_VENDOR: u16 = 0x1af4;
+const IVSHMEM_DEVICE: u16 = 0x1110;
+/// Where BAR2 goes if the firmware left it unassigned (qboot) or above the
+/// 4 GiB the boot page tables map: inside the `pc` machine's 32-bit PCI
+/// hole, below the firmware's usual 0xfd000000+ placements.
+const BAR_FALLBACK: u64 = 0xE000_0000;
+const IDENTITY_MAPPED: u64 = 1 << 32;
+
+/// Called by `boot` in long mode with the physical address of the PVH
+/// start info.
+#[unsafe(no_mangle)]
+pub extern "C" fn stub_main(start_info: u32) -> ! {
+    heap::init();
+    let t0 = arch::rdtsc();
+    println!("rxenstored stubdom {} (no_std engine + protocol core, PVH image)", env!("CARGO_PKG_VERSION"));
+    let info = start_info::read(start_info);
+    match &info {
+        Some(i) => println!("stubdom: PVH start info v{} at {start_info:#x}, {} memory map entries", i.version, i.memmap_entries),
+        None => println!("stubdom: no PVH start info at {start_info:#x}"),
+    }
+    #[cfg(feature = "xen")]
+    xen::init(info.as_ref());
+
+    if !selftest::run() {
+        println!("stubdom: self-test FAILED");
+        rt::exit(1);
+    }
+
+    let Some(bdf) = pci::find(IVSHMEM_VENDOR, IVSHMEM_DEVICE) else {
+        println!("stubdom: no ivshmem device: nothing to serve");
+        println!("stubdom: ready (self-test only)");
+        rt::exit(0);
+    };
+    let Some(bar) = pci::map_bar64(bdf, 2, BAR_FALLBACK, IDENTITY_MAPPED) else {
+        println!("stubdom: ivshmem BAR2 is not a 64-bit memory BAR");
+        rt::exit(1);
+    };
+    println!(
+        "stubdom: ivshmem at {:02x}:{:02x}.{} BAR2 {:#x} ({} KiB{})",
+        bdf.bus,
+        bdf.dev,
+        bdf.func,
+        bar.base,
+        bar.size / 1024,
+        if bar.assigned { ", assigned by stubdom" } else { "" }
+    );
+    if bar.size < 2 * ring::PAGE_SIZE as u64 || bar.base + bar.size > IDENTITY_MAPPED {
+        println!("stubdom: shared region unusable");
+        rt::exit(1);
+    }
+    // SAFETY: the BAR is identity-mapped (below 4 GiB), decoding is on,
+    // and nothing else in the image touches it.
+    let shm = unsafe { frontend::Shm::new(NonNull::new(bar.base as *mut u8).expect("non-zero BAR"), bar.size as usize) };
+
+    let core = Core::new(Config::default());
+    let mut fe = frontend::Frontend::new(core, shm);
+    fe.announce_ready();
+    let (used, free) = heap::usage();
+    println!(
+        "stubdom: ready: {} control rings, guest pages {}..{}, heap {} KiB used / {} KiB free, {} Mcycles since entry to Rust",
+        frontend::CONTROL_RINGS,
+        frontend::FIRST_GUEST_PAGE,
+        shm.pages(),
+        used / 1024,
+        free / 1024,
+        (arch::rdtsc() - t0) / 1_000_000
+    );
+    let stats = fe.run();
+    let (used, _) = heap::usage();
+    println!(
+        "stubdom: shutdown requested: {} rounds, {} bytes in, {} bytes out, {} domains introduced, {} released, {} nodes, heap {} KiB used",
+        stats.rounds,
+        stats.bytes_in,
+        stats.bytes_out,
+        stats.introduced,
+        stats.released,
+        fe.core().store().snapshot().len(),
+        used / 1024
+    );
+    rt::exit(0)
+}
