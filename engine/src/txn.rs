@@ -45,6 +45,14 @@ struct Record {
     /// Modified in any way (a child added or removed counts): its generation
     /// in the transaction's view is provisional.
     touched: bool,
+    /// Created only as a missing intermediate level of a deeper creation,
+    /// with these permissions, and first seen then: its recorded absence is
+    /// also satisfied by a node someone else created meanwhile with an
+    /// empty value and these same permissions (replay then creates only the
+    /// levels below it), unless this transaction read the node afterwards.
+    implicit: Option<Perms>,
+    /// Read after this transaction created it.
+    read_after_create: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -163,7 +171,7 @@ impl Transaction {
             rec.value_own = true;
             rec.touched = true;
         } else {
-            self.prepare_create(path)?;
+            self.prepare_create(path, creator)?;
         }
         self.apply(m)?.ok_or_else(|| EngineError::NotFound(path.clone()))
     }
@@ -174,7 +182,7 @@ impl Transaction {
         if self.exists(path) {
             return Ok(None);
         }
-        self.prepare_create(path)?;
+        self.prepare_create(path, creator)?;
         self.apply(Mutation::Mkdir { path: path.clone(), creator })
     }
 
@@ -218,23 +226,33 @@ impl Transaction {
     /// Observes the chain a creation of `path` depends on: each missing
     /// ancestor's absence, and the nearest existing ancestor's existence and
     /// permissions (the new nodes copy them). Marks the nodes it will create.
-    fn prepare_create(&mut self, path: &Path) -> Result<(), EngineError> {
+    fn prepare_create(&mut self, path: &Path, creator: Option<DomId>) -> Result<(), EngineError> {
         if path.is_special() {
             return Err(EngineError::SpecialPath(path.clone()));
         }
-        let mut created = alloc::vec![path.clone()];
+        let mut created = alloc::vec![(path.clone(), false)];
         let mut cur = path.parent();
+        let mut perms = None;
         while let Some(p) = cur {
+            let first_seen = !self.records.contains_key(&p);
             if self.exists(&p) {
-                self.perms(&p);
+                perms = self.perms(&p);
                 self.records.entry(p).or_default().touched = true;
                 break;
             }
             cur = p.parent();
-            created.push(p);
+            created.push((p, first_seen));
         }
-        for p in created {
+        let perms = match (perms, creator) {
+            (Some(p), Some(c)) => Some(p.with_owner(c)),
+            (p, None) => p,
+            (None, Some(_)) => None,
+        };
+        for (p, first_seen) in created {
             let rec = self.records.entry(p).or_default();
+            if first_seen {
+                rec.implicit = perms.clone();
+            }
             rec.created = true;
             rec.touched = true;
         }
@@ -256,7 +274,11 @@ impl Transaction {
         let removed_by_us = self.removed_roots.iter().any(|r| path.is_under(r));
         let base = &self.base;
         let rec = self.records.entry(path.clone()).or_default();
-        if rec.created || removed_by_us {
+        if rec.created {
+            rec.read_after_create = true;
+            return;
+        }
+        if removed_by_us {
             return;
         }
         let node = base.get(path.as_str());
@@ -280,7 +302,13 @@ impl Transaction {
     fn first_conflict(&self, newest: &Snapshot) -> Option<&Path> {
         self.records.iter().find_map(|(path, rec)| {
             let node = newest.get(path.as_str());
-            let same = rec.exists.is_none_or(|e| e == node.is_some())
+            let created_meanwhile_alike = || {
+                !rec.read_after_create
+                    && rec.implicit.as_ref().is_some_and(|perms| {
+                        node.is_some_and(|n| n.value().is_empty() && n.perms() == perms)
+                    })
+            };
+            let same = rec.exists.is_none_or(|e| e == node.is_some() || (!e && created_meanwhile_alike()))
                 && rec.value.as_ref().is_none_or(|v| node.is_some_and(|n| n.value().same(v)))
                 && rec.perms.as_ref().is_none_or(|p| node.is_some_and(|n| n.perms() == p))
                 && rec.children.as_ref().is_none_or(|c| node.is_some_and(|n| n.children().same(c)))
@@ -523,6 +551,50 @@ mod tests {
         let r = store.commit(tx, |c| if c.snapshot.owned_count(DomId(5)) > 0 { Err("quota") } else { Ok(()) });
         assert!(matches!(r, Err(CommitError::Rejected("quota"))));
         assert!(store.snapshot().same_version(&before));
+    }
+
+    #[test]
+    fn concurrent_implicit_creation_of_one_intermediate_level_coalesces() {
+        let store = store_with(&[]);
+        let mut a = store.begin();
+        let mut b = store.begin();
+        a.write(&p("/storm/0/a"), b"1", None).unwrap();
+        b.write(&p("/storm/1/a"), b"1", None).unwrap();
+        commit(&store, a).unwrap();
+        commit(&store, b).unwrap();
+        let snap = store.snapshot();
+        assert_eq!(snap.get("/storm").unwrap().children().to_wire(), b"0\x001\x00");
+        assert_eq!(snap.owned_count(DomId(0)), 6);
+        snap.check_consistent().unwrap();
+    }
+
+    #[test]
+    fn reading_an_implicitly_created_level_keeps_the_strict_rule() {
+        let store = store_with(&[]);
+        let mut a = store.begin();
+        a.write(&p("/s/0/a"), b"1", None).unwrap();
+        assert_eq!(a.children(&p("/s")).unwrap().to_wire(), b"0\0");
+        store.update(|t| t.write(&p("/s/1/a"), b"1", None)).unwrap();
+        assert!(is_conflict(commit(&store, a), "/s"));
+    }
+
+    #[test]
+    fn an_intermediate_level_created_with_other_permissions_conflicts() {
+        let store = store_with(&[]);
+        let mut guest = store.begin();
+        guest.write(&p("/q/x/a"), b"1", Some(DomId(5))).unwrap();
+        store.update(|t| t.write(&p("/q/y"), b"", None)).unwrap();
+        assert!(is_conflict(commit(&store, guest), "/q"));
+    }
+
+    #[test]
+    fn an_explicitly_read_missing_level_keeps_the_strict_rule() {
+        let store = store_with(&[]);
+        let mut a = store.begin();
+        assert!(a.value(&p("/m")).is_none());
+        a.write(&p("/m/0/a"), b"1", None).unwrap();
+        store.update(|t| t.write(&p("/m/1"), b"", None)).unwrap();
+        assert!(is_conflict(commit(&store, a), "/m"));
     }
 
     #[test]
