@@ -18,6 +18,9 @@ use crate::conn::ConnId;
 use crate::domain::Platform;
 use crate::protocol::Core;
 
+#[path = "daemon_rings.rs"]
+mod rings;
+
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 
@@ -73,6 +76,8 @@ pub struct Daemon<P: Platform> {
     /// Kept registered: a signal makes it readable.
     _signals: UnixStream,
     trace: Option<fs::File>,
+    /// Guests' rings, when the platform has them (`daemon_rings.rs`).
+    rings: rings::RingState,
 }
 
 impl<P: Platform> Daemon<P> {
@@ -87,7 +92,9 @@ impl<P: Platform> Daemon<P> {
         sig_read.set_nonblocking(true)?;
         let mut signals = UnixStream::from_std(sig_read);
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        Ok(Daemon { core, poll, listener, socket_path, clients: HashMap::new(), _signals: signals, trace })
+        let mut core = core;
+        let rings = rings::RingState::register(&poll, &mut core)?;
+        Ok(Daemon { core, poll, listener, socket_path, clients: HashMap::new(), _signals: signals, trace, rings })
     }
 
     pub fn core(&mut self) -> &mut Core<P> {
@@ -99,7 +106,7 @@ impl<P: Platform> Daemon<P> {
         let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            match self.poll.poll(&mut events, None) {
+            match self.poll.poll(&mut events, self.rings.timeout()) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -112,6 +119,7 @@ impl<P: Platform> Daemon<P> {
                         self.shutdown();
                         return Ok(());
                     }
+                    rings::EVTCHN => self.ring_events(),
                     Token(t) => {
                         let id = ConnId(t as u64);
                         if event.is_readable() || event.is_read_closed() {
@@ -123,6 +131,7 @@ impl<P: Platform> Daemon<P> {
                     }
                 }
             }
+            self.service_rings();
             self.flush_dirty();
             for line in self.core.take_logs() {
                 tracing::info!(target: "xenstored", "{line}");
@@ -179,6 +188,9 @@ impl<P: Platform> Daemon<P> {
     fn flush_dirty(&mut self) {
         for id in self.core.take_dirty() {
             self.flush(id);
+            if self.rings.enabled() {
+                self.flush_ring(id);
+            }
         }
     }
 

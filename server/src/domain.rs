@@ -21,19 +21,89 @@ pub mod features {
     pub const DEFAULT: u32 = ERROR | WATCHDEPTH | DOMID_ANY;
 }
 
-/// What the core asks of the hypervisor. The daemon's ring frontend
-/// implements it over Xen's devices or simulated rings; [`NoRings`] stands in
-/// where no ring can exist.
+/// What the hypervisor reports about a domain (§8.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    Running,
+    /// Shut down (suspended, crashed, halted) but not yet dying:
+    /// `@releaseDomain` fires once.
+    Shutdown,
+    /// Dying, dead or gone: the daemon destroys it as RELEASE does.
+    Gone,
+}
+
+/// What the core and the event loop ask of the hypervisor: map a guest's
+/// ring, bind and notify its event channel, report pending ports and
+/// domain state. The daemon implements it over Xen's devices
+/// (`xen::XenPlatform`) or simulated rings (`sim::SimPlatform`); [`NoRings`]
+/// stands in where no ring can exist. Everything after `domain_exists` has
+/// a default for ring-less platforms.
 pub trait Platform {
-    /// INTRODUCE of a new domain: map its ring page (grant reference 1) and
-    /// bind `port`; `conn` is the connection that will carry its traffic.
-    fn attach(&mut self, conn: ConnId, domid: DomId, gfn: u64, port: u32) -> Result<(), Error>;
-    /// INTRODUCE of an introduced domain: rebind its event channel to `port`.
+    /// INTRODUCE of a new domain: map its ring page (grant reference 1, or
+    /// the daemon's own page for the store domain), bind `port` (unless the
+    /// page names another, §8.1), reset the ring advertising `features`;
+    /// `conn` is the connection that will carry its traffic.
+    fn attach(&mut self, conn: ConnId, domid: DomId, gfn: u64, port: u32, features: u32) -> Result<(), Error>;
+    /// INTRODUCE of an introduced domain: rebind its event channel to
+    /// `port` and reset its ring (§8.1 steps 2–4).
     fn rebind(&mut self, conn: ConnId, domid: DomId, port: u32) -> Result<(), Error>;
     /// RELEASE or death: unbind and unmap.
     fn detach(&mut self, conn: ConnId, domid: DomId);
     /// Whether the hypervisor reports this domain as existing.
     fn domain_exists(&self, domid: DomId) -> bool;
+
+    /// The domain's state, asked after `VIRQ_DOM_EXC` fired (§8.3).
+    fn domain_state(&mut self, domid: DomId) -> DomainState {
+        if self.domain_exists(domid) { DomainState::Running } else { DomainState::Gone }
+    }
+    /// The ring of a connection `attach` accepted.
+    fn ring(&mut self, _conn: ConnId) -> Option<&mut dyn crate::ring::RingIo> {
+        None
+    }
+    /// Kicks the event channel of a connection's ring.
+    fn notify(&mut self, _conn: ConnId) {}
+    /// A descriptor the event loop polls: readable when
+    /// [`pending`](Platform::pending) has something to report.
+    fn event_fd(&self) -> Option<i32> {
+        None
+    }
+    /// Adds to `fired` the ring connections whose event channel fired
+    /// since the last call (and unmasks them); returns whether
+    /// `VIRQ_DOM_EXC` fired (some domain changed state).
+    fn pending(&mut self, _fired: &mut alloc::vec::Vec<ConnId>) -> bool {
+        false
+    }
+}
+
+/// A platform chosen at run time (the daemon's command line).
+impl<T: Platform + ?Sized> Platform for alloc::boxed::Box<T> {
+    fn attach(&mut self, conn: ConnId, domid: DomId, gfn: u64, port: u32, features: u32) -> Result<(), Error> {
+        (**self).attach(conn, domid, gfn, port, features)
+    }
+    fn rebind(&mut self, conn: ConnId, domid: DomId, port: u32) -> Result<(), Error> {
+        (**self).rebind(conn, domid, port)
+    }
+    fn detach(&mut self, conn: ConnId, domid: DomId) {
+        (**self).detach(conn, domid)
+    }
+    fn domain_exists(&self, domid: DomId) -> bool {
+        (**self).domain_exists(domid)
+    }
+    fn domain_state(&mut self, domid: DomId) -> DomainState {
+        (**self).domain_state(domid)
+    }
+    fn ring(&mut self, conn: ConnId) -> Option<&mut dyn crate::ring::RingIo> {
+        (**self).ring(conn)
+    }
+    fn notify(&mut self, conn: ConnId) {
+        (**self).notify(conn)
+    }
+    fn event_fd(&self) -> Option<i32> {
+        (**self).event_fd()
+    }
+    fn pending(&mut self, fired: &mut alloc::vec::Vec<ConnId>) -> bool {
+        (**self).pending(fired)
+    }
 }
 
 /// A platform without rings, as on a machine without Xen: every domain
@@ -43,7 +113,7 @@ pub trait Platform {
 pub struct NoRings;
 
 impl Platform for NoRings {
-    fn attach(&mut self, _: ConnId, _: DomId, _: u64, _: u32) -> Result<(), Error> {
+    fn attach(&mut self, _: ConnId, _: DomId, _: u64, _: u32, _: u32) -> Result<(), Error> {
         Ok(())
     }
     fn rebind(&mut self, _: ConnId, _: DomId, _: u32) -> Result<(), Error> {

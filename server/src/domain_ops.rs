@@ -54,7 +54,8 @@ impl<P: Platform> Core<P> {
             return Ok(ok());
         }
         let conn = self.connect_domain(domid);
-        if let Err(e) = self.platform.attach(conn, domid, gfn, port) {
+        let features = self.conns.get(&conn).map_or(features::DEFAULT, |c| c.features);
+        if let Err(e) = self.platform.attach(conn, domid, gfn, port, features) {
             self.disconnect(conn);
             return Err(e);
         }

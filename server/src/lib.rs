@@ -14,9 +14,12 @@
 //!   state and output queue; [`domain`]: domain records and the
 //!   [`Platform`] trait (the hypervisor, as INTRODUCE needs it).
 //! - [`error`]: [`Error`] and its single mapping to wire errno names.
+//! - [`ring`]: the shared ring page (§10), both ends, over any mapped page.
+//! - `lifecycle`: domain death (§8.3) and broken rings, for the frontends.
 //!
-//! The `std` edge: `daemon` (the Unix socket event loop) and the
-//! `rxenstored` binary.
+//! The `std` edge: `daemon` (the event loop over the Unix socket and the
+//! rings), the platforms [`xen`] (Linux's Xen devices) and [`sim`]
+//! (simulated guests in shared files), and the `rxenstored` binary.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -31,13 +34,21 @@ mod domain_ops;
 pub mod error;
 pub mod ops;
 pub mod quota;
+pub mod ring;
+mod lifecycle;
 pub mod watch;
 
 #[cfg(feature = "std")]
 pub mod daemon;
+#[cfg(feature = "std")]
+mod os;
+#[cfg(feature = "std")]
+pub mod sim;
+#[cfg(feature = "std")]
+pub mod xen;
 
 pub use access::Caller;
 pub use conn::{ConnId, ConnKind, OutQueue};
 pub use protocol::{Config, Core, ProtocolViolation, initial_snapshot};
-pub use domain::{NoRings, Platform};
+pub use domain::{DomainState, NoRings, Platform};
 pub use error::Error;

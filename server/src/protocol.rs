@@ -548,6 +548,9 @@ impl<P: Platform> Core<P> {
                 return;
             }
         }
+        if !self.event_fits(conn, event.len()) {
+            return;
+        }
         self.push_output(conn, event, true);
     }
 }

@@ -10,7 +10,9 @@ use clap::Parser;
 use engine::DomId;
 use server::daemon::{self, Daemon};
 use server::quota::{Quota, QuotaName};
-use server::{Config, Core};
+use server::sim::SimPlatform;
+use server::xen::XenPlatform;
+use server::{Config, Core, NoRings, Platform};
 
 /// A xenstore daemon: the configuration store of a Xen host.
 ///
@@ -74,6 +76,20 @@ struct Args {
     #[arg(long = "keep-orphans")]
     keep_orphans: bool,
 
+    /// Serve guests' rings through Xen's devices (/dev/xen/evtchn, gntdev,
+    /// privcmd). The default when /dev/xen exists.
+    #[arg(long = "xen", conflicts_with_all = ["sim_rings", "no_rings"])]
+    xen: bool,
+
+    /// Serve simulated guests instead: rings are files in DIR, event
+    /// channels FIFOs (see the server::sim documentation).
+    #[arg(long = "sim-rings", value_name = "DIR", conflicts_with = "no_rings")]
+    sim_rings: Option<PathBuf>,
+
+    /// Serve the socket only, even where /dev/xen exists.
+    #[arg(long = "no-rings")]
+    no_rings: bool,
+
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
@@ -115,6 +131,21 @@ fn config(args: &Args) -> Result<Config, String> {
     Ok(config)
 }
 
+/// The hypervisor interface the command line asks for, and the event
+/// channel of the daemon's own ring when it has one (Xen's xsd_port).
+fn platform(args: &Args, config: &Config) -> Result<(Box<dyn Platform>, Option<u32>), String> {
+    if let Some(dir) = &args.sim_rings {
+        let sim = SimPlatform::new(dir, config.priv_domid).map_err(|e| format!("cannot use {} for simulated rings: {e}", dir.display()))?;
+        tracing::info!("serving simulated guests in {}", dir.display());
+        return Ok((Box::new(sim), None));
+    }
+    if args.no_rings || (!args.xen && !std::path::Path::new("/dev/xen").exists()) {
+        return Ok((Box::new(NoRings), None));
+    }
+    let xen = XenPlatform::open(config.store_domid).map_err(|e| format!("cannot use Xen: {e}"))?;
+    Ok((Box::new(xen), XenPlatform::own_port()))
+}
+
 /// Detaches from the terminal: fork, new session, stdio to /dev/null.
 fn daemonize() -> io::Result<()> {
     // SAFETY: called before any thread is started; the child continues
@@ -141,6 +172,7 @@ fn run(args: Args) -> Result<(), String> {
     let config = config(&args)?;
     let socket = daemon::socket_path_from_env();
     let listener = daemon::bind(&socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    let (platform, own_port) = platform(&args, &config)?;
     let trace = match &args.trace_file {
         Some(p) => Some(
             fs::OpenOptions::new()
@@ -157,7 +189,13 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(p) = &args.pid_file {
         fs::write(p, format!("{}\n", std::process::id())).map_err(|e| format!("cannot write pid file {}: {e}", p.display()))?;
     }
-    let core = Core::new(config);
+    let mut core = Core::with_platform(config, platform);
+    if let Some(port) = own_port {
+        match core.attach_own_ring(port) {
+            Ok(_) => tracing::info!("serving the store domain's own ring (port {port})"),
+            Err(e) => tracing::warn!("cannot attach the store domain's own ring: {e}"),
+        }
+    }
     let mut daemon = Daemon::new(core, listener, socket.clone(), trace).map_err(|e| format!("cannot start: {e}"))?;
     tracing::info!("rxenstored {} listening on {}", env!("CARGO_PKG_VERSION"), socket.display());
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

@@ -1,0 +1,222 @@
+//! The ring half of the event loop (a child module of `daemon`): guests'
+//! shared rings, served beside the socket clients from the same poll.
+//!
+//! The platform gives one descriptor (the event-channel device, or the
+//! simulation's epoll set) that becomes readable when ports fired. Fired
+//! rings go into a ready queue; each loop turn serves every ready ring a
+//! few requests at most, so one flooding guest cannot starve the others
+//! (a ring with more input goes back to the end of the queue and the poll
+//! does not sleep). A ring whose guest leaves `outstanding` replies and
+//! events unconsumed is not read until the guest catches up (§9.1). Rings
+//! are also swept every second: notifications are never relied on alone
+//! (§10.3).
+
+use std::collections::{HashSet, VecDeque};
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Poll, Token};
+
+use super::Daemon;
+use crate::conn::ConnId;
+use crate::domain::Platform;
+use crate::protocol::Core;
+use crate::ring::RingError;
+
+pub(super) const EVTCHN: Token = Token(usize::MAX - 2);
+
+/// Requests served per ring per loop turn.
+const BUDGET: usize = 8;
+/// The safety sweep's period.
+const SWEEP: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub(super) struct RingState {
+    /// The platform has rings at all (else everything here is skipped).
+    enabled: bool,
+    ready: VecDeque<ConnId>,
+    queued: HashSet<ConnId>,
+    fired: Vec<ConnId>,
+    buf: Vec<u8>,
+    last_sweep: Instant,
+}
+
+impl RingState {
+    /// Registers the platform's event descriptor, if it has one.
+    pub(super) fn register<P: Platform>(poll: &Poll, core: &mut Core<P>) -> io::Result<RingState> {
+        let fd = core.platform().event_fd();
+        if let Some(fd) = fd {
+            poll.registry().register(&mut SourceFd(&fd), EVTCHN, Interest::READABLE)?;
+        }
+        Ok(RingState {
+            enabled: fd.is_some(),
+            ready: VecDeque::new(),
+            queued: HashSet::new(),
+            fired: Vec::new(),
+            buf: Vec::with_capacity(wire::HEADER_LEN + wire::PAYLOAD_MAX),
+            last_sweep: Instant::now(),
+        })
+    }
+
+    /// How long the poll may sleep: not at all while rings have work, at
+    /// most until the next sweep when there are rings.
+    pub(super) fn timeout(&self) -> Option<Duration> {
+        if !self.enabled {
+            None
+        } else if !self.ready.is_empty() {
+            Some(Duration::ZERO)
+        } else {
+            Some(SWEEP.saturating_sub(self.last_sweep.elapsed()))
+        }
+    }
+
+    fn enqueue(&mut self, id: ConnId) {
+        if self.queued.insert(id) {
+            self.ready.push_back(id);
+        }
+    }
+
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled
+    }
+}
+
+impl<P: Platform> Daemon<P> {
+    /// The event descriptor fired: collect fired rings, handle domain
+    /// state changes.
+    pub(super) fn ring_events(&mut self) {
+        let mut fired = std::mem::take(&mut self.rings.fired);
+        fired.clear();
+        let dom_exc = self.core.platform().pending(&mut fired);
+        for &id in &fired {
+            self.rings.enqueue(id);
+        }
+        self.rings.fired = fired;
+        if dom_exc {
+            for domid in self.core.check_domains() {
+                tracing::info!("domain {} is gone: destroyed", domid.0);
+            }
+        }
+    }
+
+    /// One turn over the ready rings (and the periodic sweep).
+    pub(super) fn service_rings(&mut self) {
+        if !self.rings.enabled {
+            return;
+        }
+        if self.rings.last_sweep.elapsed() >= SWEEP {
+            self.rings.last_sweep = Instant::now();
+            for id in self.core.domain_conns() {
+                self.rings.enqueue(id);
+            }
+        }
+        for _ in 0..self.rings.ready.len() {
+            let Some(id) = self.rings.ready.pop_front() else { break };
+            self.rings.queued.remove(&id);
+            if self.serve_ring(id) {
+                self.rings.enqueue(id);
+            }
+        }
+    }
+
+    /// Output written, then up to [`BUDGET`] requests read and handled;
+    /// returns whether the ring has more to do right away.
+    fn serve_ring(&mut self, id: ConnId) -> bool {
+        let Some(ring) = self.core.platform().ring(id) else { return false };
+        if ring.error().is_some() {
+            return false;
+        }
+        let limit = self.core.outstanding_limit(id);
+        let mut notify = false;
+        let mut more = false;
+        for served in 0..=BUDGET {
+            match self.write_ring(id) {
+                Ok(wrote) => notify |= wrote,
+                Err(()) => return false,
+            }
+            let queued = self.core.output(id).map_or(0, |o| o.len());
+            if limit.is_some_and(|l| queued >= l) {
+                // Wait for the guest to consume: it notifies us.
+                break;
+            }
+            let Some(ring) = self.core.platform().ring(id) else { return false };
+            if served == BUDGET {
+                more = ring.has_input();
+                break;
+            }
+            match ring.read_message(&mut self.rings.buf) {
+                Ok(p) => {
+                    notify |= p.consumed;
+                    if !p.complete {
+                        break;
+                    }
+                }
+                Err(e) => return self.abandon(id, e),
+            }
+            if let Err(v) = self.core.receive(id, &self.rings.buf) {
+                return self.abandon(id, RingError::Protocol { len: v.len });
+            }
+        }
+        match self.write_ring(id) {
+            Ok(wrote) => notify |= wrote,
+            Err(()) => return false,
+        }
+        if notify {
+            self.core.platform().notify(id);
+        }
+        more
+    }
+
+    /// Copies queued output into the ring; `Ok(true)` if bytes moved.
+    fn write_ring(&mut self, id: ConnId) -> Result<bool, ()> {
+        let (out, platform) = self.core.output_and_platform(id);
+        let (Some(out), Some(ring)) = (out, platform.ring(id)) else { return Ok(false) };
+        let mut wrote = false;
+        while let Some(front) = out.front() {
+            match ring.write(front) {
+                Ok(0) => break,
+                Ok(n) => {
+                    out.advance(n);
+                    wrote = true;
+                }
+                Err(e) => {
+                    self.abandon(id, e);
+                    return Err(());
+                }
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// The guest broke its ring: only this connection is given up.
+    fn abandon(&mut self, id: ConnId, e: RingError) -> bool {
+        let domid = self.core.conn(id).map(|c| c.domid().0);
+        tracing::warn!(conn = id.0, domid, "ring abandoned: {e}");
+        if let Some(ring) = self.core.platform().ring(id) {
+            ring.fail(e);
+        }
+        self.core.ignore_connection(id);
+        self.core.platform().notify(id);
+        false
+    }
+
+    /// A ring connection got output outside its own turn (watch events,
+    /// INTRODUCE's domain): send it now.
+    pub(super) fn flush_ring(&mut self, id: ConnId) {
+        if !self.rings.enabled {
+            return;
+        }
+        let has_input = match self.core.platform().ring(id) {
+            Some(ring) if ring.error().is_none() => ring.has_input(),
+            _ => return,
+        };
+        if let Ok(true) = self.write_ring(id) {
+            self.core.platform().notify(id);
+        }
+        if has_input {
+            // It may have been waiting for room under its quota.
+            self.rings.enqueue(id);
+        }
+    }
+}
