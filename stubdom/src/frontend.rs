@@ -277,6 +277,7 @@ impl Frontend {
             }
             let page = self.shm.page(index);
             page.reset(rec.features);
+            println!("stubdom: serving {domid} on page {index}");
             self.rings.push(Served { conn, page, page_index: index, domid: Some(domid), sniff: None, dead: false });
             self.stats.introduced += 1;
         }
