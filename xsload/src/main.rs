@@ -1,0 +1,698 @@
+//! `xsload`: the same workloads against rxenstored, Debian's C xenstored
+//! and oxenstored and a null "floor" server, one after the other in one
+//! run, over each one's Unix socket; prints absolute figures and the ratios
+//! of rxenstored to the better reference daemon (and to the floor).
+//!
+//! # Layout
+//!
+//! * `daemons`: starting (fresh, per case) and stopping the servers.
+//! * `conn`: the lean blocking connection of the timed loops, on `wire`'s
+//!   codec; the `Fail` type (stalled vs wrong).
+//! * `pairs`, `bootstorm`, `readheavy`, `large`: the workloads.
+//! * `floor`: the null store server (`xsload floor-server SOCKET`).
+//! * `report`: the sheet of results, as a table or JSON.
+//! * `sys`: CPU affinity, `/proc` memory figures, the signal thread.
+//!
+//! Every case starts a fresh daemon, so memory figures and stalls of one
+//! case never leak into the next.
+
+mod bootstorm;
+mod conn;
+mod daemons;
+mod floor;
+mod large;
+mod pairs;
+mod readheavy;
+mod report;
+mod sys;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use conn::Fail;
+use daemons::{Daemon, Kind, Programs, StartError};
+use report::{Better, Cell, Metric, Sheet, Unit};
+
+/// Side-by-side xenstore daemon load generator.
+#[derive(Debug, Parser)]
+#[command(name = "xsload", version, about)]
+struct Cli {
+    /// Tiny sizes (a smoke test of the tool, a few seconds per daemon).
+    #[arg(long)]
+    quick: bool,
+    /// Workloads to run: pairs, bootstorm, read-heavy, large-tree (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pairs,bootstorm,read-heavy,large-tree"
+    )]
+    only: Vec<String>,
+    /// Servers to compare: rxenstored, cxenstored, oxenstored, floor (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "rxenstored,cxenstored,oxenstored,floor"
+    )]
+    daemons: Vec<String>,
+    /// Also run `pairs` with the daemon (`taskset -c CPU`) and the client
+    /// threads (sched_setaffinity) pinned to this CPU, as peers/README.md's
+    /// reference figures were made. Also the CPU of read-heavy's 1-core case.
+    #[arg(long, value_name = "CPU")]
+    pin: Option<usize>,
+    /// The rxenstored binary [default: `rxenstored` next to this program,
+    /// else ../release/rxenstored; or $RXENSTORED_BIN].
+    #[arg(long, value_name = "PATH")]
+    rxenstored: Option<PathBuf>,
+    /// The shared/ directory holding peers/start-peer [default: $XS_SHARED_DIR, else ../shared of the workspace].
+    #[arg(long, value_name = "DIR")]
+    shared: Option<PathBuf>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Bootstorm cases as DOMAINS/CLIENTS (comma-separated) [default: 200/1,200/8,1000/16; quick: 20/4].
+    #[arg(long, value_delimiter = ',', value_name = "D/C")]
+    bootstorm: Vec<String>,
+    /// Requests per `pairs` run, over all connections [default: 40000; quick: 2000].
+    #[arg(long, value_name = "N")]
+    pairs_requests: Option<u64>,
+    /// Timed phase of read-heavy, in seconds [default: 4; quick: 0.3].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    #[command(subcommand)]
+    cmd: Option<Sub>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Serve the floor (null store) on SOCKET until killed.
+    #[command(hide = true)]
+    FloorServer { socket: PathBuf },
+}
+
+/// The sizes of one run.
+#[derive(Debug, Clone)]
+struct Sizes {
+    pairs_requests: u64,
+    pairs_conns: Vec<usize>,
+    pairs_reps: usize,
+    boot: Vec<(u32, usize)>,
+    watchers: usize,
+    boot_deadline: Duration,
+    boot_grace: Duration,
+    rh_nodes: u64,
+    rh_readers: usize,
+    rh_duration: Duration,
+    large_dirs: u64,
+    large_per_dir: u64,
+    reply_timeout: Duration,
+}
+
+impl Sizes {
+    fn new(cli: &Cli) -> Result<Sizes, String> {
+        let mut s = if cli.quick {
+            Sizes {
+                pairs_requests: 2_000,
+                pairs_conns: vec![1, 16],
+                pairs_reps: 1,
+                boot: vec![(20, 4)],
+                watchers: 2,
+                boot_deadline: Duration::from_secs(30),
+                boot_grace: Duration::from_secs(5),
+                rh_nodes: 2_000,
+                rh_readers: 16,
+                rh_duration: Duration::from_millis(300),
+                large_dirs: 20,
+                large_per_dir: 500,
+                reply_timeout: Duration::from_secs(10),
+            }
+        } else {
+            Sizes {
+                pairs_requests: 40_000,
+                pairs_conns: vec![1, 16],
+                pairs_reps: 3,
+                boot: vec![(200, 1), (200, 8), (1000, 16)],
+                watchers: 2,
+                boot_deadline: Duration::from_secs(150),
+                boot_grace: Duration::from_secs(10),
+                rh_nodes: 100_000,
+                rh_readers: 16,
+                rh_duration: Duration::from_secs(4),
+                large_dirs: 1000,
+                large_per_dir: 1000,
+                reply_timeout: Duration::from_secs(10),
+            }
+        };
+        if let Some(n) = cli.pairs_requests {
+            s.pairs_requests = n;
+        }
+        if let Some(d) = cli.duration {
+            if !(d > 0.0 && d < 3600.0) {
+                return Err(format!("--duration {d}: expected 0 < SECS < 3600"));
+            }
+            s.rh_duration = Duration::from_secs_f64(d);
+        }
+        if !cli.bootstorm.is_empty() {
+            s.boot = cli
+                .bootstorm
+                .iter()
+                .map(|c| {
+                    let (d, n) = c.split_once('/').ok_or(())?;
+                    let (d, n) = (d.trim().parse::<u32>(), n.trim().parse::<usize>());
+                    match (d, n) {
+                        (Ok(d), Ok(n)) if d > 0 && (1..=256).contains(&n) => Ok((d, n)),
+                        _ => Err(()),
+                    }
+                })
+                .collect::<Result<_, ()>>()
+                .map_err(|()| {
+                    format!(
+                        "--bootstorm {:?}: expected DOMAINS/CLIENTS (1..=256 clients)",
+                        cli.bootstorm
+                    )
+                })?;
+        }
+        Ok(s)
+    }
+}
+
+/// Starts daemons, remembers which ones are unavailable, records failures.
+struct Runner {
+    progs: Programs,
+    sheet: Sheet,
+    unavailable: BTreeMap<Kind, String>,
+}
+
+impl Runner {
+    /// A fresh daemon for one case, or `None` (skipped or failed: noted).
+    fn start(&mut self, kind: Kind, cpu: Option<usize>, case: &str) -> Option<Daemon> {
+        if self.unavailable.contains_key(&kind) {
+            return None;
+        }
+        match Daemon::start(kind, &self.progs, cpu) {
+            Ok(d) => Some(d),
+            Err(StartError::Unavailable(m)) => {
+                self.sheet.note(format!("{kind} skipped: {m}"));
+                self.unavailable.insert(kind, m);
+                None
+            }
+            Err(e @ StartError::Failed(_)) => {
+                self.sheet.failures += 1;
+                self.sheet.note(format!("{case}: {kind} {e}"));
+                None
+            }
+        }
+    }
+
+    /// Records a failed case: every metric of it gets `text`; a stall is
+    /// noted, anything else is also a failure of the run.
+    fn fail(&mut self, metrics: &[Metric<'_>], kind: Kind, e: &Fail, d: &Daemon) {
+        let text = if e.is_stall() { "stalled" } else { "ERROR" };
+        for m in metrics {
+            self.sheet.set(*m, kind, Cell::Text(text.into()));
+        }
+        let case = metrics.first().map_or("", |m| m.case);
+        if e.is_stall() {
+            self.sheet.note(format!("{case}: {kind} {e}"));
+        } else {
+            self.sheet.failures += 1;
+            self.sheet.note(format!(
+                "{case}: {kind} FAILED: {e} (daemon log: {})",
+                d.log_tail()
+            ));
+        }
+    }
+
+    /// Notes a daemon that died during a case (a failure).
+    fn check_alive(&mut self, d: &mut Daemon, case: &str) {
+        if !d.is_alive() {
+            self.sheet.failures += 1;
+            self.sheet
+                .note(format!("{case}: {} died (log: {})", d.kind(), d.log_tail()));
+        }
+    }
+
+    fn skip(&mut self, metrics: &[Metric<'_>], kind: Kind) {
+        let text = if self.unavailable.contains_key(&kind) {
+            "skipped"
+        } else {
+            "no start"
+        };
+        for m in metrics {
+            self.sheet.set(*m, kind, Cell::Text(text.into()));
+        }
+    }
+}
+
+fn progress(case: &str, kind: Kind, what: &str) {
+    eprintln!("xsload: {case}: {kind}: {what}");
+}
+
+fn run_pairs(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>) {
+    let pinnings: Vec<Option<usize>> = match pin {
+        Some(cpu) => vec![None, Some(cpu)],
+        None => vec![None],
+    };
+    for cpu in pinnings {
+        for &conns in &s.pairs_conns {
+            let case = format!(
+                "pairs {conns} conn{}{}",
+                if conns == 1 { "" } else { "s" },
+                cpu.map_or(String::new(), |c| format!(" pinned cpu{c}"))
+            );
+            let m = Metric {
+                case: &case,
+                metric: "req/s",
+                unit: Unit::PerSec,
+                better: Better::Higher,
+            };
+            for &kind in kinds {
+                let Some(mut d) = r.start(kind, cpu, &case) else {
+                    r.skip(&[m], kind);
+                    continue;
+                };
+                let p = pairs::Pairs {
+                    conns,
+                    pairs_per_conn: (s.pairs_requests / 2 / conns as u64).max(1),
+                    value_bytes: 16,
+                    keys: 16,
+                    pin: cpu,
+                    timeout: s.reply_timeout,
+                };
+                let mut runs = Vec::new();
+                let mut failed = None;
+                for _ in 0..s.pairs_reps {
+                    match pairs::run(d.socket(), &p) {
+                        Ok(v) => runs.push(v),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match failed {
+                    Some(e) => r.fail(&[m], kind, &e, &d),
+                    None => {
+                        runs.sort_by(f64::total_cmp);
+                        let median = runs[runs.len() / 2];
+                        progress(
+                            &case,
+                            kind,
+                            &format!(
+                                "{median:.0} req/s (runs: {})",
+                                runs.iter()
+                                    .map(|v| format!("{v:.0}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        );
+                        r.sheet.set(m, kind, Cell::Num(median));
+                    }
+                }
+                r.check_alive(&mut d, &case);
+            }
+            r.sheet.floor_ratio(&case, "req/s");
+        }
+    }
+}
+
+fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
+    for &(domains, clients) in &s.boot {
+        let case = format!("bootstorm {domains} dom/{clients} cl");
+        let metric = |metric, unit, better| Metric {
+            case: &case,
+            metric,
+            unit,
+            better,
+        };
+        let elapsed = metric("elapsed", Unit::Secs, Better::Lower);
+        let reqs = metric("req/s", Unit::PerSec, Better::Higher);
+        let doms = metric("domains/s", Unit::PerSec, Better::Higher);
+        let retries = metric("EAGAIN retries", Unit::Count, Better::Lower);
+        let watcher_names: Vec<String> = (1..=s.watchers)
+            .map(|w| format!("events, watcher {w}"))
+            .collect();
+        let watchers: Vec<Metric<'_>> = watcher_names
+            .iter()
+            .map(|n| metric(n, Unit::Count, Better::Neither))
+            .collect();
+        let hwm = metric("peak RSS (VmHWM)", Unit::Bytes, Better::Lower);
+        let mut all = vec![elapsed, reqs, doms, retries];
+        all.extend(watchers.iter().copied());
+        all.push(hwm);
+        for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
+            let Some(mut d) = r.start(kind, None, &case) else {
+                r.skip(&all, kind);
+                continue;
+            };
+            let b = bootstorm::Boot {
+                domains,
+                clients,
+                watchers: s.watchers,
+                reply_timeout: s.reply_timeout,
+                deadline: s.boot_deadline,
+                grace: s.boot_grace,
+            };
+            match bootstorm::run(d.socket(), &b) {
+                Err(e) => r.fail(&all, kind, &e, &d),
+                Ok(res) => {
+                    progress(
+                        &case,
+                        kind,
+                        &format!(
+                            "{} domains in {:.2} s, {} retries, {} stalled clients, watchers {:?}",
+                            res.domains_done,
+                            res.elapsed,
+                            res.retries,
+                            res.stalled_clients,
+                            res.watchers
+                        ),
+                    );
+                    if res.stalled_clients > 0 {
+                        let t = format!("stalled ({}/{clients} cl)", res.stalled_clients);
+                        for m in [elapsed, reqs, doms] {
+                            r.sheet.set(m, kind, Cell::Text(t.clone()));
+                        }
+                        r.sheet.note(format!(
+                            "{case}: {kind}: {} of {clients} creators stalled ({} of {domains} domains done): {}",
+                            res.stalled_clients,
+                            res.domains_done,
+                            res.stall_note.as_deref().unwrap_or("")
+                        ));
+                    } else if res.timed_out {
+                        let t = format!("(timeout {}/{domains})", res.domains_done);
+                        r.sheet
+                            .set(elapsed, kind, Cell::Text(format!(">{:.0} s", res.elapsed)));
+                        r.sheet.set(
+                            reqs,
+                            kind,
+                            Cell::NumNote(res.requests as f64 / res.elapsed, t.clone()),
+                        );
+                        r.sheet.set(
+                            doms,
+                            kind,
+                            Cell::NumNote(res.domains_done as f64 / res.elapsed, t),
+                        );
+                        r.sheet.note(format!(
+                            "{case}: {kind}: deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
+                            s.boot_deadline, res.domains_done
+                        ));
+                    } else {
+                        r.sheet.set(elapsed, kind, Cell::Num(res.elapsed));
+                        r.sheet
+                            .set(reqs, kind, Cell::Num(res.requests as f64 / res.elapsed));
+                        r.sheet.set(
+                            doms,
+                            kind,
+                            Cell::Num(f64::from(res.domains_done) / res.elapsed),
+                        );
+                    }
+                    r.sheet.set(retries, kind, Cell::Num(res.retries as f64));
+                    for (m, w) in watchers.iter().zip(&res.watchers) {
+                        let cell = if w.stalled {
+                            Cell::NumNote(w.events as f64, "stalled".into())
+                        } else {
+                            Cell::Num(w.events as f64)
+                        };
+                        r.sheet.set(*m, kind, cell);
+                    }
+                    if res.watchers.iter().any(|w| w.stalled) {
+                        r.sheet.note(format!(
+                            "{case}: {kind}: a watcher did not get the final event within {:?} after the last domain",
+                            s.boot_grace
+                        ));
+                    }
+                    match d.hwm() {
+                        Ok(v) => r.sheet.set(hwm, kind, Cell::Num(v as f64)),
+                        Err(e) => r.sheet.set(hwm, kind, Cell::Text(format!("? ({e})"))),
+                    }
+                }
+            }
+            r.check_alive(&mut d, &case);
+        }
+    }
+}
+
+fn run_read_heavy(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>) {
+    let one_cpu = pin.unwrap_or(0);
+    let cases = [
+        (format!("read-heavy 1 core (cpu{one_cpu})"), Some(one_cpu)),
+        ("read-heavy 2 cores".to_string(), None),
+    ];
+    for (case, cpu) in &cases {
+        let metric = |metric, unit, better| Metric {
+            case,
+            metric,
+            unit,
+            better,
+        };
+        let reads = metric("reads/s", Unit::PerSec, Better::Higher);
+        let p50 = metric("read p50", Unit::Micros, Better::Lower);
+        let p99 = metric("read p99", Unit::Micros, Better::Lower);
+        let commits = metric("tx commits/s", Unit::PerSec, Better::Higher);
+        let all = [reads, p50, p99, commits];
+        for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
+            let Some(mut d) = r.start(kind, *cpu, case) else {
+                r.skip(&all, kind);
+                continue;
+            };
+            let rh = readheavy::ReadHeavy {
+                nodes: s.rh_nodes,
+                readers: s.rh_readers,
+                duration: s.rh_duration,
+                timeout: s.reply_timeout,
+            };
+            match readheavy::run(d.socket(), &rh) {
+                Err(e) => r.fail(&all, kind, &e, &d),
+                Ok(res) => {
+                    progress(
+                        case,
+                        kind,
+                        &format!(
+                            "{:.0} reads/s, p99 {:.0} µs, {:.0} commits/s ({} EAGAIN); populated at {:.0} writes/s",
+                            res.reads_per_s,
+                            res.p99_us,
+                            res.commits_per_s,
+                            res.retries,
+                            res.populate_per_s
+                        ),
+                    );
+                    r.sheet.set(reads, kind, Cell::Num(res.reads_per_s));
+                    r.sheet.set(p50, kind, Cell::Num(res.p50_us));
+                    r.sheet.set(p99, kind, Cell::Num(res.p99_us));
+                    r.sheet.set(commits, kind, Cell::Num(res.commits_per_s));
+                }
+            }
+            r.check_alive(&mut d, case);
+        }
+    }
+    let scaling = Metric {
+        case: "read-heavy 2 cores ÷ 1 core",
+        metric: "reads/s",
+        unit: Unit::Ratio,
+        better: Better::Higher,
+    };
+    for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
+        let one = r.sheet.get(&cases[0].0, "reads/s", kind);
+        let two = r.sheet.get(&cases[1].0, "reads/s", kind);
+        let cell = match (one, two) {
+            (Some(a), Some(b)) if a > 0.0 => Cell::Num(b / a),
+            _ => Cell::Text("–".into()),
+        };
+        r.sheet.set(scaling, kind, cell);
+    }
+}
+
+fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
+    let n = s.large_dirs * s.large_per_dir;
+    let case = if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("large tree {}M nodes", n / 1_000_000)
+    } else {
+        format!("large tree {}k nodes", n / 1000)
+    };
+    let metric = |metric, unit, better| Metric {
+        case: &case,
+        metric,
+        unit,
+        better,
+    };
+    let per_node = metric("RSS per node", Unit::SmallBytes, Better::Lower);
+    let rss = metric("RSS after load", Unit::Bytes, Better::Lower);
+    let load = metric("load writes/s (pipelined)", Unit::PerSec, Better::Higher);
+    let all = [per_node, rss, load];
+    for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
+        let Some(mut d) = r.start(kind, None, &case) else {
+            r.skip(&all, kind);
+            continue;
+        };
+        let l = large::Large {
+            dirs: s.large_dirs,
+            per_dir: s.large_per_dir,
+            timeout: s.reply_timeout * 3,
+        };
+        match large::run(d.socket(), d.pid(), &l) {
+            Err(e) => r.fail(&all, kind, &e, &d),
+            Ok(res) => {
+                progress(
+                    &case,
+                    kind,
+                    &format!(
+                        "{} nodes, RSS {} → {} bytes ({:.0} B/node), HWM {}, {:.0} writes/s",
+                        res.nodes,
+                        res.rss_before,
+                        res.rss_after,
+                        res.per_node(),
+                        res.hwm,
+                        res.load_per_s
+                    ),
+                );
+                r.sheet.set(per_node, kind, Cell::Num(res.per_node()));
+                r.sheet.set(rss, kind, Cell::Num(res.rss_after as f64));
+                r.sheet.set(load, kind, Cell::Num(res.load_per_s));
+            }
+        }
+        r.check_alive(&mut d, &case);
+    }
+}
+
+fn default_rxenstored(this_exe: &std::path::Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("RXENSTORED_BIN") {
+        return PathBuf::from(p);
+    }
+    let dir = this_exe.parent().unwrap_or(std::path::Path::new("."));
+    let sibling = dir.join("rxenstored");
+    if sibling.is_file() {
+        return sibling;
+    }
+    let release = dir.join("../release/rxenstored");
+    if release.is_file() {
+        return release;
+    }
+    sibling
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Sub::FloorServer { socket }) = &cli.cmd {
+        return match floor::serve(socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xsload floor-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(e) = sys::install_signal_thread() {
+        eprintln!("xsload: cannot install the signal thread: {e}");
+        return ExitCode::FAILURE;
+    }
+    let sizes = match Sizes::new(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("xsload: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut kinds = Vec::new();
+    for name in &cli.daemons {
+        match Kind::from_name(name) {
+            Some(k) if !kinds.contains(&k) => kinds.push(k),
+            Some(_) => {}
+            None => {
+                eprintln!(
+                    "xsload: unknown daemon {name:?} (rxenstored, cxenstored, oxenstored, floor)"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    const WORKLOADS: [&str; 4] = ["pairs", "bootstorm", "read-heavy", "large-tree"];
+    for w in &cli.only {
+        if !WORKLOADS.contains(&w.trim()) {
+            eprintln!("xsload: unknown workload {w:?} ({})", WORKLOADS.join(", "));
+            return ExitCode::from(2);
+        }
+    }
+    let wants = |w: &str| cli.only.iter().any(|o| o.trim() == w);
+    let this_exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("xsload: cannot find my own binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let progs = Programs {
+        rxenstored: cli
+            .rxenstored
+            .clone()
+            .unwrap_or_else(|| default_rxenstored(&this_exe)),
+        shared: cli
+            .shared
+            .clone()
+            .unwrap_or_else(|| match std::env::var_os("XS_SHARED_DIR") {
+                Some(d) => PathBuf::from(d),
+                None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")),
+            }),
+        this_exe,
+    };
+    let mut r = Runner {
+        progs,
+        sheet: Sheet::default(),
+        unavailable: BTreeMap::new(),
+    };
+    let started = std::time::Instant::now();
+    if wants("pairs") {
+        run_pairs(&mut r, &kinds, &sizes, cli.pin);
+    }
+    if wants("bootstorm") {
+        run_bootstorm(&mut r, &kinds, &sizes);
+    }
+    if wants("read-heavy") {
+        run_read_heavy(&mut r, &kinds, &sizes, cli.pin);
+    }
+    if wants("large-tree") {
+        run_large(&mut r, &kinds, &sizes);
+    }
+    let took = started.elapsed().as_secs_f64();
+    // Columns: the daemons asked for (the floor only if pairs ran).
+    let columns: Vec<Kind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| *k != Kind::Floor || wants("pairs"))
+        .collect();
+    if cli.json {
+        let meta = json!({
+            "command": std::env::args().collect::<Vec<_>>(),
+            "quick": cli.quick,
+            "pin": cli.pin,
+            "daemons": columns.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "rxenstored": r.progs.rxenstored.display().to_string(),
+            "unavailable": r.unavailable.iter().map(|(k, m)| (k.name().to_string(), json!(m))).collect::<serde_json::Map<_, _>>(),
+            "sizes": format!("{sizes:?}"),
+            "seconds": took,
+            "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        });
+        match serde_json::to_string_pretty(&r.sheet.json(meta)) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("xsload: JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", r.sheet.table(&columns));
+        println!(
+            "\n(↑ higher is better, ↓ lower; ratios are rxenstored ÷ the better of cxenstored/oxenstored, and ÷ the floor; {took:.0} s)"
+        );
+    }
+    if r.sheet.failures > 0 {
+        eprintln!("xsload: {} failure(s)", r.sheet.failures);
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
