@@ -12,27 +12,22 @@
 //! Every ring page has the §10.1 layout. The frontend only moves bytes
 //! between ring pages and the core; the protocol is all in `server::Core`.
 //!
-//! SEAM (ring issue): the core's `Platform` trait is being extended under
-//! the ring issue (`attach` gains the feature bits, the ring moves behind
-//! `Platform::ring`). Until that lands the frontend runs the core over
-//! `NoRings` and learns about INTRODUCE and RELEASE by watching the
-//! control rings' requests go by and reading the core's domain records
-//! (`Core::domain`). When it lands: implement `Platform` for [`Shm`]
-//! (`attach` = map page `gfn`, reset it; `detach` = forget it) and drop
-//! [`Frontend::sync_domains`].
+//! The rings themselves are `server::ring::Ring` (§10.2–10.3 index checks,
+//! fences, the `error` field) over [`ShmPage`]; [`ShmPlatform`] is the
+//! core's `Platform`: INTRODUCE's `attach` maps page `gfn` of the region
+//! (where Xen would map grant reference 1), RELEASE's `detach` forgets it.
 
-use alloc::vec;
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use engine::DomId;
 use server::domain::features;
-use server::{ConnId, Core, NoRings};
-use wire::{Decoder, Op};
+use server::ring::{PAGE_SIZE, Ring, RingError, RingIo, RingPage};
+use server::{ConnId, Core, Error, Platform};
 
 use crate::println;
-use crate::ring::{PAGE_SIZE, ShmPage, error_code};
 
 /// Number of control rings (pages 1..=4).
 pub const CONTROL_RINGS: usize = 4;
@@ -78,9 +73,8 @@ impl Shm {
 
     fn page(&self, index: usize) -> ShmPage {
         assert!(index < self.pages);
-        // SAFETY: in the region (checked), page-aligned; all accesses to
-        // ring pages are atomic.
-        unsafe { ShmPage::new(self.base.add(index * PAGE_SIZE)) }
+        // SAFETY: in the region (checked), page-aligned, mapped for good.
+        ShmPage(unsafe { self.base.add(index * PAGE_SIZE) })
     }
 
     fn info(&self, offset: usize) -> &AtomicU32 {
@@ -89,60 +83,114 @@ impl Shm {
     }
 }
 
+/// One 4 KiB page of the region.
+#[derive(Debug, Clone, Copy)]
+pub struct ShmPage(NonNull<u8>);
+
+// SAFETY: a page of the region, mapped and 4 KiB-aligned for the life of
+// the image (`Shm::new`'s contract); `server::ring` only uses atomics.
+unsafe impl RingPage for ShmPage {
+    fn base(&self) -> NonNull<u8> {
+        self.0
+    }
+}
+
 /// A ring the frontend serves.
 #[derive(Debug)]
 struct Served {
-    conn: ConnId,
-    page: ShmPage,
     page_index: usize,
+    ring: Ring<ShmPage>,
     /// The guest domain; `None` for control rings.
     domid: Option<DomId>,
-    /// Control rings: a copy of the request stream, to see INTRODUCE and
-    /// RELEASE go by (SEAM, see the module docs).
-    sniff: Option<Decoder>,
-    /// Broken by its peer: no longer served (until a new INTRODUCE).
-    dead: bool,
+}
+
+/// The core's platform under QEMU: rings in the shared region.
+#[derive(Debug)]
+pub struct ShmPlatform {
+    shm: Shm,
+    rings: BTreeMap<ConnId, Served>,
+}
+
+impl ShmPlatform {
+    fn add(&mut self, conn: ConnId, index: usize, domid: Option<DomId>, features: u32) {
+        let mut ring = Ring::new(self.shm.page(index), features);
+        ring.reset();
+        if let Some(d) = domid {
+            println!("stubdom: serving {d} on page {index}");
+        }
+        self.rings.insert(conn, Served { page_index: index, ring, domid });
+    }
+}
+
+impl Platform for ShmPlatform {
+    fn attach(&mut self, conn: ConnId, domid: DomId, gfn: u64, _port: u32, features: u32) -> Result<(), Error> {
+        let index = usize::try_from(gfn).unwrap_or(usize::MAX);
+        if index < FIRST_GUEST_PAGE || index >= self.shm.pages() {
+            return Err(Error::Platform("gfn is not a guest page of the shared region"));
+        }
+        if self.rings.values().any(|r| r.page_index == index) {
+            return Err(Error::Platform("page already serves a ring"));
+        }
+        self.add(conn, index, Some(domid), features);
+        Ok(())
+    }
+
+    fn rebind(&mut self, conn: ConnId, _domid: DomId, _port: u32) -> Result<(), Error> {
+        if let Some(r) = self.rings.get_mut(&conn) {
+            r.ring.reset();
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self, conn: ConnId, _domid: DomId) {
+        self.rings.remove(&conn);
+    }
+
+    fn domain_exists(&self, _domid: DomId) -> bool {
+        true
+    }
+
+    fn ring(&mut self, conn: ConnId) -> Option<&mut dyn RingIo> {
+        self.rings.get_mut(&conn).map(|r| &mut r.ring as &mut dyn RingIo)
+    }
 }
 
 /// Counters reported at shutdown.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
     pub rounds: u64,
-    pub bytes_in: u64,
+    pub requests: u64,
     pub bytes_out: u64,
-    pub introduced: u64,
-    pub released: u64,
 }
+
+/// Requests taken from one ring per polling round (fairness).
+const BURST: usize = 8;
 
 /// The polling loop over the shared region.
 #[derive(Debug)]
 pub struct Frontend {
-    core: Core<NoRings>,
+    core: Core<ShmPlatform>,
     shm: Shm,
-    rings: Vec<Served>,
-    /// Domains named by INTRODUCE requests seen since the last sync.
-    introduced: Vec<DomId>,
     stats: Stats,
 }
 
 impl Frontend {
-    /// Resets the control rings and opens their connections.
-    pub fn new(mut core: Core<NoRings>, shm: Shm) -> Frontend {
+    /// Opens the control rings' connections over a new core.
+    pub fn new(config: server::Config, shm: Shm) -> Frontend {
+        let mut core = Core::with_platform(config, ShmPlatform { shm, rings: BTreeMap::new() });
         let priv_domid = core.config().priv_domid;
-        let mut rings = Vec::new();
-        for index in 1..=CONTROL_RINGS.min(shm.pages().saturating_sub(1)) {
-            let page = shm.page(index);
-            page.reset(features::DEFAULT);
+        let controls = CONTROL_RINGS.min(shm.pages().saturating_sub(1));
+        for index in 1..=controls {
             let conn = core.connect_domain(priv_domid);
-            rings.push(Served { conn, page, page_index: index, domid: None, sniff: Some(Decoder::new()), dead: false });
+            core.platform().add(conn, index, None, features::DEFAULT);
         }
         shm.info(info::VERSION).store(info::LAYOUT_VERSION, Ordering::Relaxed);
         shm.info(info::PAGES).store(shm.pages() as u32, Ordering::Relaxed);
-        shm.info(info::CONTROL_RINGS).store(rings.len() as u32, Ordering::Relaxed);
+        shm.info(info::CONTROL_RINGS).store(controls as u32, Ordering::Relaxed);
         shm.info(info::FIRST_GUEST_PAGE).store(FIRST_GUEST_PAGE as u32, Ordering::Relaxed);
         shm.info(info::SHUTDOWN).store(0, Ordering::Relaxed);
         shm.info(info::MAGIC).store(info::MAGIC_VALUE, Ordering::Release);
-        Frontend { core, shm, rings, introduced: Vec::new(), stats: Stats::default() }
+        Frontend { core, shm, stats: Stats::default() }
     }
 
     /// Tells the host the rings are served.
@@ -152,7 +200,8 @@ impl Frontend {
 
     /// Serves until the host asks to stop.
     pub fn run(&mut self) -> Stats {
-        let mut buf = vec![0u8; 1024];
+        let mut buf = Vec::with_capacity(16 + 4096);
+        let mut ids: Vec<ConnId> = Vec::new();
         loop {
             if self.shm.info(info::SHUTDOWN).load(Ordering::Acquire) != 0 {
                 return self.stats;
@@ -161,129 +210,90 @@ impl Frontend {
             if self.stats.rounds % 1024 == 0 {
                 self.shm.info(info::ROUNDS).store(self.stats.rounds as u32, Ordering::Relaxed);
             }
+            ids.clear();
+            ids.extend(self.core.platform().rings.keys().copied());
             let mut progressed = false;
-            let mut domains_changed = false;
-            for i in 0..self.rings.len() {
-                let r = &mut self.rings[i];
-                if r.dead || !r.page.has_input() {
-                    continue;
-                }
-                let n = match r.page.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        self.fail(i, error_code::RINGIDX);
-                        continue;
-                    }
-                };
-                progressed = true;
-                self.stats.bytes_in += n as u64;
-                if let Some(sniff) = r.sniff.as_mut() {
-                    sniff.push(&buf[..n]);
-                    while let Ok(Some(m)) = sniff.next_message() {
-                        match m.header.op() {
-                            Some(Op::Introduce) => {
-                                let domid = wire::split_args(&m.payload).next().and_then(wire::parse_domid);
-                                self.introduced.extend(domid.map(DomId));
-                                domains_changed = true;
-                            }
-                            Some(Op::Release) => domains_changed = true,
-                            _ => {}
-                        }
-                    }
-                }
-                let conn = r.conn;
-                if self.core.receive(conn, &buf[..n]).is_err() {
-                    self.fail(i, error_code::PROTO);
-                }
-            }
-            if domains_changed {
-                self.sync_domains();
+            for &id in &ids {
+                progressed |= self.serve(id, &mut buf);
             }
             let _ = self.core.take_dirty();
-            progressed |= self.flush();
+            for &id in &ids {
+                progressed |= self.flush(id);
+            }
             if !progressed {
                 crate::arch::pause();
             }
         }
     }
 
-    /// A peer broke the ring or the framing: record it in the page's
-    /// `error` field and stop serving it (C does the same, §10.1).
-    fn fail(&mut self, i: usize, code: u32) {
-        let r = &mut self.rings[i];
-        r.page.set_error(code);
-        r.dead = true;
-        println!("stubdom: ring page {} ({:?}) broken: error {code}", r.page_index, r.domid);
-        if r.domid.is_none() {
-            // A control connection has no domain record to keep.
-            self.core.disconnect(r.conn);
-        }
-    }
-
-    /// Copies queued replies and events into the rings as space allows.
-    fn flush(&mut self) -> bool {
+    /// Takes up to [`BURST`] requests from a ring into the core, within the
+    /// connection's `outstanding` quota.
+    fn serve(&mut self, id: ConnId, buf: &mut Vec<u8>) -> bool {
         let mut progressed = false;
-        for i in 0..self.rings.len() {
-            if self.rings[i].dead {
-                continue;
-            }
-            let (conn, page) = (self.rings[i].conn, self.rings[i].page);
-            loop {
-                let Some(q) = self.core.output(conn) else { break };
-                let Some(front) = q.front() else { break };
-                let len = front.len();
-                let n = match page.write(front) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        self.fail(i, error_code::RINGIDX);
-                        break;
-                    }
-                };
-                q.advance(n);
-                self.stats.bytes_out += n as u64;
-                progressed |= n > 0;
-                if n < len {
+        for _ in 0..BURST {
+            if let Some(limit) = self.core.outstanding_limit(id) {
+                if self.core.output(id).is_some_and(|q| q.len() >= limit) {
                     break;
                 }
+            }
+            let Some(ring) = self.core.platform().ring(id) else { break };
+            if !ring.has_input() {
+                break;
+            }
+            match ring.read_message(buf) {
+                Ok(polled) => {
+                    progressed |= polled.consumed;
+                    if !polled.complete {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.abandon(id, e);
+                    break;
+                }
+            }
+            self.stats.requests += 1;
+            if let Err(v) = self.core.receive(id, buf) {
+                self.abandon(id, RingError::Protocol { len: v.len });
+                break;
             }
         }
         progressed
     }
 
-    /// SEAM (see the module docs): serves the rings of domains the core
-    /// has just introduced, and forgets those it released.
-    fn sync_domains(&mut self) {
-        let core = &self.core;
-        let before = self.rings.len();
-        self.rings.retain(|r| match r.domid {
-            None => true,
-            Some(d) => core.domain(d).is_some_and(|rec| rec.introduced && rec.conn == Some(r.conn)),
-        });
-        self.stats.released += (before - self.rings.len()) as u64;
-
-        // Which domains may be new: those named by INTRODUCE requests the
-        // control rings carried. The core's records say which succeeded.
-        for domid in core::mem::take(&mut self.introduced) {
-            let Some(rec) = self.core.domain(domid) else { continue };
-            let Some(conn) = rec.conn.filter(|_| rec.introduced) else { continue };
-            if self.rings.iter().any(|r| r.conn == conn) {
-                continue;
-            }
-            let index = rec.gfn as usize;
-            let in_use = self.rings.iter().any(|r| r.page_index == index);
-            if index < FIRST_GUEST_PAGE || index >= self.shm.pages() || in_use {
-                println!("stubdom: INTRODUCE {domid}: gfn {index} is not a free guest page; not served");
-                continue;
-            }
-            let page = self.shm.page(index);
-            page.reset(rec.features);
-            println!("stubdom: serving {domid} on page {index}");
-            self.rings.push(Served { conn, page, page_index: index, domid: Some(domid), sniff: None, dead: false });
-            self.stats.introduced += 1;
+    /// A guest broke its ring: the `error` field tells it why (the ring
+    /// did that), the core ignores the connection from now on (as C).
+    fn abandon(&mut self, id: ConnId, e: RingError) {
+        if let Some(ring) = self.core.platform().ring(id) {
+            ring.fail(e);
         }
+        let r = &self.core.platform().rings[&id];
+        println!("stubdom: ring page {} ({:?}) abandoned: {e} (error {})", r.page_index, r.domid, e.code());
+        self.core.ignore_connection(id);
     }
 
-    pub fn core(&self) -> &Core<NoRings> {
+    /// Copies queued replies and events into the ring as space allows.
+    fn flush(&mut self, id: ConnId) -> bool {
+        let mut progressed = false;
+        let (queue, platform) = self.core.output_and_platform(id);
+        let (Some(q), Some(ring)) = (queue, platform.ring(id)) else { return false };
+        if ring.error().is_some() {
+            return false;
+        }
+        while let Some(front) = q.front() {
+            let len = front.len();
+            let Ok(n) = ring.write(front) else { break };
+            q.advance(n);
+            self.stats.bytes_out += n as u64;
+            progressed |= n > 0;
+            if n < len {
+                break;
+            }
+        }
+        progressed
+    }
+
+    pub fn core(&self) -> &Core<ShmPlatform> {
         &self.core
     }
 }

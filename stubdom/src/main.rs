@@ -11,9 +11,8 @@
 //! - `start_info`: the PVH start info (Xen's `hvm_start_info`).
 //! - `selftest`: the core driven as a guest with raw wire bytes, at every
 //!   boot.
-//! - `pci`, `frontend`, `ring`: the QEMU test platform — rings in an
-//!   `ivshmem` shared region, served by polling (`ring` is a local
-//!   stand-in until the ring issue's `server::ring` lands).
+//! - `pci`, `frontend`: the QEMU test platform — `server::ring` rings in
+//!   an `ivshmem` shared region, served by polling.
 //! - `xen` (feature `xen`): the Xen platform (hypercall page, console ring,
 //!   the domain's own xenstore ring, grant tables, event channels).
 //!
@@ -31,7 +30,6 @@ mod console;
 mod frontend;
 mod heap;
 mod pci;
-mod ring;
 mod rt;
 mod selftest;
 mod start_info;
@@ -40,7 +38,7 @@ mod xen;
 
 use core::ptr::NonNull;
 
-use server::{Config, Core};
+use server::Config;
 
 /// QEMU's inter-VM shared memory device (`ivshmem-plain`).
 const IVSHMEM_VENDOR: u16 = 0x1af4;
@@ -89,7 +87,7 @@ pub extern "C" fn stub_main(start_info: u32) -> ! {
         bar.size / 1024,
         if bar.assigned { ", assigned by stubdom" } else { "" }
     );
-    if bar.size < 2 * ring::PAGE_SIZE as u64 || bar.base + bar.size > IDENTITY_MAPPED {
+    if bar.size < 2 * server::ring::PAGE_SIZE as u64 || bar.base + bar.size > IDENTITY_MAPPED {
         println!("stubdom: shared region unusable");
         rt::exit(1);
     }
@@ -97,8 +95,7 @@ pub extern "C" fn stub_main(start_info: u32) -> ! {
     // and nothing else in the image touches it.
     let shm = unsafe { frontend::Shm::new(NonNull::new(bar.base as *mut u8).expect("non-zero BAR"), bar.size as usize) };
 
-    let core = Core::new(Config::default());
-    let mut fe = frontend::Frontend::new(core, shm);
+    let mut fe = frontend::Frontend::new(Config::default(), shm);
     fe.announce_ready();
     let (used, free) = heap::usage();
     println!(
@@ -113,12 +110,10 @@ pub extern "C" fn stub_main(start_info: u32) -> ! {
     let stats = fe.run();
     let (used, _) = heap::usage();
     println!(
-        "stubdom: shutdown requested: {} rounds, {} bytes in, {} bytes out, {} domains introduced, {} released, {} nodes, heap {} KiB used",
+        "stubdom: shutdown requested: {} polling rounds, {} requests, {} bytes out, {} nodes, heap {} KiB used",
         stats.rounds,
-        stats.bytes_in,
+        stats.requests,
         stats.bytes_out,
-        stats.introduced,
-        stats.released,
         fe.core().store().snapshot().len(),
         used / 1024
     );

@@ -24,26 +24,19 @@
 //! status 0 only if none failed. Finally asks the stub to shut down
 //! (info page word), unless `--keep-running`.
 //!
-//! The ring client here is minimal on purpose; SEAM: when the ring issue's
-//! `server::ring::GuestRing` lands, use it instead of [`GuestRing`].
+//! The guests' end of each ring is the ring issue's
+//! `server::ring::GuestRing`, the same one the daemon's simulated guests use.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering, fence};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use wire::{Decoder, Message};
+use server::ring::RingPage;
+use wire::Message;
 
 const PAGE: usize = 4096;
-const RING: u32 = 1024;
-const REQ: usize = 0;
-const RSP: usize = 1024;
-const REQ_CONS: usize = 2048;
-const REQ_PROD: usize = 2052;
-const RSP_CONS: usize = 2056;
-const RSP_PROD: usize = 2060;
 const SERVER_FEATURES: usize = 2064;
-const ERROR_FIELD: usize = 2072;
 
 // Info page (the stub's frontend.rs documents the same layout).
 const INFO_MAGIC: usize = 0;
@@ -107,19 +100,29 @@ impl Region {
         // SAFETY: in bounds and aligned (checked); shared through atomics.
         unsafe { AtomicU32::from_ptr(self.base.add(offset).cast()) }
     }
+}
 
-    fn byte(&self, offset: usize) -> &AtomicU8 {
-        assert!(offset < self.len);
-        // SAFETY: in bounds (checked).
-        unsafe { AtomicU8::from_ptr(self.base.add(offset)) }
+/// One ring page of the mapped file.
+#[derive(Clone, Copy)]
+struct HostPage(std::ptr::NonNull<u8>);
+
+// SAFETY: a 4 KiB page inside the shared mapping, which lives for the
+// whole process; `server::ring` accesses it through atomics only.
+unsafe impl RingPage for HostPage {
+    fn base(&self) -> std::ptr::NonNull<u8> {
+        self.0
     }
 }
 
-/// The guest's end of one ring page (§10.3, mirrored).
+// SAFETY: shared memory, atomics only.
+unsafe impl Send for HostPage {}
+
+/// A simulated guest: the ring issue's `server::ring::GuestRing` (the
+/// guest's end, as Linux's xenbus drives it) plus waiting and bookkeeping.
 struct GuestRing {
     region: Region,
     page: usize,
-    decoder: Decoder,
+    inner: server::ring::GuestRing<HostPage>,
     /// Watch events received while waiting for a reply.
     events: Vec<Message>,
     next_req: u32,
@@ -127,7 +130,10 @@ struct GuestRing {
 
 impl GuestRing {
     fn new(region: Region, page: usize) -> GuestRing {
-        GuestRing { region, page, decoder: Decoder::new(), events: Vec::new(), next_req: 0x100 }
+        assert!((page + 1) * PAGE <= region.len);
+        // SAFETY: in the mapping (checked).
+        let base = std::ptr::NonNull::new(unsafe { region.base.add(page * PAGE) }).expect("mapped");
+        GuestRing { region, page, inner: server::ring::GuestRing::new(HostPage(base)), events: Vec::new(), next_req: 0x100 }
     }
 
     fn w(&self, field: usize) -> &AtomicU32 {
@@ -135,31 +141,18 @@ impl GuestRing {
     }
 
     fn error_field(&self) -> u32 {
-        self.w(ERROR_FIELD).load(Ordering::Acquire)
+        self.inner.server_error()
     }
 
     /// Writes all of `bytes` into the request ring, waiting for space.
     fn send(&mut self, mut bytes: &[u8]) -> Result<(), String> {
         let deadline = Instant::now() + TIMEOUT;
         while !bytes.is_empty() {
-            let cons = self.w(REQ_CONS).load(Ordering::Relaxed);
-            let prod = self.w(REQ_PROD).load(Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            let used = prod.wrapping_sub(cons);
-            if used > RING {
-                return Err(format!("page {}: bad request indexes {cons}/{prod}", self.page));
-            }
-            let n = ((RING - used) as usize).min(bytes.len());
-            for (i, &b) in bytes[..n].iter().enumerate() {
-                let at = (prod.wrapping_add(i as u32) & (RING - 1)) as usize;
-                self.region.byte(self.page * PAGE + REQ + at).store(b, Ordering::Relaxed);
-            }
-            fence(Ordering::Release);
-            self.w(REQ_PROD).store(prod.wrapping_add(n as u32), Ordering::Relaxed);
+            let n = self.inner.send(bytes).map_err(|e| format!("page {}: {e:?}", self.page))?;
             bytes = &bytes[n..];
             if n == 0 {
                 // Drain replies meanwhile so the daemon is never stuck on us.
-                self.pull()?;
+                self.inner.pull().map_err(|e| format!("page {}: {e:?}", self.page))?;
                 if Instant::now() > deadline {
                     return Err(format!("page {}: request ring full for {TIMEOUT:?}", self.page));
                 }
@@ -169,35 +162,15 @@ impl GuestRing {
         Ok(())
     }
 
-    /// Moves whatever reply bytes are there into the decoder.
-    fn pull(&mut self) -> Result<usize, String> {
-        let cons = self.w(RSP_CONS).load(Ordering::Relaxed);
-        let prod = self.w(RSP_PROD).load(Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        let avail = prod.wrapping_sub(cons);
-        if avail > RING {
-            return Err(format!("page {}: bad reply indexes {cons}/{prod}", self.page));
-        }
-        let mut buf = vec![0u8; avail as usize];
-        for (i, b) in buf.iter_mut().enumerate() {
-            let at = (cons.wrapping_add(i as u32) & (RING - 1)) as usize;
-            *b = self.region.byte(self.page * PAGE + RSP + at).load(Ordering::Relaxed);
-        }
-        fence(Ordering::SeqCst);
-        self.w(RSP_CONS).store(cons.wrapping_add(avail), Ordering::Relaxed);
-        self.decoder.push(&buf);
-        Ok(avail as usize)
-    }
-
     /// The next whole message (reply or event).
     fn next(&mut self) -> Result<Message, String> {
         let deadline = Instant::now() + TIMEOUT;
         let mut spins = 0u32;
         loop {
-            if let Some(m) = self.decoder.next_message().map_err(|e| e.to_string())? {
+            if let Some(m) = self.inner.next_message().map_err(|e| format!("page {}: {e:?}", self.page))? {
                 return Ok(m);
             }
-            if self.pull()? == 0 {
+            if self.inner.pull().map_err(|e| format!("page {}: {e:?}", self.page))? == 0 {
                 if Instant::now() > deadline {
                     return Err(format!("page {}: no reply within {TIMEOUT:?} (error field {})", self.page, self.error_field()));
                 }
