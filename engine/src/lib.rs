@@ -50,7 +50,7 @@ mod sync;
 pub mod txn;
 
 pub use error::{BuildError, CommitError, EngineError, Inconsistency};
-pub use node::{Children, Name, Node, Value};
+pub use node::{Children, Node, Value};
 pub use path::{Path, PathError};
 pub use perms::{Access, DomId, EmptyPerms, Perm, Perms};
 pub use snapshot::{Change, Snapshot, TreeEntry, TreeIter};

@@ -4,10 +4,8 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::path::Path;
 use crate::perms::Perms;
-
-/// A child's name: one path component, shared between parent lists.
-pub type Name = Arc<str>;
 
 /// A node's value: arbitrary bytes (NULs included). The empty value, which
 /// most directory nodes have, costs no allocation.
@@ -61,17 +59,25 @@ impl fmt::Debug for Value {
 }
 
 /// Children in creation order (PROTOCOL.md §4.4): a new child is appended,
-/// a removed one closes its gap. Shared until modified; a modification copies
-/// the list of names (pointer copies, not string copies).
+/// a removed one closes its gap. Each entry is the child's own path, the
+/// very allocation the trie uses as its key, so a listing costs no string
+/// of its own and walking the tree needs no path building. Shared until
+/// modified; a modification copies the list of pointers.
 #[derive(Clone, Default)]
-pub struct Children(Option<Arc<[Name]>>);
+pub struct Children(Option<Arc<[Path]>>);
 
 impl Children {
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Name> + ExactSizeIterator {
+    /// The children's names (last path components), in order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &str> + ExactSizeIterator {
+        self.as_slice().iter().map(Path::name)
+    }
+
+    /// The children's full paths, in order.
+    pub fn paths(&self) -> impl DoubleEndedIterator<Item = &Path> + ExactSizeIterator {
         self.as_slice().iter()
     }
 
-    pub fn as_slice(&self) -> &[Name] {
+    fn as_slice(&self) -> &[Path] {
         self.0.as_deref().unwrap_or(&[])
     }
 
@@ -83,23 +89,22 @@ impl Children {
         self.0.is_none()
     }
 
-    pub(crate) fn from_names(names: Vec<Name>) -> Children {
-        if names.is_empty() { Children(None) } else { Children(Some(Arc::from(names))) }
+    pub(crate) fn from_paths(paths: Vec<Path>) -> Children {
+        if paths.is_empty() { Children(None) } else { Children(Some(Arc::from(paths))) }
     }
 
-    pub(crate) fn with_appended(&self, name: Name) -> Children {
-        let mut v: Vec<Name> = Vec::with_capacity(self.len() + 1);
-        v.extend(self.iter().cloned());
-        v.push(name);
+    pub(crate) fn with_appended(&self, child: Path) -> Children {
+        let mut v: Vec<Path> = Vec::with_capacity(self.len() + 1);
+        v.extend(self.paths().cloned());
+        v.push(child);
         Children(Some(Arc::from(v)))
     }
 
     pub(crate) fn without(&self, name: &str) -> Children {
-        let v: Vec<Name> = self.iter().filter(|n| &***n != name).cloned().collect();
-        if v.is_empty() { Children(None) } else { Children(Some(Arc::from(v))) }
+        Children::from_paths(self.paths().filter(|p| p.name() != name).cloned().collect())
     }
 
-    /// Same names in the same order; O(1) when both share one allocation.
+    /// Same children in the same order; O(1) when both share one allocation.
     pub fn same(&self, other: &Children) -> bool {
         match (&self.0, &other.0) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,

@@ -22,7 +22,7 @@ use archery::ArcTK;
 use rpds::HashTrieMap;
 
 use crate::error::{BuildError, EngineError, Inconsistency};
-use crate::node::{Children, Name, Node, Value};
+use crate::node::{Children, Node, Value};
 use crate::path::Path;
 use crate::perms::{DomId, Perms};
 
@@ -201,7 +201,7 @@ impl Snapshot {
             children: Children::default(),
             generation: e.generation,
         };
-        let mut open: Vec<(Path, Node, Vec<Name>)> = alloc::vec![(root.path.clone(), node(&root), Vec::new())];
+        let mut open: Vec<(Path, Node, Vec<Path>)> = alloc::vec![(root.path.clone(), node(&root), Vec::new())];
         for e in iter {
             max_generation = max_generation.max(e.generation);
             if e.path.is_special() {
@@ -217,17 +217,22 @@ impl Snapshot {
                 if crate::path::is_under(parent, top.as_str()) {
                     break;
                 }
-                s.close_built(&mut open);
+                s.close_built(&mut open)?;
             }
-            if s.contains(e.path.as_str()) || open.iter().any(|(p, _, _)| *p == e.path) {
+            // Duplicates of stored nodes are caught when stored (the trie
+            // does not grow); of open ones here.
+            if open.iter().any(|(p, _, _)| *p == e.path) {
                 return Err(BuildError::Duplicate(e.path));
             }
-            let name: Name = Arc::from(e.path.name());
             match open.last_mut() {
-                Some((top, _, children)) if top.as_str() == parent => children.push(name),
+                Some((top, _, children)) if top.as_str() == parent => children.push(e.path.clone()),
                 _ => {
                     let parent = e.path.parent().ok_or(BuildError::MissingRoot)?;
-                    if !s.update_node(&parent, |p| p.children = p.children.with_appended(name)) {
+                    let child = e.path.clone();
+                    if s.contains(e.path.as_str()) {
+                        return Err(BuildError::Duplicate(e.path));
+                    }
+                    if !s.update_node(&parent, |p| p.children = p.children.with_appended(child)) {
                         return Err(BuildError::MissingParent(e.path));
                     }
                 }
@@ -236,17 +241,17 @@ impl Snapshot {
             open.push((e.path, n, Vec::new()));
         }
         while !open.is_empty() {
-            s.close_built(&mut open);
+            s.close_built(&mut open)?;
         }
         s.inner().next_generation = max_generation + 1;
         Ok(s)
     }
 
     /// Stores the innermost open node of `from_entries` with its children.
-    fn close_built(&mut self, open: &mut Vec<(Path, Node, Vec<Name>)>) {
-        let Some((path, mut node, children)) = open.pop() else { return };
+    fn close_built(&mut self, open: &mut Vec<(Path, Node, Vec<Path>)>) -> Result<(), BuildError> {
+        let Some((path, mut node, children)) = open.pop() else { return Ok(()) };
         if !children.is_empty() {
-            node.children = Children::from_names(children);
+            node.children = Children::from_paths(children);
         }
         if path.is_root() {
             // `Snapshot::new` stored and counted the root already.
@@ -257,8 +262,14 @@ impl Snapshot {
             self.count_owner(node.perms.owner(), 1);
             self.inner().nodes.insert_mut(path, node);
         } else {
+            let before = self.0.nodes.size();
+            let dup = path.clone();
             self.insert_new(path, node);
+            if self.0.nodes.size() == before {
+                return Err(BuildError::Duplicate(dup));
+            }
         }
+        Ok(())
     }
 
     /// Verifies the invariants listed in the module documentation, in one
@@ -276,7 +287,6 @@ impl Snapshot {
         let mut counts: alloc::collections::BTreeMap<DomId, u32> = alloc::collections::BTreeMap::new();
         let mut tree_nodes = 0usize;
         let mut listed = 0usize;
-        let mut child = alloc::string::String::new();
         let mut names: Vec<&str> = Vec::new();
         for (path, node) in self.0.nodes.iter() {
             if node.generation >= self.0.next_generation {
@@ -294,17 +304,11 @@ impl Snapshot {
                 return Err(Inconsistency::NotListedByParent(path.clone()));
             }
             names.clear();
-            for name in node.children.iter() {
-                child.clear();
-                child.push_str(path.as_str());
-                if !path.is_root() {
-                    child.push('/');
+            for child in node.children.paths() {
+                if child.parent_str() != Some(path.as_str()) || !self.contains(child.as_str()) {
+                    return Err(Inconsistency::MissingChild(child.clone()));
                 }
-                child.push_str(name);
-                if !self.contains(&child) {
-                    return Err(Inconsistency::MissingChild(path.child(name)));
-                }
-                names.push(name);
+                names.push(child.name());
             }
             names.sort_unstable();
             if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -348,8 +352,8 @@ impl Snapshot {
             });
         } else {
             let parent = path.parent().ok_or(BuildError::MissingRoot)?;
-            let name: Name = Arc::from(path.name());
-            if !self.update_node(&parent, |p| p.children = p.children.with_appended(name)) {
+            let child = path.clone();
+            if !self.update_node(&parent, |p| p.children = p.children.with_appended(child)) {
                 return Err(BuildError::MissingParent(path.clone()));
             }
             self.insert_new(path.clone(), Node { value, perms, children: Children::default(), generation });
@@ -505,9 +509,9 @@ impl Snapshot {
         }
         while let Some(p) = missing.pop() {
             let parent_generation = self.fresh_generation();
-            let name: Name = Arc::from(p.name());
+            let child = p.clone();
             self.update_node(&parent, |n| {
-                n.children = n.children.with_appended(name);
+                n.children = n.children.with_appended(child);
                 n.generation = parent_generation;
             });
             let value = if missing.is_empty() { value.clone() } else { Value::default() };
@@ -528,7 +532,7 @@ impl Snapshot {
             if expanded {
                 doomed.push((p, node.perms.clone()));
             } else {
-                let children: Vec<Path> = node.children.iter().rev().map(|n| p.child(n)).collect();
+                let children: Vec<Path> = node.children.paths().rev().cloned().collect();
                 stack.push((p, true));
                 stack.extend(children.into_iter().map(|c| (c, false)));
             }
@@ -578,20 +582,7 @@ impl<'a> Iterator for TreeIter<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let path = self.stack.pop()?;
         let node = self.snapshot.get(path.as_str())?;
-        // Children's paths are the trie's own keys: found through a reused
-        // buffer and shared, not allocated anew for every node.
-        let mut buf = alloc::string::String::with_capacity(path.as_str().len() + 32);
-        for name in node.children.iter().rev() {
-            buf.clear();
-            buf.push_str(path.as_str());
-            if !path.is_root() {
-                buf.push('/');
-            }
-            buf.push_str(name);
-            if let Some((key, _)) = self.snapshot.0.nodes.get_key_value(buf.as_str()) {
-                self.stack.push(key.clone());
-            }
-        }
+        self.stack.extend(node.children.paths().rev().cloned());
         Some((path, node))
     }
 }

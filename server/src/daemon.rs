@@ -16,6 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::conn::ConnId;
 use crate::domain::Platform;
+use crate::persistence::Persistence;
 use crate::protocol::Core;
 
 #[path = "daemon_rings.rs"]
@@ -78,6 +79,8 @@ pub struct Daemon<P: Platform> {
     trace: Option<fs::File>,
     /// Guests' rings, when the platform has them (`daemon_rings.rs`).
     rings: rings::RingState,
+    /// The state directory, with `--state-dir`.
+    persistence: Option<Persistence>,
 }
 
 impl<P: Platform> Daemon<P> {
@@ -94,7 +97,21 @@ impl<P: Platform> Daemon<P> {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let mut core = core;
         let rings = rings::RingState::register(&poll, &mut core)?;
-        Ok(Daemon { core, poll, listener, socket_path, clients: HashMap::new(), _signals: signals, trace, rings })
+        Ok(Daemon { core, poll, listener, socket_path, clients: HashMap::new(), _signals: signals, trace, rings, persistence: None })
+    }
+
+    /// Journals every change to `p` (see [`crate::persistence`]): in commit
+    /// mode no reply leaves before the changes it acknowledges are durable.
+    pub fn set_persistence(&mut self, p: Persistence) {
+        self.persistence = Some(p);
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let persist = self.persistence.as_ref().and_then(Persistence::timeout);
+        match (self.rings.timeout(), persist) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn core(&mut self) -> &mut Core<P> {
@@ -105,8 +122,9 @@ impl<P: Platform> Daemon<P> {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; 64 * 1024];
+        let mut writable = Vec::new();
         loop {
-            match self.poll.poll(&mut events, self.rings.timeout()) {
+            match self.poll.poll(&mut events, self.poll_timeout()) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -126,12 +144,23 @@ impl<P: Platform> Daemon<P> {
                             self.read_client(id, &mut buf);
                         }
                         if event.is_writable() {
-                            self.flush(id);
+                            writable.push(id);
                         }
                     }
                 }
             }
             self.service_rings();
+            // Group commit: what this turn changed is durable before any
+            // reply acknowledging it is written.
+            if let Some(p) = self.persistence.as_mut() {
+                if let Err(e) = p.after_requests(&mut self.core) {
+                    tracing::error!("cannot persist the state: {e}; stopping rather than acknowledging what may be lost");
+                    return Err(e);
+                }
+            }
+            for id in writable.drain(..) {
+                self.flush(id);
+            }
             self.flush_dirty();
             for line in self.core.take_logs() {
                 tracing::info!(target: "xenstored", "{line}");
@@ -240,6 +269,11 @@ impl<P: Platform> Daemon<P> {
     /// Finishes what was read, gives clients a moment to take their
     /// replies, and removes the socket.
     fn shutdown(&mut self) {
+        if let Some(p) = self.persistence.as_mut() {
+            if let Err(e) = p.shutdown(&mut self.core) {
+                tracing::error!("final checkpoint failed: {e}");
+            }
+        }
         self.flush_dirty();
         let ids: Vec<ConnId> = self.clients.keys().copied().collect();
         for id in ids {

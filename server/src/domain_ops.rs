@@ -96,6 +96,7 @@ impl<P: Platform> Core<P> {
         self.disconnect(conn);
         let commit = self.forget_domain_nodes(domid);
         self.fire(&commit);
+        self.journal_domains();
         self.platform.detach(conn, domid);
         self.domains.remove(&domid);
         self.fire_special("@releaseDomain", domid);
@@ -136,6 +137,12 @@ impl<P: Platform> Core<P> {
         });
         match result {
             Ok(((), mut commit)) => {
+                // Everything is journaled; only removals fire watches.
+                if let Some(j) = self.journal.as_mut() {
+                    if !commit.changes.is_empty() {
+                        j.push(crate::protocol::JournalEntry::Commit(commit.clone()));
+                    }
+                }
                 commit.changes.retain(|c| matches!(c, Change::Removed { .. }));
                 commit
             }

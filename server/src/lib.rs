@@ -41,6 +41,8 @@ pub mod watch;
 #[cfg(feature = "std")]
 pub mod daemon;
 #[cfg(feature = "std")]
+pub mod persistence;
+#[cfg(feature = "std")]
 mod os;
 #[cfg(feature = "std")]
 pub mod sim;
@@ -49,6 +51,6 @@ pub mod xen;
 
 pub use access::Caller;
 pub use conn::{ConnId, ConnKind, OutQueue};
-pub use protocol::{Config, Core, ProtocolViolation, initial_snapshot};
+pub use protocol::{Config, Core, JournalEntry, ProtocolViolation, initial_snapshot};
 pub use domain::{DomainState, NoRings, Platform};
 pub use error::Error;

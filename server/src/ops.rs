@@ -179,17 +179,27 @@ fn mkdir<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) ->
 /// existing ancestor and, for unprivileged callers, the node quota and the
 /// node-size quota of the new node and of the ancestor that gains a child.
 fn check_creation<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, path: &Path, value_len: usize) -> Result<()> {
+    // Find the nearest existing ancestor without recording the missing
+    // levels: the creation itself records them, as levels it may share
+    // with a concurrent creation (engine::txn, "implicit").
     let mut first_missing = path.clone();
+    let mut missing = Vec::new();
     let mut cur = path.parent();
-    let (ancestor, perms) = loop {
+    let ancestor = loop {
         let Some(p) = cur else { return Err(Error::NotFound) };
-        if let Some(perms) = tx.perms(&p) {
-            break (p, perms);
+        if tx.view().contains(p.as_str()) {
+            break p;
         }
         cur = p.parent();
+        missing.push(p.clone());
         first_missing = p;
     };
+    let perms = tx.perms(&ancestor).ok_or(Error::NotFound)?;
     if !ctx.rights(&perms).write {
+        // The refusal depends on which levels are missing: record them.
+        for p in &missing {
+            tx.exists(p);
+        }
         return Err(Error::Denied);
     }
     if ctx.limited() {

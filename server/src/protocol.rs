@@ -43,6 +43,15 @@ impl Default for Config {
     }
 }
 
+/// A change the daemon's persistence must record, in order.
+#[derive(Debug, Clone)]
+pub enum JournalEntry {
+    /// A published commit of the store.
+    Commit(Commit),
+    /// The domain table, quotas or guests' watches changed.
+    Domains,
+}
+
 /// A connection must be closed: its peer broke the framing rules (§1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("protocol violation: payload length {len} above 4096")]
@@ -64,6 +73,8 @@ pub struct Core<P: Platform = NoRings> {
     pub(crate) logs: Vec<String>,
     /// An event to queue right after the reply being built (WATCH's initial event).
     after_reply: Option<Vec<u8>>,
+    /// What changed, for the daemon's persistence; `None` when not wanted.
+    pub(crate) journal: Option<Vec<JournalEntry>>,
     pub(crate) trace: crate::control::Trace,
 }
 
@@ -125,6 +136,7 @@ impl<P: Platform> Core<P> {
             dirty: BTreeSet::new(),
             logs: Vec::new(),
             after_reply: None,
+            journal: None,
             trace: crate::control::Trace::default(),
         }
     }
@@ -219,6 +231,34 @@ impl<P: Platform> Core<P> {
         core::mem::take(&mut self.logs)
     }
 
+    /// Starts recording [`JournalEntry`]s for [`Core::take_journal`].
+    pub fn enable_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// What changed since the last call, in order (empty unless enabled).
+    pub fn take_journal(&mut self) -> Vec<JournalEntry> {
+        self.journal.as_mut().map(core::mem::take).unwrap_or_default()
+    }
+
+    /// Records a published commit, and fires its watches.
+    pub(crate) fn committed(&mut self, commit: Commit) {
+        self.fire(&commit);
+        if let Some(j) = self.journal.as_mut() {
+            if !commit.changes.is_empty() {
+                j.push(JournalEntry::Commit(commit));
+            }
+        }
+    }
+
+    pub(crate) fn journal_domains(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            if !matches!(j.last(), Some(JournalEntry::Domains)) {
+                j.push(JournalEntry::Domains);
+            }
+        }
+    }
+
     fn push_output(&mut self, id: ConnId, bytes: Vec<u8>, is_event: bool) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.out.push(bytes, is_event);
@@ -233,6 +273,9 @@ impl<P: Platform> Core<P> {
     pub fn handle(&mut self, id: ConnId, msg: Message) {
         let hdr = msg.header;
         let result = self.dispatch(id, &hdr, &msg.payload);
+        if result.is_ok() && self.journal.is_some() && self.changes_domains(id, &hdr, &msg.payload) {
+            self.journal_domains();
+        }
         let mut out = Vec::new();
         match result {
             Ok(payload) if payload.len() > PAYLOAD_MAX => encode_error(Error::TooBig.errno(), hdr.req_id, hdr.tx_id, &mut out),
@@ -242,6 +285,19 @@ impl<P: Platform> Core<P> {
         self.push_output(id, out, false);
         if let Some(event) = self.after_reply.take() {
             self.push_output(id, event, true);
+        }
+    }
+
+    /// Whether a successful request changed what persistence keeps of
+    /// domains: their records, quotas, targets, or a guest's watches.
+    fn changes_domains(&self, id: ConnId, hdr: &Header, payload: &[u8]) -> bool {
+        match hdr.op() {
+            Some(Op::Introduce | Op::Release | Op::Resume | Op::SetTarget | Op::SetFeature | Op::SetQuota) => true,
+            Some(Op::Control) => payload.windows(3).any(|w| w == b"set"),
+            Some(Op::Watch | Op::Unwatch | Op::ResetWatches) => {
+                self.conns.get(&id).is_some_and(|c| c.kind == ConnKind::Domain)
+            }
+            _ => false,
         }
     }
 
@@ -317,7 +373,7 @@ impl<P: Platform> Core<P> {
             return result;
         }
         let (reply, commit) = self.store.update(|tx| ops::run(&ctx, tx, op, payload))?;
-        self.fire(&commit);
+        self.committed(commit);
         Ok(reply)
     }
 
@@ -384,7 +440,7 @@ impl<P: Platform> Core<P> {
         });
         match result {
             Ok(commit) => {
-                self.fire(&commit);
+                self.committed(commit);
                 Ok(ok())
             }
             Err(CommitError::Conflict { .. }) => Err(Error::Conflict),
@@ -539,7 +595,7 @@ impl<P: Platform> Core<P> {
 
     /// Queues an event unless it is too large or (for ordinary paths) an
     /// identical one is still waiting unsent (§6.8).
-    fn queue_event(&mut self, conn: ConnId, event: Vec<u8>, special: bool) {
+    pub(crate) fn queue_event(&mut self, conn: ConnId, event: Vec<u8>, special: bool) {
         if event.len() > PAYLOAD_MAX + wire::HEADER_LEN {
             return;
         }

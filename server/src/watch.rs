@@ -89,6 +89,11 @@ impl Watches {
         removed
     }
 
+    /// The watches of one connection.
+    pub fn of_conn(&self, conn: ConnId) -> impl Iterator<Item = &Watch> + '_ {
+        self.by_path.values().flatten().filter(move |w| w.conn == conn)
+    }
+
     /// Watches whose path is `path` exactly.
     pub fn on(&self, path: &str) -> &[Watch] {
         self.by_path.get(path).map_or(&[], Vec::as_slice)

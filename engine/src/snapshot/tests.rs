@@ -20,7 +20,7 @@ fn write(store: &Store, path: &str, value: &[u8]) -> Change {
 }
 
 fn names(s: &Snapshot, path: &str) -> Vec<String> {
-    s.get(path).expect("node").children().iter().map(|n| String::from(&**n)).collect()
+    s.get(path).expect("node").children().iter().map(String::from).collect()
 }
 
 fn perms(entries: &[(Access, u16)]) -> Perms {

@@ -5,10 +5,12 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use engine::DomId;
 use server::daemon::{self, Daemon};
+use server::persistence::{self, Durability, PersistConfig, Persistence};
 use server::quota::{Quota, QuotaName};
 use server::sim::SimPlatform;
 use server::xen::XenPlatform;
@@ -89,6 +91,28 @@ struct Args {
     /// Serve the socket only, even where /dev/xen exists.
     #[arg(long = "no-rings")]
     no_rings: bool,
+
+    /// Keep the state in this directory: restart after a crash with it.
+    #[arg(long = "state-dir", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// What survives a crash (with --state-dir): none, checkpoint (periodic
+    /// background checkpoints), commit (every acknowledged commit).
+    #[arg(long = "durability", value_enum, default_value = "none")]
+    durability: Durability,
+
+    /// Seconds between checkpoints (checkpoint and commit modes).
+    #[arg(long = "checkpoint-interval", value_name = "SECS", default_value_t = 60)]
+    checkpoint_interval: u64,
+
+    /// Commits between checkpoints (checkpoint and commit modes).
+    #[arg(long = "checkpoint-commits", value_name = "N", default_value_t = 100_000)]
+    checkpoint_commits: u64,
+
+    /// If the state directory holds damaged state, move it aside and start
+    /// empty instead of refusing to start.
+    #[arg(long = "discard-state")]
+    discard_state: bool,
 
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long = "log-level", default_value = "info")]
@@ -189,14 +213,45 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(p) = &args.pid_file {
         fs::write(p, format!("{}\n", std::process::id())).map_err(|e| format!("cannot write pid file {}: {e}", p.display()))?;
     }
-    let mut core = Core::with_platform(config, platform);
+    let (mut core, persistence) = match (&args.state_dir, args.durability) {
+        (Some(dir), durability) if durability != Durability::None => {
+            let pc = PersistConfig {
+                dir: dir.clone(),
+                durability,
+                interval: Duration::from_secs(args.checkpoint_interval.max(1)),
+                every_commits: args.checkpoint_commits.max(1),
+            };
+            let (p, recovered) = Persistence::open(pc, args.discard_state)?;
+            let core = match recovered {
+                Some(r) => {
+                    for w in &r.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    tracing::info!("restored state of commit {} from {} ({} nodes)", r.seq, dir.display(), r.state.snapshot.len());
+                    persistence::restore(config, platform, r.state)
+                }
+                None => Core::with_platform(config, platform),
+            };
+            (core, Some(p))
+        }
+        (Some(_), _) => return Err("--state-dir needs --durability checkpoint or commit".into()),
+        (None, Durability::None) => (Core::with_platform(config, platform), None),
+        (None, _) => return Err("--durability needs --state-dir".into()),
+    };
     if let Some(port) = own_port {
         match core.attach_own_ring(port) {
             Ok(_) => tracing::info!("serving the store domain's own ring (port {port})"),
             Err(e) => tracing::warn!("cannot attach the store domain's own ring: {e}"),
         }
     }
+    let mut persistence = persistence;
+    if let Some(p) = persistence.as_mut() {
+        p.start(&mut core).map_err(|e| format!("cannot write the initial checkpoint: {e}"))?;
+    }
     let mut daemon = Daemon::new(core, listener, socket.clone(), trace).map_err(|e| format!("cannot start: {e}"))?;
+    if let Some(p) = persistence {
+        daemon.set_persistence(p);
+    }
     tracing::info!("rxenstored {} listening on {}", env!("CARGO_PKG_VERSION"), socket.display());
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     daemon.run().map_err(|e| format!("event loop failed: {e}"))?;

@@ -1,0 +1,45 @@
+//! Checkpoint write and load time and file size at 100k and 1M nodes
+//! (issue 6's targets: 1M nodes written and loaded in under 1 s each).
+//!
+//! `cargo bench --bench persist`. Prints the file sizes; criterion times
+//! encode+write+fsync and read+decode+verify.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use engine::{DomId, Path, Perms, Snapshot, TreeEntry};
+use persist::{State, StateDir};
+
+fn state(nodes: usize) -> State {
+    let perms = Perms::owned_by(DomId(0));
+    let entry = |path: String| TreeEntry { path: Path::new(&path).expect("valid"), value: b"value".to_vec(), perms: perms.clone(), generation: 1 };
+    let mut entries = vec![entry("/".into()), entry("/local".into()), entry("/local/domain".into())];
+    'outer: for d in 0.. {
+        entries.push(entry(format!("/local/domain/{d}")));
+        for k in 0..100 {
+            if entries.len() >= nodes {
+                break 'outer;
+            }
+            entries.push(entry(format!("/local/domain/{d}/key{k}")));
+        }
+    }
+    State { snapshot: Snapshot::from_entries(entries).expect("tree"), domains: Vec::new(), global_quotas: Vec::new() }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("checkpoint");
+    group.sample_size(10);
+    for size in [100_000usize, 1_000_000] {
+        let st = state(size);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = StateDir::write_checkpoint(dir.path(), &st, 1).expect("write");
+        eprintln!("checkpoint of {size} nodes: {} bytes", std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0));
+        group.bench_with_input(BenchmarkId::new("write", size), &st, |b, st| {
+            b.iter(|| StateDir::write_checkpoint(dir.path(), st, 1).expect("write"))
+        });
+        let sd = StateDir::open(dir.path()).expect("open");
+        group.bench_function(BenchmarkId::new("load", size), |b| b.iter(|| sd.load().expect("load").expect("state")));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

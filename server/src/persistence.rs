@@ -1,0 +1,303 @@
+//! Durability for the daemon (`--state-dir`, `--durability`): what the
+//! core journals goes to the `persist` crate's checkpoints and commit log,
+//! and a restarted daemon takes its state back from there.
+//!
+//! - `none`: nothing is written (C xenstored's behaviour).
+//! - `checkpoint`: every `--checkpoint-interval` seconds or
+//!   `--checkpoint-commits` commits, a checkpoint is written from a snapshot
+//!   by a background thread while the daemon keeps serving.
+//! - `commit`: additionally every commit is appended to the log and made
+//!   durable before any reply leaves the daemon; all requests handled in
+//!   one turn of the event loop share one `fdatasync` (group commit).
+//!
+//! Restart: the newest checkpoint plus the log after it. Guests' domains
+//! are re-attached through the platform, their watches re-registered and
+//! fired once (as C does after a live update) so that they re-scan, and
+//! `@introduceDomain` fires for each. Socket clients reconnect: their
+//! watches and transactions are not kept.
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use engine::{DomId, Path, Store};
+use persist::{DomainRecord, LogRecord, QuotaValue, Recovered, State, StateDir, WatchRecord};
+use wire::encode_watch_event;
+
+use crate::domain::{Domain, Platform};
+use crate::protocol::{Core, JournalEntry};
+use crate::quota::{Quota, QuotaName, QuotaTable};
+
+/// How much survives a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Memory only.
+    None,
+    /// Periodic background checkpoints: a crash loses the commits since the last one.
+    Checkpoint,
+    /// Every acknowledged commit survives a crash.
+    Commit,
+}
+
+/// Settings from the command line.
+#[derive(Clone, Debug)]
+pub struct PersistConfig {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub interval: Duration,
+    pub every_commits: u64,
+}
+
+/// The daemon's link to its state directory.
+#[derive(Debug)]
+pub struct Persistence {
+    dir: StateDir,
+    config: PersistConfig,
+    /// Sequence number of the last journaled change.
+    seq: u64,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    /// A checkpoint being written in the background, and the seq it covers.
+    writing: Option<(u64, JoinHandle<std::io::Result<PathBuf>>)>,
+}
+
+impl Persistence {
+    /// Opens the state directory and loads what it holds. Corrupt state is
+    /// an error unless `discard` (then it is moved aside, never deleted).
+    pub fn open(config: PersistConfig, discard: bool) -> Result<(Persistence, Option<Recovered>), String> {
+        let dir = StateDir::open(&config.dir).map_err(|e| format!("state directory {}: {e}", config.dir.display()))?;
+        let recovered = match dir.load() {
+            Ok(r) => r,
+            Err(e) if discard => {
+                let aside = dir.set_aside().map_err(|io| format!("cannot set the damaged state aside: {io}"))?;
+                tracing::warn!("discarding unusable state ({e}); moved to {}", aside.map_or_else(String::new, |p| p.display().to_string()));
+                None
+            }
+            Err(e) => return Err(format!("{e}\n(start with --discard-state to set it aside and start empty)")),
+        };
+        let seq = recovered.as_ref().map_or(0, |r| r.seq);
+        let p = Persistence { dir, config, seq, since_checkpoint: 0, last_checkpoint: Instant::now(), writing: None };
+        Ok((p, recovered))
+    }
+
+    /// After start-up (and any restore): a checkpoint of the state as it is,
+    /// written before serving, a fresh log, old files pruned.
+    pub fn start<P: Platform>(&mut self, core: &mut Core<P>) -> std::io::Result<()> {
+        core.enable_journal();
+        let state = export(core);
+        StateDir::write_checkpoint(self.dir.path(), &state, self.seq)?;
+        if self.config.durability == Durability::Commit {
+            self.dir.start_log(self.seq + 1)?;
+        }
+        self.dir.prune(self.seq)?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Called once per turn of the event loop, before any reply is sent:
+    /// journals what the core did and, in commit mode, makes it durable.
+    pub fn after_requests<P: Platform>(&mut self, core: &mut Core<P>) -> std::io::Result<()> {
+        let entries = core.take_journal();
+        if !entries.is_empty() {
+            self.since_checkpoint += entries.len() as u64;
+            let mut records = Vec::with_capacity(entries.len());
+            for entry in entries {
+                self.seq += 1;
+                if self.config.durability == Durability::Commit {
+                    records.push(match entry {
+                        JournalEntry::Commit(c) => LogRecord::from_commit(self.seq, &c),
+                        JournalEntry::Domains => {
+                            let (domains, quotas) = export_domains(core);
+                            LogRecord::domains(self.seq, core.store.snapshot().next_generation(), domains, quotas)
+                        }
+                    });
+                }
+            }
+            self.dir.append(&records)?;
+        }
+        self.maybe_checkpoint(core)
+    }
+
+    /// How long the event loop may sleep before a checkpoint is due.
+    pub fn timeout(&self) -> Option<Duration> {
+        if self.config.durability == Durability::None {
+            return None;
+        }
+        Some(self.config.interval.saturating_sub(self.last_checkpoint.elapsed()).max(Duration::from_millis(10)))
+    }
+
+    fn maybe_checkpoint<P: Platform>(&mut self, core: &Core<P>) -> std::io::Result<()> {
+        if let Some((seq, handle)) = self.writing.take_if(|(_, h)| h.is_finished()) {
+            match handle.join() {
+                Ok(Ok(path)) => {
+                    tracing::debug!("checkpoint {} written", path.display());
+                    self.dir.prune(seq)?;
+                }
+                Ok(Err(e)) => tracing::error!("background checkpoint failed: {e}"),
+                Err(_) => tracing::error!("background checkpoint thread panicked"),
+            }
+        }
+        let due = self.since_checkpoint > 0
+            && (self.since_checkpoint >= self.config.every_commits || self.last_checkpoint.elapsed() >= self.config.interval);
+        if !due || self.writing.is_some() {
+            return Ok(());
+        }
+        // The snapshot is immutable: the thread writes it while commits go on.
+        let state = export(core);
+        let seq = self.seq;
+        if self.config.durability == Durability::Commit {
+            self.dir.start_log(seq + 1)?;
+        }
+        let dir = self.dir.path().to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || StateDir::write_checkpoint(&dir, &state, seq))?;
+        self.writing = Some((seq, handle));
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// On a clean stop: waits for a background checkpoint, writes a final one.
+    pub fn shutdown<P: Platform>(&mut self, core: &mut Core<P>) -> std::io::Result<()> {
+        self.after_requests(core)?;
+        if let Some((_, handle)) = self.writing.take() {
+            let _ = handle.join();
+        }
+        if self.config.durability != Durability::None {
+            StateDir::write_checkpoint(self.dir.path(), &export(core), self.seq)?;
+            self.dir.prune(self.seq)?;
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's state as `persist` saves it.
+pub fn export<P: Platform>(core: &Core<P>) -> State {
+    let (domains, global_quotas) = export_domains(core);
+    State { snapshot: core.store.snapshot(), domains, global_quotas }
+}
+
+fn quota_values(table: &QuotaTable) -> Vec<QuotaValue> {
+    let mut v = Vec::new();
+    for q in Quota::ALL {
+        v.push(QuotaValue { name: q.name().into(), value: table.hard(q), soft: false });
+        if let Some(s) = table.soft(q) {
+            v.push(QuotaValue { name: q.name().into(), value: s, soft: true });
+        }
+    }
+    v
+}
+
+fn export_domains<P: Platform>(core: &Core<P>) -> (Vec<DomainRecord>, Vec<QuotaValue>) {
+    let domains = core
+        .domains
+        .values()
+        .map(|d| {
+            let conn = d.conn.and_then(|c| core.conns.get(&c).map(|conn| (c, conn)));
+            DomainRecord {
+                domid: d.domid.0,
+                introduced: d.introduced,
+                gfn: d.gfn,
+                port: d.port,
+                features: d.features,
+                target: conn.and_then(|(_, c)| c.caller.target).map(|t| t.0),
+                quotas: quota_values(&d.quotas),
+                watches: conn
+                    .map(|(id, _)| {
+                        core.watches
+                            .of_conn(id)
+                            .map(|w| WatchRecord { path: w.given.clone(), token: w.token.clone(), depth: w.depth })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    (domains, quota_values(&core.config.quotas))
+}
+
+fn quota_table(values: &[QuotaValue], base: &QuotaTable) -> QuotaTable {
+    let mut t = base.clone();
+    for v in values {
+        let Some(quota) = Quota::from_name(v.name.as_bytes()) else {
+            tracing::warn!("ignoring unknown saved quota {:?}", v.name);
+            continue;
+        };
+        if v.soft {
+            t.set_soft(quota, v.value);
+        } else {
+            t.set(QuotaName { quota, soft: false }, v.value);
+        }
+    }
+    t
+}
+
+/// A core over recovered state: the tree, the quotas, the domains with
+/// their rings re-attached and their watches re-registered and fired once.
+pub fn restore<P: Platform>(mut config: crate::Config, platform: P, state: State) -> Core<P> {
+    config.quotas = quota_table(&state.global_quotas, &config.quotas);
+    let mut core = Core::with_store(config, platform, Store::new(state.snapshot));
+    let mut reattached = Vec::new();
+    for rec in state.domains {
+        let domid = DomId(rec.domid);
+        let mut d = Domain::new(domid, quota_table(&rec.quotas, &core.config.quotas));
+        d.features = rec.features;
+        d.gfn = rec.gfn;
+        d.port = rec.port;
+        d.introduced = rec.introduced;
+        let is_priv = domid == core.config.priv_domid;
+        if rec.introduced && !is_priv {
+            core.domains.insert(domid, d);
+            let conn = core.connect_domain(domid);
+            if let Err(e) = core.platform.attach(conn, domid, rec.gfn, rec.port, rec.features) {
+                // The guest went away while the daemon was down.
+                tracing::warn!("domain {domid}: cannot re-attach its ring ({e}); releasing it");
+                core.destroy_domain(domid, conn);
+                continue;
+            }
+            if let Some(d) = core.domains.get_mut(&domid) {
+                d.conn = Some(conn);
+            }
+            if let Some(c) = core.conns.get_mut(&conn) {
+                c.caller.target = rec.target.map(DomId);
+            }
+            for w in rec.watches {
+                restore_watch(&mut core, conn, w);
+            }
+            reattached.push(domid);
+        } else {
+            d.introduced = d.introduced || is_priv;
+            core.domains.insert(domid, d);
+        }
+    }
+    for domid in reattached {
+        core.fire_special("@introduceDomain", domid);
+    }
+    core
+}
+
+fn restore_watch<P: Platform>(core: &mut Core<P>, conn: crate::ConnId, w: WatchRecord) {
+    let Some(c) = core.conns.get(&conn) else { return };
+    let canonical = match w.path.first() {
+        Some(b'/' | b'@') => Path::from_bytes(&w.path),
+        _ => {
+            let mut abs = crate::ops::home_of(c.caller.domid).into_bytes();
+            abs.push(b'/');
+            abs.extend_from_slice(&w.path);
+            Path::from_bytes(&abs)
+        }
+    };
+    let Ok(path) = canonical else {
+        tracing::warn!("dropping a saved watch with an invalid path {:?}", w.path.escape_ascii().to_string());
+        return;
+    };
+    if core.watches.add(conn, path, w.path.clone(), w.token.clone(), w.depth) {
+        if let Some(c) = core.conns.get_mut(&conn) {
+            c.watches += 1;
+        }
+        let mut event = Vec::new();
+        encode_watch_event(&w.path, &w.token, &mut event);
+        core.queue_event(conn, event, true);
+    }
+}
