@@ -14,6 +14,7 @@
 //!   [`WriteFormat`] (4.17 v1, HEAD v2, HEAD `-v 1`).
 //! * [`message`]: a small decoder of xenstore wire messages for the pending
 //!   input/output bytes of connections.
+//! * [`engine_conv`]: to and from the engine's store snapshot.
 //! * [`cver`]: the §1.7 rules: would C 4.17 / 4.21 / 4.22 restore this?
 //! * [`oxenstored`]: oxenstored's `$xenstored-dump-format` text, read into
 //!   the same model.
@@ -27,10 +28,12 @@
 //!   from the file is checked against the bytes that are really there.
 //! * Read then write with [`WriteFormat::detect`] reproduces the input
 //!   bytes for every stream a C writer produced.
-//! * This crate does not depend on the `engine` or `wire` crates.
+//! * This crate does not depend on the server or the `wire` crate; it
+//!   converts to and from the engine's store in [`engine_conv`].
 
 pub mod bytes;
 pub mod cver;
+pub mod engine_conv;
 pub mod message;
 pub mod model;
 pub mod oxenstored;
