@@ -27,6 +27,11 @@ use crate::path::Path;
 use crate::perms::{DomId, Perms};
 
 type Hasher = foldhash::fast::RandomState;
+
+/// Children per trie node. A commit copies one node per level: wide nodes
+/// make the trie shallow but each copy (and the reference counts it
+/// touches) dearer. Chosen by measurement (benches/README.md).
+const TRIE_DEGREE: u8 = 16;
 type NodeMap = HashTrieMap<Path, Node, ArcTK, Hasher>;
 type CountMap = HashTrieMap<DomId, u32, ArcTK, Hasher>;
 
@@ -99,7 +104,7 @@ impl Snapshot {
     /// A store holding only `/` with the given permissions.
     pub fn new(root_perms: Perms) -> Snapshot {
         let mut s = Snapshot(Arc::new(Inner {
-            nodes: NodeMap::new_with_hasher_and_ptr_kind(Hasher::default()),
+            nodes: NodeMap::new_with_hasher_and_degree_and_ptr_kind(Hasher::default(), TRIE_DEGREE),
             owners: CountMap::new_with_hasher_and_ptr_kind(Hasher::default()),
             tree_nodes: 0,
             next_generation: 0,

@@ -61,7 +61,7 @@ impl Store {
     pub fn update<R, E>(&self, f: impl FnOnce(&mut Transaction) -> Result<R, E>) -> Result<(R, Commit), E> {
         let _guard = self.commit_lock.lock();
         let previous = self.snapshot();
-        let mut tx = Transaction::new(previous.clone());
+        let mut tx = Transaction::unrecorded(previous.clone());
         let r = f(&mut tx)?;
         let read_only = tx.is_read_only();
         let (snapshot, changes) = tx.into_result();

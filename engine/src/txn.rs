@@ -77,6 +77,9 @@ pub struct Transaction {
     log: Vec<Mutation>,
     /// The changes of `log` as applied to `view`.
     changes: Vec<Change>,
+    /// Off for [`crate::Store::update`]: a transaction run under the commit
+    /// lock on the newest version has nothing to validate.
+    recording: bool,
 }
 
 /// A published commit.
@@ -100,7 +103,14 @@ impl Transaction {
             removed_roots: Vec::new(),
             log: Vec::new(),
             changes: Vec::new(),
+            recording: true,
         }
+    }
+
+    /// A transaction that records no observations: only for changes made
+    /// under the commit lock on the newest version, which cannot conflict.
+    pub(crate) fn unrecorded(base: Snapshot) -> Transaction {
+        Transaction { recording: false, ..Transaction::new(base) }
     }
 
     /// The version this transaction forked from.
@@ -166,6 +176,9 @@ impl Transaction {
     /// `creator` if given. Returns the change.
     pub fn write(&mut self, path: &Path, value: &[u8], creator: Option<DomId>) -> Result<Change, EngineError> {
         let m = Mutation::Write { path: path.clone(), value: Value::new(value), creator };
+        if !self.recording {
+            return self.apply(m)?.ok_or_else(|| EngineError::NotFound(path.clone()));
+        }
         if self.exists(path) {
             let rec = self.records.entry(path.clone()).or_default();
             rec.value_own = true;
@@ -182,7 +195,9 @@ impl Transaction {
         if self.exists(path) {
             return Ok(None);
         }
-        self.prepare_create(path, creator)?;
+        if self.recording {
+            self.prepare_create(path, creator)?;
+        }
         self.apply(Mutation::Mkdir { path: path.clone(), creator })
     }
 
@@ -196,6 +211,9 @@ impl Transaction {
         }
         if !self.exists(path) {
             return Ok(None);
+        }
+        if !self.recording {
+            return self.apply(Mutation::Remove { path: path.clone() });
         }
         if let Some(parent) = path.parent() {
             self.records.entry(parent).or_default().touched = true;
@@ -216,9 +234,11 @@ impl Transaction {
         if !self.exists(path) {
             return Err(EngineError::NotFound(path.clone()));
         }
-        let rec = self.records.entry(path.clone()).or_default();
-        rec.perms_own = true;
-        rec.touched = true;
+        if self.recording {
+            let rec = self.records.entry(path.clone()).or_default();
+            rec.perms_own = true;
+            rec.touched = true;
+        }
         self.apply(Mutation::SetPerms { path: path.clone(), perms })?
             .ok_or_else(|| EngineError::NotFound(path.clone()))
     }
@@ -271,6 +291,9 @@ impl Transaction {
     /// Records `aspect` of `path` as seen in the fork-point version, unless it
     /// is already recorded or this transaction's own mutations decide it.
     fn observe(&mut self, path: &Path, aspect: Aspect) {
+        if !self.recording {
+            return;
+        }
         let removed_by_us = self.removed_roots.iter().any(|r| path.is_under(r));
         let base = &self.base;
         let rec = self.records.entry(path.clone()).or_default();

@@ -18,6 +18,54 @@ use crate::domain::Platform;
 use crate::error::{Error, Result};
 use crate::quota::{Quota, QuotaTable};
 
+/// Read access to a tree: a transaction (which records what is read, for
+/// its commit rule) or a plain snapshot (non-transactional reads, which
+/// need no recording and no commit).
+pub(crate) trait View {
+    fn value(&mut self, path: &Path) -> Option<engine::Value>;
+    fn perms(&mut self, path: &Path) -> Option<Perms>;
+    fn children(&mut self, path: &Path) -> Option<Children>;
+    fn generation(&mut self, path: &Path) -> Option<u64>;
+}
+
+impl View for Transaction {
+    fn value(&mut self, path: &Path) -> Option<engine::Value> {
+        Transaction::value(self, path)
+    }
+    fn perms(&mut self, path: &Path) -> Option<Perms> {
+        Transaction::perms(self, path)
+    }
+    fn children(&mut self, path: &Path) -> Option<Children> {
+        Transaction::children(self, path)
+    }
+    fn generation(&mut self, path: &Path) -> Option<u64> {
+        Transaction::generation(self, path)
+    }
+}
+
+/// A committed snapshot read outside any transaction.
+pub(crate) struct SnapshotView<'a>(pub &'a engine::Snapshot);
+
+impl View for SnapshotView<'_> {
+    fn value(&mut self, path: &Path) -> Option<engine::Value> {
+        self.0.get(path.as_str()).map(|n| n.value().clone())
+    }
+    fn perms(&mut self, path: &Path) -> Option<Perms> {
+        self.0.get(path.as_str()).map(|n| n.perms().clone())
+    }
+    fn children(&mut self, path: &Path) -> Option<Children> {
+        self.0.get(path.as_str()).map(|n| n.children().clone())
+    }
+    fn generation(&mut self, path: &Path) -> Option<u64> {
+        self.0.get(path.as_str()).map(|n| n.generation())
+    }
+}
+
+/// Whether `op` only reads (and so can run on a snapshot outside a transaction).
+pub(crate) fn is_read(op: Op) -> bool {
+    matches!(op, Op::Read | Op::Directory | Op::DirectoryPart | Op::GetPerms)
+}
+
 /// The reply `OK\0`.
 pub(crate) fn ok() -> Vec<u8> {
     b"OK\0".to_vec()
@@ -64,7 +112,7 @@ impl<P: Platform> Ctx<'_, P> {
 
     /// The error for a missing `path` (§5.4): ENOENT only if the caller holds
     /// `need` on the nearest existing ancestor, else EACCES.
-    fn missing(&self, tx: &mut Transaction, path: &Path, need: Need) -> Error {
+    fn missing(&self, tx: &mut impl View, path: &Path, need: Need) -> Error {
         if self.caller.privileged {
             return Error::NotFound;
         }
@@ -79,7 +127,7 @@ impl<P: Platform> Ctx<'_, P> {
     }
 
     /// The permissions of an existing node the caller holds `need` on.
-    fn checked(&self, tx: &mut Transaction, path: &Path, need: Need) -> Result<Perms> {
+    fn checked(&self, tx: &mut impl View, path: &Path, need: Need) -> Result<Perms> {
         let perms = tx.perms(path).ok_or_else(|| self.missing(tx, path, need))?;
         if self.rights(&perms).allow(need) { Ok(perms) } else { Err(Error::Denied) }
     }
@@ -122,14 +170,21 @@ fn node_size(perms: usize, value: usize, children: &Children) -> usize {
 /// Runs one node operation.
 pub(crate) fn run<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, op: Op, payload: &[u8]) -> Result<Vec<u8>> {
     match op {
-        Op::Read => read(ctx, tx, payload),
         Op::Write => write(ctx, tx, payload),
         Op::Mkdir => mkdir(ctx, tx, payload),
         Op::Rm => rm(ctx, tx, payload),
-        Op::Directory => directory(ctx, tx, payload),
-        Op::DirectoryPart => directory_part(ctx, tx, payload),
-        Op::GetPerms => get_perms(ctx, tx, payload),
         Op::SetPerms => set_perms(ctx, tx, payload),
+        _ => run_read(ctx, tx, op, payload),
+    }
+}
+
+/// Runs one reading node operation on any view.
+pub(crate) fn run_read<P: Platform>(ctx: &Ctx<'_, P>, view: &mut impl View, op: Op, payload: &[u8]) -> Result<Vec<u8>> {
+    match op {
+        Op::Read => read(ctx, view, payload),
+        Op::Directory => directory(ctx, view, payload),
+        Op::DirectoryPart => directory_part(ctx, view, payload),
+        Op::GetPerms => get_perms(ctx, view, payload),
         _ => Err(Error::Unsupported),
     }
 }
@@ -138,7 +193,7 @@ fn one_path<P: Platform>(ctx: &Ctx<'_, P>, payload: &[u8], special: bool) -> Res
     ctx.path(one_arg(payload).ok_or(Error::BadRequest)?, special)
 }
 
-fn read<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+fn read<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[u8]) -> Result<Vec<u8>> {
     let path = one_path(ctx, payload, false)?;
     ctx.checked(tx, &path, Need::Read)?;
     Ok(tx.value(&path).map(|v| v.as_bytes().to_vec()).unwrap_or_default())
@@ -249,13 +304,13 @@ fn rm<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Re
     }
 }
 
-fn directory<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+fn directory<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[u8]) -> Result<Vec<u8>> {
     let path = one_path(ctx, payload, false)?;
     ctx.checked(tx, &path, Need::Read)?;
     Ok(tx.children(&path).unwrap_or_default().to_wire())
 }
 
-fn directory_part<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+fn directory_part<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[u8]) -> Result<Vec<u8>> {
     if payload.iter().filter(|&&b| b == 0).count() != 2 {
         return Err(Error::BadRequest);
     }
@@ -292,7 +347,7 @@ fn directory_part<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: 
     Ok(reply)
 }
 
-fn get_perms<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
+fn get_perms<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[u8]) -> Result<Vec<u8>> {
     let path = one_path(ctx, payload, true)?;
     Ok(ctx.checked(tx, &path, Need::Read)?.to_wire())
 }

@@ -372,6 +372,10 @@ impl<P: Platform> Core<P> {
             }
             return result;
         }
+        if ops::is_read(op) {
+            let snapshot = self.store.snapshot();
+            return ops::run_read(&ctx, &mut ops::SnapshotView(&snapshot), op, payload);
+        }
         let (reply, commit) = self.store.update(|tx| ops::run(&ctx, tx, op, payload))?;
         self.committed(commit);
         Ok(reply)
