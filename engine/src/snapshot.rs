@@ -150,6 +150,11 @@ impl Snapshot {
         self.0.next_generation
     }
 
+    /// True if nothing else holds this version (it may change in place).
+    pub(crate) fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+
     /// True if both are the very same version (O(1)).
     pub fn same_version(&self, other: &Snapshot) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
@@ -424,10 +429,15 @@ impl Snapshot {
     /// Applies `f` to a copy of the node at `path` and stores it; `false` if
     /// the node is missing.
     fn update_node(&mut self, path: &Path, f: impl FnOnce(&mut Node)) -> bool {
-        let Some(mut node) = self.get(path.as_str()).cloned() else { return false };
-        f(&mut node);
-        self.inner().nodes.insert_mut(path.clone(), node);
-        true
+        // In place where this version owns the trie nodes on the way (a
+        // fresh transaction's first change copies them, later ones do not).
+        match self.inner().nodes.get_mut(path.as_str()) {
+            Some(node) => {
+                f(node);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Applies one primitive mutation; `Ok(None)` when it changes nothing.

@@ -85,12 +85,13 @@ pub struct Transaction {
 /// A published commit.
 #[derive(Clone, Debug)]
 pub struct Commit {
-    /// The version the commit was applied to.
-    pub previous: Snapshot,
     /// The version it produced (now the newest).
     pub snapshot: Snapshot,
     /// What changed, in order, for firing watches.
     pub changes: Vec<Change>,
+    /// The generation counter of the version the commit was applied to:
+    /// every node the commit modified has a generation at least this.
+    pub previous_generation: u64,
 }
 
 impl Transaction {
@@ -109,8 +110,18 @@ impl Transaction {
 
     /// A transaction that records no observations: only for changes made
     /// under the commit lock on the newest version, which cannot conflict.
-    pub(crate) fn unrecorded(base: Snapshot) -> Transaction {
-        Transaction { recording: false, ..Transaction::new(base) }
+    /// `base` is not kept: `view` may be the only reference to its version,
+    /// so that mutations change it in place.
+    pub(crate) fn unrecorded(view: Snapshot, placeholder: Snapshot) -> Transaction {
+        Transaction {
+            base: placeholder,
+            view,
+            records: BTreeMap::new(),
+            removed_roots: Vec::new(),
+            log: Vec::new(),
+            changes: Vec::new(),
+            recording: false,
+        }
     }
 
     /// The version this transaction forked from.

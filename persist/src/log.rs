@@ -36,7 +36,7 @@ impl LogRecord {
     /// at least the previous version's counter), ancestors before
     /// descendants, and its removals, in commit order.
     pub fn from_commit(seq: u64, commit: &Commit) -> LogRecord {
-        let threshold = commit.previous.next_generation();
+        let threshold = commit.previous_generation;
         let after = &commit.snapshot;
         let mut ops = Vec::new();
         for change in &commit.changes {

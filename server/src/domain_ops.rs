@@ -151,7 +151,7 @@ impl<P: Platform> Core<P> {
             Err(e) => {
                 self.logs.push(format!("cleanup of domain {domid} failed: {e}"));
                 let s = self.store.snapshot();
-                Commit { previous: s.clone(), snapshot: s, changes: Vec::new() }
+                Commit { previous_generation: s.next_generation(), snapshot: s, changes: Vec::new() }
             }
         }
     }

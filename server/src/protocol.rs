@@ -376,7 +376,8 @@ impl<P: Platform> Core<P> {
             let snapshot = self.store.snapshot();
             return ops::run_read(&ctx, &mut ops::SnapshotView(&snapshot), op, payload);
         }
-        let (reply, commit) = self.store.update(|tx| ops::run(&ctx, tx, op, payload))?;
+        // Node operations check everything first and mutate once, last.
+        let (reply, commit) = self.store.apply_one(|tx| ops::run(&ctx, tx, op, payload))?;
         self.committed(commit);
         Ok(reply)
     }
@@ -425,11 +426,13 @@ impl<P: Platform> Core<P> {
             None => self.config.quotas.clone(),
         };
         let result = self.store.commit(open.tx, |c: &Commit| {
-            let (before, after) = (c.previous.owned_count(caller.domid), c.snapshot.owned_count(caller.domid));
             if caller.privileged {
                 return Ok(());
             }
-            if after > before && quotas.exceeded(Quota::Nodes, after as usize) {
+            // C's rule: a transaction that created nodes must leave their
+            // owner within the node quota.
+            let created = c.changes.iter().any(|ch| matches!(ch, Change::Written { created: true, .. }));
+            if created && quotas.exceeded(Quota::Nodes, c.snapshot.owned_count(caller.domid) as usize) {
                 return Err(Error::Quota);
             }
             // Parents that gained children may have outgrown node-size.
