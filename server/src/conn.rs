@@ -79,6 +79,20 @@ impl OutQueue {
         self.bytes
     }
 
+    /// Everything not yet sent, for a live-update dump: the bytes, and how
+    /// many of them at the front are the rest of a partly sent message.
+    pub fn unsent(&self) -> (Vec<u8>, usize) {
+        let mut v = Vec::with_capacity(self.bytes);
+        for m in &self.messages {
+            v.extend_from_slice(&m.bytes);
+        }
+        let partial = if self.sent > 0 { self.messages.front().map_or(0, |m| m.bytes.len() - self.sent) } else { 0 };
+        if let Some(front) = self.messages.front() {
+            v.drain(..self.sent.min(front.bytes.len()));
+        }
+        (v, partial)
+    }
+
     pub(crate) fn clear(&mut self) {
         self.messages.clear();
         self.sent = 0;
@@ -146,6 +160,34 @@ impl Conn {
             if self.last_tx_id != 0 && !self.transactions.contains_key(&self.last_tx_id) {
                 return self.last_tx_id;
             }
+        }
+    }
+
+    /// The bytes of a request received only in part, for a live-update
+    /// dump. (The decoder does not expose its buffer: a copy of it is
+    /// completed with zeros, and the message it then yields is cut back to
+    /// the bytes really received. A prefix of a valid header stays valid
+    /// when completed with zeros; an invalid one is dropped, as the
+    /// connection would be when the rest arrived.)
+    pub fn partial_input(&self) -> Vec<u8> {
+        let have = self.decoder.buffered();
+        if have == 0 || self.decoder.is_poisoned() {
+            return Vec::new();
+        }
+        let mut d = self.decoder.clone();
+        let zeros = [0u8; wire::HEADER_LEN + wire::PAYLOAD_MAX];
+        while d.bytes_needed() > 0 {
+            let n = d.bytes_needed().min(zeros.len());
+            d.push(&zeros[..n]);
+        }
+        match d.next_message() {
+            Ok(Some(m)) => {
+                let mut v = Vec::with_capacity(wire::HEADER_LEN + m.payload.len());
+                wire::encode(m.header.msg_type, m.header.req_id, m.header.tx_id, &m.payload, &mut v);
+                v.truncate(have);
+                v
+            }
+            _ => Vec::new(),
         }
     }
 

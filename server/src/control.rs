@@ -215,9 +215,7 @@ impl<P: Platform> Core<P> {
                 let u = self.usage(domid);
                 Ok(text(self.usage_text(&format!("Domain {}", domid.0), &u)))
             }
-            (b"live-update", _) => {
-                Ok(text(String::from("Live update is not supported by this rxenstored version.\n")))
-            }
+            (b"live-update", args) => self.live_update_control(_id, args),
             _ => Err(Error::BadRequest),
         }
     }

@@ -56,6 +56,19 @@ pub trait Platform {
     fn domain_state(&mut self, domid: DomId) -> DomainState {
         if self.domain_exists(domid) { DomainState::Running } else { DomainState::Gone }
     }
+    /// Live update (`-U`): take over the ring of a domain the previous
+    /// process served, as it is: map the page without resetting it (the
+    /// indexes and the bytes in it carry on), use the event channel the
+    /// previous process had bound (`port`, its local port) without binding
+    /// again. The default refuses: the platform cannot take rings over.
+    fn reattach(&mut self, _conn: ConnId, _domid: DomId, _port: u32, _features: u32) -> Result<(), Error> {
+        Err(Error::Unsupported)
+    }
+    /// Whether [`reattach`](Platform::reattach) works: a live update may
+    /// only go ahead if the new process can take the rings over.
+    fn live_update_rings(&self) -> bool {
+        false
+    }
     /// The ring of a connection `attach` accepted.
     fn ring(&mut self, _conn: ConnId) -> Option<&mut dyn crate::ring::RingIo> {
         None
@@ -92,6 +105,12 @@ impl<T: Platform + ?Sized> Platform for alloc::boxed::Box<T> {
     fn domain_state(&mut self, domid: DomId) -> DomainState {
         (**self).domain_state(domid)
     }
+    fn reattach(&mut self, conn: ConnId, domid: DomId, port: u32, features: u32) -> Result<(), Error> {
+        (**self).reattach(conn, domid, port, features)
+    }
+    fn live_update_rings(&self) -> bool {
+        (**self).live_update_rings()
+    }
     fn ring(&mut self, conn: ConnId) -> Option<&mut dyn crate::ring::RingIo> {
         (**self).ring(conn)
     }
@@ -121,6 +140,12 @@ impl Platform for NoRings {
     }
     fn detach(&mut self, _: ConnId, _: DomId) {}
     fn domain_exists(&self, _: DomId) -> bool {
+        true
+    }
+    fn reattach(&mut self, _: ConnId, _: DomId, _: u32, _: u32) -> Result<(), Error> {
+        Ok(())
+    }
+    fn live_update_rings(&self) -> bool {
         true
     }
 }

@@ -36,10 +36,13 @@ pub mod ops;
 pub mod quota;
 pub mod ring;
 mod lifecycle;
+pub mod live_update;
 pub mod watch;
 
 #[cfg(feature = "std")]
 pub mod daemon;
+#[cfg(feature = "std")]
+pub mod lu_stream;
 #[cfg(feature = "std")]
 pub mod persistence;
 #[cfg(feature = "std")]

@@ -76,6 +76,8 @@ pub struct Core<P: Platform = NoRings> {
     /// What changed, for the daemon's persistence; `None` when not wanted.
     pub(crate) journal: Option<Vec<JournalEntry>>,
     pub(crate) trace: crate::control::Trace,
+    /// The live-update session and held-back requests (`live_update.rs`).
+    pub(crate) live_update: crate::live_update::LiveUpdate,
 }
 
 impl<P: Platform> core::fmt::Debug for Core<P> {
@@ -138,6 +140,7 @@ impl<P: Platform> Core<P> {
             after_reply: None,
             journal: None,
             trace: crate::control::Trace::default(),
+            live_update: crate::live_update::LiveUpdate::default(),
         }
     }
 
@@ -259,7 +262,7 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    fn push_output(&mut self, id: ConnId, bytes: Vec<u8>, is_event: bool) {
+    pub(crate) fn push_output(&mut self, id: ConnId, bytes: Vec<u8>, is_event: bool) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.out.push(bytes, is_event);
             self.dirty.insert(id);
@@ -271,6 +274,7 @@ impl<P: Platform> Core<P> {
     /// Handles one whole request and queues its reply (after the events it
     /// caused, as C does, §6.8).
     pub fn handle(&mut self, id: ConnId, msg: Message) {
+        let Some(msg) = self.live_update_filter(id, msg) else { return };
         let hdr = msg.header;
         let result = self.dispatch(id, &hdr, &msg.payload);
         if result.is_ok() && self.journal.is_some() && self.changes_domains(id, &hdr, &msg.payload) {

@@ -381,6 +381,14 @@ pub trait RingIo {
     fn error(&self) -> Option<RingError>;
     /// See [`Ring::has_input`].
     fn has_input(&self) -> bool;
+    /// Request bytes taken from the page but not yet a whole message (a
+    /// live-update dump carries them).
+    fn partial(&self) -> &[u8] {
+        &[]
+    }
+    /// Puts back the bytes of [`partial`](RingIo::partial) after a live
+    /// update: the rest of the message is still in the page.
+    fn restore_partial(&mut self, _bytes: &[u8]) {}
 }
 
 impl<P: RingPage> RingIo for Ring<P> {
@@ -398,6 +406,13 @@ impl<P: RingPage> RingIo for Ring<P> {
     }
     fn has_input(&self) -> bool {
         Ring::has_input(self)
+    }
+    fn partial(&self) -> &[u8] {
+        &self.partial
+    }
+    fn restore_partial(&mut self, bytes: &[u8]) {
+        self.partial.clear();
+        self.partial.extend_from_slice(bytes);
     }
 }
 

@@ -155,6 +155,25 @@ impl Platform for SimPlatform {
         Ok(())
     }
 
+    fn reattach(&mut self, conn: ConnId, domid: DomId, _port: u32, features: u32) -> Result<(), Error> {
+        let open = || -> io::Result<SimRing> {
+            let page = map_file(&ring_file(&self.dir, domid))?;
+            let to_store = open_fifo(&fifo(&self.dir, domid, "store"))?;
+            let to_guest = open_fifo(&fifo(&self.dir, domid, "guest"))?;
+            Ok(SimRing { ring: Ring::new(page, features), to_store, to_guest })
+        };
+        let sim = open().map_err(|_| Error::BadRequest)?;
+        self.epoll.add(sim.to_store.as_raw_fd(), conn.0).map_err(|_| Error::BadRequest)?;
+        // No reset: the page carries on. A kick makes the guest look again.
+        os::kick(&sim.to_guest);
+        self.rings.insert(conn, sim);
+        Ok(())
+    }
+
+    fn live_update_rings(&self) -> bool {
+        true
+    }
+
     fn rebind(&mut self, conn: ConnId, _domid: DomId, _port: u32) -> Result<(), Error> {
         if let Some(sim) = self.rings.get_mut(&conn) {
             sim.ring.reset();
