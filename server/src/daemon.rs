@@ -81,6 +81,8 @@ pub struct Daemon<P: Platform> {
     rings: rings::RingState,
     /// The state directory, with `--state-dir`.
     persistence: Option<Persistence>,
+    /// The live-update clock's origin (`live_update_tick`).
+    started: std::time::Instant,
 }
 
 impl<P: Platform> Daemon<P> {
@@ -97,7 +99,19 @@ impl<P: Platform> Daemon<P> {
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let mut core = core;
         let rings = rings::RingState::register(&poll, &mut core)?;
-        Ok(Daemon { core, poll, listener, socket_path, clients: HashMap::new(), _signals: signals, trace, rings, persistence: None })
+        core.set_live_update_file_check(crate::live_update_exec::check_binary);
+        Ok(Daemon {
+            core,
+            poll,
+            listener,
+            socket_path,
+            clients: HashMap::new(),
+            _signals: signals,
+            trace,
+            rings,
+            persistence: None,
+            started: std::time::Instant::now(),
+        })
     }
 
     /// Journals every change to `p` (see [`crate::persistence`]): in commit
@@ -108,10 +122,9 @@ impl<P: Platform> Daemon<P> {
 
     fn poll_timeout(&self) -> Option<Duration> {
         let persist = self.persistence.as_ref().and_then(Persistence::timeout);
-        match (self.rings.timeout(), persist) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // A pending live update is checked at least once a second.
+        let lu = self.core.live_update_pending().then_some(Duration::from_secs(1));
+        [self.rings.timeout(), persist, lu].into_iter().flatten().min()
     }
 
     pub fn core(&mut self) -> &mut Core<P> {
@@ -123,6 +136,8 @@ impl<P: Platform> Daemon<P> {
         let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; 64 * 1024];
         let mut writable = Vec::new();
+        // Output restored by a live update (the requester's OK among it).
+        self.flush_dirty();
         loop {
             match self.poll.poll(&mut events, self.poll_timeout()) {
                 Ok(()) => {}
@@ -162,10 +177,43 @@ impl<P: Platform> Daemon<P> {
                 self.flush(id);
             }
             self.flush_dirty();
+            if let Some(req) = self.core.live_update_tick(self.started.elapsed().as_secs()) {
+                self.live_update(req);
+                self.flush_dirty();
+            }
             for line in self.core.take_logs() {
                 tracing::info!(target: "xenstored", "{line}");
             }
         }
+    }
+
+    /// Serves a socket connection the previous process accepted (`-U`).
+    pub fn adopt_client(&mut self, id: ConnId, stream: StdUnixStream) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        let mut stream = UnixStream::from_std(stream);
+        self.poll.registry().register(&mut stream, Token(id.0 as usize), Interest::READABLE)?;
+        self.clients.insert(id, Client { stream, wants_write: false });
+        Ok(())
+    }
+
+    /// Dumps the state and `exec`s the new binary; comes back only if that
+    /// failed, after which everything carries on as before.
+    fn live_update(&mut self, req: crate::live_update::LuRequest) {
+        use std::os::fd::AsRawFd;
+        // What can still be sent now need not go through the file.
+        self.flush_dirty();
+        if let Some(p) = self.persistence.as_mut() {
+            if let Err(e) = p.after_requests(&mut self.core) {
+                tracing::error!("live update: cannot persist the state first: {e}");
+                self.core.live_update_failed("Dump write error");
+                return;
+            }
+        }
+        let sockets = self.clients.iter().map(|(id, c)| (*id, c.stream.as_raw_fd())).collect();
+        let listener = self.listener.as_raw_fd();
+        let reason = crate::live_update_exec::dump_and_exec(&mut self.core, &req, listener, sockets);
+        tracing::error!("live update failed: {reason}");
+        self.core.live_update_failed(reason);
     }
 
     fn accept(&mut self) -> io::Result<()> {

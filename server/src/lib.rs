@@ -42,6 +42,8 @@ pub mod watch;
 #[cfg(feature = "std")]
 pub mod daemon;
 #[cfg(feature = "std")]
+pub mod live_update_exec;
+#[cfg(feature = "std")]
 pub mod lu_stream;
 #[cfg(feature = "std")]
 pub mod persistence;

@@ -1,6 +1,7 @@
 //! rxenstored: the xenstore daemon. Command line compatible with C
 //! xenstored's where the options make sense for it.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use engine::DomId;
 use server::daemon::{self, Daemon};
+use server::lu_stream;
 use server::persistence::{self, Durability, PersistConfig, Persistence};
 use server::quota::{Quota, QuotaName};
 use server::sim::SimPlatform;
@@ -114,6 +116,12 @@ struct Args {
     #[arg(long = "discard-state")]
     discard_state: bool,
 
+    /// Live update: take over from the previous process (C xenstored's or
+    /// ours) through $XENSTORED_RUNDIR/state_dump and the descriptors it
+    /// left open. Set by the live update itself, not by hand.
+    #[arg(short = 'U', long = "live-update")]
+    live_update: bool,
+
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
@@ -192,11 +200,126 @@ fn daemonize() -> io::Result<()> {
     Ok(())
 }
 
+/// C xenstored's options that rxenstored does not have: (short, long,
+/// takes a value). A live update from C passes C's command line on; these
+/// are dropped with a warning instead of failing.
+const C_ONLY_OPTIONS: [(Option<char>, &str, bool); 10] = [
+    (Some('D'), "no-domain-init", false),
+    (Some('e'), "event", true),
+    (Some('m'), "master-domid", true),
+    (Some('P'), "output-pid", false),
+    (None, "trace-control", true),
+    (Some('w'), "timeout", true),
+    (Some('R'), "no-recovery", false),
+    (Some('I'), "internal-db", false),
+    (Some('V'), "verbose", false),
+    (Some('H'), "help-c", false),
+];
+
+/// C's command line made ours: `-p N` → `--priv-domid N`, `-K` →
+/// `--keep-orphans`, C-only options dropped (with warnings).
+fn c_compatible_args(argv: Vec<OsString>) -> (Vec<OsString>, Vec<String>) {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut warnings = Vec::new();
+    let mut it = argv.into_iter();
+    if let Some(a0) = it.next() {
+        out.push(a0);
+    }
+    while let Some(arg) = it.next() {
+        let s = arg.to_string_lossy().into_owned();
+        if s == "--" {
+            out.push(arg);
+            out.extend(it.by_ref());
+            break;
+        }
+        match s.as_str() {
+            "-p" => {
+                out.push("--priv-domid".into());
+                continue;
+            }
+            "-K" => {
+                out.push("--keep-orphans".into());
+                continue;
+            }
+            _ => {}
+        }
+        let found = C_ONLY_OPTIONS.iter().find(|(short, long, _)| {
+            s.strip_prefix("--").is_some_and(|l| l == *long || l.starts_with(&format!("{long}=")))
+                || short.is_some_and(|c| s == format!("-{c}") || (s.len() > 2 && s.starts_with(&format!("-{c}")) && !s.starts_with("--")))
+        });
+        match found {
+            Some((short, long, takes_value)) => {
+                let inline = s.contains('=') || short.is_some_and(|c| s.len() > 2 && s.starts_with(&format!("-{c}")) && !s.starts_with("--"));
+                let mut dropped = s.clone();
+                if *takes_value && !inline {
+                    if let Some(v) = it.next() {
+                        dropped.push(' ');
+                        dropped.push_str(&v.to_string_lossy());
+                    }
+                }
+                warnings.push(format!("ignoring C xenstored option '{dropped}' (--{long}): rxenstored has no equivalent"));
+            }
+            None => out.push(arg),
+        }
+    }
+    (out, warnings)
+}
+
+/// The state a live update left: the file's bytes checked and decoded.
+fn load_live_update_state() -> Result<(PathBuf, snapshot_tools::model::Snapshot), String> {
+    let path = lu_stream::state_file();
+    let bytes = fs::read(&path).map_err(|e| format!("live update: cannot read the state file {}: {e}", path.display()))?;
+    let snap = lu_stream::load(&bytes).map_err(|e| {
+        format!(
+            "live update: the state file {} is unusable: {e}\n(kept for inspection: xenstore-inspect {})",
+            path.display(),
+            path.display()
+        )
+    })?;
+    Ok((path, snap))
+}
+
 fn run(args: Args) -> Result<(), String> {
     let config = config(&args)?;
     let socket = daemon::socket_path_from_env();
-    let listener = daemon::bind(&socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    let lu_state = if args.live_update { Some(load_live_update_state()?) } else { None };
+    let inherited_listener = lu_state.as_ref().and_then(|(_, s)| s.global).map(|g| g.socket_fd);
     let (platform, own_port) = platform(&args, &config)?;
+    let mut platform = Some(platform);
+    let mut restored = match (&lu_state, platform.take_if(|_| args.live_update)) {
+        (Some((path, snap)), Some(platform)) => {
+            let t = std::time::Instant::now();
+            let r = lu_stream::import(config.clone(), platform, snap).map_err(|e| {
+                format!("live update: cannot restore {}: {e}\n(kept for inspection: xenstore-inspect {})", path.display(), path.display())
+            })?;
+            for w in &r.warnings {
+                tracing::warn!("live update: {w}");
+            }
+            tracing::info!(
+                "live update: restored {} nodes, {} connections (stream version {}) in {:?}",
+                r.core.store().snapshot().len(),
+                snap.connections.len(),
+                snap.version,
+                t.elapsed()
+            );
+            Some(r)
+        }
+        _ => None,
+    };
+    let listener = match restored.as_mut().and_then(|r| r.listener.take()) {
+        Some(fd) => {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true).map_err(|e| format!("inherited listening socket: {e}"))?;
+            mio::net::UnixListener::from_std(l)
+        }
+        None => {
+            if inherited_listener.is_some_and(|fd| fd >= 0) {
+                tracing::warn!("live update: no usable inherited listening socket; binding {} again", socket.display());
+            }
+            daemon::bind(&socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?
+        }
+    };
+
     let trace = match &args.trace_file {
         Some(p) => Some(
             fs::OpenOptions::new()
@@ -207,14 +330,20 @@ fn run(args: Args) -> Result<(), String> {
         ),
         None => None,
     };
-    if !args.no_fork {
+    // A live update keeps the process (and its pid): never detach again.
+    if !args.no_fork && !args.live_update {
         daemonize().map_err(|e| format!("cannot detach: {e}"))?;
     }
     if let Some(p) = &args.pid_file {
         fs::write(p, format!("{}\n", std::process::id())).map_err(|e| format!("cannot write pid file {}: {e}", p.display()))?;
     }
-    let (mut core, persistence) = match (&args.state_dir, args.durability) {
-        (Some(dir), durability) if durability != Durability::None => {
+    let mut sockets = Vec::new();
+    let restored_core = restored.map(|r| {
+        sockets = r.sockets;
+        r.core
+    });
+    let (mut core, persistence) = match (&args.state_dir, args.durability, restored_core, platform) {
+        (Some(dir), durability, restored, platform) if durability != Durability::None => {
             let pc = PersistConfig {
                 dir: dir.clone(),
                 durability,
@@ -222,23 +351,29 @@ fn run(args: Args) -> Result<(), String> {
                 every_commits: args.checkpoint_commits.max(1),
             };
             let (p, recovered) = Persistence::open(pc, args.discard_state)?;
-            let core = match recovered {
-                Some(r) => {
+            let core = match (restored, recovered, platform) {
+                // The live update's state is newer than the directory's.
+                (Some(core), _, _) => core,
+                (None, Some(r), Some(platform)) => {
                     for w in &r.warnings {
                         tracing::warn!("{w}");
                     }
                     tracing::info!("restored state of commit {} from {} ({} nodes)", r.seq, dir.display(), r.state.snapshot.len());
                     persistence::restore(config, platform, r.state)
                 }
-                None => Core::with_platform(config, platform),
+                (None, None, Some(platform)) => Core::with_platform(config, platform),
+                (None, _, None) => return Err("internal error: no platform".into()),
             };
             (core, Some(p))
         }
-        (Some(_), _) => return Err("--state-dir needs --durability checkpoint or commit".into()),
-        (None, Durability::None) => (Core::with_platform(config, platform), None),
-        (None, _) => return Err("--durability needs --state-dir".into()),
+        (Some(_), _, _, _) => return Err("--state-dir needs --durability checkpoint or commit".into()),
+        (None, Durability::None, Some(core), _) => (core, None),
+        (None, Durability::None, None, Some(platform)) => (Core::with_platform(config, platform), None),
+        (None, Durability::None, None, None) => return Err("internal error: no platform".into()),
+        (None, _, _, _) => return Err("--durability needs --state-dir".into()),
     };
-    if let Some(port) = own_port {
+    // After a live update the store domain's own ring came with the state.
+    if let Some(port) = own_port.filter(|_| !args.live_update) {
         match core.attach_own_ring(port) {
             Ok(_) => tracing::info!("serving the store domain's own ring (port {port})"),
             Err(e) => tracing::warn!("cannot attach the store domain's own ring: {e}"),
@@ -252,6 +387,19 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(p) = persistence {
         daemon.set_persistence(p);
     }
+    for (id, fd) in sockets {
+        if let Err(e) = daemon.adopt_client(id, std::os::unix::net::UnixStream::from(fd)) {
+            tracing::warn!("live update: cannot serve connection {} again: {e}", id.0);
+            daemon.core().disconnect(id);
+        }
+    }
+    if let Some((path, _)) = &lu_state {
+        // As C: the file is gone once its state is in use.
+        if let Err(e) = fs::remove_file(path) {
+            tracing::warn!("live update: cannot remove {}: {e}", path.display());
+        }
+        tracing::info!("live update: done; serving");
+    }
     tracing::info!("rxenstored {} listening on {}", env!("CARGO_PKG_VERSION"), socket.display());
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     daemon.run().map_err(|e| format!("event loop failed: {e}"))?;
@@ -262,10 +410,14 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let (argv, warnings) = c_compatible_args(std::env::args_os().collect());
+    let args = Args::parse_from(argv);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).init();
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
