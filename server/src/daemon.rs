@@ -179,8 +179,9 @@ impl<P: Platform> Daemon<P> {
             self.flush_dirty();
             if let Some(req) = self.core.live_update_tick(self.started.elapsed().as_secs()) {
                 self.live_update(req);
-                self.flush_dirty();
             }
+            // A refusal or a failure of the update has replies to send.
+            self.flush_dirty();
             for line in self.core.take_logs() {
                 tracing::info!(target: "xenstored", "{line}");
             }
