@@ -361,3 +361,46 @@ fn time_from_start_to_first_request() {
         println!("{nodes} nodes: -s to OK {ok_at:?}, to first other request served {first:?}");
     }
 }
+
+/// Handing back: rxenstored live-updates to Debian's C xenstored 4.17
+/// (through a wrapper that sets up the peers' shim). Debian's 4.17
+/// `xenstore-control` cannot send `-v`; rxenstored writes version 1 for a
+/// binary that is not rxenstored.
+#[test]
+fn rxenstored_live_updates_to_c_xenstored_417() {
+    // Makes sure the peers are unpacked (or reports the skip).
+    let Some(probe) = start_or_skip(Kind::Cxenstored) else { return };
+    drop(probe);
+    let Some(d) = start_rx() else { return };
+    let cache = std::env::var_os("XS_PEERS_CACHE").map_or_else(|| PathBuf::from("/tmp/xs-peers-cache"), PathBuf::from);
+    let wrapper = d.rundir().join("c-xenstored");
+    let script = format!(
+        "#!/bin/sh\nC={}\nexport LD_LIBRARY_PATH=$C/root/usr/lib/x86_64-linux-gnu:$C/root/usr/lib/xen-4.17/lib\n\
+         export LD_PRELOAD=$C/fakexen.so\ncp \"$XENSTORED_RUNDIR/state_dump\" \"$XENSTORED_RUNDIR/state_dump.copy\"\n\
+         exec $C/root/usr/lib/xen-4.17/bin/xenstored \"$@\"\n",
+        cache.display()
+    );
+    std::fs::write(&wrapper, script).expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let mut admin = d.connect();
+    for i in 0..30 {
+        assert!(admin.write(format!("/back/n{i}"), format!("v{i}")).expect("write").is_ok());
+    }
+    assert!(admin.set_perms("/back/n1", &["r0", "w3"]).expect("perms").is_ok());
+    let mut watcher = d.connect();
+    assert!(watcher.watch("/back", "tok").expect("watch").is_ok());
+    assert!(watcher.next_event(Duration::from_secs(5)).is_some());
+    let mut before = Vec::new();
+    dump_tree(&mut admin, "/", &mut before);
+    let out = xen_tool(d.socket(), &["xenstore-control", "live-update", "-t", "5", &wrapper.to_string_lossy()]);
+    assert!(out.status.success(), "xenstore-control: {} {}\nlog:\n{}", out.status, String::from_utf8_lossy(&out.stderr), d.log());
+    assert_eq!(comm(d.pid()), "xenstored", "rxenstored exec'd C xenstored in place");
+    let copy = std::fs::read(d.rundir().join("state_dump.copy")).expect("the wrapper's copy");
+    assert_eq!(server::lu_stream::load(&copy).expect("clean").version, 1);
+    let mut after = Vec::new();
+    dump_tree(&mut admin, "/", &mut after);
+    assert_eq!(before, after, "C restored the same tree");
+    assert_eq!(text(&admin.get_perms("/back/n1").expect("perms")), "r0\0w3");
+    assert!(admin.write("/back/n5", b"changed").expect("write").is_ok());
+    assert_eq!(watcher.next_event(Duration::from_secs(5)), Some((b"/back/n5".to_vec(), b"tok".to_vec())));
+}

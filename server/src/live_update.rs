@@ -28,8 +28,18 @@ use crate::domain::Platform;
 use crate::error::{Error, Result};
 use crate::protocol::Core;
 
-/// Stream version written unless `-v` says otherwise.
+/// Stream version written to a successor that is rxenstored (or a C
+/// 4.21+), unless `-v` says otherwise.
 pub const DEFAULT_VERSION: u32 = 2;
+
+/// The stream version for `binary` when `-v` was not given: 2 for
+/// rxenstored (its file name says so), else 1, which every C xenstored
+/// reads (4.17's `xenstore-control` cannot send `-v`, and 4.17 refuses
+/// version 2).
+pub fn default_version(binary: &[u8]) -> u32 {
+    let name = binary.rsplit(|b| *b == b'/').next().unwrap_or(binary);
+    if name.windows(10).any(|w| w == b"rxenstored") { DEFAULT_VERSION } else { 1 }
+}
 
 /// What `-s` asked for, once accepted.
 #[derive(Debug, Clone)]
@@ -38,7 +48,7 @@ struct Start {
     tx_id: u32,
     force: bool,
     timeout: u64,
-    version: u32,
+    version: Option<u32>,
     /// Set by the first tick after `-s`.
     started_at: Option<u64>,
 }
@@ -81,7 +91,7 @@ pub struct LuRequest {
     pub binary: Vec<u8>,
     /// The new command line (`-c`), split on blanks; `None`: keep ours.
     pub cmdline: Option<Vec<Vec<u8>>>,
-    /// Stream version to write (1 or 2).
+    /// Stream version to write (1 or 2): `-v`, else [`default_version`].
     pub version: u32,
 }
 
@@ -158,7 +168,7 @@ impl<P: Platform> Core<P> {
     /// `-s [-t <secs>] [-F] [-v <version>]`: `Ok(None)` when accepted (the
     /// reply waits), `Ok(Some(text))` for an immediate text reply.
     fn live_update_start(&mut self, id: ConnId, msg: &Message, args: &[Vec<u8>]) -> Result<Option<Vec<u8>>> {
-        let (mut force, mut timeout, mut version) = (false, 0u64, DEFAULT_VERSION);
+        let (mut force, mut timeout, mut version) = (false, 0u64, None);
         let mut i = 0;
         while i < args.len() {
             match (args[i].as_slice(), args.get(i + 1)) {
@@ -168,10 +178,11 @@ impl<P: Platform> Core<P> {
                     i += 1;
                 }
                 (b"-v", Some(v)) => {
-                    version = wire::parse_lenient_u32(v);
-                    if !(1..=2).contains(&version) {
+                    let v = wire::parse_lenient_u32(v);
+                    if !(1..=2).contains(&v) {
                         return Err(Error::BadRequest);
                     }
+                    version = Some(v);
                     i += 1;
                 }
                 _ => return Err(Error::BadRequest),
@@ -185,7 +196,7 @@ impl<P: Platform> Core<P> {
             return Ok(Some(text("live-update session already active.")));
         }
         session.start = Some(Start { req_id: msg.header.req_id, tx_id: msg.header.tx_id, force, timeout, version, started_at: None });
-        self.logs.push(format!("live-update: requested (timeout {timeout} s{}, stream version {version})", if force { ", forced" } else { "" }));
+        self.logs.push(format!("live-update: requested (timeout {timeout} s{})", if force { ", forced" } else { "" }));
         Ok(None)
     }
 
@@ -313,7 +324,7 @@ impl<P: Platform> Core<P> {
             tx_id: start.tx_id,
             binary: session.binary.clone(),
             cmdline: session.cmdline.clone(),
-            version: start.version,
+            version: start.version.unwrap_or_else(|| default_version(&session.binary)),
         })
     }
 
@@ -480,7 +491,9 @@ mod tests {
         core.receive(c, &req(Op::Control, 3, 0, &lu(&["-s", "-t", "60"]))).expect("ok");
         let r = core.live_update_tick(0).expect("allowed");
         assert_eq!(r.cmdline, Some(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]));
-        assert_eq!(r.version, DEFAULT_VERSION);
+        assert_eq!(r.version, 1, "/bin/sh is not rxenstored: a stream every C reads");
+        assert_eq!(default_version(b"/usr/sbin/rxenstored"), 2);
+        assert_eq!(default_version(b"/usr/sbin/xenstored"), 1);
         core.disconnect(c);
         assert_eq!(core.live_update_tick(1), None);
         assert!(!core.live_update_pending());

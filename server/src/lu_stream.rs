@@ -133,6 +133,16 @@ pub fn export<P: Platform>(core: &mut Core<P>, req: &LuRequest, fds: &Fds) -> Re
             snap.watches.push(model::Watch { conn_id: next_id, path: w.given.clone(), token: w.token.clone(), depth });
         }
     }
+    // C 4.17 builds its database when it restores the control domain's
+    // ring connection (§6.2): a version-1 stream always has one.
+    let priv_domid = core.config.priv_domid;
+    let has_priv_ring = snap.connections.iter().any(|c| matches!(c.kind, model::ConnectionKind::Ring { domid, .. } if domid == priv_domid.0));
+    if !v2 && !has_priv_ring {
+        next_id += 1;
+        let kind = model::ConnectionKind::Ring { domid: priv_domid.0, target: DOMID_INVALID, evtchn: 0 };
+        let conn = model::Connection { conn_id: next_id, kind, input: Vec::new(), output: Vec::new(), partial_response_len: 0, unique_id: None };
+        snap.connections.insert(0, conn);
+    }
     snap.nodes = engine_conv::from_engine(&core.store.snapshot());
     if v2 {
         for d in core.domains.values() {
