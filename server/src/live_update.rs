@@ -77,8 +77,11 @@ pub struct LiveUpdate {
     tx_since: BTreeMap<ConnId, u64>,
     /// `-f`'s check of the new binary (the frontend's: the core has no
     /// files): `None` not accessible, `Some(executable)`.
-    file_check: Option<fn(&[u8]) -> Option<bool>>,
+    file_check: Option<FileCheck>,
 }
+
+/// `-f`'s check of a binary: `None` not accessible, `Some(executable)`.
+pub type FileCheck = fn(&[u8]) -> Option<bool>;
 
 /// "Perform the update now": what the frontend needs to dump and exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +116,7 @@ impl<P: Platform> Core<P> {
 
     /// How `-f` checks the new binary; without one every binary is "not
     /// accessible" (a frontend that cannot exec).
-    pub fn set_live_update_file_check(&mut self, check: fn(&[u8]) -> Option<bool>) {
+    pub fn set_live_update_file_check(&mut self, check: FileCheck) {
         self.live_update.file_check = Some(check);
     }
 

@@ -228,7 +228,10 @@ fn split_input(bytes: &[u8]) -> Result<(Vec<Message>, &[u8]), String> {
 }
 
 /// Splits pending output into the partly sent part and whole messages.
-fn split_output(c: &model::Connection) -> Result<(Vec<u8>, Vec<(Vec<u8>, bool)>), String> {
+/// Restored output: the partly sent bytes, then (message, is an event).
+type Output = (Vec<u8>, Vec<(Vec<u8>, bool)>);
+
+fn split_output(c: &model::Connection) -> Result<Output, String> {
     let resp = usize::from(c.partial_response_len);
     let head = c.output.get(..resp).ok_or("partial response longer than the output")?.to_vec();
     let mut rest = c.output.get(resp..).unwrap_or_default();
@@ -353,10 +356,10 @@ pub fn import<P: Platform>(mut config: Config, platform: P, snap: &model::Snapsh
             continue;
         };
         let depth = w.depth.filter(|d| *d != WATCH_DEPTH_UNLIMITED).map(u32::from);
-        if core.watches.add(id, path, w.path.clone(), w.token.clone(), depth) {
-            if let Some(conn) = core.conns.get_mut(&id) {
-                conn.watches += 1;
-            }
+        if core.watches.add(id, path, w.path.clone(), w.token.clone(), depth)
+            && let Some(conn) = core.conns.get_mut(&id)
+        {
+            conn.watches += 1;
         }
     }
     for d in &snap.domains {
