@@ -53,6 +53,17 @@ impl<P: Platform> Core<P> {
             }
             return Ok(ok());
         }
+        self.attach_domain(domid, gfn, port)?;
+        if domid != self.config.priv_domid {
+            self.fire_special("@introduceDomain", domid);
+        }
+        Ok(ok())
+    }
+
+    /// Gives `domid` a ring connection through the platform and records
+    /// it as introduced (INTRODUCE of a new domain; the store domain's own
+    /// ring at start-up).
+    pub(crate) fn attach_domain(&mut self, domid: DomId, gfn: u64, port: u32) -> Result<crate::conn::ConnId> {
         let conn = self.connect_domain(domid);
         let features = self.conns.get(&conn).map_or(features::DEFAULT, |c| c.features);
         if let Err(e) = self.platform.attach(conn, domid, gfn, port, features) {
@@ -66,10 +77,7 @@ impl<P: Platform> Core<P> {
         d.gfn = gfn;
         d.port = port;
         d.shutdown_reported = false;
-        if domid != self.config.priv_domid {
-            self.fire_special("@introduceDomain", domid);
-        }
-        Ok(ok())
+        Ok(conn)
     }
 
     /// RELEASE's checks, shared with RESUME (§2.2).

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use engine::DomId;
 
 use crate::conn::{ConnId, ConnKind};
-use crate::domain::{Domain, DomainState, Platform};
+use crate::domain::{DomainState, Platform};
 use crate::error::Error;
 use crate::protocol::Core;
 use crate::quota::Quota;
@@ -63,19 +63,7 @@ impl<P: Platform> Core<P> {
     /// as C does at start-up before any INTRODUCE: the platform maps the
     /// page itself (`gfn` is unused for this domain).
     pub fn attach_own_ring(&mut self, port: u32) -> Result<ConnId, Error> {
-        let domid = self.config.store_domid;
-        let conn = self.connect_domain(domid);
-        let features = self.conns.get(&conn).map_or(crate::domain::features::DEFAULT, |c| c.features);
-        if let Err(e) = self.platform.attach(conn, domid, 0, port, features) {
-            self.disconnect(conn);
-            return Err(e);
-        }
-        let quotas = self.config.quotas.clone();
-        let d = self.domains.entry(domid).or_insert_with(|| Domain::new(domid, quotas));
-        d.introduced = true;
-        d.conn = Some(conn);
-        d.port = port;
-        Ok(conn)
+        self.attach_domain(self.config.store_domid, 0, port)
     }
 
     /// The `outstanding` quota of a ring connection (§9.1): the event loop

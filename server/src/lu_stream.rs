@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-use engine::{DomId, Path, Store};
+use engine::{DomId, Store};
 use snapshot_tools::model::{self, DOMID_INVALID, WATCH_DEPTH_UNLIMITED};
 use snapshot_tools::{WriteFormat, engine_conv, read_stream, write_stream};
 use wire::{HEADER_LEN, Header, Message, Op, PAYLOAD_MAX};
@@ -341,25 +341,9 @@ pub fn import<P: Platform>(mut config: Config, platform: P, snap: &model::Snapsh
             warnings.push(format!("watch {:?}: conn-id {} is not restored", String::from_utf8_lossy(&w.path), w.conn_id));
             continue;
         };
-        let Some(conn) = core.conns.get(&id) else { continue };
-        let canonical = match w.path.first() {
-            Some(b'/' | b'@') => Path::from_bytes(&w.path),
-            _ => {
-                let mut abs = crate::ops::home_of(conn.caller.domid).into_bytes();
-                abs.push(b'/');
-                abs.extend_from_slice(&w.path);
-                Path::from_bytes(&abs)
-            }
-        };
-        let Ok(path) = canonical else {
-            warnings.push(format!("dropping watch with invalid path {:?}", String::from_utf8_lossy(&w.path)));
-            continue;
-        };
         let depth = w.depth.filter(|d| *d != WATCH_DEPTH_UNLIMITED).map(u32::from);
-        if core.watches.add(id, path, w.path.clone(), w.token.clone(), depth)
-            && let Some(conn) = core.conns.get_mut(&id)
-        {
-            conn.watches += 1;
+        if let Err(e) = core.add_watch_as_given(id, &w.path, &w.token, depth) {
+            warnings.push(format!("dropping watch with invalid path {:?}: {e}", String::from_utf8_lossy(&w.path)));
         }
     }
     for d in &snap.domains {

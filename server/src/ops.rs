@@ -88,15 +88,7 @@ impl<P: Platform> Ctx<'_, P> {
     /// caller's home; `@` paths only where `special` allows; unprivileged
     /// callers are held to `path-max` (§3.3).
     pub fn path(&self, raw: &[u8], special: bool) -> Result<Path> {
-        let path = match raw.first() {
-            Some(b'/' | b'@') => Path::from_bytes(raw)?,
-            _ => {
-                let mut abs = home_of(self.caller.domid).into_bytes();
-                abs.push(b'/');
-                abs.extend_from_slice(raw);
-                Path::from_bytes(&abs)?
-            }
-        };
+        let path = absolute(self.caller.domid, raw)?;
         if path.is_special() && !special {
             return Err(Error::BadRequest);
         }
@@ -134,6 +126,20 @@ impl<P: Platform> Ctx<'_, P> {
 
     fn creator(&self) -> Option<DomId> {
         self.limited().then_some(self.caller.domid)
+    }
+}
+
+/// A path argument made absolute: relative paths are under the home of
+/// `domid` (§3.2); absolute and `@` paths are taken as they are.
+pub(crate) fn absolute(domid: DomId, raw: &[u8]) -> core::result::Result<Path, engine::PathError> {
+    match raw.first() {
+        Some(b'/' | b'@') => Path::from_bytes(raw),
+        _ => {
+            let mut abs = home_of(domid).into_bytes();
+            abs.push(b'/');
+            abs.extend_from_slice(raw);
+            Path::from_bytes(&abs)
+        }
     }
 }
 

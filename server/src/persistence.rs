@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use engine::{DomId, Path, Store};
+use engine::{DomId, Store};
 use persist::{DomainRecord, LogRecord, QuotaValue, Recovered, State, StateDir, WatchRecord};
 use wire::encode_watch_event;
 
@@ -278,26 +278,14 @@ pub fn restore<P: Platform>(mut config: crate::Config, platform: P, state: State
 }
 
 fn restore_watch<P: Platform>(core: &mut Core<P>, conn: crate::ConnId, w: WatchRecord) {
-    let Some(c) = core.conns.get(&conn) else { return };
-    let canonical = match w.path.first() {
-        Some(b'/' | b'@') => Path::from_bytes(&w.path),
-        _ => {
-            let mut abs = crate::ops::home_of(c.caller.domid).into_bytes();
-            abs.push(b'/');
-            abs.extend_from_slice(&w.path);
-            Path::from_bytes(&abs)
+    match core.add_watch_as_given(conn, &w.path, &w.token, w.depth) {
+        Ok(true) => {
+            // Fired once so that the guest re-scans what it watches.
+            let mut event = Vec::new();
+            encode_watch_event(&w.path, &w.token, &mut event);
+            core.queue_event(conn, event, true);
         }
-    };
-    let Ok(path) = canonical else {
-        tracing::warn!("dropping a saved watch with an invalid path {:?}", w.path.escape_ascii().to_string());
-        return;
-    };
-    if core.watches.add(conn, path, w.path.clone(), w.token.clone(), w.depth) {
-        if let Some(c) = core.conns.get_mut(&conn) {
-            c.watches += 1;
-        }
-        let mut event = Vec::new();
-        encode_watch_event(&w.path, &w.token, &mut event);
-        core.queue_event(conn, event, true);
+        Ok(false) => {}
+        Err(e) => tracing::warn!("dropping a saved watch with an invalid path {:?}: {e}", w.path.escape_ascii().to_string()),
     }
 }

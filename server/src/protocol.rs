@@ -516,6 +516,22 @@ impl<P: Platform> Core<P> {
         Ok(ok())
     }
 
+    /// Registers a watch of `conn` exactly as it was given (relative paths
+    /// under the connection's home), as persistence and live update restore
+    /// them; `Ok(false)` if the connection already has it.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    pub(crate) fn add_watch_as_given(&mut self, conn: ConnId, given: &[u8], token: &[u8], depth: Option<u32>) -> core::result::Result<bool, engine::PathError> {
+        let Some(c) = self.conns.get(&conn) else { return Ok(false) };
+        let path = ops::absolute(c.caller.domid, given)?;
+        if !self.watches.add(conn, path, given.to_vec(), token.to_vec(), depth) {
+            return Ok(false);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.watches += 1;
+        }
+        Ok(true)
+    }
+
     /// Fires the watches for a commit's changes (§6.3, §6.7).
     pub(crate) fn fire(&mut self, commit: &Commit) {
         if self.watches.is_empty() {
