@@ -194,8 +194,14 @@ impl Conn {
     }
 
     /// Sends `writes` pipelined, `window` requests per write(2), checking
-    /// every reply; returns how many were sent.
-    pub fn pipelined_writes<I>(&mut self, writes: I, window: usize) -> Res<u64>
+    /// every reply; returns how many were sent. With a deadline, stops
+    /// (between batches) once it has passed.
+    pub fn pipelined_writes<I>(
+        &mut self,
+        writes: I,
+        window: usize,
+        deadline: Option<std::time::Instant>,
+    ) -> Res<u64>
     where
         I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
     {
@@ -203,6 +209,9 @@ impl Conn {
         let mut total = 0u64;
         let mut batch: Vec<(u32, Vec<u8>)> = Vec::with_capacity(window);
         loop {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(total);
+            }
             batch.clear();
             for (path, value) in it.by_ref().take(window.max(1)) {
                 let id = self.queue(Op::Write, 0, &[&path, b"\0", &value]);

@@ -20,6 +20,9 @@ pub struct Large {
     pub per_dir: u64,
     /// Longest wait for one reply.
     pub timeout: Duration,
+    /// Loading stops (between batches) after this long; the figures are
+    /// then over the nodes loaded.
+    pub budget: Duration,
 }
 
 /// The outcome.
@@ -27,6 +30,8 @@ pub struct Large {
 pub struct LargeResult {
     /// Nodes created.
     pub nodes: u64,
+    /// Whether the budget stopped the load before the whole tree.
+    pub partial: bool,
     /// VmRSS before loading (bytes).
     pub rss_before: u64,
     /// VmRSS after loading (bytes).
@@ -63,17 +68,19 @@ pub fn run(socket: &Path, pid: i32, l: &Large) -> Res<LargeResult> {
     let t = Instant::now();
     let (dirs, per_dir) = (l.dirs, l.per_dir);
     let writes = (0..dirs).flat_map(move |d| (0..per_dir).map(move |n| leaf(d, n)));
-    let sent = conn.pipelined_writes(writes, 256)?;
+    let sent = conn.pipelined_writes(writes, 256, Some(t + l.budget))?;
     let load_per_s = sent as f64 / t.elapsed().as_secs_f64();
-    // Spot checks: the first, a middle and the last leaf read back.
-    if dirs > 0 && per_dir > 0 {
-        for (d, n) in [(0, 0), (dirs / 2, per_dir / 2), (dirs - 1, per_dir - 1)] {
-            let (p, v) = leaf(d, n);
+    // Spot checks: the first, a middle and the last leaf written read back.
+    let dirs_used = sent.div_ceil(per_dir.max(1));
+    if sent > 0 {
+        for i in [0, sent / 2, sent - 1] {
+            let (p, v) = leaf(i / per_dir, i % per_dir);
             conn.read_expect(0, &p, &v)?;
         }
     }
     Ok(LargeResult {
-        nodes: sent + dirs + 1,
+        nodes: sent + dirs_used + 1,
+        partial: sent < dirs * per_dir,
         rss_before,
         rss_after: mem("VmRSS")?,
         hwm: mem("VmHWM")?,

@@ -1,5 +1,5 @@
 //! `read-heavy`: R reader connections READ random existing nodes of a
-//! populated tree (`/rh/g<i / 100>/n<i>`, written beforehand with
+//! populated tree (`/rh/g<i / 1000>/n<i>`, written beforehand with
 //! pipelined WRITEs, untimed) for a fixed time, while one more connection
 //! commits small transactions (READ one tree node, WRITE two nodes under
 //! `/rh-tx`). Reads per second, read latency percentiles, commits per
@@ -44,7 +44,7 @@ pub struct RhResult {
 }
 
 fn path(i: u64) -> Vec<u8> {
-    format!("/rh/g{}/n{i}", i / 100).into_bytes()
+    format!("/rh/g{}/n{i}", i / 1000).into_bytes()
 }
 
 fn value(i: u64) -> Vec<u8> {
@@ -73,7 +73,7 @@ impl Rng {
 pub fn run(socket: &Path, r: &ReadHeavy) -> Res<RhResult> {
     let mut setup = Conn::connect(socket, r.timeout)?;
     let t = Instant::now();
-    let n = setup.pipelined_writes((0..r.nodes).map(|i| (path(i), value(i))), 256)?;
+    let n = setup.pipelined_writes((0..r.nodes).map(|i| (path(i), value(i))), 256, None)?;
     let populate_per_s = n as f64 / t.elapsed().as_secs_f64();
     drop(setup);
 

@@ -81,7 +81,7 @@ pub enum Cell {
 impl Cell {
     fn num(&self) -> Option<f64> {
         match self {
-            Cell::Num(v) => Some(*v),
+            Cell::Num(v) | Cell::NumNote(v, _) => Some(*v),
             _ => None,
         }
     }
