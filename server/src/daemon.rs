@@ -38,12 +38,11 @@ pub fn socket_path_from_env() -> PathBuf {
 /// Creates the run directory if needed, removes a stale socket, binds and
 /// restricts the socket to its owner (mode 0600, as C does).
 pub fn bind(path: &FsPath) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists() {
             fs::create_dir_all(dir)?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
         }
-    }
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -167,12 +166,11 @@ impl<P: Platform> Daemon<P> {
             self.service_rings();
             // Group commit: what this turn changed is durable before any
             // reply acknowledging it is written.
-            if let Some(p) = self.persistence.as_mut() {
-                if let Err(e) = p.after_requests(&mut self.core) {
+            if let Some(p) = self.persistence.as_mut()
+                && let Err(e) = p.after_requests(&mut self.core) {
                     tracing::error!("cannot persist the state: {e}; stopping rather than acknowledging what may be lost");
                     return Err(e);
                 }
-            }
             for id in writable.drain(..) {
                 self.flush(id);
             }
@@ -203,13 +201,12 @@ impl<P: Platform> Daemon<P> {
         use std::os::fd::AsRawFd;
         // What can still be sent now need not go through the file.
         self.flush_dirty();
-        if let Some(p) = self.persistence.as_mut() {
-            if let Err(e) = p.after_requests(&mut self.core) {
+        if let Some(p) = self.persistence.as_mut()
+            && let Err(e) = p.after_requests(&mut self.core) {
                 tracing::error!("live update: cannot persist the state first: {e}");
                 self.core.live_update_failed("Dump write error");
                 return;
             }
-        }
         let sockets = self.clients.iter().map(|(id, c)| (*id, c.stream.as_raw_fd())).collect();
         let listener = self.listener.as_raw_fd();
         let reason = crate::live_update_exec::dump_and_exec(&mut self.core, &req, listener, sockets);
@@ -318,11 +315,10 @@ impl<P: Platform> Daemon<P> {
     /// Finishes what was read, gives clients a moment to take their
     /// replies, and removes the socket.
     fn shutdown(&mut self) {
-        if let Some(p) = self.persistence.as_mut() {
-            if let Err(e) = p.shutdown(&mut self.core) {
+        if let Some(p) = self.persistence.as_mut()
+            && let Err(e) = p.shutdown(&mut self.core) {
                 tracing::error!("final checkpoint failed: {e}");
             }
-        }
         self.flush_dirty();
         let ids: Vec<ConnId> = self.clients.keys().copied().collect();
         for id in ids {

@@ -134,7 +134,6 @@ impl<P: Platform> Core<P> {
             let stale: Vec<(Path, engine::Perms)> = tx
                 .view()
                 .iter_tree()
-                .map(|(p, n)| (p, n))
                 .chain(tx.view().special_nodes().map(|(p, n)| (p.clone(), n)))
                 .filter_map(|(p, n)| n.perms().without_acl_for(domid).map(|perms| (p, perms)))
                 .collect();
@@ -146,11 +145,10 @@ impl<P: Platform> Core<P> {
         match result {
             Ok(((), mut commit)) => {
                 // Everything is journaled; only removals fire watches.
-                if let Some(j) = self.journal.as_mut() {
-                    if !commit.changes.is_empty() {
+                if let Some(j) = self.journal.as_mut()
+                    && !commit.changes.is_empty() {
                         j.push(crate::protocol::JournalEntry::Commit(commit.clone()));
                     }
-                }
                 commit.changes.retain(|c| matches!(c, Change::Removed { .. }));
                 commit
             }

@@ -154,11 +154,10 @@ fn checked_length(path: &Path) -> usize {
     let s = path.as_str();
     if let Some(rest) = s.strip_prefix("/local/domain/") {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits > 0 {
-            if let Some(after) = rest[digits..].strip_prefix('/') {
+        if digits > 0
+            && let Some(after) = rest[digits..].strip_prefix('/') {
                 return after.len();
             }
-        }
     }
     s.len()
 }

@@ -247,19 +247,17 @@ impl<P: Platform> Core<P> {
     /// Records a published commit, and fires its watches.
     pub(crate) fn committed(&mut self, commit: Commit) {
         self.fire(&commit);
-        if let Some(j) = self.journal.as_mut() {
-            if !commit.changes.is_empty() {
+        if let Some(j) = self.journal.as_mut()
+            && !commit.changes.is_empty() {
                 j.push(JournalEntry::Commit(commit));
             }
-        }
     }
 
     pub(crate) fn journal_domains(&mut self) {
-        if let Some(j) = self.journal.as_mut() {
-            if !matches!(j.last(), Some(JournalEntry::Domains)) {
+        if let Some(j) = self.journal.as_mut()
+            && !matches!(j.last(), Some(JournalEntry::Domains)) {
                 j.push(JournalEntry::Domains);
             }
-        }
     }
 
     pub(crate) fn push_output(&mut self, id: ConnId, bytes: Vec<u8>, is_event: bool) {
@@ -626,11 +624,10 @@ impl<P: Platform> Core<P> {
         if event.len() > PAYLOAD_MAX + wire::HEADER_LEN {
             return;
         }
-        if let Some(c) = self.conns.get(&conn) {
-            if !special && c.out.has_unsent_event(&event) {
+        if let Some(c) = self.conns.get(&conn)
+            && !special && c.out.has_unsent_event(&event) {
                 return;
             }
-        }
         if !self.event_fits(conn, event.len()) {
             return;
         }

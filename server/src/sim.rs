@@ -233,14 +233,13 @@ impl Platform for SimPlatform {
                     self.drain_inotify();
                     dom_exc = true;
                     any = true;
-                } else if let Some(sim) = self.rings.get_mut(&ConnId(tag)) {
-                    if os::drain(&mut sim.to_store) {
+                } else if let Some(sim) = self.rings.get_mut(&ConnId(tag))
+                    && os::drain(&mut sim.to_store) {
                         any = true;
                         if !fired.contains(&ConnId(tag)) {
                             fired.push(ConnId(tag));
                         }
                     }
-                }
             }
             if !any {
                 return dom_exc;

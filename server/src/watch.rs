@@ -31,11 +31,10 @@ impl Watch {
     /// The path reported for a modification of `modified`: relative to the
     /// connection's home `home` for relative watches (§6.5).
     pub fn event_path<'a>(&self, modified: &'a str, home: &str) -> &'a str {
-        if self.is_relative() {
-            if let Some(rest) = modified.strip_prefix(home).and_then(|r| r.strip_prefix('/')) {
+        if self.is_relative()
+            && let Some(rest) = modified.strip_prefix(home).and_then(|r| r.strip_prefix('/')) {
                 return rest;
             }
-        }
         modified
     }
 

@@ -382,11 +382,10 @@ impl Platform for XenPlatform {
             for &port in &ports {
                 if port == self.virq_port {
                     dom_exc = true;
-                } else if let Some(&conn) = self.ports.get(&port) {
-                    if !fired.contains(&conn) {
+                } else if let Some(&conn) = self.ports.get(&port)
+                    && !fired.contains(&conn) {
                         fired.push(conn);
                     }
-                }
             }
             // Writing the ports back unmasks them (§10.4).
             let bytes: Vec<u8> = ports.iter().flat_map(|p| p.to_ne_bytes()).collect();

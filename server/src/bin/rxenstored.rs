@@ -251,12 +251,11 @@ fn c_compatible_args(argv: Vec<OsString>) -> (Vec<OsString>, Vec<String>) {
             Some((short, long, takes_value)) => {
                 let inline = s.contains('=') || short.is_some_and(|c| s.len() > 2 && s.starts_with(&format!("-{c}")) && !s.starts_with("--"));
                 let mut dropped = s.clone();
-                if *takes_value && !inline {
-                    if let Some(v) = it.next() {
+                if *takes_value && !inline
+                    && let Some(v) = it.next() {
                         dropped.push(' ');
                         dropped.push_str(&v.to_string_lossy());
                     }
-                }
                 warnings.push(format!("ignoring C xenstored option '{dropped}' (--{long}): rxenstored has no equivalent"));
             }
             None => out.push(arg),
