@@ -31,7 +31,7 @@ use crate::conn::{Conn, Fail, Res, error_name, expect_ok, expect_value, show};
 pub const BACKEND: &str = "/local/domain/0/backend";
 /// The shared node every transaction reads.
 pub const CONFIG: &str = "/tool/xsload/config";
-const CONFIG_VALUE: &str = "xsload shared configuration: bridge=xenbr0 script=vif-bridge";
+pub const CONFIG_VALUE: &str = "xsload shared configuration: bridge=xenbr0 script=vif-bridge";
 /// Written after the last domain; watchers stop when they see its event.
 const SENTINEL: &str = "/local/domain/0/backend/xsload-done";
 /// Attempts per domain before the run is declared failed (bounds the loop).
@@ -258,7 +258,13 @@ fn watch_loop(mut client: Client, abandon: &AtomicBool, done: &mpsc::Sender<()>)
 
 /// Eight (key, value) pairs of a device's frontend directory (without
 /// `state`, written after the commit) and eight of its backend directory.
-fn device_keys(kind: &str, d: u32, n: u32, fe: &str, be: &str) -> [[(&'static str, String); 8]; 2] {
+pub fn device_keys(
+    kind: &str,
+    d: u32,
+    n: u32,
+    fe: &str,
+    be: &str,
+) -> [[(&'static str, String); 8]; 2] {
     let mac = format!(
         "00:16:3e:{:02x}:{:02x}:{:02x}",
         (d >> 8) & 0xff,
@@ -318,7 +324,7 @@ fn device_keys(kind: &str, d: u32, n: u32, fe: &str, be: &str) -> [[(&'static st
     }
 }
 
-const DEVICES: [(&str, u32); 4] = [("vif", 0), ("vif", 1), ("vbd", 0), ("vbd", 1)];
+pub const DEVICES: [(&str, u32); 4] = [("vif", 0), ("vif", 1), ("vbd", 0), ("vbd", 1)];
 
 /// Why a transaction attempt did not commit.
 enum Attempt {

@@ -8,6 +8,8 @@
 //! * `floor`: this binary's hidden `floor-server` subcommand (a null store).
 //!
 //! With a CPU given, the daemon is started under `taskset -c CPU`.
+//! [`Daemon::start_sim_rings`] starts rxenstored with `--sim-rings
+//! <rundir>/rings`: simulated guests (`server::sim`) in that directory.
 
 use std::fmt;
 use std::os::unix::net::UnixStream;
@@ -111,6 +113,8 @@ pub struct Daemon {
     socket: PathBuf,
     reg_id: u64,
     shared: PathBuf,
+    /// The `--sim-rings` directory, if the daemon serves simulated guests.
+    rings: Option<PathBuf>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -145,13 +149,26 @@ impl Daemon {
         if kind.is_peer() {
             Daemon::start_peer(kind, progs, cpu)
         } else {
-            Daemon::start_child(kind, progs, cpu)
+            Daemon::start_child(kind, progs, cpu, false)
         }
     }
 
-    fn start_child(kind: Kind, progs: &Programs, cpu: Option<usize>) -> Result<Daemon, StartError> {
+    /// Starts a fresh rxenstored serving simulated guests in
+    /// [`rings_dir`](Self::rings_dir) (inside its run directory, removed
+    /// with it) besides its socket.
+    pub fn start_sim_rings(progs: &Programs, cpu: Option<usize>) -> Result<Daemon, StartError> {
+        Daemon::start_child(Kind::Rxenstored, progs, cpu, true)
+    }
+
+    fn start_child(
+        kind: Kind,
+        progs: &Programs,
+        cpu: Option<usize>,
+        sim_rings: bool,
+    ) -> Result<Daemon, StartError> {
         let (rundir, reg_id) = new_rundir(kind)?;
         let socket = rundir.join("socket");
+        let rings = sim_rings.then(|| rundir.join("rings"));
         let mut cmd = match kind {
             Kind::Floor => {
                 let mut c = with_cpu(cpu, &progs.this_exe);
@@ -170,6 +187,9 @@ impl Daemon {
                 c.arg("--no-fork")
                     .env("XENSTORED_RUNDIR", &rundir)
                     .env_remove("XENSTORED_PATH");
+                if let Some(dir) = &rings {
+                    c.arg("--sim-rings").arg(dir);
+                }
                 c
             }
         };
@@ -192,6 +212,7 @@ impl Daemon {
             socket,
             reg_id,
             shared: progs.shared.clone(),
+            rings,
         };
         d.register();
         d.wait_ready(Duration::from_secs(10))
@@ -245,6 +266,7 @@ impl Daemon {
             rundir,
             reg_id,
             shared: progs.shared.clone(),
+            rings: None,
         };
         d.register();
         d.wait_ready(Duration::from_secs(10))
@@ -302,6 +324,11 @@ impl Daemon {
     /// The Unix socket path.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The simulated guests' directory (`--sim-rings`), if any.
+    pub fn rings_dir(&self) -> Option<&Path> {
+        self.rings.as_deref()
     }
 
     /// The server's process id.

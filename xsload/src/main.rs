@@ -9,6 +9,9 @@
 //! * `conn`: the lean blocking connection of the timed loops, on `wire`'s
 //!   codec; the `Fail` type (stalled vs wrong).
 //! * `pairs`, `bootstorm`, `readheavy`, `large`: the workloads.
+//! * `rings`: `pairs-ring` and `bootstorm-ring`, rxenstored only: the
+//!   guests on simulated shared rings (`--sim-rings`), against the same
+//!   workload over the socket (ring ÷ socket).
 //! * `floor`: the null store server (`xsload floor-server SOCKET`).
 //! * `report`: the sheet of results, as a table or JSON.
 //! * `sys`: CPU affinity, `/proc` memory figures, the signal thread.
@@ -24,6 +27,7 @@ mod large;
 mod pairs;
 mod readheavy;
 mod report;
+mod rings;
 mod sys;
 
 use std::collections::BTreeMap;
@@ -45,11 +49,13 @@ struct Cli {
     /// Tiny sizes (a smoke test of the tool, a few seconds per daemon).
     #[arg(long)]
     quick: bool,
-    /// Workloads to run: pairs, bootstorm, read-heavy, large-tree (comma-separated).
+    /// Workloads to run: pairs, bootstorm, read-heavy, large-tree,
+    /// pairs-ring, bootstorm-ring (comma-separated). The ring variants run
+    /// rxenstored only, over simulated rings and over the socket.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "pairs,bootstorm,read-heavy,large-tree"
+        default_value = "pairs,bootstorm,read-heavy,large-tree,pairs-ring,bootstorm-ring"
     )]
     only: Vec<String>,
     /// Servers to compare: rxenstored, cxenstored, oxenstored, floor (comma-separated).
@@ -77,7 +83,10 @@ struct Cli {
     /// Bootstorm cases as DOMAINS/CLIENTS (comma-separated) [default: 200/1,200/8,1000/16; quick: 20/4].
     #[arg(long, value_delimiter = ',', value_name = "D/C")]
     bootstorm: Vec<String>,
-    /// Requests per `pairs` run, over all connections [default: 40000; quick: 2000].
+    /// bootstorm-ring cases as DOMAINS/CLIENTS [default: 100/4,1000/8; quick: 10/2].
+    #[arg(long, value_delimiter = ',', value_name = "D/C")]
+    bootstorm_ring: Vec<String>,
+    /// Requests per `pairs` (and `pairs-ring`) run, over all connections [default: 40000; quick: 2000].
     #[arg(long, value_name = "N")]
     pairs_requests: Option<u64>,
     /// Timed phase of read-heavy, in seconds [default: 4; quick: 0.3].
@@ -105,6 +114,8 @@ struct Sizes {
     pairs_conns: Vec<usize>,
     pairs_reps: usize,
     boot: Vec<(u32, usize)>,
+    ring_boot: Vec<(u32, usize)>,
+    ring_guest_threads: usize,
     watchers: usize,
     boot_deadline: Duration,
     boot_grace: Duration,
@@ -125,6 +136,8 @@ impl Sizes {
                 pairs_conns: vec![1, 16],
                 pairs_reps: 1,
                 boot: vec![(20, 4)],
+                ring_boot: vec![(10, 2)],
+                ring_guest_threads: 2,
                 watchers: 2,
                 boot_deadline: Duration::from_secs(30),
                 boot_grace: Duration::from_secs(5),
@@ -142,6 +155,8 @@ impl Sizes {
                 pairs_conns: vec![1, 16],
                 pairs_reps: 3,
                 boot: vec![(200, 1), (200, 8), (1000, 16)],
+                ring_boot: vec![(100, 4), (1000, 8)],
+                ring_guest_threads: 4,
                 watchers: 2,
                 boot_deadline: Duration::from_secs(90),
                 boot_grace: Duration::from_secs(10),
@@ -173,27 +188,40 @@ impl Sizes {
             }
         }
         if !cli.bootstorm.is_empty() {
-            s.boot = cli
-                .bootstorm
-                .iter()
-                .map(|c| {
-                    let (d, n) = c.split_once('/').ok_or(())?;
-                    let (d, n) = (d.trim().parse::<u32>(), n.trim().parse::<usize>());
-                    match (d, n) {
-                        (Ok(d), Ok(n)) if d > 0 && (1..=256).contains(&n) => Ok((d, n)),
-                        _ => Err(()),
-                    }
-                })
-                .collect::<Result<_, ()>>()
-                .map_err(|()| {
-                    format!(
-                        "--bootstorm {:?}: expected DOMAINS/CLIENTS (1..=256 clients)",
-                        cli.bootstorm
-                    )
-                })?;
+            s.boot = parse_cases(&cli.bootstorm, u32::MAX).map_err(|()| {
+                format!(
+                    "--bootstorm {:?}: expected DOMAINS/CLIENTS (1..=256 clients)",
+                    cli.bootstorm
+                )
+            })?;
+        }
+        if !cli.bootstorm_ring.is_empty() {
+            s.ring_boot = parse_cases(&cli.bootstorm_ring, 30_000).map_err(|()| {
+                format!(
+                    "--bootstorm-ring {:?}: expected DOMAINS/CLIENTS (1..=30000 domains, 1..=256 clients)",
+                    cli.bootstorm_ring
+                )
+            })?;
         }
         Ok(s)
     }
+}
+
+/// Parses `DOMAINS/CLIENTS` cases (1..=`max_domains`, 1..=256 clients).
+fn parse_cases(cases: &[String], max_domains: u32) -> Result<Vec<(u32, usize)>, ()> {
+    cases
+        .iter()
+        .map(|c| {
+            let (d, n) = c.split_once('/').ok_or(())?;
+            let (d, n) = (d.trim().parse::<u32>(), n.trim().parse::<usize>());
+            match (d, n) {
+                (Ok(d), Ok(n)) if (1..=max_domains).contains(&d) && (1..=256).contains(&n) => {
+                    Ok((d, n))
+                }
+                _ => Err(()),
+            }
+        })
+        .collect()
 }
 
 /// Starts daemons, remembers which ones are unavailable, records failures.
@@ -210,6 +238,27 @@ impl Runner {
             return None;
         }
         match Daemon::start(kind, &self.progs, cpu) {
+            Ok(d) => Some(d),
+            Err(StartError::Unavailable(m)) => {
+                self.sheet.note(format!("{kind} skipped: {m}"));
+                self.unavailable.insert(kind, m);
+                None
+            }
+            Err(e @ StartError::Failed(_)) => {
+                self.sheet.failures += 1;
+                self.sheet.note(format!("{case}: {kind} {e}"));
+                None
+            }
+        }
+    }
+
+    /// A fresh rxenstored serving simulated rings, or `None` (noted).
+    fn start_rings(&mut self, case: &str) -> Option<Daemon> {
+        let kind = Kind::Rxenstored;
+        if self.unavailable.contains_key(&kind) {
+            return None;
+        }
+        match Daemon::start_sim_rings(&self.progs, None) {
             Ok(d) => Some(d),
             Err(StartError::Unavailable(m)) => {
                 self.sheet.note(format!("{kind} skipped: {m}"));
@@ -588,6 +637,275 @@ fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     }
 }
 
+/// Notes a failed ring case (a stall, or a failure of the run) and
+/// returns the text of its cells.
+fn ring_fail(r: &mut Runner, case: &str, e: &Fail, d: &Daemon) -> String {
+    let kind = Kind::Rxenstored;
+    if e.is_stall() {
+        r.sheet.note(format!("{case}: {kind} {e}"));
+        "stalled".into()
+    } else {
+        r.sheet.failures += 1;
+        r.sheet.note(format!(
+            "{case}: {kind} FAILED: {e} (daemon log: {})",
+            d.log_tail()
+        ));
+        "ERROR".into()
+    }
+}
+
+/// Sets a "ring ÷ socket" row from two figures already in the sheet.
+fn ring_ratio(r: &mut Runner, case: &str, metric: &str, ring: &str, socket: &str) {
+    let kind = Kind::Rxenstored;
+    let cell = match (
+        r.sheet.get(case, ring, kind),
+        r.sheet.get(case, socket, kind),
+    ) {
+        (Some(a), Some(b)) if b > 0.0 => Cell::Num(a / b),
+        _ => Cell::Text("–".into()),
+    };
+    let m = Metric {
+        case,
+        metric,
+        unit: Unit::Ratio,
+        better: Better::Higher,
+    };
+    r.sheet.set(m, kind, cell);
+}
+
+fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
+    let kind = Kind::Rxenstored;
+    for &guests in &s.pairs_conns {
+        let case = format!(
+            "pairs-ring {guests} guest{}",
+            if guests == 1 { "" } else { "s" }
+        );
+        let per = (s.pairs_requests / 2 / guests as u64).max(1);
+        let mut cells = Vec::new();
+        for t in rings::Transport::BOTH {
+            let Some(mut d) = r.start_rings(&case) else {
+                cells.push(Cell::Text("no start".into()));
+                continue;
+            };
+            let mut runs = Vec::new();
+            let mut failed = None;
+            for rep in 0..s.pairs_reps {
+                let res = match (t, d.rings_dir()) {
+                    (rings::Transport::Ring, Some(dir)) => {
+                        let p = rings::PairsRing {
+                            guests,
+                            // Fresh domains for every run.
+                            first: u16::try_from(1 + rep * guests).unwrap_or(u16::MAX),
+                            pairs_per_guest: per,
+                            value_bytes: 16,
+                            keys: 16,
+                            timeout: s.reply_timeout,
+                        };
+                        rings::pairs(d.socket(), dir, &p)
+                    }
+                    (rings::Transport::Ring, None) => {
+                        Err(Fail::Wrong("the daemon has no rings directory".into()))
+                    }
+                    (rings::Transport::Socket, _) => {
+                        let p = pairs::Pairs {
+                            conns: guests,
+                            pairs_per_conn: per,
+                            value_bytes: 16,
+                            keys: 16,
+                            pin: None,
+                            timeout: s.reply_timeout,
+                        };
+                        pairs::run(d.socket(), &p)
+                    }
+                };
+                match res {
+                    Ok(v) => runs.push(v),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                Some(e) => cells.push(Cell::Text(ring_fail(r, &case, &e, &d))),
+                None => {
+                    runs.sort_by(f64::total_cmp);
+                    let median = runs[runs.len() / 2];
+                    progress(
+                        &case,
+                        kind,
+                        &format!(
+                            "over {}: {median:.0} req/s (runs: {})",
+                            t.name(),
+                            runs.iter()
+                                .map(|v| format!("{v:.0}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                    cells.push(Cell::Num(median));
+                }
+            }
+            r.check_alive(&mut d, &case);
+        }
+        let names = ["req/s over rings", "req/s over the socket"];
+        for (name, cell) in names.iter().zip(cells) {
+            let m = Metric {
+                case: &case,
+                metric: name,
+                unit: Unit::PerSec,
+                better: Better::Higher,
+            };
+            r.sheet.set(m, kind, cell);
+        }
+        ring_ratio(r, &case, "req/s ring ÷ socket", names[0], names[1]);
+    }
+}
+
+fn run_bootstorm_ring(r: &mut Runner, s: &Sizes) {
+    let kind = Kind::Rxenstored;
+    for &(domains, clients) in &s.ring_boot {
+        let case = format!("bootstorm-ring {domains} dom/{clients} cl");
+        // Per transport: the result and peak RSS, or the text of the cells.
+        let mut outcomes: Vec<Result<(rings::BootRingResult, Cell), String>> = Vec::new();
+        for t in rings::Transport::BOTH {
+            let Some(mut d) = r.start_rings(&case) else {
+                outcomes.push(Err("no start".into()));
+                continue;
+            };
+            let Some(dir) = d.rings_dir().map(std::path::Path::to_path_buf) else {
+                outcomes.push(Err("no rings".into()));
+                continue;
+            };
+            let b = rings::BootRing {
+                domains,
+                clients,
+                guest_threads: s.ring_guest_threads,
+                transport: t,
+                rings: dir,
+                reply_timeout: s.reply_timeout,
+                deadline: s.boot_deadline,
+                grace: s.boot_grace,
+            };
+            match rings::bootstorm(d.socket(), &b) {
+                Err(e) => outcomes.push(Err(ring_fail(r, &case, &e, &d))),
+                Ok(res) => {
+                    progress(
+                        &case,
+                        kind,
+                        &format!(
+                            "guests over {}: {} domains in {:.2} s, {} requests, {} retries, {} events ({} frontend state)",
+                            t.name(),
+                            res.domains_done,
+                            res.elapsed,
+                            res.requests,
+                            res.retries,
+                            res.events,
+                            res.state_events
+                        ),
+                    );
+                    if res.timed_out {
+                        r.sheet.note(format!(
+                            "{case}: guests over {}: deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
+                            t.name(),
+                            s.boot_deadline,
+                            res.domains_done
+                        ));
+                    }
+                    if res.watcher_stalled {
+                        r.sheet.note(format!(
+                            "{case}: guests over {}: the watcher did not get the final event within {:?}",
+                            t.name(),
+                            s.boot_grace
+                        ));
+                    }
+                    let hwm = match d.hwm() {
+                        Ok(v) => Cell::Num(v as f64),
+                        Err(e) => Cell::Text(format!("? ({e})")),
+                    };
+                    outcomes.push(Ok((res, hwm)));
+                }
+            }
+            r.check_alive(&mut d, &case);
+        }
+        type Figure = fn(&rings::BootRingResult) -> Cell;
+        let rate = |v: f64, res: &rings::BootRingResult| {
+            if res.timed_out {
+                Cell::NumNote(v, "(timeout)".into())
+            } else {
+                Cell::Num(v)
+            }
+        };
+        let rows: [(&str, Unit, Better, Option<Figure>); 7] = [
+            (
+                "elapsed",
+                Unit::Secs,
+                Better::Lower,
+                Some(|res| Cell::Num(res.elapsed)),
+            ),
+            ("domains/s", Unit::PerSec, Better::Higher, None),
+            ("req/s", Unit::PerSec, Better::Higher, None),
+            (
+                "EAGAIN retries",
+                Unit::Count,
+                Better::Lower,
+                Some(|res| Cell::Num(res.retries as f64)),
+            ),
+            (
+                "events, watcher",
+                Unit::Count,
+                Better::Neither,
+                Some(|res| {
+                    if res.watcher_stalled {
+                        Cell::NumNote(res.events as f64, "stalled".into())
+                    } else {
+                        Cell::Num(res.events as f64)
+                    }
+                }),
+            ),
+            (
+                "of which guests' state",
+                Unit::Count,
+                Better::Neither,
+                Some(|res| Cell::Num(res.state_events as f64)),
+            ),
+            ("peak RSS (VmHWM)", Unit::Bytes, Better::Lower, None),
+        ];
+        for (name, unit, better, figure) in rows {
+            let mut names = Vec::new();
+            for (t, outcome) in rings::Transport::BOTH.into_iter().zip(&outcomes) {
+                let metric = format!("{name} ({})", t.name());
+                let cell = match outcome {
+                    Err(text) => Cell::Text(text.clone()),
+                    Ok((res, hwm)) => match (name, figure) {
+                        (_, Some(f)) => f(res),
+                        ("domains/s", _) => rate(f64::from(res.domains_done) / res.elapsed, res),
+                        ("req/s", _) => rate(res.requests as f64 / res.elapsed, res),
+                        _ => hwm.clone(),
+                    },
+                };
+                let m = Metric {
+                    case: &case,
+                    metric: &metric,
+                    unit,
+                    better,
+                };
+                r.sheet.set(m, kind, cell);
+                names.push(metric);
+            }
+            if matches!(name, "domains/s" | "req/s") && names.len() == 2 {
+                ring_ratio(
+                    r,
+                    &case,
+                    &format!("{name} ring ÷ socket"),
+                    &names[0],
+                    &names[1],
+                );
+            }
+        }
+    }
+}
+
 fn default_rxenstored(this_exe: &std::path::Path) -> PathBuf {
     if let Some(p) = std::env::var_os("RXENSTORED_BIN") {
         return PathBuf::from(p);
@@ -639,7 +957,14 @@ fn main() -> ExitCode {
             }
         }
     }
-    const WORKLOADS: [&str; 4] = ["pairs", "bootstorm", "read-heavy", "large-tree"];
+    const WORKLOADS: [&str; 6] = [
+        "pairs",
+        "bootstorm",
+        "read-heavy",
+        "large-tree",
+        "pairs-ring",
+        "bootstorm-ring",
+    ];
     for w in &cli.only {
         if !WORKLOADS.contains(&w.trim()) {
             eprintln!("xsload: unknown workload {w:?} ({})", WORKLOADS.join(", "));
@@ -686,6 +1011,20 @@ fn main() -> ExitCode {
     if wants("large-tree") {
         run_large(&mut r, &kinds, &sizes);
     }
+    // The ring variants: rxenstored only (the reference daemons cannot
+    // serve simulated rings).
+    let ring_workloads = wants("pairs-ring") || wants("bootstorm-ring");
+    if ring_workloads && !kinds.contains(&Kind::Rxenstored) {
+        r.sheet
+            .note("pairs-ring, bootstorm-ring skipped: rxenstored is not among --daemons");
+    } else {
+        if wants("pairs-ring") {
+            run_pairs_ring(&mut r, &sizes);
+        }
+        if wants("bootstorm-ring") {
+            run_bootstorm_ring(&mut r, &sizes);
+        }
+    }
     let took = started.elapsed().as_secs_f64();
     // Columns: the daemons asked for (the floor only if pairs ran).
     let columns: Vec<Kind> = kinds
@@ -715,7 +1054,7 @@ fn main() -> ExitCode {
     } else {
         print!("{}", r.sheet.table(&columns));
         println!(
-            "\n(↑ higher is better, ↓ lower; ratios are rxenstored ÷ the better of cxenstored/oxenstored, and ÷ the floor; {took:.0} s)"
+            "\n(↑ higher is better, ↓ lower; ratios are rxenstored ÷ the better of cxenstored/oxenstored, and ÷ the floor; ring rows: rxenstored only, ring ÷ socket; {took:.0} s)"
         );
     }
     if r.sheet.failures > 0 {

@@ -2,7 +2,9 @@
 //! the floor and (when start-peer can run them here) C xenstored and
 //! oxenstored. Guards against the tool rotting: it must exit 0, run every
 //! workload, check every reply, and give rxenstored and the floor a figure
-//! in every row that applies to them.
+//! in every row that applies to them. The ring variants (`pairs-ring`,
+//! `bootstorm-ring`: rxenstored over simulated rings and over the socket)
+//! are part of the quick run.
 //!
 //! rxenstored is the binary next to xsload (`cargo build -p server` in the
 //! same target directory), else `../release/rxenstored`, else
@@ -13,13 +15,29 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const CASES: [&str; 6] = [
+const CASES: [&str; 9] = [
     "pairs 1 conn",
     "pairs 16 conns",
     "bootstorm 20 dom/4 cl",
     "read-heavy 1 core",
     "read-heavy 2 cores",
     "large tree",
+    "pairs-ring 1 guest",
+    "pairs-ring 16 guests",
+    "bootstorm-ring 10 dom/2 cl",
+];
+
+/// Rows of the ring variants that must be there, with a figure.
+const RING_ROWS: [(&str, &str); 6] = [
+    ("pairs-ring 1 guest", "req/s over rings"),
+    ("pairs-ring 16 guests", "req/s ring ÷ socket"),
+    ("bootstorm-ring 10 dom/2 cl", "domains/s (ring)"),
+    ("bootstorm-ring 10 dom/2 cl", "domains/s ring ÷ socket"),
+    (
+        "bootstorm-ring 10 dom/2 cl",
+        "of which guests' state (ring)",
+    ),
+    ("bootstorm-ring 10 dom/2 cl", "peak RSS (VmHWM) (ring)"),
 ];
 
 fn required() -> Vec<String> {
@@ -72,6 +90,26 @@ fn quick_run_all_daemons_json() {
             "no row for {case}:\n{stdout}"
         );
     }
+    if !unavailable.contains_key("rxenstored") {
+        for (case, metric) in RING_ROWS {
+            let row = rows
+                .iter()
+                .find(|r| r["case"] == case && r["metric"] == metric)
+                .unwrap_or_else(|| panic!("no row {case} / {metric}:\n{stdout}"));
+            assert!(
+                row["values"]["rxenstored"].is_number(),
+                "{case} / {metric}: {row}"
+            );
+        }
+        let state = rows
+            .iter()
+            .find(|r| {
+                r["case"] == "bootstorm-ring 10 dom/2 cl"
+                    && r["metric"] == "of which guests' state (ring)"
+            })
+            .and_then(|r| r["values"]["rxenstored"].as_f64());
+        assert_eq!(state, Some(40.0), "4 frontend state events per guest");
+    }
     for r in rows {
         let case = r["case"].as_str().unwrap_or_default();
         let values = r["values"].as_object().expect("values");
@@ -87,7 +125,7 @@ fn quick_run_all_daemons_json() {
                 r["metric"]
             );
         }
-        let applies_to_floor = case.starts_with("pairs");
+        let applies_to_floor = case.starts_with("pairs ");
         for kind in ["rxenstored", "floor"] {
             if unavailable.contains_key(kind) || (kind == "floor" && !applies_to_floor) {
                 continue;
