@@ -15,6 +15,8 @@
 //! * [`message`]: a small decoder of xenstore wire messages for the pending
 //!   input/output bytes of connections.
 //! * [`engine_conv`]: to and from the engine's store snapshot.
+//! * [`checkpoint`]: rxenstored's own checkpoints and state directories
+//!   (the `persist` crate), read into the same model.
 //! * [`cver`]: the §1.7 rules: would C 4.17 / 4.21 / 4.22 restore this?
 //! * [`oxenstored`]: oxenstored's `$xenstored-dump-format` text, read into
 //!   the same model.
@@ -32,6 +34,7 @@
 //!   converts to and from the engine's store in [`engine_conv`].
 
 pub mod bytes;
+pub mod checkpoint;
 pub mod cver;
 pub mod engine_conv;
 pub mod message;

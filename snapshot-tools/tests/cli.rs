@@ -243,3 +243,162 @@ fn bad_arguments_are_rejected_cleanly() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown C version"));
 }
+
+const STREAMS: [&str; 4] = [
+    "lu1-basic-4.17.state",
+    "lu2-busy-4.17.state",
+    "lu3-restored-4.17.state",
+    "lu4-many-delayed-4.17.state",
+];
+
+/// `diff --json` of two files: only the version may differ.
+fn assert_same_content(a: &str, b: &str) {
+    let v = json(&run(&["--json", "diff", a, b]));
+    for k in ["nodes", "connections", "watches"] {
+        assert_eq!(
+            v["diff"][k],
+            serde_json::json!([]),
+            "{a} vs {b}: {k} differ: {v}"
+        );
+    }
+    let other = v["diff"]["other"].as_array().expect("other");
+    assert!(
+        other
+            .iter()
+            .all(|l| l.as_str().is_some_and(|l| l.contains("version"))),
+        "{a} vs {b}: {v}"
+    );
+}
+
+fn p(path: &std::path::Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+#[test]
+fn convert_to_own_version_is_byte_identical_on_every_real_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for f in STREAMS {
+        let input = std::fs::read(data(f)).expect("read");
+        let version = u32::from_be_bytes([input[8], input[9], input[10], input[11]]);
+        let to = format!("v{version}");
+        let outp = dir.path().join(format!("{f}.same"));
+        let o = run(&["convert", "--to", &to, &data(f), p(&outp)]);
+        assert_eq!(o.status.code(), Some(0), "{f}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains(&format!("version {version} stream, {} bytes", input.len())),
+            "{}",
+            stdout(&o)
+        );
+        let written = std::fs::read(&outp).expect("output");
+        assert!(
+            written == input,
+            "{f}: converting to {to} changed the bytes"
+        );
+    }
+}
+
+#[test]
+fn convert_v1_to_v2_and_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for f in STREAMS {
+        let input = std::fs::read(data(f)).expect("read");
+        let v2 = dir.path().join(format!("{f}.v2"));
+        let o = run(&["convert", "--to", "v2", &data(f), p(&v2)]);
+        assert_eq!(o.status.code(), Some(0), "{f}: {}", stderr(&o));
+        let bytes = std::fs::read(&v2).expect("v2");
+        assert_eq!(&bytes[8..12], &2u32.to_be_bytes(), "{f}: preamble version");
+        // Same content: no differences, and v2 puts special nodes after the tree.
+        assert_same_content(&data(f), p(&v2));
+        let v = json(&run(&["--json", "records", p(&v2)]));
+        let recs = v["records"].as_array().expect("records");
+        let first_node = recs
+            .iter()
+            .find(|r| r["type"] == "NODE_DATA")
+            .expect("a node");
+        assert!(
+            first_node["decode"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("path='/'")),
+            "{f}: first node in v2 should be the root: {first_node}"
+        );
+        let o = run(&["validate", p(&v2), "--as-c", "4.22"]);
+        assert_eq!(o.status.code(), Some(0), "{f}: {}", stdout(&o));
+        // And back to v1: the 4.17 layout again, so the original bytes.
+        let v1 = dir.path().join(format!("{f}.v1"));
+        let o = run(&["--json", "convert", "--to", "v1", p(&v2), p(&v1)]);
+        assert_eq!(o.status.code(), Some(0), "{f}: {}", stderr(&o));
+        assert_eq!(json(&o)["input_version"], 2);
+        assert!(
+            std::fs::read(&v1).expect("v1") == input,
+            "{f}: v1 -> v2 -> v1 changed the bytes"
+        );
+    }
+}
+
+#[test]
+fn convert_oxenstored_dump() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for to in ["v1", "v2"] {
+        let outp = dir.path().join(format!("ox.{to}"));
+        let o = run(&["convert", "--to", to, &data("ox1-4.17.db"), p(&outp)]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(stdout(&o).contains("oxenstored LU text"), "{}", stdout(&o));
+        let o = run(&["tree", p(&outp), "/local/domain/4"]);
+        assert_eq!(stdout(&o), "name = \"guest4\"  (n0)\n");
+        assert_same_content(&data("ox1-4.17.db"), p(&outp));
+        let o = run(&["validate", p(&outp)]);
+        assert_eq!(o.status.code(), Some(0), "{to}: {}", stdout(&o));
+    }
+}
+
+#[test]
+fn convert_errors_name_the_file_and_offset() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bytes = std::fs::read(data("lu1-basic-4.17.state")).expect("read");
+    let cut = dir.path().join("cut.state");
+    std::fs::write(&cut, &bytes[..0x3a0]).expect("write");
+    let outp = dir.path().join("out");
+    let o = run(&["convert", "--to", "v2", p(&cut), p(&outp)]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("cut.state: offset 0x0380: NODE_DATA length 56 runs past end of file"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(!outp.exists(), "nothing written for a damaged input");
+    // Not a stream.
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"hello world, not xenstore").expect("write");
+    let o = run(&["convert", "--to", "v1", p(&junk), p(&outp)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("junk: offset 0x0: bad ident"),
+        "{}",
+        stderr(&o)
+    );
+    // Unwritable output.
+    let o = run(&[
+        "convert",
+        "--to",
+        "v1",
+        &data("lu1-basic-4.17.state"),
+        "/nonexistent-dir/out.state",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/nonexistent-dir/out.state: cannot write"),
+        "{}",
+        stderr(&o)
+    );
+    // Bad version.
+    let o = run(&[
+        "convert",
+        "--to",
+        "v3",
+        &data("lu1-basic-4.17.state"),
+        p(&outp),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("v3"), "{}", stderr(&o));
+}

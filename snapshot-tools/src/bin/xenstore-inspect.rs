@@ -1,8 +1,11 @@
 //! `xenstore-inspect`: offline inspector for xenstore live-update state
-//! files (C `state_dump` binary streams and oxenstored `db` text dumps).
+//! files (C `state_dump` binary streams and oxenstored `db` text dumps),
+//! and rxenstored's own checkpoints (a `checkpoint-*.rxs` file or a state
+//! directory).
 //!
 //! Exit status: 0 = fine; 1 = the file has problems (`validate`) or the
-//! files differ (`diff`); 2 = the file could not be read at all.
+//! files differ (`diff`); 2 = the file could not be read at all (or, for
+//! `convert`, not converted or not written).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -11,10 +14,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use snapshot_tools::bytes::escape;
+use snapshot_tools::checkpoint::{self, CheckpointError};
 use snapshot_tools::cver::{self, CVersion};
 use snapshot_tools::read::Item;
 use snapshot_tools::report::{self, Style};
-use snapshot_tools::{Parsed, ReadError, Severity, oxenstored, read_stream};
+use snapshot_tools::{
+    Parsed, ReadError, Severity, WriteError, WriteFormat, oxenstored, read_stream, write_stream,
+};
 
 /// Inspect xenstore migration streams and oxenstored dumps.
 #[derive(Debug, Parser)]
@@ -51,7 +57,40 @@ enum Cmd {
     },
     /// Tree, connection, watch and domain differences between two files.
     Diff { file_a: PathBuf, file_b: PathBuf },
+    /// Write a file as a migration stream of the given version (from a
+    /// stream, an oxenstored dump or an rxenstored checkpoint). A stream
+    /// converted to its own version is reproduced byte for byte.
+    Convert {
+        /// Stream version to write.
+        #[arg(long = "to", value_enum)]
+        to: StreamVersion,
+        input: PathBuf,
+        output: PathBuf,
+    },
 }
+
+/// `convert --to`: stream versions we write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StreamVersion {
+    /// Version 1, as Xen 4.17 writes it (special nodes before the tree).
+    V1,
+    /// Version 2, as Xen HEAD writes it.
+    V2,
+}
+
+impl StreamVersion {
+    fn number(self) -> u32 {
+        match self {
+            StreamVersion::V1 => 1,
+            StreamVersion::V2 => 2,
+        }
+    }
+}
+
+const KIND_STREAM: &str = "binary stream";
+const KIND_OX: &str = "oxenstored LU text";
+const KIND_CHECKPOINT: &str = "rxenstored checkpoint";
+const KIND_STATE_DIR: &str = "rxenstored state directory";
 
 /// Errors that stop the inspector; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +111,29 @@ enum InspectError {
         "{file}: offset 0x0: oxenstored persistent-store text, not a live-update dump (not supported)"
     )]
     Persistent { file: String },
+    #[error("{0}")]
+    State(CheckpointError),
+    #[error(
+        "{file}: offset 0x{offset:04x}: {problem}; not converted (a damaged file cannot be reproduced, see `validate`)"
+    )]
+    Damaged {
+        file: String,
+        offset: u64,
+        problem: String,
+    },
+    #[error("{file}: cannot be written as a version {version} stream: {source}")]
+    Unwritable {
+        file: String,
+        version: u32,
+        source: WriteError,
+    },
+    #[error("{file}: cannot write: {source}")]
+    WriteOut {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: internal error: the converted stream does not read back cleanly: {what}")]
+    NotReadBack { file: String, what: String },
     #[error("{file}: no node {path:?}")]
     NoNode { file: String, path: String },
     #[error("cannot write output: {0}")]
@@ -83,14 +145,35 @@ struct Loaded {
     name: String,
     kind: &'static str,
     parsed: Parsed,
+    /// For rxenstored state: the last commit included and repair warnings.
+    state_note: Option<String>,
 }
 
 fn load(path: &Path) -> Result<Loaded, InspectError> {
     let name = path.display().to_string();
+    if path.is_dir() {
+        let st = checkpoint::load_dir(path).map_err(InspectError::State)?;
+        return Ok(Loaded {
+            name,
+            kind: KIND_STATE_DIR,
+            state_note: Some(state_note(&st)),
+            parsed: st.parsed,
+        });
+    }
     let data = std::fs::read(path).map_err(|source| InspectError::Io {
         file: name.clone(),
         source,
     })?;
+    if checkpoint::is_checkpoint(&data) {
+        drop(data);
+        let st = checkpoint::load_file(path).map_err(InspectError::State)?;
+        return Ok(Loaded {
+            name,
+            kind: KIND_CHECKPOINT,
+            state_note: Some(state_note(&st)),
+            parsed: st.parsed,
+        });
+    }
     if data.starts_with(oxenstored::HEADER.as_bytes()) {
         let parsed = oxenstored::read_dump(&data).map_err(|source| InspectError::Oxenstored {
             file: name.clone(),
@@ -98,8 +181,9 @@ fn load(path: &Path) -> Result<Loaded, InspectError> {
         })?;
         return Ok(Loaded {
             name,
-            kind: "oxenstored LU text",
+            kind: KIND_OX,
             parsed,
+            state_note: None,
         });
     }
     if data.starts_with(b"/") && data.contains(&b'{') {
@@ -111,9 +195,21 @@ fn load(path: &Path) -> Result<Loaded, InspectError> {
     })?;
     Ok(Loaded {
         name,
-        kind: "binary stream",
+        kind: KIND_STREAM,
         parsed,
+        state_note: None,
     })
+}
+
+fn state_note(st: &checkpoint::LoadedState) -> String {
+    let mut s = format!(
+        "rxenstored state after commit {} (tree, domains, guest watches and quotas; no sockets, pending data or transactions)",
+        st.seq
+    );
+    for w in &st.warnings {
+        s += &format!("; repaired: {w}");
+    }
+    s
 }
 
 fn main() -> ExitCode {
@@ -152,10 +248,14 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
             let l = load(file)?;
             let mut s = report::summarize(&l.name, &l.parsed);
             s.kind = l.kind.to_string();
-            if l.kind != "binary stream" {
-                s.producer =
-                    "oxenstored (text dump; no pending data, transactions, targets or quotas)"
-                        .into();
+            if l.kind != KIND_STREAM {
+                s.producer = match &l.state_note {
+                    Some(note) => note.clone(),
+                    None => {
+                        "oxenstored (text dump; no pending data, transactions, targets or quotas)"
+                            .into()
+                    }
+                };
                 s.evidence.clear();
                 s.preamble_ok_c417 = false;
                 s.preamble_ok_c421 = false;
@@ -215,7 +315,7 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
         }
         Cmd::Records { file, hex } => {
             let l = load(file)?;
-            if l.kind != "binary stream" {
+            if l.kind != KIND_STREAM {
                 out(&format!(
                     "{}: {} has no binary records; use summary or tree",
                     l.name, l.kind
@@ -265,7 +365,7 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                 .count();
             let verdict = as_c.map(|v| {
                 let mut verdict = cver::check(&l.parsed, v);
-                if l.kind != "binary stream" {
+                if l.kind != KIND_STREAM {
                     verdict.accepted = false;
                     verdict.breaks.insert(
                         0,
@@ -371,8 +471,72 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                 ExitCode::from(1)
             });
         }
+        Cmd::Convert { to, input, output } => {
+            let l = load(input)?;
+            convert(l, *to, output, cli.json)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `convert`: the loaded file as a stream of version `to`, written to
+/// `output` only once it is known to be writable and to read back cleanly.
+fn convert(l: Loaded, to: StreamVersion, output: &Path, json: bool) -> Result<(), InspectError> {
+    if let Some(f) = l.parsed.first_error() {
+        return Err(InspectError::Damaged {
+            file: l.name,
+            offset: f.offset,
+            problem: f.problem.to_string(),
+        });
+    }
+    let version = to.number();
+    let from_version = l.parsed.snapshot.version;
+    let mut snap = l.parsed.snapshot;
+    // Same version of a binary stream: keep its layout (special nodes
+    // where they were), so the bytes come back unchanged. Otherwise the
+    // layout the C writer of that version uses.
+    let format = if l.kind == KIND_STREAM && from_version == version {
+        WriteFormat::detect(&snap)
+    } else {
+        WriteFormat::for_version(version)
+    };
+    snap.version = version;
+    let bytes = write_stream(&snap, format).map_err(|source| InspectError::Unwritable {
+        file: l.name.clone(),
+        version,
+        source,
+    })?;
+    let out_name = output.display().to_string();
+    let back = read_stream(&bytes).map_err(|e| InspectError::NotReadBack {
+        file: out_name.clone(),
+        what: e.to_string(),
+    })?;
+    if let Some(f) = back.first_error() {
+        return Err(InspectError::NotReadBack {
+            file: out_name,
+            what: f.to_string(),
+        });
+    }
+    std::fs::write(output, &bytes).map_err(|source| InspectError::WriteOut {
+        file: out_name.clone(),
+        source,
+    })?;
+    if json {
+        json_out(&json!({
+            "input": l.name, "input_kind": l.kind, "input_version": from_version,
+            "output": out_name, "version": version, "bytes": bytes.len(),
+            "records": back.records.len(), "nodes": back.snapshot.nodes.len(),
+        }))
+    } else {
+        out(&format!(
+            "{} ({}, version {from_version}) -> {out_name}: version {version} stream, {} bytes, {} records, {} nodes",
+            l.name,
+            l.kind,
+            bytes.len(),
+            back.records.len(),
+            back.snapshot.nodes.len()
+        ))
+    }
 }
 
 /// Hex dump lines of one record (header included), bounded by the file.
