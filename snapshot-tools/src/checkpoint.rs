@@ -3,7 +3,8 @@
 //! them with the same reports.
 //!
 //! What is shown: the tree (via [`crate::engine_conv::from_engine`]), one
-//! DOMAIN_DATA per domain record (features, quota overrides), one ring
+//! DOMAIN_DATA per domain record that is introduced or named by a node
+//! (features, quota overrides), one ring
 //! connection per *introduced* domain (with its SET_TARGET and its
 //! watches) and the global quotas. A checkpoint has no sockets, pending
 //! bytes or transactions. The ring's `evtchn` is the port the daemon
@@ -151,8 +152,19 @@ pub fn snapshot_from_state(state: &persist::State) -> Snapshot {
             global_only: Vec::new(),
         });
     }
+    // A DOMAIN_DATA record must follow a reference to its domain (a ring or
+    // a node permission, §5.3); a record of a domain that is neither
+    // introduced nor named by any node is not shown.
+    let named: std::collections::BTreeSet<u16> = snap
+        .nodes
+        .iter()
+        .flat_map(|n| n.perms.iter().map(|p| p.domid))
+        .collect();
     let mut conn_id = 0u32;
     for d in &state.domains {
+        if !d.introduced && !named.contains(&d.domid) {
+            continue;
+        }
         snap.domains.push(DomainData {
             domid: d.domid,
             features: d.features,
