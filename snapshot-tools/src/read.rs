@@ -5,7 +5,14 @@
 //! §5.3) becomes a [`Finding`] with its file offset, and reading goes on
 //! at the next record whenever the record length allows it.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Maps keyed per record: SipHash was the largest cost of reading a
+/// 1M-node stream, and nothing here needs DoS-resistant hashing beyond
+/// foldhash's random seed.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 use crate::bytes::{roundup8, u16_at, u32_at, u64_at};
 use crate::message::{PAYLOAD_MAX, decode_messages};
@@ -360,10 +367,11 @@ pub fn read_stream(buf: &[u8]) -> Result<Parsed, ReadError> {
             records: Vec::new(),
             findings: Vec::new(),
         },
-        conn_index: HashMap::new(),
-        node_paths: HashMap::new(),
+        conn_index: FastMap::default(),
+        node_paths: FastMap::default(),
         waiting_parent: Vec::new(),
-        transactions: HashSet::new(),
+        ancestry: Vec::new(),
+        transactions: FastSet::default(),
         domids_seen: BTreeSet::new(),
         global_quota_seen: false,
     };
@@ -376,6 +384,7 @@ pub fn read_stream(buf: &[u8]) -> Result<Parsed, ReadError> {
     if order == ByteOrder::Big {
         r.find(12, Problem::ForeignByteOrder);
     }
+    r.reserve();
     r.walk();
     r.finish();
     Ok(r.parsed)
@@ -386,19 +395,22 @@ struct Reader<'a> {
     order: ByteOrder,
     parsed: Parsed,
     /// conn-id → index of its connection.
-    conn_index: HashMap<u32, usize>,
-    /// committed path → offset of its record.
-    node_paths: HashMap<Vec<u8>, u64>,
+    conn_index: FastMap<u32, usize>,
+    /// committed path (borrowed from the input) → offset of its record.
+    node_paths: FastMap<&'a [u8], u64>,
     /// (offset, path) of nodes whose parent was not seen yet.
-    waiting_parent: Vec<(u64, Vec<u8>)>,
+    waiting_parent: Vec<(u64, &'a [u8])>,
+    /// Committed paths from the root down to the previous node (see
+    /// [`Reader::parent_seen`]).
+    ancestry: Vec<&'a [u8]>,
     /// (conn-id, tx-id) of TRANSACTION_DATA seen so far.
-    transactions: HashSet<(u32, u32)>,
+    transactions: FastSet<(u32, u32)>,
     /// Domain ids referenced so far (connections, targets, node owners).
     domids_seen: BTreeSet<u16>,
     global_quota_seen: bool,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn find(&mut self, offset: u64, problem: Problem) {
         let severity = problem.severity();
         self.parsed.findings.push(Finding {
@@ -406,6 +418,31 @@ impl Reader<'_> {
             severity,
             problem,
         });
+    }
+
+    /// Sizes the per-record tables from a pass over the record headers
+    /// alone, so that a 1M-node stream is not rehashed and copied
+    /// twenty times as it grows. The counts are of records really present,
+    /// so a hostile length cannot make this reserve more than the file holds.
+    fn reserve(&mut self) {
+        let (mut records, mut nodes) = (0usize, 0usize);
+        let mut pos = PREAMBLE_LEN;
+        while let (Some(t), Some(length)) = (
+            u32_at(self.buf, pos, self.order),
+            u32_at(self.buf, pos + 4, self.order),
+        ) {
+            records += 1;
+            if t == rtype::NODE {
+                nodes += 1;
+            }
+            if t == rtype::END {
+                break;
+            }
+            pos = pos.saturating_add(8).saturating_add(length as usize);
+        }
+        self.parsed.records.reserve(records);
+        self.parsed.snapshot.nodes.reserve(nodes);
+        self.node_paths.reserve(nodes);
     }
 
     fn walk(&mut self) {
@@ -515,7 +552,7 @@ impl Reader<'_> {
         }
     }
 
-    fn record(&mut self, at: u64, t: u32, length: u32, body: &[u8]) -> Item {
+    fn record(&mut self, at: u64, t: u32, length: u32, body: &'a [u8]) -> Item {
         let first = self.parsed.records.is_empty();
         match t {
             rtype::END => Item::End,
@@ -799,7 +836,20 @@ impl Reader<'_> {
         Item::Transaction(idx)
     }
 
-    fn node(&mut self, at: u64, length: u32, body: &[u8]) -> Item {
+    /// Whether `parent` was seen. Writers emit the tree in pre-order, so
+    /// the parent is almost always on the chain of the previous node's
+    /// ancestors: check that chain first and hash only when it is not.
+    fn parent_seen(&mut self, parent: &[u8]) -> bool {
+        while let Some(top) = self.ancestry.last() {
+            if *top == parent {
+                return true;
+            }
+            self.ancestry.pop();
+        }
+        self.node_paths.contains_key(parent)
+    }
+
+    fn node(&mut self, at: u64, length: u32, body: &'a [u8]) -> Item {
         const NAME: &str = "NODE_DATA";
         if self.too_small(at, NAME, length, 16) {
             return Item::Skipped;
@@ -835,19 +885,20 @@ impl Reader<'_> {
                 },
             );
         }
-        let path = path.strip_suffix(&[0]).unwrap_or(path).to_vec();
-        let shown = String::from_utf8_lossy(&path).into_owned();
+        let path: &'a [u8] = path.strip_suffix(&[0]).unwrap_or(path);
+        // Only built when a finding needs it: most nodes have none.
+        let shown = || String::from_utf8_lossy(path).into_owned();
         if !matches!(path.first(), Some(b'/') | Some(b'@')) {
-            self.find(at, Problem::BadPath(shown.clone()));
+            self.find(at, Problem::BadPath(shown()));
         }
         if path.len() > 3072 {
-            self.find(at, Problem::PathTooLong(shown.clone()));
+            self.find(at, Problem::PathTooLong(shown()));
         }
         if value.len() > PAYLOAD_MAX as usize {
             self.find(
                 at,
                 Problem::ValueTooLong {
-                    path: shown.clone(),
+                    path: shown(),
                     len: value.len(),
                 },
             );
@@ -865,7 +916,7 @@ impl Reader<'_> {
                 self.find(
                     at,
                     Problem::BadPermLetter {
-                        path: shown.clone(),
+                        path: shown(),
                         letter: p.letter,
                     },
                 );
@@ -874,7 +925,7 @@ impl Reader<'_> {
                 self.find(
                     at,
                     Problem::BadPermFlags {
-                        path: shown.clone(),
+                        path: shown(),
                         flags: p.flags,
                     },
                 );
@@ -882,18 +933,20 @@ impl Reader<'_> {
         }
         if conn_id == 0 {
             if perms.is_empty() {
-                self.find(at, Problem::NoPerms(shown.clone()));
+                self.find(at, Problem::NoPerms(shown()));
             }
-            if self.node_paths.contains_key(&path) {
-                self.find(at, Problem::DuplicatePath(shown.clone()));
-            } else {
-                self.node_paths.insert(path.clone(), at);
+            match self.node_paths.entry(path) {
+                Entry::Occupied(_) => self.find(at, Problem::DuplicatePath(shown())),
+                Entry::Vacant(v) => {
+                    v.insert(at);
+                }
             }
-            if let Some(parent) = parent_of(&path)
-                && !self.node_paths.contains_key(parent)
+            if let Some(parent) = parent_of(path)
+                && !self.parent_seen(parent)
             {
-                self.waiting_parent.push((at, path.clone()));
+                self.waiting_parent.push((at, path));
             }
+            self.ancestry.push(path);
             if let Some(owner) = perms.first() {
                 self.domids_seen.insert(owner.domid);
             }
@@ -901,14 +954,14 @@ impl Reader<'_> {
             self.find(
                 at,
                 Problem::NodeWithoutTransaction {
-                    path: shown,
+                    path: shown(),
                     conn_id,
                     tx_id,
                 },
             );
         }
         let node = Node {
-            path,
+            path: path.to_vec(),
             value: value.to_vec(),
             perms,
             conn_id,
@@ -1018,8 +1071,8 @@ impl Reader<'_> {
     fn finish(&mut self) {
         let waiting = std::mem::take(&mut self.waiting_parent);
         for (at, path) in waiting {
-            let shown = String::from_utf8_lossy(&path).into_owned();
-            let parent = parent_of(&path).unwrap_or(b"/");
+            let shown = String::from_utf8_lossy(path).into_owned();
+            let parent = parent_of(path).unwrap_or(b"/");
             let problem = match self.node_paths.get(parent) {
                 Some(p_at) if *p_at > at => Problem::ParentLater(shown),
                 _ => Problem::ParentMissing(shown),

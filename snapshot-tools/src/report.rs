@@ -845,8 +845,9 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
     let max_by = |f: &dyn Fn(&Node) -> usize| {
         committed
             .iter()
-            .map(|n| (f(n), escape(&n.path)))
+            .map(|n| (f(n), n))
             .max_by_key(|(k, _)| *k)
+            .map(|(k, n)| (k, escape(&n.path)))
     };
     Summary {
         file: file.to_string(),
