@@ -18,7 +18,7 @@
 //! non-blocking, so neither side ever waits for the other to open them);
 //! the port is recorded, nothing more. Removing `D.ring` kills the domain
 //! and creating `D.shutdown` shuts it down: the daemon watches `DIR` with
-//! inotify, and any change of its entries is `VIRQ_DOM_EXC`. The daemon
+//! inotify: a ring removed or a shutdown file created is `VIRQ_DOM_EXC`. The daemon
 //! polls a single descriptor, an epoll set over the `to-store` FIFOs and
 //! the inotify descriptor, as it polls `/dev/xen/evtchn` under Xen.
 //!
@@ -125,16 +125,50 @@ impl SimPlatform {
         &self.dir
     }
 
-    fn drain_inotify(&self) {
+    /// Reads every queued inotify event; true if one was a domain
+    /// exception: a `D.ring` removed (the domain died) or a `D.shutdown`
+    /// created. Guests being created (their FIFOs, the ring renamed into
+    /// place) are not, as Xen raises no VIRQ_DOM_EXC for a new domain; a
+    /// queue overflow is treated as one so that nothing is missed.
+    fn drain_inotify(&self) -> bool {
         let mut buf = [0u8; 4096];
+        let mut dom_exc = false;
         loop {
             // SAFETY: reading into a buffer we own.
             let n = unsafe { libc::read(self._inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                return;
+            let Ok(n) = usize::try_from(n) else { return dom_exc };
+            if n == 0 {
+                return dom_exc;
             }
+            dom_exc |= inotify_events(&buf[..n]).any(|(mask, name)| is_dom_exc(mask, name));
         }
     }
+}
+
+/// `(mask, name)` of each `struct inotify_event` in `buf` (the kernel
+/// writes whole events only); stops at anything malformed.
+fn inotify_events(buf: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
+    const HEADER: usize = 16; // wd, mask, cookie, len: four 32-bit fields
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let header = rest.get(..HEADER)?;
+        let field = |i: usize| u32::from_ne_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let (mask, len) = (field(4), field(12) as usize);
+        let name = rest.get(HEADER..HEADER + len)?;
+        rest = &rest[HEADER + len..];
+        // The name is NUL-padded to an alignment boundary.
+        let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+        Some((mask, &name[..end]))
+    })
+}
+
+fn is_dom_exc(mask: u32, name: &[u8]) -> bool {
+    if mask & libc::IN_Q_OVERFLOW != 0 {
+        return true;
+    }
+    let gone = mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0;
+    let came = mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0;
+    (gone && name.ends_with(b".ring") && !name.starts_with(b".")) || (came && name.ends_with(b".shutdown"))
 }
 
 impl Platform for SimPlatform {
@@ -230,8 +264,7 @@ impl Platform for SimPlatform {
             let mut any = false;
             for &tag in &tags {
                 if tag == DOM_EXC {
-                    self.drain_inotify();
-                    dom_exc = true;
+                    dom_exc |= self.drain_inotify();
                     any = true;
                 } else if let Some(sim) = self.rings.get_mut(&ConnId(tag))
                     && os::drain(&mut sim.to_store) {
@@ -493,4 +526,41 @@ fn split_event(payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let path = parts.next().unwrap_or_default().to_vec();
     let token = parts.next().unwrap_or_default().to_vec();
     (path, token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(mask: u32, name: &str) -> Vec<u8> {
+        let mut padded = name.as_bytes().to_vec();
+        padded.resize((name.len() + 1).next_multiple_of(16), 0);
+        let mut e = Vec::new();
+        for field in [1u32, mask, 0, padded.len() as u32] {
+            e.extend_from_slice(&field.to_ne_bytes());
+        }
+        e.extend_from_slice(&padded);
+        e
+    }
+
+    #[test]
+    fn only_deaths_and_shutdowns_are_domain_exceptions() {
+        let creation = [
+            event(libc::IN_CREATE, "7.to-store"),
+            event(libc::IN_CREATE, "7.to-guest"),
+            event(libc::IN_CREATE, ".7.ring.tmp"),
+            event(libc::IN_MOVED_FROM, ".7.ring.tmp"),
+            event(libc::IN_MOVED_TO, "7.ring"),
+        ]
+        .concat();
+        assert_eq!(inotify_events(&creation).count(), 5);
+        assert!(!inotify_events(&creation).any(|(m, n)| is_dom_exc(m, n)));
+        for (mask, name) in [(libc::IN_DELETE, "7.ring"), (libc::IN_MOVED_FROM, "7.ring"), (libc::IN_CREATE, "7.shutdown")] {
+            let buf = [creation.clone(), event(mask, name)].concat();
+            assert!(inotify_events(&buf).any(|(m, n)| is_dom_exc(m, n)), "{name}");
+        }
+        assert!(is_dom_exc(libc::IN_Q_OVERFLOW, b""));
+        // A truncated event ends the walk instead of reading past the buffer.
+        assert_eq!(inotify_events(&creation[..creation.len() - 3]).count(), 4);
+    }
 }
