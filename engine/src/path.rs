@@ -63,6 +63,12 @@ impl Path {
     }
 
     /// `@introduceDomain`, `@releaseDomain/5`, ...: event sources, not tree nodes.
+    /// Identity of the shared string: equal for clones of one `Path`
+    /// (children lists hold clones of the trie's keys).
+    pub(crate) fn address(&self) -> usize {
+        Arc::as_ptr(&self.0).cast::<u8>() as usize
+    }
+
     pub fn is_special(&self) -> bool {
         self.0.starts_with('@')
     }

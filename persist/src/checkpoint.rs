@@ -20,9 +20,7 @@ pub(crate) fn encode(state: &State, seq: u64) -> Vec<u8> {
         body.perms(n.perms());
         body.var(n.generation());
     };
-    for (path, n) in snap.iter_tree() {
-        node(path.as_str(), n);
-    }
+    snap.for_each_in_tree(|path, n| node(path.as_str(), n));
     for (path, n) in snap.special_nodes() {
         node(path.as_str(), n);
     }
@@ -93,16 +91,25 @@ pub(crate) fn decode_body(r: &mut Reader<'_>) -> Result<State, Problem> {
     let mut b = Reader::new(body, body_at);
     let next_generation = b.var("generation counter")?;
     let n = b.count(5, "nodes")?;
-    let mut entries = Vec::with_capacity(n);
-    for _ in 0..n {
-        let path = b.path()?;
-        let value = b.bytes("value")?.to_vec();
-        let perms = b.perms()?;
-        let generation = b.var("generation")?;
-        entries.push(TreeEntry { path, value, perms, generation });
+    // Decoded as the tree is built, not collected first: no second copy
+    // of a million entries, and each is still in cache when stored.
+    let mut failure = None;
+    let entries = (0..n).map_while(|_| {
+        let entry = (|| {
+            let path = b.path()?;
+            let value = b.bytes("value")?.to_vec();
+            let perms = b.perms()?;
+            let generation = b.var("generation")?;
+            Ok(TreeEntry { path, value, perms, generation })
+        })();
+        entry.map_err(|p| failure = Some(p)).ok()
+    });
+    let built = Snapshot::from_entries(entries);
+    if let Some(problem) = failure {
+        return Err(problem);
     }
     let at = b.offset();
-    let mut snapshot = Snapshot::from_entries(entries).map_err(|e| Problem { offset: at, what: format!("the nodes do not form a tree: {e}") })?;
+    let mut snapshot = built.map_err(|e| Problem { offset: at, what: format!("the nodes do not form a tree: {e}") })?;
     snapshot.restore_next_generation(next_generation);
     let (domains, global_quotas) = decode_domains(&mut b)?;
     if !b.is_empty() {
