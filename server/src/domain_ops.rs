@@ -118,25 +118,34 @@ impl<P: Platform> Core<P> {
         let result = self.store.update(|tx| {
             let snap = tx.view().clone();
             let mut owned: Vec<Path> = Vec::new();
-            for (path, node) in snap.iter_tree() {
+            let mut handed_over: Vec<(Path, engine::Perms)> = Vec::new();
+            snap.for_each_in_tree(|path, node| {
                 if node.perms().owner() != domid || path.is_root() {
-                    continue;
+                    return;
                 }
                 if keep {
-                    tx.set_perms(&path, node.perms().with_owner(priv_domid))?;
+                    handed_over.push((path.clone(), node.perms().with_owner(priv_domid)));
                 } else if !owned.last().is_some_and(|top| path.is_under(top)) {
-                    owned.push(path);
+                    owned.push(path.clone());
                 }
+            });
+            for (path, perms) in handed_over {
+                tx.set_perms(&path, perms)?;
             }
             for path in &owned {
                 tx.remove(path)?;
             }
-            let stale: Vec<(Path, engine::Perms)> = tx
-                .view()
-                .iter_tree()
-                .chain(tx.view().special_nodes().map(|(p, n)| (p.clone(), n)))
-                .filter_map(|(p, n)| n.perms().without_acl_for(domid).map(|perms| (p, perms)))
-                .collect();
+            let view = tx.view().clone();
+            let mut stale: Vec<(Path, engine::Perms)> = Vec::new();
+            let mut strip = |p: &Path, n: &engine::Node| {
+                if let Some(perms) = n.perms().without_acl_for(domid) {
+                    stale.push((p.clone(), perms));
+                }
+            };
+            view.for_each_in_tree(&mut strip);
+            for (p, n) in view.special_nodes() {
+                strip(p, n);
+            }
             for (path, perms) in stale {
                 tx.set_perms(&path, perms)?;
             }
@@ -256,5 +265,49 @@ impl<P: Platform> Core<P> {
             Some(domid) => self.tracked(domid)?.quotas.set(name, value),
         }
         Ok(ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::{Config, Core};
+    use engine::DomId;
+    use wire::Op;
+
+    /// Sends one request from dom0's socket connection; panics on anything
+    /// but an OK.
+    fn ok(core: &mut Core<crate::NoRings>, conn: crate::conn::ConnId, op: Op, payload: &[u8]) {
+        let mut req = Vec::new();
+        wire::encode(op, 1, 0, payload, &mut req);
+        core.receive(conn, &req).expect("well-formed");
+        let out = core.output(conn).expect("connected");
+        let mut bytes = Vec::new();
+        while let Some(front) = out.front() {
+            bytes.extend_from_slice(front);
+            let n = front.len();
+            out.advance(n);
+        }
+        assert_eq!(&bytes[16..], b"OK\0", "{op:?} {}", String::from_utf8_lossy(payload));
+    }
+
+    #[test]
+    fn release_with_keep_orphans_hands_nodes_to_dom0_and_strips_acls() {
+        let mut core = Core::new(Config { keep_orphans: true, ..Config::default() });
+        let c = core.connect_socket();
+        ok(&mut core, c, Op::Introduce, b"5\01234\03\0");
+        ok(&mut core, c, Op::Write, b"/own5/sub\0v");
+        ok(&mut core, c, Op::SetPerms, b"/own5\0n5\0r7\0");
+        ok(&mut core, c, Op::SetPerms, b"/own5/sub\0b5\0");
+        ok(&mut core, c, Op::Write, b"/acl\0v");
+        ok(&mut core, c, Op::SetPerms, b"/acl\0n0\0r5\0b6\0");
+        ok(&mut core, c, Op::Release, b"5\0");
+        let snap = core.store.snapshot();
+        let perms = |p: &str| snap.get(p).map(|n| n.perms().to_wire());
+        // Kept, owned by dom0 now, other entries untouched.
+        assert_eq!(perms("/own5").as_deref(), Some(&b"n0\0r7\0"[..]));
+        assert_eq!(perms("/own5/sub").as_deref(), Some(&b"b0\0"[..]));
+        assert_eq!(perms("/acl").as_deref(), Some(&b"n0\0b6\0"[..]));
+        assert_eq!(snap.owned_count(DomId(5)), 0);
+        snap.check_consistent().expect("consistent");
     }
 }
