@@ -60,7 +60,8 @@ pub fn from_engine(store: &Store) -> Vec<Node> {
         let perms = n.perms().entries().iter().map(|p| Perm::new(p.access.letter() as u8, p.domid.0)).collect();
         Node::committed(path.as_str().as_bytes(), n.value().as_bytes(), perms)
     };
-    let mut out: Vec<Node> = store.iter_tree().map(|(p, n)| node(&p, n)).collect();
+    let mut out: Vec<Node> = Vec::with_capacity(store.len());
+    store.for_each_in_tree(|p, n| out.push(node(p, n)));
     let mut specials: Vec<Node> = store.special_nodes().map(|(p, n)| node(p, n)).collect();
     specials.sort_by(|a, b| a.path.cmp(&b.path));
     out.extend(specials);
