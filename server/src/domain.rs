@@ -69,6 +69,20 @@ pub trait Platform {
     fn live_update_rings(&self) -> bool {
         false
     }
+    /// Live update: the event-channel device descriptor the next process
+    /// inherits (recorded as GLOBAL_DATA `evtchn-fd`): the interdomain
+    /// ports bound on it stay bound across `exec`, as C's do. `None`: the
+    /// platform has no such device (a placeholder is passed on).
+    fn handover_fd(&self) -> Option<i32> {
+        None
+    }
+    /// Live update, just before `exec`: give up what the next process
+    /// binds again itself (`VIRQ_DOM_EXC`).
+    fn release_for_exec(&mut self) {}
+    /// Live update, `exec` failed: take back what
+    /// [`release_for_exec`](Platform::release_for_exec) gave up, so that
+    /// domain deaths are still noticed (C loses them here, §3.3 step 6).
+    fn reclaim_after_failed_exec(&mut self) {}
     /// The ring of a connection `attach` accepted.
     fn ring(&mut self, _conn: ConnId) -> Option<&mut dyn crate::ring::RingIo> {
         None
@@ -110,6 +124,15 @@ impl<T: Platform + ?Sized> Platform for alloc::boxed::Box<T> {
     }
     fn live_update_rings(&self) -> bool {
         (**self).live_update_rings()
+    }
+    fn handover_fd(&self) -> Option<i32> {
+        (**self).handover_fd()
+    }
+    fn release_for_exec(&mut self) {
+        (**self).release_for_exec()
+    }
+    fn reclaim_after_failed_exec(&mut self) {
+        (**self).reclaim_after_failed_exec()
     }
     fn ring(&mut self, conn: ConnId) -> Option<&mut dyn crate::ring::RingIo> {
         (**self).ring(conn)

@@ -1,15 +1,18 @@
 //! Live update, the process side (`std`): write the state file, leave the
 //! descriptors the new process needs open across `exec`, and `exec`.
 //!
-//! Hypervisor resources are never released by hand before `exec`: every
-//! descriptor of the platforms (event channels, grant mappings, the
-//! simulation's FIFOs and epoll set, inotify) is close-on-exec, so the
-//! kernel releases them only when `exec` has succeeded, and a failed
-//! `exec` leaves them exactly as they were (C unbinds `VIRQ_DOM_EXC` first
-//! and loses domain-death notification when `exec` fails: §3.3 step 6).
-//! The descriptors handed over (listening socket, accepted sockets, a
-//! stand-in event-channel descriptor for a C successor) have close-on-exec
-//! cleared just before `exec` and set again if it fails.
+//! Hypervisor resources are released by the kernel, not by hand: the
+//! platforms' descriptors (grant mappings, the simulation's FIFOs and
+//! epoll set, inotify) are close-on-exec, so they go only when `exec` has
+//! succeeded and a failed `exec` leaves them as they were. The one
+//! exception is Xen's `VIRQ_DOM_EXC`: it is bound on the event-channel
+//! device, which the next process inherits with the guests' ports and
+//! binds the VIRQ on again, so it is unbound right before `exec` and bound
+//! again if `exec` fails (C does not, and loses domain-death notification
+//! then: §3.3 step 6). The descriptors handed over (listening socket,
+//! accepted sockets, the event-channel device or a stand-in for a C
+//! successor) have close-on-exec cleared just before `exec` and set again
+//! if it fails.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -67,12 +70,29 @@ pub fn new_argv(req: &LuRequest, ours: &[OsString]) -> Vec<OsString> {
 /// failure, with C's reply text. The state file is removed again then (a
 /// stale dump must never be restored by a later `-U`).
 pub fn dump_and_exec<P: Platform>(core: &mut Core<P>, req: &LuRequest, listener: RawFd, sockets: BTreeMap<ConnId, RawFd>) -> &'static str {
-    // A C successor insists on an event-channel descriptor; ours reopen
-    // their devices. A pipe stands in (both ends inherited: it never
-    // becomes readable). A successor of ours closes the read end.
+    dump_and_exec_to(core, req, listener, sockets, &lu_stream::state_file())
+}
+
+fn dump_and_exec_to<P: Platform>(
+    core: &mut Core<P>,
+    req: &LuRequest,
+    listener: RawFd,
+    sockets: BTreeMap<ConnId, RawFd>,
+    path: &std::path::Path,
+) -> &'static str {
+    // The platform's event-channel device goes to the next process with
+    // the guests' ports bound on it. Without one (sockets only, simulated
+    // rings), a C successor still insists on a descriptor: a pipe stands
+    // in (both ends inherited: it never becomes readable), and a successor
+    // of ours closes it.
+    let device = core.platform.handover_fd();
     let mut pipe = [-1; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we own.
-    let evtchn = if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } == 0 { pipe[0] } else { -1 };
+    let evtchn = match device {
+        Some(fd) => fd,
+        // SAFETY: pipe2 writes two descriptors into the array we own.
+        None if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } == 0 => pipe[0],
+        None => -1,
+    };
     let close_pipe = || {
         for fd in pipe.into_iter().filter(|fd| *fd >= 0) {
             // SAFETY: closing the pipe we created above.
@@ -88,8 +108,7 @@ pub fn dump_and_exec<P: Platform>(core: &mut Core<P>, req: &LuRequest, listener:
             return "Dump write error";
         }
     };
-    let path = lu_stream::state_file();
-    let file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path);
+    let file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path);
     let mut file = match file {
         Ok(f) => f,
         Err(e) => {
@@ -105,7 +124,8 @@ pub fn dump_and_exec<P: Platform>(core: &mut Core<P>, req: &LuRequest, listener:
         return "Dump write error";
     }
     drop(file);
-    let handed: Vec<RawFd> = [listener].into_iter().chain(fds.sockets.values().copied()).chain(pipe).filter(|fd| *fd >= 0).collect();
+    let handed: Vec<RawFd> =
+        [listener].into_iter().chain(fds.sockets.values().copied()).chain(pipe).chain(device).filter(|fd| *fd >= 0).collect();
     let mut cleared = Vec::new();
     let mut failed = false;
     for &fd in &handed {
@@ -128,13 +148,15 @@ pub fn dump_and_exec<P: Platform>(core: &mut Core<P>, req: &LuRequest, listener:
             path.display(),
             argv
         );
+        core.platform.release_for_exec();
         let err = Command::new(&argv[0]).args(&argv[1..]).exec();
         tracing::error!("live update: exec {:?} failed: {err}", argv[0]);
+        core.platform.reclaim_after_failed_exec();
     }
     for fd in cleared {
         let _ = set_cloexec(fd, true);
     }
-    let _ = fs::remove_file(&path);
+    let _ = fs::remove_file(path);
     close_pipe();
     "Error activating new binary."
 }
@@ -152,6 +174,61 @@ mod tests {
         assert_eq!(new_argv(&req, &ours_u), ["/new", "-U", "-N"].map(OsString::from));
         req.cmdline = Some(vec![b"-N".to_vec(), b"-T".to_vec(), b"/t".to_vec()]);
         assert_eq!(new_argv(&req, &ours), ["/new", "-N", "-T", "/t", "-U"].map(OsString::from));
+    }
+
+    /// A platform with an event-channel device to hand over (a pipe here)
+    /// that counts what the live update asks of it.
+    struct Handing {
+        fd: RawFd,
+        released: u32,
+        reclaimed: u32,
+    }
+
+    impl Platform for Handing {
+        fn attach(&mut self, _: ConnId, _: engine::DomId, _: u64, _: u32, _: u32) -> Result<(), crate::error::Error> {
+            Ok(())
+        }
+        fn rebind(&mut self, _: ConnId, _: engine::DomId, _: u32) -> Result<(), crate::error::Error> {
+            Ok(())
+        }
+        fn detach(&mut self, _: ConnId, _: engine::DomId) {}
+        fn domain_exists(&self, _: engine::DomId) -> bool {
+            true
+        }
+        fn handover_fd(&self) -> Option<i32> {
+            Some(self.fd)
+        }
+        fn release_for_exec(&mut self) {
+            self.released += 1;
+        }
+        fn reclaim_after_failed_exec(&mut self) {
+            self.reclaimed += 1;
+        }
+    }
+
+    #[test]
+    fn failed_exec_takes_back_what_it_released_and_keeps_the_device_private() {
+        let mut pipe = [-1; 2];
+        // SAFETY: pipe2 writes two descriptors into the array we own.
+        assert_eq!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let mut core = Core::with_platform(crate::protocol::Config::default(), Handing { fd: pipe[0], released: 0, reclaimed: 0 });
+        let conn = core.connect_socket();
+        let req = LuRequest { conn, req_id: 1, tx_id: 0, binary: b"/nonexistent/rxenstored".to_vec(), cmdline: None, version: 2 };
+        let dir = std::env::temp_dir().join(format!("lu-exec-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let state = dir.join("state_dump");
+        let reply = dump_and_exec_to(&mut core, &req, -1, BTreeMap::new(), &state);
+        assert_eq!(reply, "Error activating new binary.");
+        assert_eq!((core.platform.released, core.platform.reclaimed), (1, 1));
+        // SAFETY: fcntl on a descriptor we own.
+        let flags = unsafe { libc::fcntl(pipe[0], libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC, "close-on-exec set again");
+        assert!(!state.exists(), "no stale state file");
+        for fd in pipe {
+            // SAFETY: closing the pipe we created.
+            unsafe { libc::close(fd) };
+        }
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

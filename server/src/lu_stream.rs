@@ -6,7 +6,7 @@
 //!
 //! | stream | core |
 //! | --- | --- |
-//! | GLOBAL_DATA | the listening socket's fd (adopted); the event-channel fd (closed: our platforms reopen their devices) |
+//! | GLOBAL_DATA | the listening socket's fd (adopted); the event-channel fd (Xen: adopted with the guests' ports bound on it, VIRQ_DOM_EXC bound again; otherwise closed) |
 //! | GLOBAL_QUOTA_DATA (v2) | `Config::quotas` |
 //! | CONNECTION socket | a socket connection over the inherited fd |
 //! | CONNECTION ring | the domain introduced again, its ring taken over by [`Platform::reattach`] (no reset) |
@@ -260,8 +260,10 @@ pub fn import<P: Platform>(mut config: Config, platform: P, snap: &model::Snapsh
     let mut taken = BTreeSet::new();
     let listener = match snap.global {
         Some(g) => {
-            if g.evtchn_fd >= 3 && g.evtchn_fd != g.socket_fd {
-                // Our platforms open their own devices; this one would leak.
+            let adopted = core.platform.handover_fd() == Some(g.evtchn_fd);
+            if g.evtchn_fd >= 3 && g.evtchn_fd != g.socket_fd && !adopted {
+                // A stand-in, or a device this platform does not use: it
+                // would leak.
                 // SAFETY: closing a descriptor the previous process left us
                 // and nothing here uses.
                 unsafe { libc::close(g.evtchn_fd) };

@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -171,6 +171,33 @@ impl XenPlatform {
     /// Opens the devices and binds `VIRQ_DOM_EXC`. Fails with a clear
     /// message when this is not a Xen control domain.
     pub fn open(store_domid: DomId) -> io::Result<XenPlatform> {
+        Self::check_xen()?;
+        let evtchn = open_dev("/dev/xen/evtchn")?;
+        Self::with_evtchn(store_domid, evtchn)
+    }
+
+    /// Live update (`-U`): the event-channel device the previous process
+    /// left open as `fd` (GLOBAL_DATA `evtchn-fd`), with the guests' ports
+    /// still bound on it; VIRQ_DOM_EXC is bound again, as C does.
+    pub fn adopt(store_domid: DomId, fd: i32) -> io::Result<XenPlatform> {
+        Self::check_xen()?;
+        // A predecessor without Xen rings passes a stand-in (a pipe): then
+        // start afresh (the stand-in is closed with the restore).
+        let is_device = fd >= 3 && std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|p| p == Path::new("/dev/xen/evtchn"));
+        if !is_device {
+            tracing::warn!("live update: inherited fd {fd} is not /dev/xen/evtchn: binding the guests' ports afresh is not possible");
+            return Self::open(store_domid);
+        }
+        // SAFETY: the previous process handed this descriptor to us and
+        // nothing else in this process owns it.
+        let evtchn = unsafe { File::from_raw_fd(fd) };
+        // Close it again at the next exec unless a live update clears this.
+        // SAFETY: setting a flag on a descriptor we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        Self::with_evtchn(store_domid, evtchn)
+    }
+
+    fn check_xen() -> io::Result<()> {
         if !Path::new("/dev/xen").exists() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -178,15 +205,16 @@ impl XenPlatform {
                  without Xen run without --xen, or with --sim-rings DIR)",
             ));
         }
-        let evtchn = open_dev("/dev/xen/evtchn")?;
+        Ok(())
+    }
+
+    fn with_evtchn(store_domid: DomId, evtchn: File) -> io::Result<XenPlatform> {
         // SAFETY: setting a flag on a descriptor we own.
         unsafe { libc::fcntl(evtchn.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         let gntdev = open_dev("/dev/xen/gntdev")?;
         let privcmd = open_dev("/dev/xen/privcmd")?;
         let hcall = HypercallBuf::new()?;
-        let mut virq = [VIRQ_DOM_EXC];
-        let virq_port = ioctl(&evtchn, IOCTL_EVTCHN_BIND_VIRQ, &mut virq)
-            .map_err(|e| io::Error::new(e.kind(), format!("binding VIRQ_DOM_EXC: {e}")))? as u32;
+        let virq_port = Self::bind_virq(&evtchn)?;
         Ok(XenPlatform {
             evtchn,
             gntdev,
@@ -197,6 +225,27 @@ impl XenPlatform {
             store_domid,
             rings: HashMap::new(),
             ports: HashMap::new(),
+        })
+    }
+
+    fn bind_virq(evtchn: &File) -> io::Result<u32> {
+        let mut virq = [VIRQ_DOM_EXC];
+        ioctl(evtchn, IOCTL_EVTCHN_BIND_VIRQ, &mut virq)
+            .map(|p| p as u32)
+            .map_err(|e| io::Error::new(e.kind(), format!("binding VIRQ_DOM_EXC: {e}")))
+    }
+
+    /// The ring page of `domid`: grant reference 1, or the daemon's own
+    /// page for the store domain (C ignores INTRODUCE's gfn, §8.1, §10.6).
+    fn map_ring(&self, domid: DomId) -> Result<XenPage, Error> {
+        let page = if domid == self.store_domid {
+            Self::map_own().map(XenPage::Kva)
+        } else {
+            self.map_grant(domid).map(XenPage::Grant)
+        };
+        page.map_err(|e| {
+            tracing::warn!("domain {}: cannot map the ring: {e}", domid.0);
+            Error::BadRequest
         })
     }
 
@@ -286,17 +335,7 @@ impl XenPlatform {
 
 impl Platform for XenPlatform {
     fn attach(&mut self, conn: ConnId, domid: DomId, _gfn: u64, port: u32, features: u32) -> Result<(), Error> {
-        // C ignores the gfn and maps grant reference 1 (§8.1, §10.6).
-        let page = if domid == self.store_domid {
-            Self::map_own().map(XenPage::Kva)
-        } else {
-            self.map_grant(domid).map(XenPage::Grant)
-        };
-        let page = page.map_err(|e| {
-            tracing::warn!("domain {}: cannot map the ring: {e}", domid.0);
-            Error::BadRequest
-        })?;
-        let mut ring = Ring::new(page, features);
+        let mut ring = Ring::new(self.map_ring(domid)?, features);
         let port = match ring.evtchn_port() {
             0 => port,
             p => p,
@@ -327,6 +366,35 @@ impl Platform for XenPlatform {
             }
         }
         Ok(())
+    }
+
+    /// The page is mapped again as it is (indexes and bytes carry on); the
+    /// port is the local one the previous process bound on the inherited
+    /// device, used without binding again.
+    fn reattach(&mut self, conn: ConnId, domid: DomId, port: u32, features: u32) -> Result<(), Error> {
+        let ring = Ring::new(self.map_ring(domid)?, features);
+        self.ports.insert(port, conn);
+        self.rings.insert(conn, XenRing { ring, local_port: port });
+        Ok(())
+    }
+
+    fn live_update_rings(&self) -> bool {
+        true
+    }
+
+    fn handover_fd(&self) -> Option<i32> {
+        Some(self.evtchn.as_raw_fd())
+    }
+
+    fn release_for_exec(&mut self) {
+        self.unbind(self.virq_port);
+    }
+
+    fn reclaim_after_failed_exec(&mut self) {
+        match Self::bind_virq(&self.evtchn) {
+            Ok(port) => self.virq_port = port,
+            Err(e) => tracing::error!("live update failed and {e}: domain deaths go unnoticed until restart"),
+        }
     }
 
     fn detach(&mut self, conn: ConnId, _domid: DomId) {

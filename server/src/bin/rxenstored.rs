@@ -165,7 +165,11 @@ fn config(args: &Args) -> Result<Config, String> {
 
 /// The hypervisor interface the command line asks for, and the event
 /// channel of the daemon's own ring when it has one (Xen's xsd_port).
-fn platform(args: &Args, config: &Config) -> Result<(Box<dyn Platform>, Option<u32>), String> {
+///
+/// After a live update (`inherited_evtchn`: GLOBAL_DATA's `evtchn-fd`) Xen's
+/// event-channel device is the one the previous process left open, with the
+/// guests' ports still bound on it.
+fn platform(args: &Args, config: &Config, inherited_evtchn: Option<i32>) -> Result<(Box<dyn Platform>, Option<u32>), String> {
     if let Some(dir) = &args.sim_rings {
         let sim = SimPlatform::new(dir, config.priv_domid).map_err(|e| format!("cannot use {} for simulated rings: {e}", dir.display()))?;
         tracing::info!("serving simulated guests in {}", dir.display());
@@ -174,7 +178,11 @@ fn platform(args: &Args, config: &Config) -> Result<(Box<dyn Platform>, Option<u
     if args.no_rings || (!args.xen && !std::path::Path::new("/dev/xen").exists()) {
         return Ok((Box::new(NoRings), None));
     }
-    let xen = XenPlatform::open(config.store_domid).map_err(|e| format!("cannot use Xen: {e}"))?;
+    let xen = match inherited_evtchn {
+        Some(fd) => XenPlatform::adopt(config.store_domid, fd),
+        None => XenPlatform::open(config.store_domid),
+    };
+    let xen = xen.map_err(|e| format!("cannot use Xen: {e}"))?;
     Ok((Box::new(xen), XenPlatform::own_port()))
 }
 
@@ -283,7 +291,8 @@ fn run(args: Args) -> Result<(), String> {
     let socket = daemon::socket_path_from_env();
     let lu_state = if args.live_update { Some(load_live_update_state()?) } else { None };
     let inherited_listener = lu_state.as_ref().and_then(|(_, s)| s.global).map(|g| g.socket_fd);
-    let (platform, own_port) = platform(&args, &config)?;
+    let inherited_evtchn = lu_state.as_ref().and_then(|(_, s)| s.global).map(|g| g.evtchn_fd).filter(|fd| *fd >= 0);
+    let (platform, own_port) = platform(&args, &config, inherited_evtchn)?;
     let mut platform = Some(platform);
     let mut restored = match (&lu_state, platform.take_if(|_| args.live_update)) {
         (Some((path, snap)), Some(platform)) => {
