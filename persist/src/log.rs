@@ -30,6 +30,9 @@ pub struct LogRecord {
     pub ops: Vec<LogOp>,
 }
 
+/// The domain table and global quotas a record may carry.
+pub type DomainsAndQuotas = (Vec<DomainRecord>, Vec<QuotaValue>);
+
 impl LogRecord {
     /// The record of a commit: every node it created or modified (found from
     /// its changes: a node was modified by this commit iff its generation is
@@ -62,7 +65,7 @@ impl LogRecord {
 
     /// Applies the record's node operations to `snapshot`; returns the
     /// domain table if the record carries one.
-    pub fn apply(&self, snapshot: &mut Snapshot) -> Result<Option<(Vec<DomainRecord>, Vec<QuotaValue>)>, String> {
+    pub fn apply(&self, snapshot: &mut Snapshot) -> Result<Option<DomainsAndQuotas>, String> {
         let mut domains = None;
         for op in &self.ops {
             match op {

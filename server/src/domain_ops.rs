@@ -294,7 +294,7 @@ mod tests {
     fn release_with_keep_orphans_hands_nodes_to_dom0_and_strips_acls() {
         let mut core = Core::new(Config { keep_orphans: true, ..Config::default() });
         let c = core.connect_socket();
-        ok(&mut core, c, Op::Introduce, b"5\01234\03\0");
+        ok(&mut core, c, Op::Introduce, b"5\x001234\x003\x00");
         ok(&mut core, c, Op::Write, b"/own5/sub\0v");
         ok(&mut core, c, Op::SetPerms, b"/own5\0n5\0r7\0");
         ok(&mut core, c, Op::SetPerms, b"/own5/sub\0b5\0");

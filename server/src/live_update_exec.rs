@@ -119,7 +119,7 @@ fn dump_and_exec_to<P: Platform>(
     };
     if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_all()) {
         tracing::error!("live update: cannot write {}: {e}", path.display());
-        let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(path);
         close_pipe();
         return "Dump write error";
     }
