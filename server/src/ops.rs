@@ -396,8 +396,8 @@ mod tests {
     #[test]
     fn checked_length_skips_the_domain_prefix() {
         assert_eq!(checked_length(&Path::new("/local/domain/5/abc").expect("valid")), 3);
-        assert_eq!(checked_length(&Path::new("/local/domain/5").unwrap()), 15);
-        assert_eq!(checked_length(&Path::new("/local/domain/x/abc").unwrap()), 19);
-        assert_eq!(checked_length(&Path::new("/vm/abc").unwrap()), 7);
+        assert_eq!(checked_length(&Path::new("/local/domain/5").expect("valid")), 15);
+        assert_eq!(checked_length(&Path::new("/local/domain/x/abc").expect("valid")), 19);
+        assert_eq!(checked_length(&Path::new("/vm/abc").expect("valid")), 7);
     }
 }
