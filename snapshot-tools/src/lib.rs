@@ -37,6 +37,8 @@ pub mod bytes;
 pub mod checkpoint;
 pub mod cver;
 pub mod engine_conv;
+#[doc(hidden)]
+pub mod exercise;
 pub mod message;
 pub mod model;
 pub mod oxenstored;
