@@ -52,11 +52,11 @@ struct Inner {
     specials: Vec<Path>,
 }
 
-/// Nodes of [`Snapshot::from_entries`] completed but not yet stored, with
-/// the hash the trie will index them by.
+/// Nodes of [`Snapshot::from_entries`] completed but not yet stored, and
+/// the trie's hasher (to store them in its order).
 struct Pending {
     hasher: Hasher,
-    nodes: Vec<(u64, Path, Node)>,
+    nodes: Vec<Option<(Path, Node)>>,
 }
 
 /// What one primitive mutation did, as the server needs it to fire watches
@@ -331,8 +331,7 @@ impl Snapshot {
             self.count_owner(node.perms.owner(), 1);
             self.inner().nodes.insert_mut(path, node);
         } else {
-            let hash = pending.hasher.hash_one(&path);
-            pending.nodes.push((hash, path, node));
+            pending.nodes.push(Some((path, node)));
         }
     }
 
@@ -341,15 +340,30 @@ impl Snapshot {
     /// trie nodes the previous one just touched, instead of a cold path
     /// per node. This halves the time to build a 1M-node tree.
     fn store_pending(&mut self, pending: &mut Pending) -> Result<(), BuildError> {
-        let mut nodes = core::mem::take(&mut pending.nodes);
-        nodes.sort_unstable_by_key(|(hash, _, _)| hash.reverse_bits());
-        for (_, path, node) in nodes {
-            let before = self.0.nodes.size();
+        let mut nodes: Vec<Option<(Path, Node)>> = core::mem::take(&mut pending.nodes);
+        // Sort small (key, index) pairs, not the nodes themselves.
+        let mut order: Vec<(u64, usize)> = nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| Some((pending.hasher.hash_one(&n.as_ref()?.0).reverse_bits(), i)))
+            .collect();
+        order.sort_unstable();
+        // Owners are counted once per domain at the end, not per node.
+        let mut owners: alloc::collections::BTreeMap<DomId, i64> = alloc::collections::BTreeMap::new();
+        for (_, i) in order {
+            let Some((path, node)) = nodes.get_mut(i).and_then(Option::take) else { continue };
+            *owners.entry(node.perms.owner()).or_default() += 1;
+            let inner = self.inner();
+            let before = inner.nodes.size();
             let dup = path.clone();
-            self.insert_new(path, node);
-            if self.0.nodes.size() == before {
+            inner.nodes.insert_mut(path, node);
+            if inner.nodes.size() == before {
                 return Err(BuildError::Duplicate(dup));
             }
+            inner.tree_nodes += 1;
+        }
+        for (domid, n) in owners {
+            self.count_owner(domid, n);
         }
         Ok(())
     }
