@@ -6,7 +6,7 @@
 //! at the next record whenever the record length allows it.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Maps keyed per record: SipHash was the largest cost of reading a
 /// 1M-node stream, and nothing here needs DoS-resistant hashing beyond
@@ -1118,13 +1118,4 @@ pub fn parent_of(path: &[u8]) -> Option<&[u8]> {
     }
     let cut = path.iter().rposition(|b| *b == b'/')?;
     Some(if cut == 0 { b"/" } else { &path[..cut] })
-}
-
-/// Counts per key, for reports.
-pub fn count_by<K: Ord, T>(items: &[T], key: impl Fn(&T) -> K) -> BTreeMap<K, usize> {
-    let mut out = BTreeMap::new();
-    for item in items {
-        *out.entry(key(item)).or_insert(0) += 1;
-    }
-    out
 }

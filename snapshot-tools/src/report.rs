@@ -742,30 +742,31 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
         }
     }
     domids.extend(s.domains.iter().map(|d| d.domid));
+    // One pass over the nodes (a million in a big file): the domains their
+    // permissions name, and per owner the node count and the largest
+    // value, path and ACL (the per-node limits, charged to the owner).
+    let mut named: HashMap<u16, (), foldhash::fast::RandomState> = HashMap::default();
+    let mut owned: HashMap<Option<u16>, usize, foldhash::fast::RandomState> = HashMap::default();
+    let mut node_max: HashMap<u16, (usize, usize, usize), foldhash::fast::RandomState> = HashMap::default();
     for n in &committed {
-        domids.extend(
-            n.perms
-                .iter()
-                .map(|p| p.domid)
-                .filter(|d| *d < DOMID_FIRST_RESERVED),
-        );
-    }
-    // Per-domain counts computed once: a hostile file may name many domains.
-    let owned = crate::read::count_by(&committed, |n| n.owner());
-    let mut conns_of: HashMap<u16, Vec<&ConnSummary>> = HashMap::new();
-    for c in &connections {
-        if let Some(d) = c.domid {
-            conns_of.entry(d).or_default().push(c);
+        for p in &n.perms {
+            if p.domid < DOMID_FIRST_RESERVED {
+                named.insert(p.domid, ());
+            }
         }
-    }
-    // Per-node limits, charged to the owner: largest value, path, ACL.
-    let mut node_max: HashMap<u16, (usize, usize, usize)> = HashMap::new();
-    for n in &committed {
+        *owned.entry(n.owner()).or_default() += 1;
         if let Some(owner) = n.owner() {
             let e = node_max.entry(owner).or_default();
             e.0 = e.0.max(n.value.len());
             e.1 = e.1.max(n.path.len());
             e.2 = e.2.max(n.perms.len());
+        }
+    }
+    domids.extend(named.into_keys());
+    let mut conns_of: HashMap<u16, Vec<&ConnSummary>> = HashMap::new();
+    for c in &connections {
+        if let Some(d) = c.domid {
+            conns_of.entry(d).or_default().push(c);
         }
     }
     let records: HashMap<u16, &DomainData> = s.domains.iter().rev().map(|d| (d.domid, d)).collect();

@@ -265,6 +265,9 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
             } else {
                 out(&s.text(st))?;
             }
+            // The process ends here: freeing a million nodes one by one
+            // would only add to the time the operator waits.
+            std::mem::forget(l);
         }
         Cmd::Tree { file, path } => {
             let l = load(file)?;
