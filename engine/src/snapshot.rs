@@ -104,9 +104,11 @@ pub(crate) enum Mutation {
 /// the unit of [`Snapshot::iter_tree`] and [`Snapshot::from_entries`].
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub struct TreeEntry {
+pub struct TreeEntry<V = Vec<u8>> {
     pub path: Path,
-    pub value: Vec<u8>,
+    /// The value's bytes: owned, or borrowed from a buffer being decoded
+    /// (a checkpoint loader then copies each value once, into the store).
+    pub value: V,
     pub perms: Perms,
     pub generation: u64,
 }
@@ -245,7 +247,7 @@ impl Snapshot {
     /// `/` first, every tree node after its parent (children are listed in
     /// the order they appear), special nodes anywhere. Generations are kept;
     /// the counter resumes above the largest.
-    pub fn from_entries<I: IntoIterator<Item = TreeEntry>>(entries: I) -> Result<Snapshot, BuildError> {
+    pub fn from_entries<V: AsRef<[u8]>, I: IntoIterator<Item = TreeEntry<V>>>(entries: I) -> Result<Snapshot, BuildError> {
         let mut iter = entries.into_iter();
         let root = iter.next().ok_or(BuildError::MissingRoot)?;
         if !root.path.is_root() {
@@ -260,8 +262,8 @@ impl Snapshot {
         // completed when the walk leaves its subtree, so each children list
         // is built once (linear time); other parent-first orders fall back
         // to appending to an already stored parent.
-        let node = |e: &TreeEntry| Node {
-            value: Value::new(&e.value),
+        let node = |e: &TreeEntry<V>| Node {
+            value: Value::new(e.value.as_ref()),
             perms: e.perms.clone(),
             children: Children::default(),
             generation: e.generation,

@@ -97,7 +97,7 @@ pub(crate) fn decode_body(r: &mut Reader<'_>) -> Result<State, Problem> {
     let entries = (0..n).map_while(|_| {
         let entry = (|| {
             let path = b.path()?;
-            let value = b.bytes("value")?.to_vec();
+            let value = b.bytes("value")?;
             let perms = b.perms()?;
             let generation = b.var("generation")?;
             Ok(TreeEntry { path, value, perms, generation })

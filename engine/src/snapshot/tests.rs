@@ -204,7 +204,7 @@ fn entries_round_trip_through_from_entries() {
 #[test]
 fn from_entries_rejects_non_trees() {
     let e = |path: &str| TreeEntry { path: p(path), value: Vec::new(), perms: Perms::owned_by(DomId(0)), generation: 0 };
-    assert!(Snapshot::from_entries([]).is_err());
+    assert!(Snapshot::from_entries::<Vec<u8>, _>([]).is_err());
     assert!(Snapshot::from_entries([e("/a")]).is_err());
     assert!(Snapshot::from_entries([e("/"), e("/a/b")]).is_err());
     assert!(Snapshot::from_entries([e("/"), e("/a"), e("/a")]).is_err());
