@@ -7,18 +7,47 @@ use core::fmt;
 use crate::path::Path;
 use crate::perms::Perms;
 
-/// A node's value: arbitrary bytes (NULs included). The empty value, which
-/// most directory nodes have, costs no allocation.
-#[derive(Clone, Default)]
-pub struct Value(Option<Arc<[u8]>>);
+/// A node's value: arbitrary bytes (NULs included). Values of up to
+/// [`Value::INLINE`] bytes (most: states, ids, names, the empty value of
+/// directories) are stored in the node itself: no allocation. Longer ones
+/// are shared, never copied, between versions of the node.
+#[derive(Clone)]
+pub struct Value(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; Value::INLINE] },
+    Shared(Arc<[u8]>),
+}
+
+impl Default for Value {
+    fn default() -> Value {
+        Value(Repr::Inline { len: 0, bytes: [0; Value::INLINE] })
+    }
+}
 
 impl Value {
+    /// The longest value kept inline: what fits beside the tag in the
+    /// space a shared value's pointer and length take anyway, rounded to
+    /// the node's alignment (24 bytes).
+    pub const INLINE: usize = 22;
+
     pub fn new(bytes: &[u8]) -> Value {
-        if bytes.is_empty() { Value(None) } else { Value(Some(Arc::from(bytes))) }
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= Value::INLINE => {
+                let mut inline = [0; Value::INLINE];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                Value(Repr::Inline { len, bytes: inline })
+            }
+            _ => Value(Repr::Shared(Arc::from(bytes))),
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_deref().unwrap_or(&[])
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared(b) => b,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -26,15 +55,14 @@ impl Value {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.len() == 0
     }
 
     /// Same bytes; O(1) when both share one allocation.
     pub fn same(&self, other: &Value) -> bool {
         match (&self.0, &other.0) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            (None, None) => true,
-            _ => false,
+            (Repr::Shared(a), Repr::Shared(b)) if Arc::ptr_eq(a, b) => true,
+            _ => self.as_bytes() == other.as_bytes(),
         }
     }
 }
@@ -174,5 +202,26 @@ impl fmt::Debug for Node {
             .field("children", &self.children)
             .field("generation", &self.generation)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod value_tests {
+    use super::*;
+
+    #[test]
+    fn short_values_are_inline_long_ones_shared_and_all_compare_by_content() {
+        assert_eq!(core::mem::size_of::<Value>(), 24, "a value must not grow the node past its allocation class");
+        for len in [0, 1, Value::INLINE, Value::INLINE + 1, 4096] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let v = Value::new(&bytes);
+            assert_eq!(v.as_bytes(), bytes.as_slice());
+            assert_eq!(v.len(), len);
+            assert_eq!(v.is_empty(), len == 0);
+            assert_eq!(v, Value::new(&bytes));
+            assert!(v.same(&v.clone()));
+            assert_ne!(v, Value::new(b"\0other\0bytes that differ from all of these"));
+        }
+        assert_eq!(Value::default(), Value::new(b""));
     }
 }
