@@ -48,8 +48,9 @@ struct Inner {
     tree_nodes: usize,
     next_generation: u64,
     /// Paths of the special nodes, in insertion order (a handful): listing
-    /// them must not scan the whole trie.
-    specials: Vec<Path>,
+    /// them must not scan the whole trie. Shared between versions: a new
+    /// version of the store must not copy it.
+    specials: Arc<[Path]>,
 }
 
 /// A hint to the CPU that `p` will be read soon; never faults.
@@ -138,7 +139,7 @@ impl Snapshot {
             owners: CountMap::new_with_hasher_and_ptr_kind(Hasher::default()),
             tree_nodes: 0,
             next_generation: 0,
-            specials: Vec::new(),
+            specials: Arc::from([]),
         }));
         let generation = s.fresh_generation();
         s.insert_new(
@@ -240,7 +241,7 @@ impl Snapshot {
     fn insert_special(&mut self, path: Path, node: Node) {
         let inner = self.inner();
         if !inner.specials.contains(&path) {
-            inner.specials.push(path.clone());
+            inner.specials = inner.specials.iter().cloned().chain([path.clone()]).collect();
         }
         inner.nodes.insert_mut(path, node);
     }
