@@ -69,6 +69,12 @@ pub trait Platform {
     fn live_update_rings(&self) -> bool {
         false
     }
+    /// The daemon-side (local) event-channel port of a connection's ring,
+    /// where the platform binds one: what a live-update stream records for
+    /// a ring connection (MIGRATION-STREAM.md: "xenstored's local port").
+    fn local_port(&self, _conn: ConnId) -> Option<u32> {
+        None
+    }
     /// Live update: the event-channel device descriptor the next process
     /// inherits (recorded as GLOBAL_DATA `evtchn-fd`): the interdomain
     /// ports bound on it stay bound across `exec`, as C's do. `None`: the
@@ -127,6 +133,9 @@ impl<T: Platform + ?Sized> Platform for alloc::boxed::Box<T> {
     }
     fn handover_fd(&self) -> Option<i32> {
         (**self).handover_fd()
+    }
+    fn local_port(&self, conn: ConnId) -> Option<u32> {
+        (**self).local_port(conn)
     }
     fn release_for_exec(&mut self) {
         (**self).release_for_exec()

@@ -100,7 +100,10 @@ pub fn export<P: Platform>(core: &mut Core<P>, req: &LuRequest, fds: &Fds) -> Re
             },
             ConnKind::Domain => {
                 let domid = conn.caller.domid;
-                let port = core.domains.get(&domid).filter(|d| d.conn == Some(id)).map_or(0, |d| d.port);
+                // Where the platform binds ports itself (Xen), the local
+                // one, as C records it; otherwise the port INTRODUCE named.
+                let introduced = core.domains.get(&domid).filter(|d| d.conn == Some(id)).map_or(0, |d| d.port);
+                let port = core.platform.local_port(id).unwrap_or(introduced);
                 model::ConnectionKind::Ring { domid: domid.0, target: conn.caller.target.map_or(DOMID_INVALID, |t| t.0), evtchn: port }
             }
         };

@@ -386,6 +386,10 @@ impl Platform for XenPlatform {
         Some(self.evtchn.as_raw_fd())
     }
 
+    fn local_port(&self, conn: ConnId) -> Option<u32> {
+        self.rings.get(&conn).map(|r| r.local_port)
+    }
+
     fn release_for_exec(&mut self) {
         self.unbind(self.virq_port);
     }
