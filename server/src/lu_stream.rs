@@ -252,6 +252,12 @@ fn split_output(c: &model::Connection) -> Result<Output, String> {
 
 /// Rebuilds a core from a stream: see the module documentation. `Err` for
 /// a stream that cannot be restored (the caller keeps the file).
+///
+/// The descriptor numbers in the stream are taken as inherited: sockets
+/// among them are adopted (and closed when dropped), a stand-in
+/// event-channel descriptor is closed. Call it only in the process that
+/// inherited them, before it opens anything else (`rxenstored -U` does so
+/// first thing), or clear the numbers from `snap` first.
 pub fn import<P: Platform>(mut config: Config, platform: P, snap: &model::Snapshot) -> Result<Restored<P>, String> {
     let mut warnings = Vec::new();
     if let Some(gq) = &snap.global_quota {
