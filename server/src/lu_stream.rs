@@ -256,8 +256,8 @@ fn split_output(c: &model::Connection) -> Result<Output, String> {
 /// The descriptor numbers in the stream are taken as inherited: sockets
 /// among them are adopted (and closed when dropped), a stand-in
 /// event-channel descriptor is closed. Call it only in the process that
-/// inherited them, before it opens anything else (`rxenstored -U` does so
-/// first thing), or clear the numbers from `snap` first.
+/// inherited them (`rxenstored -U`: those numbers stay its own until
+/// then), or clear them from `snap` first.
 pub fn import<P: Platform>(mut config: Config, platform: P, snap: &model::Snapshot) -> Result<Restored<P>, String> {
     let mut warnings = Vec::new();
     if let Some(gq) = &snap.global_quota {
