@@ -327,14 +327,14 @@ pub fn device_keys(
 pub const DEVICES: [(&str, u32); 4] = [("vif", 0), ("vif", 1), ("vbd", 0), ("vbd", 1)];
 
 /// Why a transaction attempt did not commit.
-enum Attempt {
+pub(crate) enum Attempt {
     Committed,
     Conflict,
 }
 
 fn create_domain(conn: &mut Conn, d: u32, stats: &mut CreatorStats) -> Res<()> {
     for _ in 0..MAX_ATTEMPTS {
-        match attempt(conn, d, stats)? {
+        match attempt(conn, d, Devices::Inherit, &mut stats.requests)? {
             Attempt::Committed => {
                 for (kind, n) in DEVICES {
                     let path = format!("/local/domain/{d}/device/{kind}/{n}/state");
@@ -349,10 +349,22 @@ fn create_domain(conn: &mut Conn, d: u32, stats: &mut CreatorStats) -> Res<()> {
     Err(Fail::Wrong(format!("no commit in {MAX_ATTEMPTS} attempts")))
 }
 
-/// One transaction; `EAGAIN` from any request of it is a conflict (the
+/// Permissions of a new domain's device directories.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Devices {
+    /// Inherited from their parents, as a plain toolstack leaves them.
+    Inherit,
+    /// Made and given permissions before their keys are written: the
+    /// frontend directories to the guest, the backend ones readable by it
+    /// (what a guest on a ring needs, `rings.rs`).
+    GuestAccess,
+}
+
+/// One transaction creating domain `d`, counting its requests in
+/// `requests`; `EAGAIN` from any request of it is a conflict (the
 /// transaction is then ended without committing and retried).
-fn attempt(conn: &mut Conn, d: u32, stats: &mut CreatorStats) -> Res<Attempt> {
-    stats.requests += 1;
+pub(crate) fn attempt(conn: &mut Conn, d: u32, devices: Devices, requests: &mut u64) -> Res<Attempt> {
+    *requests += 1;
     let m = conn.call(Op::TransactionStart, 0, &[b"\0"])?;
     if let Some(e) = error_name(&m) {
         return Err(Fail::Wrong(format!("TRANSACTION_START: {}", show(e))));
@@ -362,16 +374,16 @@ fn attempt(conn: &mut Conn, d: u32, stats: &mut CreatorStats) -> Res<Attempt> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| Fail::Wrong(format!("TRANSACTION_START reply {}", show(&m.payload))))?;
 
-    match body(conn, tx, d, stats) {
+    match body(conn, tx, d, devices, requests) {
         Ok(()) => {}
         Err(Some(e)) => return Err(e),
         Err(None) => {
-            stats.requests += 1;
+            *requests += 1;
             conn.call(Op::TransactionEnd, tx, &[b"F\0"])?;
             return Ok(Attempt::Conflict);
         }
     }
-    stats.requests += 1;
+    *requests += 1;
     let m = conn.call(Op::TransactionEnd, tx, &[b"T\0"])?;
     match error_name(&m) {
         Some(b"EAGAIN") => Ok(Attempt::Conflict),
@@ -380,9 +392,9 @@ fn attempt(conn: &mut Conn, d: u32, stats: &mut CreatorStats) -> Res<Attempt> {
 }
 
 /// The requests of one transaction. `Err(None)` is an `EAGAIN` reply.
-fn body(conn: &mut Conn, tx: u32, d: u32, stats: &mut CreatorStats) -> Result<(), Option<Fail>> {
+fn body(conn: &mut Conn, tx: u32, d: u32, devices: Devices, requests: &mut u64) -> Result<(), Option<Fail>> {
     let mut req = |op: Op, parts: &[&[u8]], expect: Option<&[u8]>| -> Result<(), Option<Fail>> {
-        stats.requests += 1;
+        *requests += 1;
         let m = conn.call(op, tx, parts).map_err(Some)?;
         if error_name(&m) == Some(b"EAGAIN") {
             return Err(None);
@@ -400,10 +412,13 @@ fn body(conn: &mut Conn, tx: u32, d: u32, stats: &mut CreatorStats) -> Result<()
     )?;
     let dom = format!("/local/domain/{d}");
     req(Op::Mkdir, &[dom.as_bytes(), b"\0"], None)?;
-    let perms = format!("n0\0r{d}\0");
+    // The domain's home and its backend directories: dom0's, readable by
+    // the domain; its frontend directories: the domain's, readable by dom0.
+    let (dom_perms, fe_perms) = (format!("n0\0r{d}\0"), format!("n{d}\0r0\0"));
+    let be_perms = &dom_perms;
     req(
         Op::SetPerms,
-        &[dom.as_bytes(), b"\0", perms.as_bytes()],
+        &[dom.as_bytes(), b"\0", dom_perms.as_bytes()],
         None,
     )?;
     let vm = format!("/vm/00000000-0000-4000-8000-{d:012}");
@@ -419,7 +434,15 @@ fn body(conn: &mut Conn, tx: u32, d: u32, stats: &mut CreatorStats) -> Result<()
         let fe = format!("{dom}/device/{kind}/{n}");
         let be = format!("{BACKEND}/{kind}/{d}/{n}");
         let [front, back] = device_keys(kind, d, n, &fe, &be);
-        for (dir, keys) in [(&fe, front), (&be, back)] {
+        for (dir, perms, keys) in [(&fe, &fe_perms, front), (&be, be_perms, back)] {
+            if devices == Devices::GuestAccess {
+                req(Op::Mkdir, &[dir.as_bytes(), b"\0"], None)?;
+                req(
+                    Op::SetPerms,
+                    &[dir.as_bytes(), b"\0", perms.as_bytes()],
+                    None,
+                )?;
+            }
             for (key, value) in keys {
                 let path = format!("{dir}/{key}");
                 req(Op::Write, &[path.as_bytes(), b"\0", value.as_bytes()], None)?;

@@ -38,8 +38,8 @@ use server::sim::{SimGuest, nul};
 use wire::Op;
 use wire::client::{Client, Reply};
 
-use crate::bootstorm::{BACKEND, CONFIG, CONFIG_VALUE, DEVICES, device_keys};
-use crate::conn::{Conn, Fail, Res, error_name, expect_ok, expect_value, show};
+use crate::bootstorm::{Attempt, BACKEND, CONFIG, CONFIG_VALUE, DEVICES, Devices, attempt};
+use crate::conn::{Conn, Fail, Res, show};
 
 /// Where the guests' requests go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,7 +510,7 @@ fn create_domain(
     let guest = (b.transport == Transport::Ring).then_some(g);
     let mut committed = false;
     for _ in 0..MAX_ATTEMPTS {
-        if attempt(conn, d, stats)? {
+        if matches!(attempt(conn, d, Devices::GuestAccess, &mut stats.requests)?, Attempt::Committed) {
             committed = true;
             break;
         }
@@ -526,96 +526,4 @@ fn create_domain(
             .map_err(|e| e.context("INTRODUCE"))?;
     }
     Ok(guest)
-}
-
-/// One transaction; `Ok(false)` is a conflict (`EAGAIN` from any request of
-/// it: the transaction is then ended without committing).
-fn attempt(conn: &mut Conn, d: u32, stats: &mut Stats) -> Res<bool> {
-    stats.requests += 1;
-    let m = conn.call(Op::TransactionStart, 0, &[b"\0"])?;
-    if let Some(e) = error_name(&m) {
-        return Err(Fail::Wrong(format!("TRANSACTION_START: {}", show(e))));
-    }
-    let tx: u32 = std::str::from_utf8(m.payload.strip_suffix(b"\0").unwrap_or(&m.payload))
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Fail::Wrong(format!("TRANSACTION_START reply {}", show(&m.payload))))?;
-    match body(conn, tx, d, stats) {
-        Ok(()) => {}
-        Err(Some(e)) => return Err(e),
-        Err(None) => {
-            stats.requests += 1;
-            conn.call(Op::TransactionEnd, tx, &[b"F\0"])?;
-            return Ok(false);
-        }
-    }
-    stats.requests += 1;
-    let m = conn.call(Op::TransactionEnd, tx, &[b"T\0"])?;
-    match error_name(&m) {
-        Some(b"EAGAIN") => Ok(false),
-        _ => expect_ok(&m, Op::TransactionEnd, &[b"commit"]).map(|()| true),
-    }
-}
-
-/// The requests of one transaction: `bootstorm`'s, with the frontend
-/// device directories given to the guest and the backend ones readable by
-/// it (set before their keys are written, which inherit them). `Err(None)`
-/// is an `EAGAIN` reply.
-fn body(conn: &mut Conn, tx: u32, d: u32, stats: &mut Stats) -> Result<(), Option<Fail>> {
-    let mut req = |op: Op, parts: &[&[u8]], expect: Option<&[u8]>| -> Result<(), Option<Fail>> {
-        stats.requests += 1;
-        let m = conn.call(op, tx, parts).map_err(Some)?;
-        if error_name(&m) == Some(b"EAGAIN") {
-            return Err(None);
-        }
-        match expect {
-            Some(v) => expect_value(&m, parts[0], v),
-            None => expect_ok(&m, op, parts),
-        }
-        .map_err(Some)
-    };
-    req(
-        Op::Read,
-        &[CONFIG.as_bytes(), b"\0"],
-        Some(CONFIG_VALUE.as_bytes()),
-    )?;
-    let dom = format!("/local/domain/{d}");
-    let (dom_perms, fe_perms, be_perms) = (
-        format!("n0\0r{d}\0"),
-        format!("n{d}\0r0\0"),
-        format!("n0\0r{d}\0"),
-    );
-    req(Op::Mkdir, &[dom.as_bytes(), b"\0"], None)?;
-    req(
-        Op::SetPerms,
-        &[dom.as_bytes(), b"\0", dom_perms.as_bytes()],
-        None,
-    )?;
-    let vm = format!("/vm/00000000-0000-4000-8000-{d:012}");
-    for (key, value) in [
-        ("name", format!("xsload-guest-{d}")),
-        ("vm", vm),
-        ("domid", d.to_string()),
-    ] {
-        let path = format!("{dom}/{key}");
-        req(Op::Write, &[path.as_bytes(), b"\0", value.as_bytes()], None)?;
-    }
-    for (kind, n) in DEVICES {
-        let fe = format!("{dom}/device/{kind}/{n}");
-        let be = format!("{BACKEND}/{kind}/{d}/{n}");
-        let [front, back] = device_keys(kind, d, n, &fe, &be);
-        for (dir, perms, keys) in [(&fe, &fe_perms, front), (&be, &be_perms, back)] {
-            req(Op::Mkdir, &[dir.as_bytes(), b"\0"], None)?;
-            req(
-                Op::SetPerms,
-                &[dir.as_bytes(), b"\0", perms.as_bytes()],
-                None,
-            )?;
-            for (key, value) in keys {
-                let path = format!("{dir}/{key}");
-                req(Op::Write, &[path.as_bytes(), b"\0", value.as_bytes()], None)?;
-            }
-        }
-    }
-    Ok(())
 }
