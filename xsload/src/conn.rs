@@ -265,3 +265,23 @@ pub fn expect_value(m: &Message, path: &[u8], value: &[u8]) -> Res<()> {
         show(&m.payload)
     )))
 }
+
+/// Joins every client thread (all of them, even after a failure) and gives
+/// their results in order, or the first failure; a thread that panicked is
+/// a failure naming `what` it was.
+pub fn join_all<T>(handles: Vec<std::thread::JoinHandle<Res<T>>>, what: &str) -> Res<Vec<T>> {
+    let mut results = Vec::with_capacity(handles.len());
+    let mut first_err = None;
+    for h in handles {
+        match h.join().unwrap_or_else(|_| Err(Fail::Wrong(format!("{what} panicked")))) {
+            Ok(v) => results.push(v),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
+}

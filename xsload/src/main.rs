@@ -234,31 +234,26 @@ struct Runner {
 impl Runner {
     /// A fresh daemon for one case, or `None` (skipped or failed: noted).
     fn start(&mut self, kind: Kind, cpu: Option<usize>, case: &str) -> Option<Daemon> {
-        if self.unavailable.contains_key(&kind) {
-            return None;
-        }
-        match Daemon::start(kind, &self.progs, cpu) {
-            Ok(d) => Some(d),
-            Err(StartError::Unavailable(m)) => {
-                self.sheet.note(format!("{kind} skipped: {m}"));
-                self.unavailable.insert(kind, m);
-                None
-            }
-            Err(e @ StartError::Failed(_)) => {
-                self.sheet.failures += 1;
-                self.sheet.note(format!("{case}: {kind} {e}"));
-                None
-            }
-        }
+        self.started(kind, case, |progs| Daemon::start(kind, progs, cpu))
     }
 
     /// A fresh rxenstored serving simulated rings, or `None` (noted).
     fn start_rings(&mut self, case: &str) -> Option<Daemon> {
-        let kind = Kind::Rxenstored;
+        self.started(Kind::Rxenstored, case, |progs| Daemon::start_sim_rings(progs, None))
+    }
+
+    /// Runs `start` unless `kind` is known to be unavailable; notes why
+    /// not, remembering an unavailable daemon for the rest of the run.
+    fn started(
+        &mut self,
+        kind: Kind,
+        case: &str,
+        start: impl FnOnce(&Programs) -> Result<Daemon, StartError>,
+    ) -> Option<Daemon> {
         if self.unavailable.contains_key(&kind) {
             return None;
         }
-        match Daemon::start_sim_rings(&self.progs, None) {
+        match start(&self.progs) {
             Ok(d) => Some(d),
             Err(StartError::Unavailable(m)) => {
                 self.sheet.note(format!("{kind} skipped: {m}"));

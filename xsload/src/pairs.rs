@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use wire::Op;
 
-use crate::conn::{Conn, Fail, Res, expect_ok, expect_value};
+use crate::conn::{Conn, Fail, Res, expect_ok, expect_value, join_all};
 use crate::sys;
 
 /// Parameters of one run.
@@ -49,19 +49,9 @@ pub fn run(socket: &Path, p: &Pairs) -> Res<f64> {
     }
     start.wait();
     let t0 = Instant::now();
-    let mut first_err = None;
-    for h in handles {
-        let r = h
-            .join()
-            .unwrap_or_else(|_| Err(Fail::Wrong("client thread panicked".into())));
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
-        }
-    }
+    let joined = join_all(handles, "client thread");
     let secs = t0.elapsed().as_secs_f64();
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    joined?;
     Ok((2 * p.pairs_per_conn * p.conns as u64) as f64 / secs)
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use wire::Op;
 
-use crate::conn::{Conn, Fail, Res, error_name, expect_ok, expect_value, show};
+use crate::conn::{Conn, Fail, Res, error_name, expect_ok, expect_value, join_all, show};
 
 /// Parameters of one run.
 #[derive(Debug, Clone)]
@@ -104,27 +104,13 @@ pub fn run(socket: &Path, r: &ReadHeavy) -> Res<RhResult> {
     };
     start.wait();
     let t0 = Instant::now();
-    let mut lat: Vec<u32> = Vec::new();
-    let mut first_err = None;
-    for h in readers {
-        match h
-            .join()
-            .unwrap_or_else(|_| Err(Fail::Wrong("reader panicked".into())))
-        {
-            Ok(v) => lat.extend(v),
-            Err(e) => {
-                first_err.get_or_insert(e);
-            }
-        }
-    }
+    let joined = join_all(readers, "reader");
     let secs = t0.elapsed().as_secs_f64();
     let w = writer
         .join()
         .unwrap_or_else(|_| Err(Fail::Wrong("writer panicked".into())));
     let wsecs = t0.elapsed().as_secs_f64();
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    let mut lat: Vec<u32> = joined?.into_iter().flatten().collect();
     let (commits, retries) = w?;
     lat.sort_unstable();
     let pct = |p: f64| -> f64 {

@@ -39,7 +39,7 @@ use wire::Op;
 use wire::client::{Client, Reply};
 
 use crate::bootstorm::{Attempt, BACKEND, CONFIG, CONFIG_VALUE, DEVICES, Devices, attempt};
-use crate::conn::{Conn, Fail, Res, show};
+use crate::conn::{Conn, Fail, Res, join_all, show};
 
 /// Where the guests' requests go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,20 +187,10 @@ pub fn pairs(socket: &Path, rings: &Path, p: &PairsRing) -> Res<f64> {
     }
     start.wait();
     let t0 = Instant::now();
-    let mut first_err = None;
-    for h in handles {
-        let r = h
-            .join()
-            .unwrap_or_else(|_| Err(Fail::Wrong("guest thread panicked".into())));
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
-        }
-    }
+    let joined = join_all(handles, "guest thread");
     let secs = t0.elapsed().as_secs_f64();
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok((2 * p.pairs_per_guest * p.guests as u64) as f64 / secs),
-    }
+    joined?;
+    Ok((2 * p.pairs_per_guest * p.guests as u64) as f64 / secs)
 }
 
 fn guest_pairs(g: &mut SimGuest, p: &PairsRing) -> Res<()> {
