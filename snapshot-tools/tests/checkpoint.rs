@@ -3,30 +3,12 @@
 //! `persist::StateDir::write_checkpoint`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use snapshot_tools::{Node, Perm, checkpoint, engine_conv};
 
-const BIN: &str = env!("CARGO_BIN_EXE_xenstore-inspect");
+mod support;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run xenstore-inspect")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(o)))
-}
+use support::{json, run, stderr, stdout};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
