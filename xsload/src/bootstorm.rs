@@ -365,14 +365,7 @@ pub(crate) enum Devices {
 /// transaction is then ended without committing and retried).
 pub(crate) fn attempt(conn: &mut Conn, d: u32, devices: Devices, requests: &mut u64) -> Res<Attempt> {
     *requests += 1;
-    let m = conn.call(Op::TransactionStart, 0, &[b"\0"])?;
-    if let Some(e) = error_name(&m) {
-        return Err(Fail::Wrong(format!("TRANSACTION_START: {}", show(e))));
-    }
-    let tx: u32 = std::str::from_utf8(m.payload.strip_suffix(b"\0").unwrap_or(&m.payload))
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Fail::Wrong(format!("TRANSACTION_START reply {}", show(&m.payload))))?;
+    let tx = conn.transaction_start()?;
 
     match body(conn, tx, d, devices, requests) {
         Ok(()) => {}

@@ -182,6 +182,18 @@ impl Conn {
         expect_ok(&m, op, parts)
     }
 
+    /// TRANSACTION_START; the new transaction's id.
+    pub fn transaction_start(&mut self) -> Res<u32> {
+        let m = self.call(Op::TransactionStart, 0, &[b"\0"])?;
+        if let Some(e) = error_name(&m) {
+            return Err(Fail::Wrong(format!("TRANSACTION_START: {}", show(e))));
+        }
+        std::str::from_utf8(m.payload.strip_suffix(b"\0").unwrap_or(&m.payload))
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Fail::Wrong(format!("TRANSACTION_START reply {}", show(&m.payload))))
+    }
+
     /// WRITE `value` to `path` (outside any transaction unless `tx_id`).
     pub fn write(&mut self, tx_id: u32, path: &[u8], value: &[u8]) -> Res<()> {
         self.call_ok(Op::Write, tx_id, &[path, b"\0", value])

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use wire::Op;
 
-use crate::conn::{Conn, Fail, Res, error_name, expect_ok, expect_value, join_all, show};
+use crate::conn::{Conn, Fail, Res, error_name, expect_ok, expect_value, join_all};
 
 /// Parameters of one run.
 #[derive(Debug, Clone)]
@@ -157,14 +157,7 @@ fn tx_writer(mut conn: Conn, r: &ReadHeavy) -> Res<(u64, u64)> {
     let end = Instant::now() + r.duration;
     let (mut commits, mut retries) = (0u64, 0u64);
     while Instant::now() < end {
-        let m = conn.call(Op::TransactionStart, 0, &[b"\0"])?;
-        if let Some(e) = error_name(&m) {
-            return Err(Fail::Wrong(format!("TRANSACTION_START: {}", show(e))));
-        }
-        let tx: u32 = std::str::from_utf8(m.payload.strip_suffix(b"\0").unwrap_or(&m.payload))
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Fail::Wrong(format!("TRANSACTION_START reply {}", show(&m.payload))))?;
+        let tx = conn.transaction_start()?;
         let i = rng.below(r.nodes);
         conn.read_expect(tx, &path(i), &value(i))?;
         let n = commits.to_string();
