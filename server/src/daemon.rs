@@ -1,18 +1,55 @@
-//! The daemon's Unix-socket frontend: one event loop that accepts clients,
-//! feeds their bytes to the [`Core`] and writes back what it queued.
+//! The daemon's Unix-socket frontend: accepts clients, feeds their bytes to
+//! the [`Core`] and writes back what it queued.
 //!
 //! Everything here is I/O; every protocol decision is the core's.
+//!
+//! # Threads
+//!
+//! The core and everything that touches it (client table, rings,
+//! persistence) sit behind one lock, in [`State`]. Who reads the sockets
+//! depends on the mode:
+//!
+//! - **threaded** (the default): each socket client has a thread of its own
+//!   that blocks in `recv`, and puts what it read in a shared inbox. The
+//!   core's work is *combined*: whichever thread gets the lock serves
+//!   everything in the inbox and writes out what the core queued, while
+//!   the others go straight back to `recv` instead of sleeping on the lock
+//!   (a thread that left input behind checks the inbox again after
+//!   unlocking, so nothing is stranded). A request then costs two system
+//!   calls (`recv`, `send`) rather than three with a poll, the socket work
+//!   of many clients runs on all cores, and a busy lock batches requests
+//!   instead of queueing threads on a futex. A client with too much input
+//!   waiting ([`INBOX_BYTES`]) waits for the lock itself: that is the
+//!   back-pressure a flooding client gets.
+//! - **single** (`--no-socket-threads`, and always in commit durability,
+//!   whose group commit needs a loop turn to batch over): the main loop
+//!   polls the sockets too, as C xenstored does.
+//!
+//! The main thread always runs the poll: the listening socket, signals,
+//! the platform's event descriptor (rings), sockets whose output is
+//! waiting for room, timers, and live update. Output is always written
+//! with `MSG_DONTWAIT` under the lock, so a client that stops reading
+//! never blocks anyone; its bytes wait in the core's queue (where the
+//! core's bounds apply) until the poll says the socket has room.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path as FsPath, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use mio::net::{UnixListener, UnixStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use crossbeam_queue::SegQueue;
+use parking_lot::{Condvar, MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::conn::ConnId;
 use crate::domain::Platform;
@@ -24,6 +61,19 @@ mod rings;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 3);
+
+/// How often a pending live update is checked (C: once a loop turn, its
+/// loop waking at least every second).
+const LIVE_UPDATE_CHECK: Duration = Duration::from_millis(100);
+/// A client thread's stack: the core's work is shallow (no recursion over
+/// the tree happens on the caller's stack beyond a few frames).
+const CLIENT_STACK: usize = 256 * 1024;
+/// Read buffer of a client thread.
+const CLIENT_BUF: usize = 16 * 1024;
+/// Unserved input bytes after which a client's thread serves the inbox
+/// itself (waiting for the lock) before reading more.
+const INBOX_BYTES: usize = 64 * 1024;
 
 /// Where the socket lives, as C xenstored decides it (§11): `$XENSTORED_PATH`,
 /// else `$XENSTORED_RUNDIR/socket`, else `/var/run/xenstored/socket`.
@@ -53,38 +103,83 @@ pub fn bind(path: &FsPath) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// A socket client as the writers see it.
 struct Client {
-    stream: UnixStream,
+    /// Shared with the client's thread in threaded mode (which reads it).
+    stream: Arc<StdUnixStream>,
     /// Registered for writability (output is waiting).
     wants_write: bool,
 }
 
-impl<P: Platform> std::fmt::Debug for Daemon<P> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("socket", &self.socket_path).field("clients", &self.clients.len()).finish()
-    }
-}
-
-/// The event loop: serves until SIGTERM or SIGINT, then finishes the
-/// requests already read, flushes what it can and removes the socket.
-pub struct Daemon<P: Platform> {
+/// Everything the core's callers share, behind [`Shared::state`].
+pub(crate) struct State<P: Platform> {
     core: Core<P>,
-    poll: Poll,
-    listener: UnixListener,
-    socket_path: PathBuf,
     clients: HashMap<ConnId, Client>,
-    /// Kept registered: a signal makes it readable.
-    _signals: UnixStream,
+    registry: Registry,
+    threaded: bool,
     trace: Option<fs::File>,
     /// Guests' rings, when the platform has them (`daemon_rings.rs`).
     rings: rings::RingState,
     /// The state directory, with `--state-dir`.
     persistence: Option<Persistence>,
-    /// The live-update clock's origin (`live_update_tick`).
-    started: std::time::Instant,
+    /// Set by a client thread that could not persist: the main loop stops.
+    fatal: Option<io::Error>,
 }
 
-impl<P: Platform> Daemon<P> {
+/// What a client thread read, waiting in the inbox for the core.
+struct Input {
+    id: ConnId,
+    /// The bytes, or the connection's end (with why).
+    bytes: Result<Vec<u8>, String>,
+    /// The connection's unserved input bytes (for [`INBOX_BYTES`]).
+    waiting: Arc<AtomicUsize>,
+}
+
+/// What the main thread and the client threads share.
+struct Shared<P: Platform> {
+    state: Mutex<State<P>>,
+    /// Input read by client threads; served by whoever holds `state`.
+    inbox: SegQueue<Input>,
+    /// Wakes the main loop (ring work queued, live update requested, fatal
+    /// error) from a client thread.
+    waker: Waker,
+    /// Client threads stop reading while this is set (live update).
+    paused: AtomicBool,
+    pause: Mutex<bool>,
+    resume: Condvar,
+}
+
+/// The main thread's handle on one client thread.
+struct ClientThread {
+    handle: JoinHandle<()>,
+    /// Held by the thread from before its `recv` until the bytes are in the
+    /// core: whoever holds it knows no bytes are in flight.
+    gate: Arc<Mutex<()>>,
+}
+
+impl<P: Platform> std::fmt::Debug for Daemon<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("socket", &self.socket_path).field("threaded", &self.threaded).finish()
+    }
+}
+
+/// The daemon: serves until SIGTERM or SIGINT, then finishes the requests
+/// already read, flushes what it can and removes the socket.
+pub struct Daemon<P: Platform> {
+    shared: Arc<Shared<P>>,
+    poll: Poll,
+    listener: UnixListener,
+    socket_path: PathBuf,
+    threaded: bool,
+    threads: HashMap<ConnId, ClientThread>,
+    /// Kept registered: a signal makes it readable.
+    _signals: UnixStream,
+    /// The live-update clock's origin (`live_update_tick`).
+    started: Instant,
+    last_live_update_check: Option<Instant>,
+}
+
+impl<P: Platform + Send + 'static> Daemon<P> {
     pub fn new(core: Core<P>, listener: UnixListener, socket_path: PathBuf, trace: Option<fs::File>) -> io::Result<Daemon<P>> {
         let poll = Poll::new()?;
         let mut listener = listener;
@@ -96,38 +191,60 @@ impl<P: Platform> Daemon<P> {
         sig_read.set_nonblocking(true)?;
         let mut signals = UnixStream::from_std(sig_read);
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
         let mut core = core;
         let rings = rings::RingState::register(&poll, &mut core)?;
         core.set_live_update_file_check(crate::live_update_exec::check_binary);
-        Ok(Daemon {
+        let state = State {
             core,
-            poll,
-            listener,
-            socket_path,
             clients: HashMap::new(),
-            _signals: signals,
+            registry: poll.registry().try_clone()?,
+            threaded: true,
             trace,
             rings,
             persistence: None,
-            started: std::time::Instant::now(),
+            fatal: None,
+        };
+        let shared = Shared { state: Mutex::new(state), inbox: SegQueue::new(), waker, paused: AtomicBool::new(false), pause: Mutex::new(false), resume: Condvar::new() };
+        Ok(Daemon {
+            shared: Arc::new(shared),
+            poll,
+            listener,
+            socket_path,
+            threaded: true,
+            threads: HashMap::new(),
+            _signals: signals,
+            started: Instant::now(),
+            last_live_update_check: None,
         })
     }
 
+    /// Serves socket clients from the main loop instead of a thread each.
+    /// Call before any client is adopted.
+    pub fn set_socket_threads(&mut self, threaded: bool) {
+        self.threaded = threaded;
+        self.shared.state.lock().threaded = threaded;
+    }
+
     /// Journals every change to `p` (see [`crate::persistence`]): in commit
-    /// mode no reply leaves before the changes it acknowledges are durable.
+    /// mode no reply leaves before the changes it acknowledges are durable,
+    /// and the sockets are served from the main loop so that one `fsync`
+    /// covers a whole turn's requests.
     pub fn set_persistence(&mut self, p: Persistence) {
-        self.persistence = Some(p);
+        if p.group_commit() {
+            self.set_socket_threads(false);
+        }
+        self.shared.state.lock().persistence = Some(p);
     }
 
-    fn poll_timeout(&self) -> Option<Duration> {
-        let persist = self.persistence.as_ref().and_then(Persistence::timeout);
-        // A pending live update is checked at least once a second.
-        let lu = self.core.live_update_pending().then_some(Duration::from_secs(1));
-        [self.rings.timeout(), persist, lu].into_iter().flatten().min()
+    pub fn core(&self) -> MappedMutexGuard<'_, Core<P>> {
+        MutexGuard::map(self.shared.state.lock(), |s| &mut s.core)
     }
 
-    pub fn core(&mut self) -> &mut Core<P> {
-        &mut self.core
+    fn poll_timeout(&self, state: &State<P>) -> Option<Duration> {
+        let persist = state.persistence.as_ref().and_then(Persistence::timeout);
+        let lu = state.core.live_update_pending().then_some(LIVE_UPDATE_CHECK);
+        [state.rings.timeout(), persist, lu].into_iter().flatten().min()
     }
 
     /// Runs until a termination signal.
@@ -136,92 +253,82 @@ impl<P: Platform> Daemon<P> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut writable = Vec::new();
         // Output restored by a live update (the requester's OK among it).
-        self.flush_dirty();
+        let shared = Arc::clone(&self.shared);
+        shared.state.lock().flush_dirty();
+        // Input adopted clients sent before the loop started.
+        shared.combine();
         loop {
-            match self.poll.poll(&mut events, self.poll_timeout()) {
+            let timeout = self.poll_timeout(&shared.state.lock());
+            match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            let mut state = shared.state.lock();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept()?,
+                    LISTENER => self.accept(&mut state)?,
                     SIGNALS => {
                         tracing::info!("termination signal: shutting down");
-                        self.shutdown();
+                        state.shutdown(&self.socket_path);
                         return Ok(());
                     }
-                    rings::EVTCHN => self.ring_events(),
+                    rings::EVTCHN => state.ring_events(),
+                    WAKER => {}
                     Token(t) => {
                         let id = ConnId(t as u64);
-                        if event.is_readable() || event.is_read_closed() {
-                            self.read_client(id, &mut buf);
+                        if !self.threaded && (event.is_readable() || event.is_read_closed()) {
+                            state.read_client(id, &mut buf);
                         }
-                        if event.is_writable() {
+                        if event.is_writable() || event.is_write_closed() {
                             writable.push(id);
                         }
                     }
                 }
             }
-            self.service_rings();
+            if let Some(e) = state.fatal.take() {
+                return Err(e);
+            }
+            state.serve_inbox(&shared.inbox);
+            state.service_rings();
+            for id in writable.drain(..) {
+                state.flush(id);
+            }
             // Group commit: what this turn changed is durable before any
             // reply acknowledging it is written.
-            if let Some(p) = self.persistence.as_mut()
-                && let Err(e) = p.after_requests(&mut self.core) {
-                    tracing::error!("cannot persist the state: {e}; stopping rather than acknowledging what may be lost");
-                    return Err(e);
-                }
-            for id in writable.drain(..) {
-                self.flush(id);
-            }
-            self.flush_dirty();
-            if let Some(req) = self.core.live_update_tick(self.started.elapsed().as_secs()) {
-                self.live_update(req);
-            }
-            // A refusal or a failure of the update has replies to send.
-            self.flush_dirty();
-            for line in self.core.take_logs() {
-                tracing::info!(target: "xenstored", "{line}");
+            state.finish_turn()?;
+            let due = state.core.live_update_pending()
+                && self.last_live_update_check.is_none_or(|t| t.elapsed() >= LIVE_UPDATE_CHECK);
+            drop(state);
+            shared.combine();
+            if due {
+                self.last_live_update_check = Some(Instant::now());
+                self.check_live_update();
             }
         }
     }
 
     /// Serves a socket connection the previous process accepted (`-U`).
     pub fn adopt_client(&mut self, id: ConnId, stream: StdUnixStream) -> io::Result<()> {
-        stream.set_nonblocking(true)?;
-        let mut stream = UnixStream::from_std(stream);
-        self.poll.registry().register(&mut stream, Token(id.0 as usize), Interest::READABLE)?;
-        self.clients.insert(id, Client { stream, wants_write: false });
-        Ok(())
+        let shared = Arc::clone(&self.shared);
+        let mut state = shared.state.lock();
+        self.serve_client(&mut state, id, stream)
     }
 
-    /// Dumps the state and `exec`s the new binary; comes back only if that
-    /// failed, after which everything carries on as before.
-    fn live_update(&mut self, req: crate::live_update::LuRequest) {
-        use std::os::fd::AsRawFd;
-        // What can still be sent now need not go through the file.
-        self.flush_dirty();
-        if let Some(p) = self.persistence.as_mut()
-            && let Err(e) = p.after_requests(&mut self.core) {
-                tracing::error!("live update: cannot persist the state first: {e}");
-                self.core.live_update_failed("Dump write error");
-                return;
-            }
-        let sockets = self.clients.iter().map(|(id, c)| (*id, c.stream.as_raw_fd())).collect();
-        let listener = self.listener.as_raw_fd();
-        let reason = crate::live_update_exec::dump_and_exec(&mut self.core, &req, listener, sockets);
-        tracing::error!("live update failed: {reason}");
-        self.core.live_update_failed(reason);
-    }
-
-    fn accept(&mut self) -> io::Result<()> {
+    fn accept(&mut self, state: &mut State<P>) -> io::Result<()> {
+        self.threads.retain(|_, t| !t.handle.is_finished());
         loop {
             match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    let id = self.core.connect_socket();
-                    let token = Token(id.0 as usize);
-                    self.poll.registry().register(&mut stream, token, Interest::READABLE)?;
-                    self.clients.insert(id, Client { stream, wants_write: false });
+                Ok((stream, _)) => {
+                    // SAFETY: the descriptor comes straight from the accepted
+                    // stream, which gives up ownership of it.
+                    let stream = unsafe { StdUnixStream::from_raw_fd(stream.into_raw_fd()) };
+                    let id = state.core.connect_socket();
+                    if let Err(e) = self.serve_client(state, id, stream) {
+                        tracing::warn!(conn = id.0, "cannot serve a new client: {e}");
+                        state.core.disconnect(id);
+                        continue;
+                    }
                     tracing::debug!(conn = id.0, "client connected");
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -235,27 +342,286 @@ impl<P: Platform> Daemon<P> {
         }
     }
 
+    /// Puts a connected socket in service: polled by the main loop, or read
+    /// by a thread of its own.
+    fn serve_client(&mut self, state: &mut State<P>, id: ConnId, stream: StdUnixStream) -> io::Result<()> {
+        let stream = Arc::new(stream);
+        if !self.threaded {
+            stream.set_nonblocking(true)?;
+            let fd = stream.as_raw_fd();
+            state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)?;
+            state.clients.insert(id, Client { stream, wants_write: false });
+            return Ok(());
+        }
+        stream.set_nonblocking(false)?;
+        install_wakeup_signal();
+        let gate = Arc::new(Mutex::new(()));
+        let shared = Arc::clone(&self.shared);
+        let (thread_stream, thread_gate) = (Arc::clone(&stream), Arc::clone(&gate));
+        let handle = std::thread::Builder::new()
+            .name(format!("client-{}", id.0))
+            .stack_size(CLIENT_STACK)
+            .spawn(move || serve_socket(&shared, id, &thread_stream, &thread_gate))?;
+        state.clients.insert(id, Client { stream, wants_write: false });
+        self.threads.insert(id, ClientThread { handle, gate });
+        Ok(())
+    }
+
+    /// With a live update pending: stops the client threads between
+    /// requests (so no bytes read are left outside the core), lets the
+    /// core decide, and dumps and `exec`s if it says so. Comes back only if
+    /// the update is not due yet or failed; everything carries on then.
+    fn check_live_update(&self) {
+        let gates = self.pause_clients();
+        let mut state = self.shared.state.lock();
+        // All that was read is in the core before it decides.
+        state.serve_inbox(&self.shared.inbox);
+        if let Some(req) = state.core.live_update_tick(self.started.elapsed().as_secs()) {
+            self.live_update(&mut state, &req);
+        }
+        // A refusal or a failure of the update has replies to send.
+        let _ = state.finish_turn();
+        drop(state);
+        self.resume_clients(gates);
+        self.shared.combine();
+    }
+
+    /// Dumps the state and `exec`s the new binary; comes back only if that
+    /// failed.
+    fn live_update(&self, state: &mut State<P>, req: &crate::live_update::LuRequest) {
+        // What can still be sent now need not go through the file.
+        state.flush_dirty();
+        if let Some(p) = state.persistence.as_mut()
+            && let Err(e) = p.after_requests(&mut state.core) {
+                tracing::error!("live update: cannot persist the state first: {e}");
+                state.core.live_update_failed("Dump write error");
+                return;
+            }
+        // The successor (ours or C's) polls its sockets: it gets them
+        // non-blocking, as the single-threaded mode keeps them.
+        let set_blocking = |state: &State<P>, blocking: bool| {
+            if self.threaded {
+                for c in state.clients.values() {
+                    let _ = c.stream.set_nonblocking(!blocking);
+                }
+            }
+        };
+        set_blocking(state, false);
+        let sockets: BTreeMap<ConnId, i32> = state.clients.iter().map(|(id, c)| (*id, c.stream.as_raw_fd())).collect();
+        let listener = self.listener.as_raw_fd();
+        let reason = crate::live_update_exec::dump_and_exec(&mut state.core, req, listener, sockets);
+        set_blocking(state, true);
+        tracing::error!("live update failed: {reason}");
+        state.core.live_update_failed(reason);
+    }
+
+    /// Stops every client thread before its next `recv` and returns their
+    /// gates, held. A thread blocked in `recv` is interrupted by a signal
+    /// (sent again until it lets go: it may have been about to block).
+    fn pause_clients(&self) -> Vec<parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()>> {
+        *self.shared.pause.lock() = true;
+        self.shared.paused.store(true, Ordering::SeqCst);
+        let mut held = Vec::with_capacity(self.threads.len());
+        for t in self.threads.values() {
+            loop {
+                if let Some(g) = t.gate.try_lock_arc_for(Duration::from_millis(1)) {
+                    held.push(g);
+                    break;
+                }
+                // SAFETY: the handle is not joined, so its pthread_t is valid
+                // (an exited thread only makes this fail with ESRCH).
+                unsafe { libc::pthread_kill(t.handle.as_pthread_t(), wakeup_signal()) };
+            }
+        }
+        held
+    }
+
+    fn resume_clients(&self, gates: Vec<parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()>>) {
+        *self.shared.pause.lock() = false;
+        self.shared.paused.store(false, Ordering::SeqCst);
+        self.shared.resume.notify_all();
+        drop(gates);
+    }
+}
+
+/// A client thread: reads until the connection ends, handing what it
+/// reads to the core through the inbox.
+fn serve_socket<P: Platform>(shared: &Shared<P>, id: ConnId, stream: &StdUnixStream, gate: &Mutex<()>) {
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let mut buf = vec![0u8; CLIENT_BUF];
+    loop {
+        let held = gate.lock();
+        if shared.paused.load(Ordering::SeqCst) {
+            drop(held);
+            let mut paused = shared.pause.lock();
+            while *paused {
+                shared.resume.wait(&mut paused);
+            }
+            continue;
+        }
+        let got = { let mut s = stream; s.read(&mut buf) };
+        let got = match got {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(0) => Err(String::from("end of file")),
+            Ok(n) => Ok(n),
+            Err(e) => Err(e.to_string()),
+        };
+        let end = got.is_err();
+        if let Some(mut state) = shared.state.try_lock() {
+            // The lock was free: serve directly (after whatever waits,
+            // which may include this client's earlier input).
+            state.serve_inbox(&shared.inbox);
+            state.serve_input(id, got.as_ref().map(|n| &buf[..*n]).map_err(String::as_str));
+            shared.end_turn(&mut state);
+        } else {
+            let bytes = got.map(|n| buf[..n].to_vec());
+            waiting.fetch_add(bytes.as_ref().map_or(0, Vec::len), Ordering::SeqCst);
+            shared.inbox.push(Input { id, bytes, waiting: Arc::clone(&waiting) });
+            if waiting.load(Ordering::SeqCst) >= INBOX_BYTES {
+                let mut state = shared.state.lock();
+                state.serve_inbox(&shared.inbox);
+                shared.end_turn(&mut state);
+            }
+        }
+        shared.combine();
+        drop(held);
+        if end {
+            return;
+        }
+    }
+}
+
+impl<P: Platform> Shared<P> {
+    /// Serves the inbox if the lock is free, until it is empty or someone
+    /// else holds the lock (who then serves it: every holder calls this
+    /// after unlocking).
+    fn combine(&self) {
+        while !self.inbox.is_empty() {
+            let Some(mut state) = self.state.try_lock() else { return };
+            state.serve_inbox(&self.inbox);
+            self.end_turn(&mut state);
+        }
+    }
+
+    /// After serving input outside the main loop: output, persistence, and
+    /// a wake-up for the main loop if it has work (rings made ready, a live
+    /// update requested, a fatal error).
+    fn end_turn(&self, state: &mut State<P>) {
+        if let Err(e) = state.finish_turn() {
+            state.fatal = Some(e);
+        }
+        if state.fatal.is_some() || state.rings.has_ready() || state.core.live_update_pending() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+extern "C" fn on_wakeup_signal(_: libc::c_int) {}
+
+/// The signal that interrupts a client thread's `recv` (its handler does
+/// nothing; installed without `SA_RESTART`, so `recv` returns `EINTR`).
+fn wakeup_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 2
+}
+
+fn install_wakeup_signal() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction with a handler that does nothing
+        // (async-signal-safe by construction) and an empty mask.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_wakeup_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0;
+            libc::sigaction(wakeup_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+impl<P: Platform> State<P> {
+    /// After requests: persistence (group commit before any reply), output,
+    /// logs.
+    fn finish_turn(&mut self) -> io::Result<()> {
+        if let Some(p) = self.persistence.as_mut()
+            && let Err(e) = p.after_requests(&mut self.core) {
+                tracing::error!("cannot persist the state: {e}; stopping rather than acknowledging what may be lost");
+                return Err(e);
+            }
+        self.flush_dirty();
+        for line in self.core.take_logs() {
+            tracing::info!(target: "xenstored", "{line}");
+        }
+        Ok(())
+    }
+
+    /// Hands the client threads' input to the core, in the order read.
+    fn serve_inbox(&mut self, inbox: &SegQueue<Input>) {
+        while let Some(input) = inbox.pop() {
+            input.waiting.fetch_sub(input.bytes.as_ref().map_or(0, Vec::len), Ordering::SeqCst);
+            self.serve_input(input.id, input.bytes.as_deref().map_err(String::as_str));
+        }
+    }
+
+    /// What a client thread read: bytes, or the connection's end.
+    fn serve_input(&mut self, id: ConnId, input: Result<&[u8], &str>) {
+        match input {
+            Ok(bytes) => {
+                if self.clients.contains_key(&id) {
+                    self.feed(id, bytes);
+                }
+            }
+            Err(reason) => self.close(id, reason),
+        }
+    }
+
+    /// Bytes (or the end) read in single mode; returns whether the
+    /// connection is still open.
+    fn received(&mut self, id: ConnId, got: io::Result<usize>, buf: &[u8]) -> bool {
+        match got {
+            Ok(0) => {
+                self.close(id, "end of file");
+                false
+            }
+            Ok(n) => self.feed(id, &buf[..n]),
+            Err(e) => {
+                self.close(id, &e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Hands received bytes to the core; false if it closed the connection.
+    fn feed(&mut self, id: ConnId, bytes: &[u8]) -> bool {
+        if let Some(trace) = self.trace.as_mut() {
+            let _ = writeln!(trace, "IN  conn {} {} bytes", id.0, bytes.len());
+        }
+        if let Err(e) = self.core.receive(id, bytes) {
+            tracing::warn!(conn = id.0, "{e}: closing the connection");
+            self.close(id, "protocol violation");
+            return false;
+        }
+        true
+    }
+
+    /// Single mode: reads what a readable socket holds.
     fn read_client(&mut self, id: ConnId, buf: &mut [u8]) {
         loop {
-            let Some(client) = self.clients.get_mut(&id) else { return };
-            match client.stream.read(buf) {
-                Ok(0) => return self.close(id, "end of file"),
+            let Some(client) = self.clients.get(&id) else { return };
+            let got = { let mut s = &*client.stream; s.read(buf) };
+            match got {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(n) => {
-                    if let Some(trace) = self.trace.as_mut() {
-                        let _ = writeln!(trace, "IN  conn {} {} bytes", id.0, n);
-                    }
-                    if let Err(e) = self.core.receive(id, &buf[..n]) {
-                        tracing::warn!(conn = id.0, "{e}: closing the connection");
-                        return self.close(id, "protocol violation");
-                    }
-                    // A short read drained the socket: wait for the next event.
-                    if n < buf.len() {
+                    if !self.received(id, Ok(n), buf) || n < buf.len() {
+                        // Closed, or a short read drained the socket.
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.close(id, &e.to_string()),
+                Err(e) => {
+                    self.received(id, Err(e), buf);
+                    return;
+                }
             }
         }
     }
@@ -276,7 +642,7 @@ impl<P: Platform> Daemon<P> {
         let Some(out) = self.core.output(id) else { return };
         let mut failed = None;
         while let Some(front) = out.front() {
-            match client.stream.write(front) {
+            match send_nonblocking(&client.stream, front) {
                 Ok(n) => {
                     if let Some(trace) = self.trace.as_mut() {
                         let _ = writeln!(trace, "OUT conn {} {} bytes", id.0, n);
@@ -296,17 +662,28 @@ impl<P: Platform> Daemon<P> {
         }
         let pending = !out.is_empty();
         if pending != client.wants_write {
-            let interest = if pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            let fd = client.stream.as_raw_fd();
             let token = Token(id.0 as usize);
-            if self.poll.registry().reregister(&mut client.stream, token, interest).is_ok() {
+            let done = match (self.threaded, pending) {
+                (false, true) => self.registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE),
+                (false, false) => self.registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE),
+                (true, true) => self.registry.register(&mut SourceFd(&fd), token, Interest::WRITABLE),
+                (true, false) => self.registry.deregister(&mut SourceFd(&fd)),
+            };
+            if done.is_ok() {
                 client.wants_write = pending;
             }
         }
     }
 
     fn close(&mut self, id: ConnId, reason: &str) {
-        if let Some(mut client) = self.clients.remove(&id) {
-            let _ = self.poll.registry().deregister(&mut client.stream);
+        if let Some(client) = self.clients.remove(&id) {
+            if !self.threaded || client.wants_write {
+                let _ = self.registry.deregister(&mut SourceFd(&client.stream.as_raw_fd()));
+            }
+            // Wakes the client's thread, blocked in `recv` (it then sees the
+            // connection gone); the descriptor closes with the last handle.
+            let _ = client.stream.shutdown(std::net::Shutdown::Both);
             tracing::debug!(conn = id.0, "client closed: {reason}");
         }
         self.core.disconnect(id);
@@ -314,19 +691,24 @@ impl<P: Platform> Daemon<P> {
 
     /// Finishes what was read, gives clients a moment to take their
     /// replies, and removes the socket.
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self, socket_path: &FsPath) {
         if let Some(p) = self.persistence.as_mut()
             && let Err(e) = p.shutdown(&mut self.core) {
                 tracing::error!("final checkpoint failed: {e}");
             }
         self.flush_dirty();
-        let ids: Vec<ConnId> = self.clients.keys().copied().collect();
-        for id in ids {
-            if let Some(client) = self.clients.get_mut(&id) {
-                let _ = client.stream.flush();
-            }
-        }
-        let _ = fs::remove_file(&self.socket_path);
+        let _ = fs::remove_file(socket_path);
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// `send` that never blocks nor raises SIGPIPE, whatever the descriptor's
+/// mode (client threads keep theirs blocking for `recv`).
+fn send_nonblocking(stream: &StdUnixStream, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for its length; the descriptor is open
+    // for as long as `stream` is borrowed.
+    let n = unsafe {
+        libc::send(stream.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
 
-use super::Daemon;
+use super::State;
 use crate::conn::ConnId;
 use crate::domain::Platform;
 use crate::protocol::Core;
@@ -80,9 +80,15 @@ impl RingState {
     pub(super) fn enabled(&self) -> bool {
         self.enabled
     }
+
+    /// Rings wait to be served (a client thread queued one: the main loop
+    /// must wake).
+    pub(super) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
 }
 
-impl<P: Platform> Daemon<P> {
+impl<P: Platform> State<P> {
     /// The event descriptor fired: collect fired rings, handle domain
     /// state changes.
     pub(super) fn ring_events(&mut self) {

@@ -118,6 +118,12 @@ impl Persistence {
         self.maybe_checkpoint(core)
     }
 
+    /// Commit durability: every turn's changes are made durable together
+    /// before its replies leave.
+    pub fn group_commit(&self) -> bool {
+        self.config.durability == Durability::Commit
+    }
+
     /// How long the event loop may sleep before a checkpoint is due.
     pub fn timeout(&self) -> Option<Duration> {
         if self.config.durability == Durability::None {

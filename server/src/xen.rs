@@ -126,6 +126,10 @@ struct HypercallBuf {
     ptr: NonNull<u8>,
 }
 
+// SAFETY: the buffer is process-wide memory owned by this value alone;
+// it is used through `&mut self` only (one hypercall at a time).
+unsafe impl Send for HypercallBuf {}
+
 impl HypercallBuf {
     fn new() -> io::Result<HypercallBuf> {
         let dev = open_dev("/dev/xen/hypercall").ok();

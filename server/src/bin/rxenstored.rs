@@ -94,6 +94,11 @@ struct Args {
     #[arg(long = "no-rings")]
     no_rings: bool,
 
+    /// Serve socket clients from the main event loop, as C xenstored does,
+    /// instead of a thread each (always so with --durability commit).
+    #[arg(long = "no-socket-threads")]
+    no_socket_threads: bool,
+
     /// Keep the state in this directory: restart after a crash with it.
     #[arg(long = "state-dir", value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -169,7 +174,7 @@ fn config(args: &Args) -> Result<Config, String> {
 /// After a live update (`inherited_evtchn`: GLOBAL_DATA's `evtchn-fd`) Xen's
 /// event-channel device is the one the previous process left open, with the
 /// guests' ports still bound on it.
-fn platform(args: &Args, config: &Config, inherited_evtchn: Option<i32>) -> Result<(Box<dyn Platform>, Option<u32>), String> {
+fn platform(args: &Args, config: &Config, inherited_evtchn: Option<i32>) -> Result<(Box<dyn Platform + Send>, Option<u32>), String> {
     if let Some(dir) = &args.sim_rings {
         let sim = SimPlatform::new(dir, config.priv_domid).map_err(|e| format!("cannot use {} for simulated rings: {e}", dir.display()))?;
         tracing::info!("serving simulated guests in {}", dir.display());
@@ -392,6 +397,7 @@ fn run(args: Args) -> Result<(), String> {
         p.start(&mut core).map_err(|e| format!("cannot write the initial checkpoint: {e}"))?;
     }
     let mut daemon = Daemon::new(core, listener, socket.clone(), trace).map_err(|e| format!("cannot start: {e}"))?;
+    daemon.set_socket_threads(!args.no_socket_threads);
     if let Some(p) = persistence {
         daemon.set_persistence(p);
     }
