@@ -90,9 +90,11 @@ impl fmt::Debug for Value {
 /// a removed one closes its gap. Each entry is the child's own path, the
 /// very allocation the trie uses as its key, so a listing costs no string
 /// of its own and walking the tree needs no path building. Shared until
-/// modified; a modification copies the list of pointers.
+/// modified; a modification copies the list of pointers only when another
+/// version shares it, so appending to a directory that no reader holds
+/// costs O(1), however many children it has.
 #[derive(Clone, Default)]
-pub struct Children(Option<Arc<[Path]>>);
+pub struct Children(Option<Arc<Vec<Path>>>);
 
 impl Children {
     /// The children's names (last path components), in order.
@@ -106,7 +108,7 @@ impl Children {
     }
 
     fn as_slice(&self) -> &[Path] {
-        self.0.as_deref().unwrap_or(&[])
+        self.0.as_deref().map_or(&[], Vec::as_slice)
     }
 
     pub fn len(&self) -> usize {
@@ -118,18 +120,24 @@ impl Children {
     }
 
     pub(crate) fn from_paths(paths: Vec<Path>) -> Children {
-        if paths.is_empty() { Children(None) } else { Children(Some(Arc::from(paths))) }
+        if paths.is_empty() { Children(None) } else { Children(Some(Arc::new(paths))) }
     }
 
-    pub(crate) fn with_appended(&self, child: Path) -> Children {
-        let mut v: Vec<Path> = Vec::with_capacity(self.len() + 1);
-        v.extend(self.paths().cloned());
-        v.push(child);
-        Children(Some(Arc::from(v)))
+    pub(crate) fn append(&mut self, child: Path) {
+        match &mut self.0 {
+            Some(list) => Arc::make_mut(list).push(child),
+            None => self.0 = Some(Arc::new(alloc::vec![child])),
+        }
     }
 
-    pub(crate) fn without(&self, name: &str) -> Children {
-        Children::from_paths(self.paths().filter(|p| p.name() != name).cloned().collect())
+    pub(crate) fn remove(&mut self, name: &str) {
+        if let Some(list) = &mut self.0 {
+            let list = Arc::make_mut(list);
+            list.retain(|p| p.name() != name);
+            if list.is_empty() {
+                self.0 = None;
+            }
+        }
     }
 
     /// Same children in the same order; O(1) when both share one allocation.

@@ -315,7 +315,7 @@ impl Snapshot {
                     if s.contains(e.path.as_str()) {
                         return Err(BuildError::Duplicate(e.path));
                     }
-                    if !s.update_node(&parent, |p| p.children = p.children.with_appended(child)) {
+                    if !s.update_node(&parent, |p| p.children.append(child)) {
                         return Err(BuildError::MissingParent(e.path));
                     }
                 }
@@ -476,7 +476,7 @@ impl Snapshot {
         } else {
             let parent = path.parent().ok_or(BuildError::MissingRoot)?;
             let child = path.clone();
-            if !self.update_node(&parent, |p| p.children = p.children.with_appended(child)) {
+            if !self.update_node(&parent, |p| p.children.append(child)) {
                 return Err(BuildError::MissingParent(path.clone()));
             }
             self.insert_new(path.clone(), Node { value, perms, children: Children::default(), generation });
@@ -639,7 +639,7 @@ impl Snapshot {
             let parent_generation = self.fresh_generation();
             let child = p.clone();
             self.update_node(&parent, |n| {
-                n.children = n.children.with_appended(child);
+                n.children.append(child);
                 n.generation = parent_generation;
             });
             let value = if missing.is_empty() { value.clone() } else { Value::default() };
@@ -675,7 +675,7 @@ impl Snapshot {
             let generation = self.fresh_generation();
             let name = path.name();
             self.update_node(&parent, |n| {
-                n.children = n.children.without(name);
+                n.children.remove(name);
                 n.generation = generation;
             });
         }

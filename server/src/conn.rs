@@ -28,6 +28,16 @@ pub struct OutQueue {
     /// Bytes of the front message already handed to the transport.
     sent: usize,
     bytes: usize,
+    /// Fingerprints of the events not yet begun, with their counts: the
+    /// duplicate check looks here first instead of scanning the queue (a
+    /// watcher that stops reading can have a very long one).
+    unsent_events: BTreeMap<u64, u32>,
+}
+
+/// FNV-1a: a fingerprint only (a match is confirmed by comparing bytes;
+/// colliding paths cost their sender a scan of its own queue).
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[derive(Debug)]
@@ -39,12 +49,18 @@ struct Outgoing {
 impl OutQueue {
     pub(crate) fn push(&mut self, bytes: Vec<u8>, is_event: bool) {
         self.bytes += bytes.len();
+        if is_event {
+            *self.unsent_events.entry(fingerprint(&bytes)).or_default() += 1;
+        }
         self.messages.push_back(Outgoing { bytes, is_event });
     }
 
     /// True if an identical event is queued and not yet begun (C drops the
     /// new one then, §6.8).
     pub(crate) fn has_unsent_event(&self, bytes: &[u8]) -> bool {
+        if !self.unsent_events.contains_key(&fingerprint(bytes)) {
+            return false;
+        }
         let skip = usize::from(self.sent > 0);
         self.messages.iter().skip(skip).any(|m| m.is_event && m.bytes == bytes)
     }
@@ -57,6 +73,16 @@ impl OutQueue {
     /// Marks `n` bytes of the front message as sent.
     pub fn advance(&mut self, n: usize) {
         let Some(front) = self.messages.front() else { return };
+        if self.sent == 0 && n > 0 && front.is_event {
+            // Begun: no longer a duplicate candidate.
+            let key = fingerprint(&front.bytes);
+            if let Some(count) = self.unsent_events.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.unsent_events.remove(&key);
+                }
+            }
+        }
         self.sent += n;
         self.bytes = self.bytes.saturating_sub(n);
         if self.sent >= front.bytes.len() {
@@ -94,6 +120,7 @@ impl OutQueue {
     }
 
     pub(crate) fn clear(&mut self) {
+        self.unsent_events.clear();
         self.messages.clear();
         self.sent = 0;
         self.bytes = 0;
@@ -197,5 +224,51 @@ impl Conn {
         self.transactions.clear();
         self.out.clear();
         self.decoder = Decoder::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The duplicate check as the queue itself says it: a scan.
+    fn scan(q: &OutQueue, bytes: &[u8]) -> bool {
+        q.messages.iter().skip(usize::from(q.sent > 0)).any(|m| m.is_event && m.bytes == bytes)
+    }
+
+    #[test]
+    fn an_event_stops_counting_as_a_duplicate_once_begun() {
+        let mut q = OutQueue::default();
+        q.push(b"reply".to_vec(), false);
+        assert!(!q.has_unsent_event(b"reply"), "replies are never duplicates");
+        q.push(b"event".to_vec(), true);
+        assert!(q.has_unsent_event(b"event"));
+        q.advance(5);
+        assert!(q.has_unsent_event(b"event"), "the reply went, the event has not begun");
+        q.advance(1);
+        assert!(!q.has_unsent_event(b"event"), "begun");
+        q.push(b"event".to_vec(), true);
+        assert!(q.has_unsent_event(b"event"));
+        q.clear();
+        assert!(!q.has_unsent_event(b"event"));
+    }
+
+    proptest! {
+        #[test]
+        fn the_fingerprint_index_agrees_with_a_scan(ops in prop::collection::vec((0u8..4, 0usize..3, any::<bool>(), 1usize..4), 1..60)) {
+            let mut q = OutQueue::default();
+            let names: [&[u8]; 3] = [b"a\0t\0", b"bb\0t\0", b"a\0u\0"];
+            for (op, which, is_event, n) in ops {
+                match op {
+                    0 | 1 => q.push(names[which].to_vec(), is_event),
+                    2 => q.advance(n),
+                    _ => {}
+                }
+                for name in names {
+                    prop_assert_eq!(q.has_unsent_event(name), scan(&q, name));
+                }
+            }
+        }
     }
 }

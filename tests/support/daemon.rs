@@ -125,12 +125,13 @@ impl Daemon {
     /// that is available but fails to come up panics.
     pub fn start(kind: Kind) -> Result<Daemon, Unavailable> {
         match kind {
-            Kind::Rxenstored => Daemon::start_rx(),
+            Kind::Rxenstored => Daemon::start_rx(&[]),
             Kind::Cxenstored | Kind::Oxenstored => Daemon::start_peer(kind),
         }
     }
 
-    fn start_rx() -> Result<Daemon, Unavailable> {
+    /// Starts rxenstored with extra command-line arguments.
+    pub fn start_rx(args: &[&str]) -> Result<Daemon, Unavailable> {
         let bin = rxenstored_bin()
             .ok_or_else(|| Unavailable("cannot locate the target directory".into()))?;
         if !bin.is_file() {
@@ -147,6 +148,7 @@ impl Daemon {
             .map_err(|e| Unavailable(format!("cannot dup daemon.log: {e}")))?;
         let child = Command::new(&bin)
             .arg("--no-fork")
+            .args(args)
             .env("XENSTORED_RUNDIR", rundir.path())
             .env_remove("XENSTORED_PATH")
             .stdin(Stdio::null())

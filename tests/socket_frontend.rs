@@ -1,0 +1,124 @@
+//! The Unix-socket frontend under concurrency, in both of its modes: a
+//! thread per client (the default) and the single event loop
+//! (`--no-socket-threads`).
+//!
+//! - Many clients at once each get every reply, in order, with the right
+//!   contents (the threaded mode hands input between threads).
+//! - A watcher that stops reading holds up nobody: writers keep being
+//!   answered while its events pile up (a socket client is dom0, whose
+//!   queue C does not bound either), and when it reads again it gets every
+//!   event, in order.
+//! - A client that floods requests without reading replies is answered
+//!   in full once it reads, and others are served meanwhile.
+
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rxenstored_suite::daemon::Daemon;
+use wire::{Op, client::Client};
+
+const MODES: [&[&str]; 2] = [&[], &["--no-socket-threads"]];
+
+fn start(args: &[&str]) -> Option<Daemon> {
+    match Daemon::start_rx(args) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn concurrent_clients_each_get_their_own_replies_in_order() {
+    for args in MODES {
+        let Some(d) = start(args) else { return };
+        let done = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<_> = (0..16)
+            .map(|c| {
+                let mut client = d.connect();
+                client.set_reply_timeout(Duration::from_secs(20));
+                let done = Arc::clone(&done);
+                std::thread::spawn(move || {
+                    for i in 0..400 {
+                        let path = format!("/conc/c{c}/k{}", i % 7);
+                        let value = format!("{c}-{i}");
+                        assert!(client.write(&path, &value).expect("write").is_ok());
+                        let r = client.read(&path).expect("read");
+                        assert_eq!(r.ok(), Some(value.as_bytes()), "client {c} request {i}");
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("client thread");
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 16, "{args:?}");
+        assert!(d.connect().read("/conc/c15/k0").expect("read").is_ok());
+    }
+}
+
+#[test]
+fn a_watcher_that_stops_reading_blocks_nobody_and_loses_nothing() {
+    for args in MODES {
+        let Some(d) = start(args) else { return };
+        let mut watcher = d.connect();
+        assert!(watcher.watch("/busy", "tok").expect("watch").is_ok());
+        assert!(watcher.next_event(Duration::from_secs(5)).is_some(), "the initial event");
+        // From here the watcher reads nothing: about 8 MB of events pile up,
+        // far past what the socket buffers hold.
+        let value = vec![b'v'; 64];
+        let mut writer = d.connect();
+        writer.set_reply_timeout(Duration::from_secs(10));
+        let writes = 20_000;
+        let started = Instant::now();
+        for i in 0..writes {
+            let path = format!("/busy/node-with-a-long-name-to-fill-the-queue-faster/{i:0>200}");
+            assert!(writer.write(&path, &value).expect("writer answered").is_ok(), "{args:?} write {i}");
+        }
+        // A third client is served as well.
+        assert!(d.connect().read("/busy").expect("read").is_ok());
+        assert!(started.elapsed() < Duration::from_secs(60), "{args:?}: writes took {:?}", started.elapsed());
+        // The watcher catches up: every event, in order.
+        for i in 0..writes {
+            let (path, token) = watcher.next_event(Duration::from_secs(10)).unwrap_or_else(|| panic!("{args:?}: event {i} missing"));
+            assert_eq!(token, b"tok");
+            let want = format!("/busy/node-with-a-long-name-to-fill-the-queue-faster/{i:0>200}");
+            assert_eq!(String::from_utf8_lossy(&path), want, "{args:?}");
+        }
+        assert!(d.log().lines().all(|l| !l.contains("panicked")), "{}", d.log());
+    }
+}
+
+#[test]
+fn a_client_flooding_requests_gets_every_reply_and_others_are_served() {
+    for args in MODES {
+        let Some(d) = start(args) else { return };
+        let mut flood = Client::connect(d.socket()).expect("connect");
+        flood.set_reply_timeout(Duration::from_secs(20));
+        // 5,000 pipelined writes, sent before any reply is read (a thread
+        // writes: the socket fills while the daemon is still answering).
+        let count = 5_000u32;
+        let mut bytes = Vec::new();
+        for i in 0..count {
+            wire::encode(Op::Write, i, 0, format!("/flood/k{i}\0value-{i}").as_bytes(), &mut bytes);
+        }
+        let mut stream = flood.stream().try_clone().expect("clone");
+        let sender = std::thread::spawn(move || stream.write_all(&bytes).expect("send the flood"));
+        let mut other = d.connect();
+        other.set_reply_timeout(Duration::from_secs(10));
+        for i in 0..50 {
+            assert!(other.write(format!("/other/{i}"), "x").expect("other served").is_ok());
+        }
+        for i in 0..count {
+            let m = flood.wait_reply(i).expect("reply");
+            assert_eq!(m.header.msg_type, Op::Write.code(), "{args:?} reply {i}: {:?}", m.payload);
+        }
+        sender.join().expect("sender");
+        assert_eq!(d.connect().read("/flood/k4999").expect("read").ok(), Some(&b"value-4999"[..]));
+    }
+}
