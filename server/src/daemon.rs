@@ -254,11 +254,16 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let mut writable = Vec::new();
         // Output restored by a live update (the requester's OK among it).
         let shared = Arc::clone(&self.shared);
-        shared.state.lock().flush_dirty();
-        // Input adopted clients sent before the loop started.
+        let mut timeout = {
+            let mut state = shared.state.lock();
+            state.flush_dirty();
+            self.poll_timeout(&state)
+        };
+        // Input adopted clients sent before the loop started. (Every
+        // unlock is followed by this: a client thread that found the lock
+        // taken left its input to whoever held it.)
         shared.combine();
         loop {
-            let timeout = self.poll_timeout(&shared.state.lock());
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -299,6 +304,9 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             state.finish_turn()?;
             let due = state.core.live_update_pending()
                 && self.last_live_update_check.is_none_or(|t| t.elapsed() >= LIVE_UPDATE_CHECK);
+            // (What client threads do after this wakes the loop if it
+            // changes the timeout: rings made ready, a live update.)
+            timeout = self.poll_timeout(&state);
             drop(state);
             shared.combine();
             if due {
