@@ -63,6 +63,21 @@ fn start_rx() -> Option<Daemon> {
 #[test]
 fn rx_to_rx_keeps_connections_watches_partial_requests_and_every_write() {
     let Some(d) = start_rx() else { return };
+    rx_to_rx_under_load(&d);
+}
+
+/// With a thread per socket client, the update stops every thread between
+/// requests first: a request read but not yet served would be lost.
+#[test]
+fn rx_to_rx_with_socket_threads_loses_nothing_read() {
+    let d = match Daemon::start_rx(&["--socket-threads"]) {
+        Ok(d) => d,
+        Err(e) => return eprintln!("skipped: {e}"),
+    };
+    rx_to_rx_under_load(&d);
+}
+
+fn rx_to_rx_under_load(d: &Daemon) {
     let pid = d.pid();
     let mut admin = d.connect();
     admin.set_reply_timeout(Duration::from_secs(20));

@@ -1,6 +1,6 @@
-//! The Unix-socket frontend under concurrency, in both of its modes: a
-//! thread per client (the default) and the single event loop
-//! (`--no-socket-threads`).
+//! The Unix-socket frontend under concurrency, in both of its modes: the
+//! single event loop (the default) and a thread per client
+//! (`--socket-threads`).
 //!
 //! - Many clients at once each get every reply, in order, with the right
 //!   contents (the threaded mode hands input between threads).
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rxenstored_suite::daemon::Daemon;
 use wire::{Op, client::Client};
 
-const MODES: [&[&str]; 2] = [&[], &["--no-socket-threads"]];
+const MODES: [&[&str]; 2] = [&[], &["--socket-threads"]];
 
 fn start(args: &[&str]) -> Option<Daemon> {
     match Daemon::start_rx(args) {

@@ -9,7 +9,7 @@
 //! persistence) sit behind one lock, in [`State`]. Who reads the sockets
 //! depends on the mode:
 //!
-//! - **threaded** (the default): each socket client has a thread of its own
+//! - **threaded** (`--socket-threads`): each socket client has a thread of its own
 //!   that blocks in `recv`, and puts what it read in a shared inbox. The
 //!   core's work is *combined*: whichever thread gets the lock serves
 //!   everything in the inbox and writes out what the core queued, while
@@ -21,9 +21,13 @@
 //!   instead of queueing threads on a futex. A client with too much input
 //!   waiting ([`INBOX_BYTES`]) waits for the lock itself: that is the
 //!   back-pressure a flooding client gets.
-//! - **single** (`--no-socket-threads`, and always in commit durability,
-//!   whose group commit needs a loop turn to batch over): the main loop
-//!   polls the sockets too, as C xenstored does.
+//! - **single** (the default, and always in commit durability, whose
+//!   group commit needs a loop turn to batch over): the main loop polls
+//!   the sockets too, as C xenstored does. One loop turn serves every
+//!   ready client and then writes, so a watcher gets a turn's events
+//!   together; with a thread per client each request's events go out on
+//!   their own, which costs a bootstorm with watchers more than the
+//!   parallel socket work gains (see benches/README.md).
 //!
 //! The main thread always runs the poll: the listening socket, signals,
 //! the platform's event descriptor (rings), sockets whose output is
@@ -199,7 +203,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             core,
             clients: HashMap::new(),
             registry: poll.registry().try_clone()?,
-            threaded: true,
+            threaded: false,
             trace,
             rings,
             persistence: None,
@@ -211,7 +215,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             poll,
             listener,
             socket_path,
-            threaded: true,
+            threaded: false,
             threads: HashMap::new(),
             _signals: signals,
             started: Instant::now(),
@@ -219,8 +223,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         })
     }
 
-    /// Serves socket clients from the main loop instead of a thread each.
-    /// Call before any client is adopted.
+    /// Serves socket clients from a thread each (`true`) or from the main
+    /// loop (`false`, the default). Call before any client is adopted.
     pub fn set_socket_threads(&mut self, threaded: bool) {
         self.threaded = threaded;
         self.shared.state.lock().threaded = threaded;

@@ -94,10 +94,12 @@ struct Args {
     #[arg(long = "no-rings")]
     no_rings: bool,
 
-    /// Serve socket clients from the main event loop, as C xenstored does,
-    /// instead of a thread each (always so with --durability commit).
-    #[arg(long = "no-socket-threads")]
-    no_socket_threads: bool,
+    /// Serve each socket client from a thread of its own instead of the
+    /// main event loop: faster for many busy dom0 tools on several cores,
+    /// slower for bootstorms with watchers (ignored with --durability
+    /// commit, whose group commit needs the loop).
+    #[arg(long = "socket-threads")]
+    socket_threads: bool,
 
     /// Keep the state in this directory: restart after a crash with it.
     #[arg(long = "state-dir", value_name = "DIR")]
@@ -397,7 +399,7 @@ fn run(args: Args) -> Result<(), String> {
         p.start(&mut core).map_err(|e| format!("cannot write the initial checkpoint: {e}"))?;
     }
     let mut daemon = Daemon::new(core, listener, socket.clone(), trace).map_err(|e| format!("cannot start: {e}"))?;
-    daemon.set_socket_threads(!args.no_socket_threads);
+    daemon.set_socket_threads(args.socket_threads);
     if let Some(p) = persistence {
         daemon.set_persistence(p);
     }
