@@ -70,6 +70,22 @@ impl OutQueue {
         self.messages.front().map(|m| &m.bytes[self.sent..])
     }
 
+    /// The unsent bytes in order, a message at a time (the front one's
+    /// rest first), for a gathering write.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.messages.iter().enumerate().map(|(i, m)| if i == 0 { &m.bytes[self.sent..] } else { &m.bytes[..] })
+    }
+
+    /// Marks `n` bytes as sent, across as many messages as they cover.
+    pub fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(rest) = self.front().map(<[u8]>::len) else { return };
+            let step = n.min(rest);
+            self.advance(step);
+            n -= step;
+        }
+    }
+
     /// Marks `n` bytes of the front message as sent.
     pub fn advance(&mut self, n: usize) {
         let Some(front) = self.messages.front() else { return };
@@ -235,6 +251,22 @@ mod tests {
     /// The duplicate check as the queue itself says it: a scan.
     fn scan(q: &OutQueue, bytes: &[u8]) -> bool {
         q.messages.iter().skip(usize::from(q.sent > 0)).any(|m| m.is_event && m.bytes == bytes)
+    }
+
+    #[test]
+    fn consume_spans_messages_and_chunks_follow() {
+        let mut q = OutQueue::default();
+        for m in [&b"abc"[..], b"de", b"fghi"] {
+            q.push(m.to_vec(), true);
+        }
+        q.consume(4);
+        assert_eq!(q.chunks().collect::<Vec<_>>(), [&b"e"[..], b"fghi"]);
+        assert_eq!(q.bytes(), 5);
+        assert!(!q.has_unsent_event(b"de"), "begun");
+        assert!(q.has_unsent_event(b"fghi"));
+        q.consume(100);
+        assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
     }
 
     #[test]

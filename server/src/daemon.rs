@@ -38,7 +38,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -73,6 +73,8 @@ const LIVE_UPDATE_CHECK: Duration = Duration::from_millis(100);
 /// A client thread's stack: the core's work is shallow (no recursion over
 /// the tree happens on the caller's stack beyond a few frames).
 const CLIENT_STACK: usize = 256 * 1024;
+/// Messages gathered into one `sendmsg` (Linux's `UIO_MAXIOV` is 1024).
+const MAX_IOV: usize = 64;
 /// Read buffer of a client thread.
 const CLIENT_BUF: usize = 16 * 1024;
 /// Unserved input bytes after which a client's thread serves the inbox
@@ -653,13 +655,15 @@ impl<P: Platform> State<P> {
         let Some(client) = self.clients.get_mut(&id) else { return };
         let Some(out) = self.core.output(id) else { return };
         let mut failed = None;
-        while let Some(front) = out.front() {
-            match send_nonblocking(&client.stream, front) {
+        while !out.is_empty() {
+            // One system call for many queued messages (a watcher's events).
+            let slices: Vec<IoSlice<'_>> = out.chunks().take(MAX_IOV).map(IoSlice::new).collect();
+            match send_nonblocking(&client.stream, &slices) {
                 Ok(n) => {
                     if let Some(trace) = self.trace.as_mut() {
                         let _ = writeln!(trace, "OUT conn {} {} bytes", id.0, n);
                     }
-                    out.advance(n);
+                    out.consume(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -716,11 +720,14 @@ impl<P: Platform> State<P> {
 
 /// `send` that never blocks nor raises SIGPIPE, whatever the descriptor's
 /// mode (client threads keep theirs blocking for `recv`).
-fn send_nonblocking(stream: &StdUnixStream, bytes: &[u8]) -> io::Result<usize> {
-    // SAFETY: the buffer is valid for its length; the descriptor is open
-    // for as long as `stream` is borrowed.
+fn send_nonblocking(stream: &StdUnixStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an `IoSlice` has the layout of an `iovec` (std guarantees it
+    // on Unix); the slices and the descriptor outlive the call.
     let n = unsafe {
-        libc::send(stream.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = slices.as_ptr().cast_mut().cast();
+        msg.msg_iovlen = slices.len() as _;
+        libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
