@@ -36,7 +36,7 @@
 //! never blocks anyone; its bytes wait in the core's queue (where the
 //! core's bounds apply) until the poll says the socket has room.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
@@ -130,6 +130,13 @@ pub(crate) struct State<P: Platform> {
     persistence: Option<Persistence>,
     /// Set by a client thread that could not persist: the main loop stops.
     fatal: Option<io::Error>,
+    /// Connections whose input was served this turn: their replies go out
+    /// at its end.
+    served: Vec<ConnId>,
+    /// Connections with output from a client thread's turn that did not
+    /// ask for it (watch events): the main loop sends it, so that a busy
+    /// stretch reaches a watcher in a few large writes, not one per event.
+    deferred: HashSet<ConnId>,
 }
 
 /// What a client thread read, waiting in the inbox for the core.
@@ -149,6 +156,8 @@ struct Shared<P: Platform> {
     /// Wakes the main loop (ring work queued, live update requested, fatal
     /// error) from a client thread.
     waker: Waker,
+    /// The main loop has been woken to send deferred output.
+    flush_wake: AtomicBool,
     /// Client threads stop reading while this is set (live update).
     paused: AtomicBool,
     pause: Mutex<bool>,
@@ -210,8 +219,10 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             rings,
             persistence: None,
             fatal: None,
+            served: Vec::new(),
+            deferred: HashSet::new(),
         };
-        let shared = Shared { state: Mutex::new(state), inbox: SegQueue::new(), waker, paused: AtomicBool::new(false), pause: Mutex::new(false), resume: Condvar::new() };
+        let shared = Shared { state: Mutex::new(state), inbox: SegQueue::new(), waker, flush_wake: AtomicBool::new(false), paused: AtomicBool::new(false), pause: Mutex::new(false), resume: Condvar::new() };
         Ok(Daemon {
             shared: Arc::new(shared),
             poll,
@@ -276,6 +287,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                 Err(e) => return Err(e),
             }
             let mut state = shared.state.lock();
+            // Deferred output is sent at the end of this turn.
+            shared.flush_wake.store(false, Ordering::SeqCst);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(&mut state)?,
@@ -307,7 +320,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             }
             // Group commit: what this turn changed is durable before any
             // reply acknowledging it is written.
-            state.finish_turn()?;
+            state.finish_turn(false)?;
             let due = state.core.live_update_pending()
                 && self.last_live_update_check.is_none_or(|t| t.elapsed() >= LIVE_UPDATE_CHECK);
             // (What client threads do after this wakes the loop if it
@@ -394,7 +407,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             self.live_update(&mut state, &req);
         }
         // A refusal or a failure of the update has replies to send.
-        let _ = state.finish_turn();
+        let _ = state.finish_turn(false);
         drop(state);
         self.resume_clients(gates);
         self.shared.combine();
@@ -521,10 +534,11 @@ impl<P: Platform> Shared<P> {
     /// a wake-up for the main loop if it has work (rings made ready, a live
     /// update requested, a fatal error).
     fn end_turn(&self, state: &mut State<P>) {
-        if let Err(e) = state.finish_turn() {
+        if let Err(e) = state.finish_turn(true) {
             state.fatal = Some(e);
         }
-        if state.fatal.is_some() || state.rings.has_ready() || state.core.live_update_pending() {
+        let flush = !state.deferred.is_empty() && !self.flush_wake.swap(true, Ordering::SeqCst);
+        if flush || state.fatal.is_some() || state.rings.has_ready() || state.core.live_update_pending() {
             let _ = self.waker.wake();
         }
     }
@@ -556,13 +570,33 @@ fn install_wakeup_signal() {
 impl<P: Platform> State<P> {
     /// After requests: persistence (group commit before any reply), output,
     /// logs.
-    fn finish_turn(&mut self) -> io::Result<()> {
+    /// `defer`: a client thread's turn, which sends only the replies of
+    /// the connections it served and leaves the rest to the main loop.
+    fn finish_turn(&mut self, defer: bool) -> io::Result<()> {
         if let Some(p) = self.persistence.as_mut()
             && let Err(e) = p.after_requests(&mut self.core) {
                 tracing::error!("cannot persist the state: {e}; stopping rather than acknowledging what may be lost");
                 return Err(e);
             }
-        self.flush_dirty();
+        if defer {
+            for id in self.core.take_dirty() {
+                if self.served.contains(&id) {
+                    self.flush(id);
+                } else {
+                    self.deferred.insert(id);
+                }
+            }
+        } else {
+            let deferred: Vec<ConnId> = self.deferred.drain().collect();
+            for id in deferred {
+                self.flush(id);
+                if self.rings.enabled() {
+                    self.flush_ring(id);
+                }
+            }
+            self.flush_dirty();
+        }
+        self.served.clear();
         for line in self.core.take_logs() {
             tracing::info!(target: "xenstored", "{line}");
         }
@@ -607,6 +641,7 @@ impl<P: Platform> State<P> {
 
     /// Hands received bytes to the core; false if it closed the connection.
     fn feed(&mut self, id: ConnId, bytes: &[u8]) -> bool {
+        self.served.push(id);
         if let Some(trace) = self.trace.as_mut() {
             let _ = writeln!(trace, "IN  conn {} {} bytes", id.0, bytes.len());
         }

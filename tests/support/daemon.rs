@@ -149,6 +149,10 @@ impl Daemon {
         let child = Command::new(&bin)
             .arg("--no-fork")
             .args(args)
+            // `RXENSTORED_ARGS`: extra options for every rxenstored the
+            // tests start (run-tests runs the socket suites again with
+            // `--socket-threads`).
+            .args(std::env::var("RXENSTORED_ARGS").unwrap_or_default().split_whitespace())
             .env("XENSTORED_RUNDIR", rundir.path())
             .env_remove("XENSTORED_PATH")
             .stdin(Stdio::null())
