@@ -692,8 +692,13 @@ impl<P: Platform> State<P> {
         let mut failed = None;
         while !out.is_empty() {
             // One system call for many queued messages (a watcher's events).
-            let slices: Vec<IoSlice<'_>> = out.chunks().take(MAX_IOV).map(IoSlice::new).collect();
-            match send_nonblocking(&client.stream, &slices) {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(out.chunks()) {
+                *slot = IoSlice::new(chunk);
+                count += 1;
+            }
+            match send_nonblocking(&client.stream, &slices[..count]) {
                 Ok(n) => {
                     if let Some(trace) = self.trace.as_mut() {
                         let _ = writeln!(trace, "OUT conn {} {} bytes", id.0, n);
