@@ -152,7 +152,7 @@ impl Daemon {
             // `RXENSTORED_ARGS`: extra options for every rxenstored the
             // tests start (run-tests runs the socket suites again with
             // `--socket-threads`).
-            .args(std::env::var("RXENSTORED_ARGS").unwrap_or_default().split_whitespace())
+            .args(std::env::var("RXENSTORED_ARGS").unwrap_or_default().split_whitespace().filter(|a| !args.contains(a)))
             .env("XENSTORED_RUNDIR", rundir.path())
             .env_remove("XENSTORED_PATH")
             .stdin(Stdio::null())
