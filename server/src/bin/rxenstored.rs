@@ -1,6 +1,12 @@
 //! rxenstored: the xenstore daemon. Command line compatible with C
 //! xenstored's where the options make sense for it.
 
+
+/// mimalloc: no per-allocation header (the store is millions of small
+/// allocations) and faster small allocations than glibc's (benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::ffi::OsString;
 use std::fs;
 use std::io;
