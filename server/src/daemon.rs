@@ -70,9 +70,10 @@ const WAKER: Token = Token(usize::MAX - 3);
 /// How often a pending live update is checked (C: once a loop turn, its
 /// loop waking at least every second).
 const LIVE_UPDATE_CHECK: Duration = Duration::from_millis(100);
-/// A client thread's stack: the core's work is shallow (no recursion over
-/// the tree happens on the caller's stack beyond a few frames).
-const CLIENT_STACK: usize = 256 * 1024;
+/// A client thread's stack: the core's work runs on it (the thread that
+/// holds the lock serves), so it gets what the main thread would have; it
+/// is address space, touched only as deep as a request goes.
+const CLIENT_STACK: usize = 8 * 1024 * 1024;
 /// Messages gathered into one `sendmsg` (Linux's `UIO_MAXIOV` is 1024).
 const MAX_IOV: usize = 64;
 /// Read buffer of a client thread.
