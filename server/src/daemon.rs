@@ -20,7 +20,9 @@
 //!   of many clients runs on all cores, and a busy lock batches requests
 //!   instead of queueing threads on a futex. A client with too much input
 //!   waiting ([`INBOX_BYTES`]) waits for the lock itself: that is the
-//!   back-pressure a flooding client gets.
+//!   back-pressure a flooding client gets. A client thread sends the
+//!   replies of the connections it served; other output (watch events)
+//!   is left to the main loop, woken once, which sends it in batches.
 //! - **single** (the default, and always in commit durability, whose
 //!   group commit needs a loop turn to batch over): the main loop polls
 //!   the sockets too, as C xenstored does. One loop turn serves every
@@ -32,7 +34,8 @@
 //! The main thread always runs the poll: the listening socket, signals,
 //! the platform's event descriptor (rings), sockets whose output is
 //! waiting for room, timers, and live update. Output is always written
-//! with `MSG_DONTWAIT` under the lock, so a client that stops reading
+//! with `MSG_DONTWAIT` under the lock (a connection's queued messages in
+//! one `sendmsg`), so a client that stops reading
 //! never blocks anyone; its bytes wait in the core's queue (where the
 //! core's bounds apply) until the poll says the socket has room.
 
