@@ -122,3 +122,48 @@ fn a_client_flooding_requests_gets_every_reply_and_others_are_served() {
         assert_eq!(d.connect().read("/flood/k4999").expect("read").ok(), Some(&b"value-4999"[..]));
     }
 }
+
+#[test]
+fn clients_that_come_and_go_are_served_and_leave_nothing_behind() {
+    for args in MODES {
+        let Some(d) = start(args) else { return };
+        let mut watcher = d.connect();
+        assert!(watcher.watch("/churn", "tok").expect("watch").is_ok());
+        assert!(watcher.next_event(Duration::from_secs(5)).is_some(), "the initial event");
+        // 8 threads, 50 short connections each: one write, then gone
+        // (half of them without waiting for the reply).
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let socket = d.socket().to_path_buf();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let mut c = Client::connect(&socket).expect("connect");
+                        let path = format!("/churn/w{w}-{i}");
+                        if i % 2 == 0 {
+                            assert!(c.write(&path, "x").expect("write").is_ok());
+                        } else {
+                            let mut bytes = Vec::new();
+                            wire::encode(Op::Write, 1, 0, format!("{path}\0x").as_bytes(), &mut bytes);
+                            c.send_raw(&bytes).expect("send");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker");
+        }
+        // Every write is applied (a request fully sent is served even if its
+        // sender is gone) and the watcher saw each one.
+        let mut seen = 0;
+        while watcher.next_event(Duration::from_secs(5)).is_some() {
+            seen += 1;
+            if seen == 400 {
+                break;
+            }
+        }
+        assert_eq!(seen, 400, "{args:?}");
+        let listing = d.connect().directory("/churn").expect("directory");
+        assert_eq!(listing.ok().map(|l| l.split(|b| *b == 0).filter(|n| !n.is_empty()).count()), Some(400), "{args:?}");
+    }
+}
