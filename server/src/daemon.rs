@@ -178,7 +178,7 @@ struct ClientThread {
 
 impl<P: Platform> std::fmt::Debug for Daemon<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("socket", &self.socket_path).field("threaded", &self.threaded).finish()
+        f.debug_struct("Daemon").field("socket", &self.socket_path).field("client_threads", &self.threads.len()).finish()
     }
 }
 
@@ -189,7 +189,6 @@ pub struct Daemon<P: Platform> {
     poll: Poll,
     listener: UnixListener,
     socket_path: PathBuf,
-    threaded: bool,
     threads: HashMap<ConnId, ClientThread>,
     /// Kept registered: a signal makes it readable.
     _signals: UnixStream,
@@ -232,7 +231,6 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             poll,
             listener,
             socket_path,
-            threaded: false,
             threads: HashMap::new(),
             _signals: signals,
             started: Instant::now(),
@@ -243,7 +241,6 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// Serves socket clients from a thread each (`true`) or from the main
     /// loop (`false`, the default). Call before any client is adopted.
     pub fn set_socket_threads(&mut self, threaded: bool) {
-        self.threaded = threaded;
         self.shared.state.lock().threaded = threaded;
     }
 
@@ -305,7 +302,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                     WAKER => {}
                     Token(t) => {
                         let id = ConnId(t as u64);
-                        if !self.threaded && (event.is_readable() || event.is_read_closed()) {
+                        if !state.threaded && (event.is_readable() || event.is_read_closed()) {
                             state.read_client(id, &mut buf);
                         }
                         if event.is_writable() || event.is_write_closed() {
@@ -377,7 +374,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// by a thread of its own.
     fn serve_client(&mut self, state: &mut State<P>, id: ConnId, stream: StdUnixStream) -> io::Result<()> {
         let stream = Arc::new(stream);
-        if !self.threaded {
+        if !state.threaded {
             stream.set_nonblocking(true)?;
             let fd = stream.as_raw_fd();
             state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)?;
@@ -431,7 +428,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         // The successor (ours or C's) polls its sockets: it gets them
         // non-blocking, as the single-threaded mode keeps them.
         let set_blocking = |state: &State<P>, blocking: bool| {
-            if self.threaded {
+            if state.threaded {
                 for c in state.clients.values() {
                     let _ = c.stream.set_nonblocking(!blocking);
                 }
@@ -573,9 +570,8 @@ fn install_wakeup_signal() {
 
 impl<P: Platform> State<P> {
     /// After requests: persistence (group commit before any reply), output,
-    /// logs.
-    /// `defer`: a client thread's turn, which sends only the replies of
-    /// the connections it served and leaves the rest to the main loop.
+    /// logs. With `defer` (a client thread's turn) only the replies of the
+    /// connections it served are sent; the rest is left to the main loop.
     fn finish_turn(&mut self, defer: bool) -> io::Result<()> {
         if let Some(p) = self.persistence.as_mut()
             && let Err(e) = p.after_requests(&mut self.core) {
@@ -591,13 +587,6 @@ impl<P: Platform> State<P> {
                 }
             }
         } else {
-            let deferred: Vec<ConnId> = self.deferred.drain().collect();
-            for id in deferred {
-                self.flush(id);
-                if self.rings.enabled() {
-                    self.flush_ring(id);
-                }
-            }
             self.flush_dirty();
         }
         self.served.clear();
@@ -627,22 +616,6 @@ impl<P: Platform> State<P> {
         }
     }
 
-    /// Bytes (or the end) read in single mode; returns whether the
-    /// connection is still open.
-    fn received(&mut self, id: ConnId, got: io::Result<usize>, buf: &[u8]) -> bool {
-        match got {
-            Ok(0) => {
-                self.close(id, "end of file");
-                false
-            }
-            Ok(n) => self.feed(id, &buf[..n]),
-            Err(e) => {
-                self.close(id, &e.to_string());
-                false
-            }
-        }
-    }
-
     /// Hands received bytes to the core; false if it closed the connection.
     fn feed(&mut self, id: ConnId, bytes: &[u8]) -> bool {
         self.served.push(id);
@@ -665,22 +638,24 @@ impl<P: Platform> State<P> {
             match got {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(0) => return self.close(id, "end of file"),
                 Ok(n) => {
-                    if !self.received(id, Ok(n), buf) || n < buf.len() {
+                    if !self.feed(id, &buf[..n]) || n < buf.len() {
                         // Closed, or a short read drained the socket.
                         return;
                     }
                 }
-                Err(e) => {
-                    self.received(id, Err(e), buf);
-                    return;
-                }
+                Err(e) => return self.close(id, &e.to_string()),
             }
         }
     }
 
+    /// Sends what every connection has waiting: output left to the main
+    /// loop by client threads, and what the core queued since.
     fn flush_dirty(&mut self) {
-        for id in self.core.take_dirty() {
+        let mut ids: Vec<ConnId> = self.deferred.drain().collect();
+        ids.extend(self.core.take_dirty());
+        for id in ids {
             self.flush(id);
             if self.rings.enabled() {
                 self.flush_ring(id);
