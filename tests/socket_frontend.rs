@@ -32,6 +32,14 @@ fn start(args: &[&str]) -> Option<Daemon> {
     }
 }
 
+/// A client watching `path`, its initial event already taken.
+fn watching(d: &Daemon, path: &str) -> Client {
+    let mut watcher = d.connect();
+    assert!(watcher.watch(path, "tok").expect("watch").is_ok());
+    assert!(watcher.next_event(Duration::from_secs(5)).is_some(), "the initial event");
+    watcher
+}
+
 #[test]
 fn concurrent_clients_each_get_their_own_replies_in_order() {
     for args in MODES {
@@ -66,10 +74,8 @@ fn concurrent_clients_each_get_their_own_replies_in_order() {
 fn a_watcher_that_stops_reading_blocks_nobody_and_loses_nothing() {
     for args in MODES {
         let Some(d) = start(args) else { return };
-        let mut watcher = d.connect();
-        assert!(watcher.watch("/busy", "tok").expect("watch").is_ok());
-        assert!(watcher.next_event(Duration::from_secs(5)).is_some(), "the initial event");
-        // From here the watcher reads nothing: about 8 MB of events pile up,
+        let mut watcher = watching(&d, "/busy");
+        // From here the watcher reads nothing: about 5 MB of events pile up,
         // far past what the socket buffers hold.
         let value = vec![b'v'; 64];
         let mut writer = d.connect();
@@ -127,9 +133,7 @@ fn a_client_flooding_requests_gets_every_reply_and_others_are_served() {
 fn clients_that_come_and_go_are_served_and_leave_nothing_behind() {
     for args in MODES {
         let Some(d) = start(args) else { return };
-        let mut watcher = d.connect();
-        assert!(watcher.watch("/churn", "tok").expect("watch").is_ok());
-        assert!(watcher.next_event(Duration::from_secs(5)).is_some(), "the initial event");
+        let mut watcher = watching(&d, "/churn");
         // 8 threads, 50 short connections each: one write, then gone
         // (half of them without waiting for the reply).
         let workers: Vec<_> = (0..8)
