@@ -98,6 +98,16 @@ fn rx_to_rx_under_load(d: &Daemon) {
     let mut msg = Vec::new();
     wire::encode(Op::Write, 77, 0, b"/partial\0done", &mut msg);
     partial.send_raw(&msg[..wire::HEADER_LEN + 3]).expect("send half");
+    // One client with 500 reads of a 4 kB node sent and no reply taken:
+    // 2 MB of replies wait (with threads, partly on its thread's side).
+    let big = vec![b'b'; 4000];
+    assert!(admin.write("/big", &big).expect("write").is_ok());
+    let mut stalled = d.connect();
+    let mut reads = Vec::new();
+    for i in 0..500 {
+        wire::encode(Op::Read, 1000 + i, 0, b"/big\0", &mut reads);
+    }
+    stalled.send_raw(&reads).expect("send the reads");
     // Writers keep going during the update.
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -118,6 +128,21 @@ fn rx_to_rx_under_load(d: &Daemon) {
             })
         })
         .collect();
+    // And a reader, during the update too.
+    let reader = {
+        let stop = stop.clone();
+        let mut c = d.connect();
+        c.set_reply_timeout(Duration::from_secs(20));
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = c.read(format!("/tree/n{}", n % 200)).expect("read during update");
+                assert_eq!(text(&r), format!("v{}", n % 200));
+                n += 1;
+            }
+            n
+        })
+    };
     std::thread::sleep(Duration::from_millis(100));
     let reply = live_update(&mut admin, &rx_bin(), &["-t", "5"]);
     assert_eq!(reply, "OK", "log:\n{}", d.log());
@@ -125,6 +150,12 @@ fn rx_to_rx_under_load(d: &Daemon) {
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.join().expect("writer");
+    }
+    assert!(reader.join().expect("reader") > 10, "the reader made progress");
+    for i in 0..500 {
+        let m = stalled.recv_message(Duration::from_secs(10)).expect("receive").expect("a queued reply");
+        assert_eq!(m.header.req_id, 1000 + i, "the stalled client's replies in order");
+        assert!(m.payload == big, "reply {i}: {} bytes", m.payload.len());
     }
     assert!(d.log().contains("live update: restored"), "the new process restored the state; log:\n{}", d.log());
     assert_eq!(comm(pid), "rxenstored", "the same process (exec, no fork) serves");

@@ -10,6 +10,10 @@
 //!   event, in order.
 //! - A client that floods requests without reading replies is answered
 //!   in full once it reads, and others are served meanwhile.
+//! - Reads that a client thread answers itself from the published snapshot
+//!   (threaded mode) keep their place among the client's other requests:
+//!   a read sent after a write sees it, and replies come in request order,
+//!   also when the client stops reading them for a while.
 
 
 use std::io::Write;
@@ -169,5 +173,114 @@ fn clients_that_come_and_go_are_served_and_leave_nothing_behind() {
         assert_eq!(seen, 400, "{args:?}");
         let listing = d.connect().directory("/churn").expect("directory");
         assert_eq!(listing.ok().map(|l| l.split(|b| *b == 0).filter(|n| !n.is_empty()).count()), Some(400), "{args:?}");
+    }
+}
+
+/// Sends `count` requests made by `request(i)` one `write` each (so that
+/// the daemon reads them one by one, as a client waiting for nothing
+/// would send them), from a thread.
+fn send_each(client: &Client, count: u32, request: impl Fn(u32, &mut Vec<u8>) + Send + 'static) -> std::thread::JoinHandle<()> {
+    let mut stream = client.stream().try_clone().expect("clone");
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        for i in 0..count {
+            bytes.clear();
+            request(i, &mut bytes);
+            stream.write_all(&bytes).expect("send");
+        }
+    })
+}
+
+/// The next `count` replies, in the order they arrive.
+fn replies_in_order(client: &mut Client, count: u32) -> Vec<wire::Message> {
+    (0..count)
+        .map(|i| client.recv_message(Duration::from_secs(20)).expect("receive").unwrap_or_else(|| panic!("reply {i} missing")))
+        .collect()
+}
+
+#[test]
+fn reads_keep_their_place_among_a_clients_writes_under_contention() {
+    for args in MODES {
+        let Some(d) = start(args) else { return };
+        // Writers keep the core busy, so that the client's writes wait in
+        // the inbox while its reads arrive.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hammers: Vec<_> = (0..4)
+            .map(|h| {
+                let mut c = d.connect();
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        assert!(c.write(format!("/hammer/{h}"), n.to_string()).expect("hammer").is_ok());
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        let mut client = d.connect();
+        let rounds = 3_000u32;
+        // Per round: WRITE /order/k = i, READ it, DIRECTORY /order, GET_PERMS.
+        let sender = send_each(&client, rounds * 4, |n, bytes| {
+            let (i, step) = (n / 4, n % 4);
+            match step {
+                0 => wire::encode(Op::Write, n, 0, format!("/order/k\0{i}").as_bytes(), bytes),
+                1 => wire::encode(Op::Read, n, 0, b"/order/k\0", bytes),
+                2 => wire::encode(Op::Directory, n, 0, b"/order\0", bytes),
+                _ => wire::encode(Op::GetPerms, n, 0, b"/order/k\0", bytes),
+            }
+        });
+        let got = replies_in_order(&mut client, rounds * 4);
+        sender.join().expect("sender");
+        stop.store(true, Ordering::Relaxed);
+        for h in hammers {
+            h.join().expect("hammer");
+        }
+        for (n, m) in got.iter().enumerate() {
+            let (i, step) = (n / 4, n % 4);
+            assert_eq!(m.header.req_id, n as u32, "{args:?}: replies in request order");
+            let expected: Vec<u8> = match step {
+                0 => b"OK\0".to_vec(),
+                1 => i.to_string().into_bytes(),
+                2 => b"k\0".to_vec(),
+                _ => b"n0\0".to_vec(),
+            };
+            assert_eq!(m.payload, expected, "{args:?}: round {i} step {step}");
+        }
+    }
+}
+
+#[test]
+fn a_reader_that_stops_taking_replies_gets_them_all_in_order() {
+    for args in MODES {
+        let Some(d) = start(args) else { return };
+        let big = vec![b'b'; 4000];
+        let mut admin = d.connect();
+        assert!(admin.write("/big", &big).expect("write").is_ok());
+        // 3,000 reads of 4 kB: 12 MB of replies, far past the socket's
+        // buffer, sent while nothing is read; then a write and a read.
+        let mut reader = d.connect();
+        let count = 3_000u32;
+        let sender = send_each(&reader, count + 2, move |i, bytes| match i {
+            _ if i < count => wire::encode(Op::Read, i, 0, b"/big\0", bytes),
+            _ if i == count => wire::encode(Op::Write, i, 0, b"/big\0small", bytes),
+            _ => wire::encode(Op::Read, i, 0, b"/big\0", bytes),
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Meanwhile others are served.
+        let mut other = d.connect();
+        other.set_reply_timeout(Duration::from_secs(5));
+        assert!(other.write("/other", "x").expect("other served").is_ok());
+        let got = replies_in_order(&mut reader, count + 2);
+        sender.join().expect("sender");
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(m.header.req_id, i as u32, "{args:?}: replies in request order");
+            let expected: &[u8] = match i as u32 {
+                i if i < count => &big,
+                i if i == count => b"OK\0",
+                _ => b"small",
+            };
+            assert!(m.payload == expected, "{args:?}: reply {i} has {} bytes", m.payload.len());
+        }
     }
 }

@@ -135,6 +135,22 @@ impl OutQueue {
         (v, partial)
     }
 
+    /// Puts `earlier`, output that must go first, in front of this queue,
+    /// whose front message must not be begun (the frontend sent `earlier`'s
+    /// bytes before this queue's).
+    pub fn prepend(&mut self, mut earlier: OutQueue) {
+        debug_assert!(self.sent == 0 || earlier.is_empty(), "prepend: the queue's front is partly sent");
+        if earlier.is_empty() {
+            return;
+        }
+        earlier.messages.extend(self.messages.drain(..));
+        for (key, count) in core::mem::take(&mut self.unsent_events) {
+            *earlier.unsent_events.entry(key).or_default() += count;
+        }
+        earlier.bytes += self.bytes;
+        *self = earlier;
+    }
+
     pub(crate) fn clear(&mut self) {
         self.unsent_events.clear();
         self.messages.clear();
@@ -284,6 +300,24 @@ mod tests {
         assert!(q.has_unsent_event(b"event"));
         q.clear();
         assert!(!q.has_unsent_event(b"event"));
+    }
+
+    #[test]
+    fn prepend_puts_a_partly_sent_queue_first_and_keeps_the_index() {
+        let mut earlier = OutQueue::default();
+        earlier.push(b"r1".to_vec(), false);
+        earlier.push(b"r2".to_vec(), false);
+        earlier.consume(1);
+        let mut q = OutQueue::default();
+        q.push(b"ev".to_vec(), true);
+        q.push(b"r3".to_vec(), false);
+        q.prepend(earlier);
+        assert_eq!(q.chunks().collect::<Vec<_>>(), [&b"1"[..], b"r2", b"ev", b"r3"]);
+        assert_eq!(q.bytes(), 7);
+        assert_eq!(q.unsent(), (b"1r2evr3".to_vec(), 1), "the dump sees the partly sent reply");
+        assert!(q.has_unsent_event(b"ev"));
+        q.prepend(OutQueue::default());
+        assert_eq!(q.len(), 4, "nothing to put first changes nothing");
     }
 
     proptest! {

@@ -62,6 +62,8 @@ use crate::conn::ConnId;
 use crate::domain::Platform;
 use crate::persistence::Persistence;
 use crate::protocol::Core;
+use crate::reader::Reader;
+use wire::FrameTracker;
 
 #[path = "daemon_rings.rs"]
 mod rings;
@@ -81,6 +83,9 @@ const CLIENT_STACK: usize = 8 * 1024 * 1024;
 const MAX_IOV: usize = 64;
 /// Read buffer of a client thread.
 const CLIENT_BUF: usize = 16 * 1024;
+/// Snapshot replies a client thread builds before sending them (a read's
+/// reply is at most 4 kB, a read request as small as 17 bytes).
+const SNAPSHOT_REPLIES: usize = 64 * 1024;
 /// Unserved input bytes after which a client's thread serves the inbox
 /// itself (waiting for the lock) before reading more.
 const INBOX_BYTES: usize = 64 * 1024;
@@ -119,6 +124,29 @@ struct Client {
     stream: Arc<StdUnixStream>,
     /// Registered for writability (output is waiting).
     wants_write: bool,
+    lane: Arc<Lane>,
+}
+
+/// What a client's thread shares with the holder of the lock about one
+/// connection (threaded mode), for the snapshot reads the thread answers
+/// itself: they must not overtake the connection's earlier replies.
+#[derive(Default)]
+struct Lane {
+    /// Bytes handed to the inbox whose turn has not finished: while there
+    /// are any, the core has requests of this connection to answer first.
+    waiting: AtomicUsize,
+    out: Mutex<LaneOut>,
+}
+
+#[derive(Default)]
+struct LaneOut {
+    /// The thread's snapshot replies that the socket did not take at once:
+    /// they go before the core's queue.
+    front: crate::conn::OutQueue,
+    /// Output is waiting (here or in the core's queue), so a snapshot
+    /// reply must queue behind it in the core. Set by the lock's holder.
+    backlog: bool,
+    closed: bool,
 }
 
 /// Everything the core's callers share, behind [`Shared::state`].
@@ -141,6 +169,13 @@ pub(crate) struct State<P: Platform> {
     /// ask for it (watch events): the main loop sends it, so that a busy
     /// stretch reaches a watcher in a few large writes, not one per event.
     deferred: HashSet<ConnId>,
+    /// Inbox input served this turn: its [`Lane::waiting`] drops when the
+    /// turn has sent the replies.
+    through: Vec<(Arc<Lane>, usize)>,
+    /// Client threads answer snapshot reads themselves ([`Reader`]):
+    /// threaded mode without a trace file (whose lines the core's callers
+    /// write).
+    snapshot_reads: bool,
 }
 
 /// What a client thread read, waiting in the inbox for the core.
@@ -148,8 +183,7 @@ struct Input {
     id: ConnId,
     /// The bytes, or the connection's end (with why).
     bytes: Result<Vec<u8>, String>,
-    /// The connection's unserved input bytes (for [`INBOX_BYTES`]).
-    waiting: Arc<AtomicUsize>,
+    lane: Arc<Lane>,
 }
 
 /// What the main thread and the client threads share.
@@ -224,6 +258,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             fatal: None,
             served: Vec::new(),
             deferred: HashSet::new(),
+            through: Vec::new(),
+            snapshot_reads: false,
         };
         let shared = Shared { state: Mutex::new(state), inbox: SegQueue::new(), waker, flush_wake: AtomicBool::new(false), paused: AtomicBool::new(false), pause: Mutex::new(false), resume: Condvar::new() };
         Ok(Daemon {
@@ -241,7 +277,9 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// Serves socket clients from a thread each (`true`) or from the main
     /// loop (`false`, the default). Call before any client is adopted.
     pub fn set_socket_threads(&mut self, threaded: bool) {
-        self.shared.state.lock().threaded = threaded;
+        let mut state = self.shared.state.lock();
+        state.threaded = threaded;
+        state.snapshot_reads = threaded && state.trace.is_none();
     }
 
     /// Journals every change to `p` (see [`crate::persistence`]): in commit
@@ -374,23 +412,25 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// by a thread of its own.
     fn serve_client(&mut self, state: &mut State<P>, id: ConnId, stream: StdUnixStream) -> io::Result<()> {
         let stream = Arc::new(stream);
+        let lane = Arc::new(Lane::default());
         if !state.threaded {
             stream.set_nonblocking(true)?;
             let fd = stream.as_raw_fd();
             state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)?;
-            state.clients.insert(id, Client { stream, wants_write: false });
+            state.clients.insert(id, Client { stream, wants_write: false, lane });
             return Ok(());
         }
         stream.set_nonblocking(false)?;
         install_wakeup_signal();
         let gate = Arc::new(Mutex::new(()));
         let shared = Arc::clone(&self.shared);
-        let (thread_stream, thread_gate) = (Arc::clone(&stream), Arc::clone(&gate));
+        let reads = if state.snapshot_reads { state.core.reader(id) } else { None };
+        let thread = ClientSide { id, stream: Arc::clone(&stream), gate: Arc::clone(&gate), lane: Arc::clone(&lane) };
         let handle = std::thread::Builder::new()
             .name(format!("client-{}", id.0))
             .stack_size(CLIENT_STACK)
-            .spawn(move || serve_socket(&shared, id, &thread_stream, &thread_gate))?;
-        state.clients.insert(id, Client { stream, wants_write: false });
+            .spawn(move || serve_socket(&shared, &thread, reads))?;
+        state.clients.insert(id, Client { stream, wants_write: false, lane });
         self.threads.insert(id, ClientThread { handle, gate });
         Ok(())
     }
@@ -419,6 +459,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     fn live_update(&self, state: &mut State<P>, req: &crate::live_update::LuRequest) {
         // What can still be sent now need not go through the file.
         state.flush_dirty();
+        state.fold_lanes();
         if let Some(p) = state.persistence.as_mut()
             && let Err(e) = p.after_requests(&mut state.core) {
                 tracing::error!("live update: cannot persist the state first: {e}");
@@ -472,13 +513,24 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     }
 }
 
-/// A client thread: reads until the connection ends, handing what it
-/// reads to the core through the inbox.
-fn serve_socket<P: Platform>(shared: &Shared<P>, id: ConnId, stream: &StdUnixStream, gate: &Mutex<()>) {
-    let waiting = Arc::new(AtomicUsize::new(0));
+/// What a client thread holds of its connection.
+struct ClientSide {
+    id: ConnId,
+    stream: Arc<StdUnixStream>,
+    /// See [`ClientThread::gate`].
+    gate: Arc<Mutex<()>>,
+    lane: Arc<Lane>,
+}
+
+/// A client thread: reads until the connection ends, answering the
+/// snapshot reads it can itself and handing the rest to the core through
+/// the inbox.
+fn serve_socket<P: Platform>(shared: &Shared<P>, me: &ClientSide, reads: Option<(Reader, FrameTracker)>) {
+    let (reader, mut framing) = reads.unzip();
     let mut buf = vec![0u8; CLIENT_BUF];
+    let mut replies = Vec::new();
     loop {
-        let held = gate.lock();
+        let held = me.gate.lock();
         if shared.paused.load(Ordering::SeqCst) {
             drop(held);
             let mut paused = shared.pause.lock();
@@ -487,25 +539,42 @@ fn serve_socket<P: Platform>(shared: &Shared<P>, id: ConnId, stream: &StdUnixStr
             }
             continue;
         }
-        let got = { let mut s = stream; s.read(&mut buf) };
+        let got = { let mut s = &*me.stream; s.read(&mut buf) };
         let got = match got {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Ok(0) => Err(String::from("end of file")),
-            Ok(n) => Ok(n),
+            Ok(n) => Ok(&buf[..n]),
             Err(e) => Err(e.to_string()),
         };
         let end = got.is_err();
+        let got = match (got, &reader, &mut framing) {
+            (Ok(bytes), Some(reader), Some(framing)) => {
+                let used = answer_reads(shared, me, reader, framing, bytes, &mut replies);
+                if replies.capacity() > CLIENT_BUF {
+                    // A burst's buffer is not kept by every idle client.
+                    replies = Vec::new();
+                }
+                framing.advance(&bytes[used..]);
+                Ok(&bytes[used..])
+            }
+            (got, ..) => got,
+        };
+        if got.as_ref().is_ok_and(|b| b.is_empty()) {
+            continue;
+        }
+        let id = me.id;
         if let Some(mut state) = shared.state.try_lock() {
             // The lock was free: serve directly (after whatever waits,
             // which may include this client's earlier input).
             state.serve_inbox(&shared.inbox);
-            state.serve_input(id, got.as_ref().map(|n| &buf[..*n]).map_err(String::as_str));
+            state.serve_input(id, got.as_deref().map_err(String::as_str));
             shared.end_turn(&mut state);
         } else {
-            let bytes = got.map(|n| buf[..n].to_vec());
-            waiting.fetch_add(bytes.as_ref().map_or(0, Vec::len), Ordering::SeqCst);
-            shared.inbox.push(Input { id, bytes, waiting: Arc::clone(&waiting) });
-            if waiting.load(Ordering::SeqCst) >= INBOX_BYTES {
+            let bytes = got.map(<[u8]>::to_vec);
+            let len = bytes.as_ref().map_or(0, Vec::len);
+            let waiting = me.lane.waiting.fetch_add(len, Ordering::SeqCst) + len;
+            shared.inbox.push(Input { id, bytes, lane: Arc::clone(&me.lane) });
+            if waiting >= INBOX_BYTES {
                 let mut state = shared.state.lock();
                 state.serve_inbox(&shared.inbox);
                 shared.end_turn(&mut state);
@@ -517,6 +586,72 @@ fn serve_socket<P: Platform>(shared: &Shared<P>, id: ConnId, stream: &StdUnixStr
             return;
         }
     }
+}
+
+/// Answers the snapshot reads at the start of `bytes` on the client's own
+/// thread, without the lock, when nothing of the connection's is ahead of
+/// them: no earlier request in the core, no output waiting. Returns the
+/// bytes used. (A reply may then go out before a watch event that a
+/// concurrent commit is queueing for this connection: the two are
+/// concurrent, and either order is one the client could have seen.)
+fn answer_reads<P: Platform>(shared: &Shared<P>, me: &ClientSide, reader: &Reader, framing: &FrameTracker, bytes: &[u8], replies: &mut Vec<u8>) -> usize {
+    if !framing.at_boundary() || me.lane.waiting.load(Ordering::SeqCst) != 0 {
+        return 0;
+    }
+    // Held until the replies are sent or queued: the lock's holder flushes
+    // this connection (and sets `backlog`) under it too.
+    let mut out = me.lane.out.lock();
+    let mut used = 0;
+    while !out.backlog && !out.closed {
+        replies.clear();
+        let n = reader.answer_leading(&bytes[used..], replies, SNAPSHOT_REPLIES);
+        if n == 0 {
+            break;
+        }
+        used += n;
+        let sent = loop {
+            match send_nonblocking(&me.stream, &[IoSlice::new(replies)]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(0),
+                other => break other,
+            }
+        };
+        match sent {
+            Ok(n) if n == replies.len() => {}
+            Ok(n) => {
+                // The socket is full: the rest waits for the poll, ahead of
+                // anything the core queues later.
+                for reply in split_messages(replies) {
+                    out.front.push(reply.to_vec(), false);
+                }
+                out.front.consume(n);
+                out.backlog = true;
+                tracing::debug!(conn = me.id.0, "socket full: {} bytes of snapshot replies wait for the poll", replies.len() - n);
+                drop(out);
+                shared.state.lock().flush(me.id);
+                shared.combine();
+                return used;
+            }
+            Err(e) => {
+                drop(out);
+                shared.state.lock().close(me.id, &e.to_string());
+                shared.combine();
+                return used;
+            }
+        }
+    }
+    used
+}
+
+/// The messages of a well-formed stream (replies this process encoded).
+fn split_messages(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let head: &[u8; wire::HEADER_LEN] = bytes.get(..wire::HEADER_LEN)?.try_into().ok()?;
+        let len = (wire::HEADER_LEN + wire::Header::parse(head).len as usize).min(bytes.len());
+        let (message, rest) = bytes.split_at(len);
+        bytes = rest;
+        Some(message)
+    })
 }
 
 impl<P: Platform> Shared<P> {
@@ -576,6 +711,8 @@ impl<P: Platform> State<P> {
         if let Some(p) = self.persistence.as_mut()
             && let Err(e) = p.after_requests(&mut self.core) {
                 tracing::error!("cannot persist the state: {e}; stopping rather than acknowledging what may be lost");
+                // No snapshot read may pass the unsent replies either.
+                self.through.clear();
                 return Err(e);
             }
         if defer {
@@ -584,12 +721,19 @@ impl<P: Platform> State<P> {
                     self.flush(id);
                 } else {
                     self.deferred.insert(id);
+                    if let Some(client) = self.clients.get(&id) {
+                        client.lane.out.lock().backlog = true;
+                    }
                 }
             }
         } else {
             self.flush_dirty();
         }
         self.served.clear();
+        // The replies are out (or queued, with `backlog` set).
+        for (lane, len) in self.through.drain(..) {
+            lane.waiting.fetch_sub(len, Ordering::SeqCst);
+        }
         for line in self.core.take_logs() {
             tracing::info!(target: "xenstored", "{line}");
         }
@@ -599,8 +743,8 @@ impl<P: Platform> State<P> {
     /// Hands the client threads' input to the core, in the order read.
     fn serve_inbox(&mut self, inbox: &SegQueue<Input>) {
         while let Some(input) = inbox.pop() {
-            input.waiting.fetch_sub(input.bytes.as_ref().map_or(0, Vec::len), Ordering::SeqCst);
             self.serve_input(input.id, input.bytes.as_deref().map_err(String::as_str));
+            self.through.push((input.lane, input.bytes.as_ref().map_or(0, Vec::len)));
         }
     }
 
@@ -664,16 +808,18 @@ impl<P: Platform> State<P> {
     }
 
     /// Writes queued output until done or the socket is full; asks for
-    /// writability in the latter case.
+    /// writability in the latter case. A client thread's unsent snapshot
+    /// replies go first.
     fn flush(&mut self, id: ConnId) {
         let Some(client) = self.clients.get_mut(&id) else { return };
         let Some(out) = self.core.output(id) else { return };
+        let mut lane = client.lane.out.lock();
         let mut failed = None;
-        while !out.is_empty() {
+        while !lane.front.is_empty() || !out.is_empty() {
             // One system call for many queued messages (a watcher's events).
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let mut count = 0;
-            for (slot, chunk) in slices.iter_mut().zip(out.chunks()) {
+            for (slot, chunk) in slices.iter_mut().zip(lane.front.chunks().chain(out.chunks())) {
                 *slot = IoSlice::new(chunk);
                 count += 1;
             }
@@ -682,7 +828,9 @@ impl<P: Platform> State<P> {
                     if let Some(trace) = self.trace.as_mut() {
                         let _ = writeln!(trace, "OUT conn {} {} bytes", id.0, n);
                     }
-                    out.consume(n);
+                    let ahead = n.min(lane.front.bytes());
+                    lane.front.consume(ahead);
+                    out.consume(n - ahead);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -692,10 +840,12 @@ impl<P: Platform> State<P> {
                 }
             }
         }
+        let pending = !lane.front.is_empty() || !out.is_empty();
+        lane.backlog = pending;
+        drop(lane);
         if let Some(reason) = failed {
             return self.close(id, &reason);
         }
-        let pending = !out.is_empty();
         if pending != client.wants_write {
             let fd = client.stream.as_raw_fd();
             let token = Token(id.0 as usize);
@@ -711,8 +861,24 @@ impl<P: Platform> State<P> {
         }
     }
 
+    /// Before a live-update dump: client threads' unsent snapshot replies
+    /// join the core's queues, which the dump carries.
+    fn fold_lanes(&mut self) {
+        for (id, client) in &self.clients {
+            let front = std::mem::take(&mut client.lane.out.lock().front);
+            if let Some(out) = self.core.output(*id) {
+                out.prepend(front);
+            }
+        }
+    }
+
     fn close(&mut self, id: ConnId, reason: &str) {
         if let Some(client) = self.clients.remove(&id) {
+            {
+                let mut lane = client.lane.out.lock();
+                lane.closed = true;
+                lane.front.clear();
+            }
             if !self.threaded || client.wants_write {
                 let _ = self.registry.deregister(&mut SourceFd(&client.stream.as_raw_fd()));
             }

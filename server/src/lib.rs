@@ -5,6 +5,8 @@
 //! The sans-IO core (builds without `std`):
 //! - [`protocol`]: [`Core`], the state machine: connections in, replies and
 //!   watch events out; request pipeline, transactions, watch firing.
+//! - [`reader`]: [`Reader`], non-transactional reads answered from the
+//!   published snapshot outside the core (the threaded socket frontend).
 //! - [`ops`]: the node operations (READ, WRITE, MKDIR, RM, DIRECTORY,
 //!   DIRECTORY_PART, GET_PERMS, SET_PERMS) over an engine transaction.
 //! - `domain_ops`: INTRODUCE, RELEASE, SET_TARGET, features and quotas.
@@ -34,6 +36,7 @@ mod domain_ops;
 pub mod error;
 pub mod ops;
 pub mod quota;
+pub mod reader;
 pub mod ring;
 mod lifecycle;
 pub mod live_update;
@@ -56,6 +59,7 @@ pub mod xen;
 
 pub use access::Caller;
 pub use conn::{ConnId, ConnKind, OutQueue};
+pub use reader::Reader;
 pub use protocol::{Config, Core, JournalEntry, ProtocolViolation, initial_snapshot};
 pub use domain::{DomainState, NoRings, Platform};
 pub use error::Error;

@@ -10,10 +10,11 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use engine::{Access, Change, Commit, CommitError, DomId, Path, Perm, Perms, Snapshot, Store, TreeEntry};
-use wire::{FrameError, Header, Message, Op, PAYLOAD_MAX, encode, encode_error, encode_watch_event, one_arg, split_args};
+use wire::{FrameError, FrameTracker, Header, Message, Op, PAYLOAD_MAX, encode, encode_error, encode_watch_event, one_arg, split_args};
 
 use crate::access::Caller;
 use crate::conn::{Conn, ConnId, ConnKind, OpenTx, OutQueue};
@@ -21,6 +22,7 @@ use crate::domain::{Domain, NoRings, Platform, features};
 use crate::error::{Error, Result};
 use crate::ops::{self, Ctx, home_of, ok};
 use crate::quota::{Quota, QuotaTable};
+use crate::reader::Reader;
 use crate::watch::Watches;
 
 /// Daemon-wide settings (the C daemon's command line).
@@ -61,7 +63,8 @@ pub struct ProtocolViolation {
 
 /// The protocol state machine. See the module documentation.
 pub struct Core<P: Platform = NoRings> {
-    pub(crate) store: Store,
+    /// Shared with [`Reader`]s, which read its published snapshot.
+    pub(crate) store: Arc<Store>,
     pub(crate) conns: BTreeMap<ConnId, Conn>,
     pub(crate) watches: Watches,
     pub(crate) domains: BTreeMap<DomId, Domain>,
@@ -87,6 +90,16 @@ impl<P: Platform> core::fmt::Debug for Core<P> {
             .field("connections", &self.conns.len())
             .field("watches", &self.watches.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Appends the reply to a request: its payload, or its error (and ETOOBIG
+/// for a payload the wire cannot carry).
+pub(crate) fn encode_reply(hdr: &Header, result: Result<Vec<u8>>, out: &mut Vec<u8>) {
+    match result {
+        Ok(payload) if payload.len() > PAYLOAD_MAX => encode_error(Error::TooBig.errno(), hdr.req_id, hdr.tx_id, out),
+        Ok(payload) => encode(hdr.msg_type, hdr.req_id, hdr.tx_id, &payload, out),
+        Err(e) => encode_error(e.errno(), hdr.req_id, hdr.tx_id, out),
     }
 }
 
@@ -128,7 +141,7 @@ impl<P: Platform> Core<P> {
         dom0.introduced = true;
         domains.insert(config.priv_domid, dom0);
         Core {
-            store,
+            store: Arc::new(store),
             conns: BTreeMap::new(),
             watches: Watches::default(),
             domains,
@@ -279,15 +292,21 @@ impl<P: Platform> Core<P> {
             self.journal_domains();
         }
         let mut out = Vec::new();
-        match result {
-            Ok(payload) if payload.len() > PAYLOAD_MAX => encode_error(Error::TooBig.errno(), hdr.req_id, hdr.tx_id, &mut out),
-            Ok(payload) => encode(hdr.msg_type, hdr.req_id, hdr.tx_id, &payload, &mut out),
-            Err(e) => encode_error(e.errno(), hdr.req_id, hdr.tx_id, &mut out),
-        }
+        encode_reply(&hdr, result, &mut out);
         self.push_output(id, out, false);
         if let Some(event) = self.after_reply.take() {
             self.push_output(id, event, true);
         }
+    }
+
+    /// Answers a connection's non-transactional reads outside the core, if
+    /// they depend on the tree alone (a privileged caller's): see
+    /// [`Reader`]. Also returns where the connection's input stands, so
+    /// that the caller can tell which later bytes start a request.
+    pub fn reader(&self, id: ConnId) -> Option<(Reader, FrameTracker)> {
+        let conn = self.conns.get(&id)?;
+        let reader = Reader::for_caller(Arc::clone(&self.store), conn.caller)?;
+        Some((reader, FrameTracker::following(&conn.decoder)))
     }
 
     /// Whether a successful request changed what persistence keeps of
