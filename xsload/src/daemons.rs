@@ -23,8 +23,10 @@ use crate::sys;
 /// Which server a [`Daemon`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
-    /// Ours.
+    /// Ours, in its default mode (sockets served by the event loop).
     Rxenstored,
+    /// Ours with `--socket-threads` (a thread per socket client).
+    RxThreads,
     /// Debian's C xenstored 4.17.
     Cxenstored,
     /// Debian's OCaml oxenstored 4.17.
@@ -35,8 +37,9 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Rxenstored,
+        Kind::RxThreads,
         Kind::Cxenstored,
         Kind::Oxenstored,
         Kind::Floor,
@@ -46,6 +49,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Rxenstored => "rxenstored",
+            Kind::RxThreads => "rx-threads",
             Kind::Cxenstored => "cxenstored",
             Kind::Oxenstored => "oxenstored",
             Kind::Floor => "floor",
@@ -60,6 +64,11 @@ impl Kind {
     /// Whether this is one of the reference daemons (C or OCaml).
     pub fn is_reference(self) -> bool {
         matches!(self, Kind::Cxenstored | Kind::Oxenstored)
+    }
+
+    /// Whether this is rxenstored, in either mode.
+    pub fn is_ours(self) -> bool {
+        matches!(self, Kind::Rxenstored | Kind::RxThreads)
     }
 
     fn is_peer(self) -> bool {
@@ -187,6 +196,9 @@ impl Daemon {
                 c.arg("--no-fork")
                     .env("XENSTORED_RUNDIR", &rundir)
                     .env_remove("XENSTORED_PATH");
+                if kind == Kind::RxThreads {
+                    c.arg("--socket-threads");
+                }
                 if let Some(dir) = &rings {
                     c.arg("--sim-rings").arg(dir);
                 }

@@ -58,11 +58,12 @@ struct Cli {
         default_value = "pairs,bootstorm,read-heavy,large-tree,pairs-ring,bootstorm-ring"
     )]
     only: Vec<String>,
-    /// Servers to compare: rxenstored, cxenstored, oxenstored, floor (comma-separated).
+    /// Servers to compare: rxenstored (default mode), rx-threads (rxenstored
+    /// --socket-threads), cxenstored, oxenstored, floor (comma-separated).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "rxenstored,cxenstored,oxenstored,floor"
+        default_value = "rxenstored,rx-threads,cxenstored,oxenstored,floor"
     )]
     daemons: Vec<String>,
     /// Also run `pairs` with the daemon (`taskset -c CPU`) and the client
@@ -946,7 +947,7 @@ fn main() -> ExitCode {
             Some(_) => {}
             None => {
                 eprintln!(
-                    "xsload: unknown daemon {name:?} (rxenstored, cxenstored, oxenstored, floor)"
+                    "xsload: unknown daemon {name:?} (rxenstored, rx-threads, cxenstored, oxenstored, floor)"
                 );
                 return ExitCode::from(2);
             }

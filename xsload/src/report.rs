@@ -1,6 +1,6 @@
 //! The results sheet: one row per (case, metric), one cell per daemon, and
-//! the ratios of rxenstored to the better reference daemon and (for the
-//! `pairs` rows) to the floor. Printed as a text table or as JSON.
+//! the ratios of rxenstored (each of its modes in the run) to the better
+//! reference daemon and (for the `pairs` rows) to the floor. Printed as a text table or as JSON.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -99,12 +99,12 @@ pub struct Row {
 }
 
 impl Row {
-    /// rxenstored ÷ the better reference daemon, and which one that is.
-    fn vs_best_ref(&self) -> Option<(f64, Kind)> {
+    /// `ours` ÷ the better reference daemon, and which one that is.
+    fn vs_best_ref(&self, ours: Kind) -> Option<(f64, Kind)> {
         if self.better == Better::Neither {
             return None;
         }
-        let rx = self.cells.get(&Kind::Rxenstored)?.num()?;
+        let rx = self.cells.get(&ours)?.num()?;
         let best = self
             .cells
             .iter()
@@ -120,12 +120,12 @@ impl Row {
         (best.0 > 0.0).then(|| (rx / best.0, best.1))
     }
 
-    /// rxenstored ÷ floor.
-    fn vs_floor(&self) -> Option<f64> {
+    /// `ours` ÷ floor.
+    fn vs_floor(&self, ours: Kind) -> Option<f64> {
         if !self.floor_ratio {
             return None;
         }
-        let rx = self.cells.get(&Kind::Rxenstored)?.num()?;
+        let rx = self.cells.get(&ours)?.num()?;
         let floor = self.cells.get(&Kind::Floor)?.num()?;
         (floor > 0.0).then(|| rx / floor)
     }
@@ -209,11 +209,18 @@ impl Sheet {
     /// The text table.
     pub fn table(&self, daemons: &[Kind]) -> String {
         let with_floor = daemons.contains(&Kind::Floor);
+        // Ratio columns for each of our modes in the run.
+        let ours: Vec<Kind> = daemons.iter().copied().filter(|k| k.is_ours()).collect();
+        let short = |k: Kind| if k == Kind::Rxenstored { "rx" } else { "rx-thr" };
         let mut head: Vec<String> = vec!["case".into(), "metric".into()];
         head.extend(daemons.iter().map(|k| k.name().to_string()));
-        head.push("rx ÷ best ref".into());
+        for &k in &ours {
+            head.push(format!("{} ÷ best ref", short(k)));
+        }
         if with_floor {
-            head.push("rx ÷ floor".into());
+            for &k in &ours {
+                head.push(format!("{} ÷ floor", short(k)));
+            }
         }
         let mut lines: Vec<Vec<String>> = vec![head];
         for r in &self.rows {
@@ -231,12 +238,16 @@ impl Sheet {
                     None => "–".into(),
                 });
             }
-            line.push(match r.vs_best_ref() {
-                Some((x, k)) => format!("{x:.2} ({})", &k.name()[..2]),
-                None => "–".into(),
-            });
+            for &k in &ours {
+                line.push(match r.vs_best_ref(k) {
+                    Some((x, best)) => format!("{x:.2} ({})", &best.name()[..2]),
+                    None => "–".into(),
+                });
+            }
             if with_floor {
-                line.push(r.vs_floor().map_or("–".into(), |x| format!("{x:.2}")));
+                for &k in &ours {
+                    line.push(r.vs_floor(k).map_or("–".into(), |x| format!("{x:.2}")));
+                }
             }
             lines.push(line);
         }
@@ -304,8 +315,10 @@ impl Sheet {
                         Better::Neither => "neither",
                     },
                     "values": values,
-                    "rx_vs_best_ref": r.vs_best_ref().map(|(x, k)| json!({ "ratio": x, "ref": k.name() })),
-                    "rx_vs_floor": r.vs_floor(),
+                    "rx_vs_best_ref": r.vs_best_ref(Kind::Rxenstored).map(|(x, k)| json!({ "ratio": x, "ref": k.name() })),
+                    "rx_vs_floor": r.vs_floor(Kind::Rxenstored),
+                    "rx_threads_vs_best_ref": r.vs_best_ref(Kind::RxThreads).map(|(x, k)| json!({ "ratio": x, "ref": k.name() })),
+                    "rx_threads_vs_floor": r.vs_floor(Kind::RxThreads),
                 })
             })
             .collect();

@@ -1,5 +1,5 @@
-//! Smoke run of the load generator: `xsload --quick` against rxenstored,
-//! the floor and (when start-peer can run them here) C xenstored and
+//! Smoke run of the load generator: `xsload --quick` against rxenstored
+//! (in both socket modes), the floor and (when start-peer can run them here) C xenstored and
 //! oxenstored. Guards against the tool rotting: it must exit 0, run every
 //! workload, check every reply, and give rxenstored and the floor a figure
 //! in every row that applies to them. The ring variants (`pairs-ring`,
@@ -67,7 +67,7 @@ fn quick_run_all_daemons_json() {
         "--quick",
         "--json",
         "--daemons",
-        "rxenstored,cxenstored,oxenstored,floor",
+        "rxenstored,rx-threads,cxenstored,oxenstored,floor",
     ]);
     assert!(ok, "xsload failed:\n{stderr}\n{stdout}");
     let doc: Value = serde_json::from_str(&stdout).expect("JSON output");
@@ -126,8 +126,9 @@ fn quick_run_all_daemons_json() {
             );
         }
         let applies_to_floor = case.starts_with("pairs ");
-        for kind in ["rxenstored", "floor"] {
-            if unavailable.contains_key(kind) || (kind == "floor" && !applies_to_floor) {
+        let ring = case.contains("-ring");
+        for kind in ["rxenstored", "rx-threads", "floor"] {
+            if unavailable.contains_key(kind) || (kind == "floor" && !applies_to_floor) || (kind == "rx-threads" && ring) {
                 continue;
             }
             assert!(values.contains_key(kind), "{case}: no {kind} value");
