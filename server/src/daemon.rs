@@ -23,6 +23,15 @@
 //!   back-pressure a flooding client gets. A client thread sends the
 //!   replies of the connections it served; other output (watch events)
 //!   is left to the main loop, woken once, which sends it in batches.
+//!
+//!   Reads outside transactions by a privileged client (dom0's tools)
+//!   need only the tree: the client's thread answers them itself from the
+//!   store's published snapshot ([`Reader`]), without the lock, so they
+//!   run on every core at once. Each connection's `Lane` keeps its
+//!   replies in order: a read is answered there only if it starts where a
+//!   request starts ([`FrameTracker`]), none of the connection's earlier
+//!   input is still in the core, and no output waits for it; otherwise it
+//!   goes through the core like any request.
 //! - **single** (the default, and always in commit durability, whose
 //!   group commit needs a loop turn to batch over): the main loop polls
 //!   the sockets too, as C xenstored does. One loop turn serves every

@@ -9,7 +9,7 @@
 //! connection on a thread of its own can therefore answer such requests
 //! there, in parallel with the core and with each other, as MVCC promises.
 //! The answer is the one [`Core::handle`](crate::Core::handle) would give,
-//! byte for byte: both run [`ops::run_read`] and [`encode_reply`].
+//! byte for byte: both run `ops::run_read` and `encode_reply`.
 //!
 //! What the frontend keeps for itself is the order: a reply must not
 //! overtake the replies to the same connection's earlier requests (see the
