@@ -179,6 +179,8 @@ pub struct Conn {
     pub(crate) watches: usize,
     /// Server features this connection may use (§8.7).
     pub(crate) features: u32,
+    /// Listed in the core's dirty list since its last drain.
+    pub(crate) dirty: bool,
 }
 
 impl Conn {
@@ -192,6 +194,7 @@ impl Conn {
             last_tx_id: 0,
             watches: 0,
             features,
+            dirty: false,
         }
     }
 

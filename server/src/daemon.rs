@@ -48,7 +48,7 @@
 //! never blocks anyone; its bytes wait in the core's queue (where the
 //! core's bounds apply) until the poll says the socket has room.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
@@ -65,6 +65,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use crossbeam_queue::SegQueue;
+use foldhash::{HashMap, HashSet};
 use parking_lot::{Condvar, MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::conn::ConnId;
@@ -258,7 +259,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         core.set_live_update_file_check(crate::live_update_exec::check_binary);
         let state = State {
             core,
-            clients: HashMap::new(),
+            clients: HashMap::default(),
             registry: poll.registry().try_clone()?,
             threaded: false,
             trace,
@@ -266,7 +267,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             persistence: None,
             fatal: None,
             served: Vec::new(),
-            deferred: HashSet::new(),
+            deferred: HashSet::default(),
             through: Vec::new(),
             snapshot_reads: false,
         };
@@ -276,7 +277,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             poll,
             listener,
             socket_path,
-            threads: HashMap::new(),
+            threads: HashMap::default(),
             _signals: signals,
             started: Instant::now(),
             last_live_update_check: None,

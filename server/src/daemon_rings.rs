@@ -11,10 +11,11 @@
 //! are also swept every second: notifications are never relied on alone
 //! (§10.3).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
+use foldhash::HashSet;
 use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
 
@@ -52,7 +53,7 @@ impl RingState {
         Ok(RingState {
             enabled: fd.is_some(),
             ready: VecDeque::new(),
-            queued: HashSet::new(),
+            queued: HashSet::default(),
             fired: Vec::new(),
             buf: Vec::with_capacity(wire::HEADER_LEN + wire::PAYLOAD_MAX),
             last_sweep: Instant::now(),

@@ -7,7 +7,7 @@
 //! or clocks in here: the same core serves the daemon, the stub domain and
 //! the tests.
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -71,7 +71,9 @@ pub struct Core<P: Platform = NoRings> {
     pub(crate) config: Config,
     pub(crate) platform: P,
     next_conn: u64,
-    dirty: BTreeSet<ConnId>,
+    /// Connections with new output, each once (its `Conn::dirty` says
+    /// whether it is listed), in the order they got it.
+    dirty: Vec<ConnId>,
     /// Lines for the daemon's log (CONTROL print, trace switches...).
     pub(crate) logs: Vec<String>,
     /// An event to queue right after the reply being built (WATCH's initial event).
@@ -148,7 +150,7 @@ impl<P: Platform> Core<P> {
             config,
             platform,
             next_conn: 0,
-            dirty: BTreeSet::new(),
+            dirty: Vec::new(),
             logs: Vec::new(),
             after_reply: None,
             journal: None,
@@ -206,7 +208,7 @@ impl<P: Platform> Core<P> {
     pub fn disconnect(&mut self, id: ConnId) {
         if self.conns.remove(&id).is_some() {
             self.watches.remove_conn(id);
-            self.dirty.remove(&id);
+            self.dirty.retain(|d| *d != id);
         }
         for d in self.domains.values_mut() {
             if d.conn == Some(id) {
@@ -239,7 +241,13 @@ impl<P: Platform> Core<P> {
 
     /// Connections that got output since the last call.
     pub fn take_dirty(&mut self) -> Vec<ConnId> {
-        core::mem::take(&mut self.dirty).into_iter().collect()
+        let dirty = core::mem::take(&mut self.dirty);
+        for id in &dirty {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.dirty = false;
+            }
+        }
+        dirty
     }
 
     /// Log lines produced since the last call.
@@ -276,7 +284,10 @@ impl<P: Platform> Core<P> {
     pub(crate) fn push_output(&mut self, id: ConnId, bytes: Vec<u8>, is_event: bool) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.out.push(bytes, is_event);
-            self.dirty.insert(id);
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
         }
     }
 
