@@ -91,6 +91,8 @@ const LIVE_UPDATE_CHECK: Duration = Duration::from_millis(100);
 const CLIENT_STACK: usize = 8 * 1024 * 1024;
 /// Messages gathered into one `sendmsg` (Linux's `UIO_MAXIOV` is 1024).
 const MAX_IOV: usize = 64;
+/// Up to this many waiting messages, a smaller array gathers them.
+const FEW_IOV: usize = 4;
 /// Read buffer of a client thread.
 const CLIENT_BUF: usize = 16 * 1024;
 /// Snapshot replies a client thread builds before sending them (a read's
@@ -827,13 +829,13 @@ impl<P: Platform> State<P> {
         let mut failed = None;
         while !lane.front.is_empty() || !out.is_empty() {
             // One system call for many queued messages (a watcher's events).
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            for (slot, chunk) in slices.iter_mut().zip(lane.front.chunks().chain(out.chunks())) {
-                *slot = IoSlice::new(chunk);
-                count += 1;
-            }
-            match send_nonblocking(&client.stream, &slices[..count]) {
+            let chunks = lane.front.chunks().chain(out.chunks());
+            let sent = if lane.front.len() + out.len() <= FEW_IOV {
+                send_gathered::<FEW_IOV>(&client.stream, chunks)
+            } else {
+                send_gathered::<MAX_IOV>(&client.stream, chunks)
+            };
+            match sent {
                 Ok(n) => {
                     if let Some(trace) = self.trace.as_mut() {
                         let _ = writeln!(trace, "OUT conn {} {} bytes", id.0, n);
@@ -911,6 +913,19 @@ impl<P: Platform> State<P> {
         let _ = fs::remove_file(socket_path);
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Sends the first `N` chunks (or all, if fewer) in one `sendmsg`. (The
+/// slice array is built on the stack: a small one for the usual reply or
+/// two, a large one for a backlog.)
+fn send_gathered<'a, const N: usize>(stream: &StdUnixStream, chunks: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); N];
+    let mut count = 0;
+    for (slot, chunk) in slices.iter_mut().zip(chunks) {
+        *slot = IoSlice::new(chunk);
+        count += 1;
+    }
+    send_nonblocking(stream, &slices[..count])
 }
 
 /// `send` that never blocks nor raises SIGPIPE, whatever the descriptor's
