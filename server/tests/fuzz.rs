@@ -87,6 +87,70 @@ proptest! {
         prop_assert_eq!(core.output(other).and_then(|o| o.front().map(|f| f[16..].to_vec())), Some(Vec::new()));
     }
 
+    /// The threaded socket frontend's split, modelled without sockets: at
+    /// each arrival, the whole snapshot reads at its start are answered by
+    /// a `Reader` if the stream is between requests, and the rest goes to
+    /// the core. The client must get the very bytes a core alone sends,
+    /// whatever the requests and wherever the stream is cut (oversize
+    /// lengths included: the core then closes the connection).
+    #[test]
+    fn snapshot_reads_answer_as_the_core_does_on_any_stream(
+        setup in prop::collection::vec(msg(), 0..10),
+        msgs in prop::collection::vec(msg(), 1..30),
+        cuts in prop::collection::vec(1usize..60, 1..20),
+        oversize in any::<bool>(),
+    ) {
+        let stream_of = |msgs: &[Msg], first_id: usize| {
+            let mut stream = Vec::new();
+            for (i, m) in msgs.iter().enumerate() {
+                wire::encode(m.code, (first_id + i) as u32, m.tx, &m.payload, &mut stream);
+            }
+            stream
+        };
+        let mut stream = stream_of(&msgs, 0);
+        if oversize {
+            let mut header = Vec::new();
+            wire::encode(Op::Read, 0, 0, &[], &mut header);
+            header[12..16].copy_from_slice(&5000u32.to_le_bytes());
+            stream.extend_from_slice(&header);
+        }
+        let drain = |core: &mut Core, id| {
+            let out = core.output(id).expect("connection");
+            let (bytes, _) = out.unsent();
+            out.consume(bytes.len());
+            bytes
+        };
+        // Two cores in the same state (a tree made by random requests).
+        let mut cores = [Core::new(Config::default()), Core::new(Config::default())];
+        let mut ids = Vec::new();
+        for core in &mut cores {
+            let id = core.connect_socket();
+            let _ = core.receive(id, &stream_of(&setup, 1000));
+            drain(core, id);
+            ids.push(id);
+        }
+        let [alone, split] = &mut cores;
+        let (reader, mut framing) = split.reader(ids[1]).expect("a socket client is privileged");
+        let (mut expected, mut got) = (Vec::new(), Vec::new());
+        let (mut at, mut cut) = (0, cuts.iter().cycle());
+        while at < stream.len() {
+            let n = (*cut.next().unwrap_or(&1)).min(stream.len() - at);
+            let chunk = &stream[at..at + n];
+            at += n;
+            let closed_alone = alone.receive(ids[0], chunk).is_err();
+            expected.extend(drain(alone, ids[0]));
+            let used = if framing.at_boundary() { reader.answer_leading(chunk, &mut got, usize::MAX) } else { 0 };
+            framing.advance(&chunk[used..]);
+            let closed_split = split.receive(ids[1], &chunk[used..]).is_err();
+            got.extend(drain(split, ids[1]));
+            prop_assert_eq!(closed_alone, closed_split);
+            if closed_alone {
+                break;
+            }
+        }
+        prop_assert_eq!(got, expected);
+    }
+
     #[test]
     fn oversize_lengths_drop_only_that_connection(prefix in prop::collection::vec(msg(), 0..5), len in 4097u32..) {
         let mut core = Core::new(Config::default());
