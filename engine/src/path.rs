@@ -1,9 +1,12 @@
 //! Node paths: `/local/domain/5/device` and the special `@...` paths.
 
 use alloc::string::String;
-use alloc::sync::Arc;
 use core::borrow::Borrow;
+use core::cmp::Ordering;
 use core::fmt;
+use core::hash::{Hash, Hasher};
+
+use triomphe::ThinArc;
 
 /// A syntactically valid xenstore path (PROTOCOL.md §3.1), either absolute
 /// (`/`, `/a/b`) or special (`@releaseDomain`, `@releaseDomain/5`).
@@ -12,9 +15,14 @@ use core::fmt;
 /// `/` except for the root; starts with `/` or `@`. Relative paths are the
 /// server's business: it resolves them before they reach the engine.
 ///
-/// Cloning is a reference-count increment.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Path(Arc<str>);
+/// Cloning is a reference-count increment. One word: the length lives in
+/// the shared allocation, beside the count (a trie entry holds a path and
+/// a node, and every directory a list of its children's paths).
+///
+/// Compared, ordered and hashed as its string, so that maps keyed by paths
+/// can be searched with a `&str`.
+#[derive(Clone)]
+pub struct Path(ThinArc<(), u8>);
 
 /// Why a string is not a [`Path`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +46,13 @@ impl Path {
     /// Validates `s` as an absolute or special path.
     pub fn new(s: &str) -> Result<Path, PathError> {
         validate(s.as_bytes())?;
-        Ok(Path(Arc::from(s)))
+        Ok(Path::shared(s))
+    }
+
+    /// The only constructor of the representation: the bytes stored are
+    /// always a whole `&str`'s (what `as_str` relies on).
+    fn shared(s: &str) -> Path {
+        Path(ThinArc::from_header_and_slice((), s.as_bytes()))
     }
 
     /// Validates raw bytes from the wire.
@@ -48,36 +62,38 @@ impl Path {
         // request parses a path: a second scan of the bytes was 2 % of the
         // daemon's instructions under `pairs`.)
         let s = unsafe { core::str::from_utf8_unchecked(b) };
-        Ok(Path(Arc::from(s)))
+        Ok(Path::shared(s))
     }
 
     /// The root node `/`.
     pub fn root() -> Path {
-        Path(Arc::from("/"))
+        Path::shared("/")
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // SAFETY: `Path::shared` is the only constructor, and it stores the
+        // bytes of a `&str`.
+        unsafe { core::str::from_utf8_unchecked(&self.0.slice) }
     }
 
     pub fn is_root(&self) -> bool {
-        &*self.0 == "/"
+        self.as_str() == "/"
     }
 
     /// `@introduceDomain`, `@releaseDomain/5`, ...: event sources, not tree nodes.
     /// Identity of the shared string: equal for clones of one `Path`
     /// (children lists hold clones of the trie's keys).
     pub(crate) fn address(&self) -> usize {
-        Arc::as_ptr(&self.0).cast::<u8>() as usize
+        self.0.as_ptr() as usize
     }
 
     pub fn is_special(&self) -> bool {
-        self.0.starts_with('@')
+        self.as_str().starts_with('@')
     }
 
     /// The parent of an absolute path; `None` for `/` and for special paths.
     pub fn parent(&self) -> Option<Path> {
-        self.parent_str().map(|p| Path(Arc::from(p)))
+        self.parent_str().map(Path::shared)
     }
 
     /// The parent as a borrowed string, without allocating.
@@ -85,27 +101,29 @@ impl Path {
         if self.is_special() || self.is_root() {
             return None;
         }
-        let cut = self.0.rfind('/')?;
-        Some(if cut == 0 { "/" } else { &self.0[..cut] })
+        let s = self.as_str();
+        let cut = s.rfind('/')?;
+        Some(if cut == 0 { "/" } else { &s[..cut] })
     }
 
     /// The last component (`c` for `/a/b/c`); empty for `/`.
     pub fn name(&self) -> &str {
-        match self.0.rfind('/') {
-            Some(i) => &self.0[i + 1..],
-            None => &self.0,
+        let s = self.as_str();
+        match s.rfind('/') {
+            Some(i) => &s[i + 1..],
+            None => s,
         }
     }
 
     /// The path of child `name` (which must be one valid component).
     pub fn child(&self, name: &str) -> Path {
-        let mut s = String::with_capacity(self.0.len() + 1 + name.len());
-        s.push_str(&self.0);
+        let mut s = String::with_capacity(self.as_str().len() + 1 + name.len());
+        s.push_str(self.as_str());
         if !self.is_root() {
             s.push('/');
         }
         s.push_str(name);
-        Path(Arc::from(s))
+        Path::shared(&s)
     }
 
     /// True if `self` is `other` or lies below it (`/a/b` is under `/a` and `/`,
@@ -119,7 +137,7 @@ impl Path {
         if self.is_root() {
             0
         } else {
-            self.0.bytes().filter(|&b| b == b'/').count()
+            self.as_str().bytes().filter(|&b| b == b'/').count()
         }
     }
 }
@@ -172,27 +190,54 @@ fn validate(b: &[u8]) -> Result<(), PathError> {
     Ok(())
 }
 
+impl PartialEq for Path {
+    fn eq(&self, other: &Path) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Path {}
+
+impl PartialOrd for Path {
+    fn partial_cmp(&self, other: &Path) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Path {
+    fn cmp(&self, other: &Path) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+/// As `str` hashes: [`Borrow<str>`] requires it.
+impl Hash for Path {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
 impl Borrow<str> for Path {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl AsRef<str> for Path {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -206,7 +251,7 @@ impl TryFrom<&str> for Path {
 #[cfg(feature = "serde")]
 impl serde::Serialize for Path {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 

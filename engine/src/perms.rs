@@ -1,7 +1,7 @@
 //! Permission lists (PROTOCOL.md §5.1): an owner entry followed by an ACL.
 
 use alloc::string::String;
-use alloc::sync::Arc;
+use triomphe::ThinArc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::fmt::Write as _;
@@ -121,9 +121,10 @@ impl fmt::Display for Perm {
 /// is an ACL where the first match wins.
 ///
 /// Invariant: never empty. Shared between nodes by reference count, since
-/// implicitly created nodes copy their parent's list.
+/// implicitly created nodes copy their parent's list; one word (the length
+/// lives in the shared allocation), as it sits in every node.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Perms(Arc<[Perm]>);
+pub struct Perms(ThinArc<(), Perm>);
 
 /// An empty list was given where a permission list needs an owner entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -135,20 +136,24 @@ impl Perms {
         if entries.is_empty() {
             return Err(EmptyPerms);
         }
-        Ok(Perms(Arc::from(entries)))
+        Ok(Perms::shared(entries))
     }
 
     /// A list with only the owner entry: `n<owner>`.
     pub fn owned_by(owner: DomId) -> Perms {
-        Perms(Arc::from([Perm::new(Access::None, owner)].as_slice()))
+        Perms::shared(&[Perm::new(Access::None, owner)])
+    }
+
+    fn shared(entries: &[Perm]) -> Perms {
+        Perms(ThinArc::from_header_and_slice((), entries))
     }
 
     pub fn owner(&self) -> DomId {
-        self.0[0].domid
+        self.entries()[0].domid
     }
 
     pub fn entries(&self) -> &[Perm] {
-        &self.0
+        &self.0.slice
     }
 
     /// The list with entry 0's domain replaced by `owner` (letter kept), as a
@@ -158,27 +163,28 @@ impl Perms {
         if self.owner() == owner {
             return self.clone();
         }
-        let mut v: Vec<Perm> = self.0.to_vec();
+        let mut v: Vec<Perm> = self.entries().to_vec();
         v[0].domid = owner;
-        Perms(Arc::from(v))
+        Perms::shared(&v)
     }
 
     /// The list without ACL entries (index ≥ 1) naming `domid`; the owner
     /// entry is kept. `None` when nothing would change.
     pub fn without_acl_for(&self, domid: DomId) -> Option<Perms> {
-        if !self.0[1..].iter().any(|p| p.domid == domid) {
+        let entries = self.entries();
+        if !entries[1..].iter().any(|p| p.domid == domid) {
             return None;
         }
-        let v: Vec<Perm> = core::iter::once(self.0[0])
-            .chain(self.0[1..].iter().copied().filter(|p| p.domid != domid))
+        let v: Vec<Perm> = core::iter::once(entries[0])
+            .chain(entries[1..].iter().copied().filter(|p| p.domid != domid))
             .collect();
-        Some(Perms(Arc::from(v)))
+        Some(Perms::shared(&v))
     }
 
     /// The wire form: each entry followed by a NUL (`n0\0r5\0`).
     pub fn to_wire(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.0.len() * 4);
-        for p in self.0.iter() {
+        let mut out = Vec::with_capacity(self.entries().len() * 4);
+        for p in self.entries() {
             let mut s = String::new();
             let _ = write!(s, "{p}");
             out.extend_from_slice(s.as_bytes());
@@ -189,14 +195,14 @@ impl Perms {
 
     /// True if both lists are the same shared allocation (O(1) equality).
     pub fn ptr_eq(&self, other: &Perms) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        self.0.as_ptr() == other.0.as_ptr()
     }
 }
 
 impl fmt::Debug for Perms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[")?;
-        for (i, p) in self.0.iter().enumerate() {
+        for (i, p) in self.entries().iter().enumerate() {
             if i > 0 {
                 f.write_str(" ")?;
             }
@@ -209,7 +215,7 @@ impl fmt::Debug for Perms {
 #[cfg(feature = "serde")]
 impl serde::Serialize for Perms {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serde::Serialize::serialize(&*self.0, s)
+        serde::Serialize::serialize(self.entries(), s)
     }
 }
 
