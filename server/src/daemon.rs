@@ -156,8 +156,10 @@ struct LaneOut {
     /// they go before the core's queue.
     front: crate::conn::OutQueue,
     /// Output is waiting (here or in the core's queue), so a snapshot
-    /// reply must queue behind it in the core. Set by the lock's holder.
+    /// reply must queue behind it in the core. Set by the lock's holder
+    /// (and by the thread when the socket did not take its replies).
     backlog: bool,
+    /// The daemon closed the connection: nothing more is answered here.
     closed: bool,
 }
 
