@@ -74,8 +74,12 @@ pub struct Transaction {
     /// Roots of subtrees this transaction removed: paths below them that it
     /// has not re-created are absent by its own doing.
     removed_roots: Vec<Path>,
+    /// The mutations, to replay on a newer version at commit (recording
+    /// transactions only: the others are applied to the newest already).
     log: Vec<Mutation>,
-    /// The changes of `log` as applied to `view`.
+    /// Some mutation was applied.
+    mutated: bool,
+    /// The changes of the mutations as applied to `view`.
     changes: Vec<Change>,
     /// Off for [`crate::Store::update`]: a transaction run under the commit
     /// lock on the newest version has nothing to validate.
@@ -103,6 +107,7 @@ impl Transaction {
             records: BTreeMap::new(),
             removed_roots: Vec::new(),
             log: Vec::new(),
+            mutated: false,
             changes: Vec::new(),
             recording: true,
         }
@@ -119,6 +124,7 @@ impl Transaction {
             records: BTreeMap::new(),
             removed_roots: Vec::new(),
             log: Vec::new(),
+            mutated: false,
             changes: Vec::new(),
             recording: false,
         }
@@ -143,7 +149,7 @@ impl Transaction {
     }
 
     pub fn is_read_only(&self) -> bool {
-        self.log.is_empty()
+        !self.mutated
     }
 
     /// Changes made so far, as they apply to the view.
@@ -292,7 +298,10 @@ impl Transaction {
 
     fn apply(&mut self, m: Mutation) -> Result<Option<Change>, EngineError> {
         let change = self.view.apply(&m)?;
-        self.log.push(m);
+        self.mutated = true;
+        if self.recording {
+            self.log.push(m);
+        }
         if let Some(c) = &change {
             self.changes.push(c.clone());
         }
