@@ -80,13 +80,13 @@ impl Path {
         self.as_str() == "/"
     }
 
-    /// `@introduceDomain`, `@releaseDomain/5`, ...: event sources, not tree nodes.
     /// Identity of the shared string: equal for clones of one `Path`
     /// (children lists hold clones of the trie's keys).
     pub(crate) fn address(&self) -> usize {
         self.0.as_ptr() as usize
     }
 
+    /// `@introduceDomain`, `@releaseDomain/5`, ...: event sources, not tree nodes.
     pub fn is_special(&self) -> bool {
         self.as_str().starts_with('@')
     }
