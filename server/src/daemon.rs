@@ -623,12 +623,9 @@ fn answer_reads<P: Platform>(shared: &Shared<P>, me: &ClientSide, reader: &Reade
             break;
         }
         used += n;
-        let sent = loop {
-            match send_nonblocking(&me.stream, &[IoSlice::new(replies)]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(0),
-                other => break other,
-            }
+        let sent = match send_nonblocking(&me.stream, &[IoSlice::new(replies)]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
         };
         match sent {
             Ok(n) if n == replies.len() => {}
@@ -847,7 +844,6 @@ impl<P: Platform> State<P> {
                     out.consume(n - ahead);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     failed = Some(e.to_string());
                     break;
@@ -931,15 +927,26 @@ fn send_gathered<'a, const N: usize>(stream: &StdUnixStream, chunks: impl Iterat
 }
 
 /// `send` that never blocks nor raises SIGPIPE, whatever the descriptor's
-/// mode (client threads keep theirs blocking for `recv`).
+/// mode (client threads keep theirs blocking for `recv`), and is retried
+/// when a signal interrupts it.
 fn send_nonblocking(stream: &StdUnixStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: an `IoSlice` has the layout of an `iovec` (std guarantees it
-    // on Unix); the slices and the descriptor outlive the call.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = slices.as_ptr().cast_mut().cast();
-        msg.msg_iovlen = slices.len() as _;
-        libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    loop {
+        // SAFETY: an `IoSlice` has the layout of an `iovec` (std guarantees
+        // it on Unix); the slices and the descriptor outlive the call.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = slices.as_ptr().cast_mut().cast();
+            msg.msg_iovlen = slices.len() as _;
+            libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        match usize::try_from(n) {
+            Ok(sent) => return Ok(sent),
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
 }

@@ -1,7 +1,6 @@
 //! rxenstored: the xenstore daemon. Command line compatible with C
 //! xenstored's where the options make sense for it.
 
-
 /// mimalloc: no per-allocation header (the store is millions of small
 /// allocations) and faster small allocations than glibc's (benches/README.md).
 #[global_allocator]
