@@ -1,11 +1,12 @@
 //! Immutable versions of the whole store, and the primitive mutations that
 //! derive one version from another.
 //!
-//! A [`Snapshot`] is a persistent hash-array-mapped trie from [`Path`] to
-//! [`Node`] plus the per-domain node counts and the generation counter.
-//! Cloning one is a reference-count increment; a mutation copies only the
-//! trie nodes on the way to the changed entries (`O(log n)`), so every older
-//! version stays valid and shared.
+//! A [`Snapshot`] is a persistent table from [`Path`] to [`Node`] (a
+//! hash-array-mapped trie of small buckets of nodes, see `table.rs`) plus
+//! the per-domain node counts and the generation counter. Cloning one is a
+//! reference-count increment; a mutation copies only the changed nodes'
+//! buckets and the trie nodes on the way to them (`O(log n)`), so every
+//! older version stays valid and shared.
 //!
 //! Invariants (checked by [`Snapshot::check_consistent`]):
 //! 1. `/` exists; every other tree node's parent exists and lists it exactly
@@ -17,7 +18,6 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use core::hash::BuildHasher;
 
 use archery::ArcTK;
 use rpds::HashTrieMap;
@@ -27,14 +27,10 @@ use crate::node::{Children, Node, Value};
 use crate::path::Path;
 use crate::perms::{DomId, Perms};
 
-type Hasher = foldhash::fast::RandomState;
+type CountMap = HashTrieMap<DomId, u32, ArcTK, foldhash::fast::RandomState>;
 
-/// Children per trie node. A commit copies one node per level: wide nodes
-/// make the trie shallow but each copy (and the reference counts it
-/// touches) dearer. Chosen by measurement (benches/README.md).
-const TRIE_DEGREE: u8 = 16;
-type NodeMap = HashTrieMap<Path, Node, ArcTK, Hasher>;
-type CountMap = HashTrieMap<DomId, u32, ArcTK, Hasher>;
+mod table;
+use table::{Hasher, NodeTable};
 
 /// One immutable version of the store. `Send + Sync`: readers on any thread
 /// may hold one while commits publish newer versions.
@@ -43,7 +39,7 @@ pub struct Snapshot(Arc<Inner>);
 
 #[derive(Clone)]
 struct Inner {
-    nodes: NodeMap,
+    nodes: NodeTable,
     owners: CountMap,
     tree_nodes: usize,
     next_generation: u64,
@@ -66,10 +62,8 @@ fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
-/// Nodes of [`Snapshot::from_entries`] completed but not yet stored, and
-/// the trie's hasher (to store them in its order).
+/// Nodes of [`Snapshot::from_entries`] completed but not yet stored.
 struct Pending {
-    hasher: Hasher,
     nodes: Vec<Option<(Path, Node)>>,
 }
 
@@ -135,8 +129,8 @@ impl Snapshot {
 
     fn with_hasher(root_perms: Perms, hasher: Hasher) -> Snapshot {
         let mut s = Snapshot(Arc::new(Inner {
-            nodes: NodeMap::new_with_hasher_and_degree_and_ptr_kind(hasher, TRIE_DEGREE),
-            owners: CountMap::new_with_hasher_and_ptr_kind(Hasher::default()),
+            nodes: NodeTable::new(hasher),
+            owners: CountMap::new_with_hasher_and_ptr_kind(foldhash::fast::RandomState::default()),
             tree_nodes: 0,
             next_generation: 0,
             specials: Arc::from([]),
@@ -154,7 +148,7 @@ impl Snapshot {
     }
 
     pub fn contains(&self, path: &str) -> bool {
-        self.0.nodes.contains_key(path)
+        self.0.nodes.contains(path)
     }
 
     /// Nodes in the tree (special nodes not included).
@@ -212,7 +206,7 @@ impl Snapshot {
     /// child whose path is not shared with its key is looked up normally.
     pub fn for_each_in_tree(&self, mut f: impl FnMut(&Path, &Node)) {
         let mut index: hashbrown::HashMap<usize, &Node, foldhash::fast::FixedState> =
-            hashbrown::HashMap::with_capacity_and_hasher(self.0.nodes.size(), foldhash::fast::FixedState::default());
+            hashbrown::HashMap::with_capacity_and_hasher(self.0.nodes.len(), foldhash::fast::FixedState::default());
         for (path, node) in self.0.nodes.iter() {
             index.insert(path.address(), node);
         }
@@ -243,7 +237,7 @@ impl Snapshot {
         if !inner.specials.contains(&path) {
             inner.specials = inner.specials.iter().cloned().chain([path.clone()]).collect();
         }
-        inner.nodes.insert_mut(path, node);
+        inner.nodes.insert(path, node);
     }
 
     /// Every node as a [`TreeEntry`]: the tree in pre-order, then special nodes.
@@ -267,9 +261,8 @@ impl Snapshot {
         if !root.path.is_root() {
             return Err(BuildError::MissingRoot);
         }
-        let hasher = Hasher::default();
-        let mut s = Snapshot::with_hasher(root.perms.clone(), hasher.clone());
-        let mut pending = Pending { hasher, nodes: Vec::new() };
+        let mut s = Snapshot::with_hasher(root.perms.clone(), Hasher::default());
+        let mut pending = Pending { nodes: Vec::new() };
         let mut max_generation = root.generation;
         // The chain of nodes whose children are still being collected: each
         // is a child of the one below. In pre-order input every node is
@@ -345,7 +338,7 @@ impl Snapshot {
                 self.count_owner(o, -1);
             }
             self.count_owner(node.perms.owner(), 1);
-            self.inner().nodes.insert_mut(path, node);
+            self.inner().nodes.insert(path, node);
         } else {
             pending.nodes.push(Some((path, node)));
         }
@@ -357,11 +350,16 @@ impl Snapshot {
     /// per node. This halves the time to build a 1M-node tree.
     fn store_pending(&mut self, pending: &mut Pending) -> Result<(), BuildError> {
         let mut nodes: Vec<Option<(Path, Node)>> = core::mem::take(&mut pending.nodes);
-        // Sort small (key, index) pairs, not the nodes themselves.
+        let table = &mut self.inner().nodes;
+        // Sort small (key, index) pairs, not the nodes themselves. A
+        // bucket's address is the low bits of the hash: in the order of the
+        // reversed hash, each bucket's nodes come together. With the table
+        // grown first, each bucket is then filled in one go.
+        table.reserve(nodes.len());
         let mut order: Vec<(u64, usize)> = nodes
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| Some((pending.hasher.hash_one(&n.as_ref()?.0).reverse_bits(), i)))
+            .filter_map(|(i, n)| Some((table.hash(n.as_ref()?.0.as_str()).reverse_bits(), i)))
             .collect();
         order.sort_unstable();
         // Owners are counted once per domain at the end, not per node.
@@ -377,14 +375,12 @@ impl Snapshot {
             if let Some(Some((p, _))) = order.get(j + AHEAD).and_then(|&(_, near)| nodes.get(near)) {
                 prefetch(p.address() as *const u8);
             }
-            let i = order[j].1;
+            let (key, i) = order[j];
             let Some((path, node)) = nodes.get_mut(i).and_then(Option::take) else { continue };
             *owners.entry(node.perms.owner()).or_default() += 1;
             let inner = self.inner();
-            let before = inner.nodes.size();
             let dup = path.clone();
-            inner.nodes.insert_mut(path, node);
-            if inner.nodes.size() == before {
+            if !inner.nodes.insert_hashed(key.reverse_bits(), path, node) {
                 return Err(BuildError::Duplicate(dup));
             }
             inner.tree_nodes += 1;
@@ -536,7 +532,7 @@ impl Snapshot {
         self.count_owner(node.perms.owner(), 1);
         let inner = self.inner();
         inner.tree_nodes += 1;
-        inner.nodes.insert_mut(path, node);
+        inner.nodes.insert(path, node);
     }
 
     /// Applies `f` to a copy of the node at `path` and stores it; `false` if
@@ -669,7 +665,7 @@ impl Snapshot {
             self.count_owner(perms.owner(), -1);
             let inner = self.inner();
             inner.tree_nodes -= 1;
-            inner.nodes.remove_mut(p.as_str());
+            inner.nodes.remove(p.as_str());
         }
         if let Some(parent) = path.parent() {
             let generation = self.fresh_generation();
