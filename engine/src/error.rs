@@ -19,6 +19,11 @@ pub enum EngineError {
     /// An operation for special nodes was given a tree path.
     #[error("{0} is not a special path")]
     NotSpecial(Path),
+    /// A walk of the whole tree inside a transaction that keeps its changes
+    /// to itself: only one run on the newest version ([`crate::Store::update`])
+    /// can walk its view as a [`crate::Snapshot`].
+    #[error("a whole-tree walk needs a transaction on the newest version")]
+    NotWholeVersion,
 }
 
 /// Why a commit did not happen.

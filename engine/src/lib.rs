@@ -8,9 +8,11 @@
 //! - [`perms`]: [`DomId`], [`Perm`], [`Perms`] (owner entry plus ACL).
 //! - [`node`]: [`Node`] with its [`Value`], ordered [`Children`] and generation.
 //! - [`snapshot`]: [`Snapshot`], one immutable version (a persistent
-//!   hash-array-mapped trie from path to node, plus per-domain node counts),
+//!   hash-array-mapped trie of buckets of nodes by path, plus per-domain node counts),
 //!   the primitive mutations, and tree-order iteration for checkpoints.
 //! - [`txn`]: [`Transaction`], what it observed and the commit rule.
+//! - [`view`]: [`TxView`], what a transaction reads: its changes over its
+//!   fork point.
 //! - [`store`]: [`Store`], the newest version and the commit lock.
 //!
 //! The engine does no I/O, keeps no clock and starts no thread; it builds
@@ -48,6 +50,7 @@ pub mod snapshot;
 pub mod store;
 mod sync;
 pub mod txn;
+pub mod view;
 
 pub use error::{BuildError, CommitError, EngineError, Inconsistency};
 pub use node::{Children, Node, Value};
@@ -56,6 +59,7 @@ pub use perms::{Access, DomId, EmptyPerms, Perm, Perms};
 pub use snapshot::{Change, Snapshot, TreeEntry, TreeIter};
 pub use store::Store;
 pub use txn::{Commit, Transaction};
+pub use view::TxView;
 
 // Snapshots and the store cross threads: assert it at compile time.
 const _: () = {

@@ -490,13 +490,46 @@ impl Snapshot {
         }
         let parent_generation = path.parent().and_then(|p| self.get(p.as_str()).map(|n| n.generation));
         let counter = self.0.next_generation;
-        if self.remove(path).is_some() {
+        if remove(self, path).is_some() {
             if let (Some(parent), Some(g)) = (path.parent(), parent_generation) {
                 self.update_node(&parent, |n| n.generation = g);
             }
             self.inner().next_generation = counter;
         }
         Ok(())
+    }
+
+    /// Takes a transaction overlay's changes as they are (`view.rs`): each
+    /// changed node replaced or removed, the owner and node counts moved by
+    /// the overlay's deltas, the generation counter set past the overlay's.
+    /// Only for the version the overlay was built over: the result is what
+    /// replaying its mutations would give, for one table change per node.
+    pub(crate) fn absorb(
+        &mut self,
+        nodes: impl IntoIterator<Item = (Path, Option<Node>)>,
+        owners: impl IntoIterator<Item = (DomId, i64)>,
+        tree_delta: isize,
+        next_generation: u64,
+    ) {
+        for (path, node) in nodes {
+            let table = &mut self.inner().nodes;
+            match node {
+                Some(node) => {
+                    table.insert(path, node);
+                }
+                None => {
+                    table.remove(path.as_str());
+                }
+            }
+        }
+        for (domid, delta) in owners {
+            if delta != 0 {
+                self.count_owner(domid, delta);
+            }
+        }
+        let inner = self.inner();
+        inner.tree_nodes = inner.tree_nodes.saturating_add_signed(tree_delta);
+        inner.next_generation = inner.next_generation.max(next_generation);
     }
 
     /// Raises the generation counter to at least `next`.
@@ -511,93 +544,6 @@ impl Snapshot {
         Arc::make_mut(&mut self.0)
     }
 
-    fn fresh_generation(&mut self) -> u64 {
-        let inner = self.inner();
-        let g = inner.next_generation;
-        inner.next_generation += 1;
-        g
-    }
-
-    fn count_owner(&mut self, domid: DomId, delta: i64) {
-        let inner = self.inner();
-        let n = i64::from(inner.owners.get(&domid).copied().unwrap_or(0)) + delta;
-        if n <= 0 {
-            inner.owners.remove_mut(&domid);
-        } else {
-            inner.owners.insert_mut(domid, u32::try_from(n).unwrap_or(u32::MAX));
-        }
-    }
-
-    fn insert_new(&mut self, path: Path, node: Node) {
-        self.count_owner(node.perms.owner(), 1);
-        let inner = self.inner();
-        inner.tree_nodes += 1;
-        inner.nodes.insert(path, node);
-    }
-
-    /// Applies `f` to a copy of the node at `path` and stores it; `false` if
-    /// the node is missing.
-    fn update_node(&mut self, path: &Path, f: impl FnOnce(&mut Node)) -> bool {
-        // In place where this version owns the trie nodes on the way (a
-        // fresh transaction's first change copies them, later ones do not).
-        match self.inner().nodes.get_mut(path.as_str()) {
-            Some(node) => {
-                f(node);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Applies one primitive mutation; `Ok(None)` when it changes nothing.
-    pub(crate) fn apply(&mut self, m: &Mutation) -> Result<Option<Change>, EngineError> {
-        match m {
-            Mutation::Write { path, value, creator } => {
-                reject_special(path)?;
-                if self.contains(path.as_str()) {
-                    let generation = self.fresh_generation();
-                    self.update_node(path, |n| {
-                        n.value = value.clone();
-                        n.generation = generation;
-                    });
-                    Ok(Some(Change::Written { path: path.clone(), created: false }))
-                } else {
-                    self.create(path, value.clone(), *creator);
-                    Ok(Some(Change::Written { path: path.clone(), created: true }))
-                }
-            }
-            Mutation::Mkdir { path, creator } => {
-                reject_special(path)?;
-                if self.contains(path.as_str()) {
-                    return Ok(None);
-                }
-                self.create(path, Value::default(), *creator);
-                Ok(Some(Change::Written { path: path.clone(), created: true }))
-            }
-            Mutation::Remove { path } => {
-                reject_special(path)?;
-                if path.is_root() {
-                    return Err(EngineError::RootRemoval);
-                }
-                Ok(self.remove(path))
-            }
-            Mutation::SetPerms { path, perms } => {
-                let old = self.get(path.as_str()).ok_or_else(|| EngineError::NotFound(path.clone()))?;
-                let old = old.perms.clone();
-                if !path.is_special() {
-                    self.count_owner(old.owner(), -1);
-                    self.count_owner(perms.owner(), 1);
-                }
-                let generation = self.fresh_generation();
-                self.update_node(path, |n| {
-                    n.perms = perms.clone();
-                    n.generation = generation;
-                });
-                Ok(Some(Change::PermsSet { path: path.clone(), old, new: perms.clone() }))
-            }
-        }
-    }
-
     /// This version with the special node `path` (`@introduceDomain`, ...)
     /// installed or replaced: how a daemon sets up its initial state.
     pub fn with_special(mut self, path: &Path, perms: Perms) -> Result<Snapshot, EngineError> {
@@ -610,74 +556,189 @@ impl Snapshot {
         Ok(self)
     }
 
-    /// Creates `path` and its missing ancestors top-down (PROTOCOL.md §4.2).
-    fn create(&mut self, path: &Path, value: Value, creator: Option<DomId>) {
-        // Walk up to the nearest existing ancestor, remembering the way down.
-        let mut missing = alloc::vec![path.clone()];
-        let mut parent = path.parent();
-        while let Some(p) = parent.take() {
-            if self.contains(p.as_str()) {
-                parent = Some(p);
-                break;
+}
+
+/// What the primitive mutations need of the version they change: a whole
+/// [`Snapshot`] (changed in place where it owns its parts, copied on write
+/// where it shares them) or a transaction's private overlay over one
+/// (`overlay.rs`), which copies nothing of the shared version.
+pub(crate) trait Nodes {
+    fn node(&self, path: &str) -> Option<&Node>;
+    /// Applies `f` to the node at `path`; `false` if it is missing.
+    fn update_node(&mut self, path: &Path, f: impl FnOnce(&mut Node)) -> bool;
+    /// Stores a node that did not exist, counting it for its owner.
+    fn insert_new(&mut self, path: Path, node: Node);
+    /// Forgets a tree node (the caller uncounts its owner).
+    fn remove_node(&mut self, path: &Path);
+    fn count_owner(&mut self, domid: DomId, delta: i64);
+    fn fresh_generation(&mut self) -> u64;
+}
+
+impl Nodes for Snapshot {
+    fn node(&self, path: &str) -> Option<&Node> {
+        self.get(path)
+    }
+
+    fn update_node(&mut self, path: &Path, f: impl FnOnce(&mut Node)) -> bool {
+        // In place where this version owns the bucket and the trie nodes
+        // on the way (a version's first change copies them, later ones do
+        // not).
+        match self.inner().nodes.get_mut(path.as_str()) {
+            Some(node) => {
+                f(node);
+                true
             }
-            parent = p.parent();
-            missing.push(p);
-        }
-        let Some(mut parent) = parent else { return };
-        let mut perms = match self.get(parent.as_str()) {
-            Some(n) => n.perms.clone(),
-            None => return,
-        };
-        if let Some(creator) = creator {
-            perms = perms.with_owner(creator);
-        }
-        while let Some(p) = missing.pop() {
-            let parent_generation = self.fresh_generation();
-            let child = p.clone();
-            self.update_node(&parent, |n| {
-                n.children.append(child);
-                n.generation = parent_generation;
-            });
-            let value = if missing.is_empty() { value.clone() } else { Value::default() };
-            let generation = self.fresh_generation();
-            let node = Node { value, perms: perms.clone(), children: Children::default(), generation };
-            self.insert_new(p.clone(), node);
-            parent = p;
+            None => false,
         }
     }
 
-    fn remove(&mut self, path: &Path) -> Option<Change> {
-        let perms = self.get(path.as_str())?.perms.clone();
-        // Children before parents, as C fires the RM events (§6.3).
-        let mut doomed: Vec<(Path, Perms)> = Vec::new();
-        let mut stack: Vec<(Path, bool)> = alloc::vec![(path.clone(), false)];
-        while let Some((p, expanded)) = stack.pop() {
-            let Some(node) = self.get(p.as_str()) else { continue };
-            if expanded {
-                doomed.push((p, node.perms.clone()));
+    fn insert_new(&mut self, path: Path, node: Node) {
+        self.count_owner(node.perms.owner(), 1);
+        let inner = self.inner();
+        inner.tree_nodes += 1;
+        inner.nodes.insert(path, node);
+    }
+
+    fn remove_node(&mut self, path: &Path) {
+        let inner = self.inner();
+        if inner.nodes.remove(path.as_str()).is_some() {
+            inner.tree_nodes -= 1;
+        }
+    }
+
+    fn count_owner(&mut self, domid: DomId, delta: i64) {
+        let inner = self.inner();
+        let n = i64::from(inner.owners.get(&domid).copied().unwrap_or(0)) + delta;
+        if n <= 0 {
+            inner.owners.remove_mut(&domid);
+        } else {
+            inner.owners.insert_mut(domid, u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn fresh_generation(&mut self) -> u64 {
+        let inner = self.inner();
+        let g = inner.next_generation;
+        inner.next_generation += 1;
+        g
+    }
+}
+
+/// Applies one primitive mutation; `Ok(None)` when it changes nothing.
+pub(crate) fn apply(nodes: &mut impl Nodes, m: &Mutation) -> Result<Option<Change>, EngineError> {
+    match m {
+        Mutation::Write { path, value, creator } => {
+            reject_special(path)?;
+            if nodes.node(path.as_str()).is_some() {
+                let generation = nodes.fresh_generation();
+                nodes.update_node(path, |n| {
+                    n.value = value.clone();
+                    n.generation = generation;
+                });
+                Ok(Some(Change::Written { path: path.clone(), created: false }))
             } else {
-                let children: Vec<Path> = node.children.paths().rev().cloned().collect();
-                stack.push((p, true));
-                stack.extend(children.into_iter().map(|c| (c, false)));
+                create(nodes, path, value.clone(), *creator);
+                Ok(Some(Change::Written { path: path.clone(), created: true }))
             }
         }
-        for (p, perms) in &doomed {
-            self.count_owner(perms.owner(), -1);
-            let inner = self.inner();
-            inner.tree_nodes -= 1;
-            inner.nodes.remove(p.as_str());
+        Mutation::Mkdir { path, creator } => {
+            reject_special(path)?;
+            if nodes.node(path.as_str()).is_some() {
+                return Ok(None);
+            }
+            create(nodes, path, Value::default(), *creator);
+            Ok(Some(Change::Written { path: path.clone(), created: true }))
         }
-        if let Some(parent) = path.parent() {
-            let generation = self.fresh_generation();
-            let name = path.name();
-            self.update_node(&parent, |n| {
-                n.children.remove(name);
+        Mutation::Remove { path } => {
+            reject_special(path)?;
+            if path.is_root() {
+                return Err(EngineError::RootRemoval);
+            }
+            Ok(remove(nodes, path))
+        }
+        Mutation::SetPerms { path, perms } => {
+            let old = nodes.node(path.as_str()).ok_or_else(|| EngineError::NotFound(path.clone()))?;
+            let old = old.perms.clone();
+            if !path.is_special() {
+                nodes.count_owner(old.owner(), -1);
+                nodes.count_owner(perms.owner(), 1);
+            }
+            let generation = nodes.fresh_generation();
+            nodes.update_node(path, |n| {
+                n.perms = perms.clone();
                 n.generation = generation;
             });
+            Ok(Some(Change::PermsSet { path: path.clone(), old, new: perms.clone() }))
         }
-        doomed.pop(); // the last one is `path` itself
-        Some(Change::Removed { path: path.clone(), perms, descendants: doomed })
     }
+}
+
+/// Creates `path` and its missing ancestors top-down (PROTOCOL.md §4.2).
+fn create(nodes: &mut impl Nodes, path: &Path, value: Value, creator: Option<DomId>) {
+    // Walk up to the nearest existing ancestor, remembering the way down.
+    let mut missing = alloc::vec![path.clone()];
+    let mut parent = path.parent();
+    while let Some(p) = parent.take() {
+        if nodes.node(p.as_str()).is_some() {
+            parent = Some(p);
+            break;
+        }
+        parent = p.parent();
+        missing.push(p);
+    }
+    let Some(mut parent) = parent else { return };
+    let mut perms = match nodes.node(parent.as_str()) {
+        Some(n) => n.perms.clone(),
+        None => return,
+    };
+    if let Some(creator) = creator {
+        perms = perms.with_owner(creator);
+    }
+    while let Some(p) = missing.pop() {
+        let parent_generation = nodes.fresh_generation();
+        let child = p.clone();
+        nodes.update_node(&parent, |n| {
+            n.children.append(child);
+            n.generation = parent_generation;
+        });
+        let value = if missing.is_empty() { value.clone() } else { Value::default() };
+        let generation = nodes.fresh_generation();
+        let node = Node { value, perms: perms.clone(), children: Children::default(), generation };
+        nodes.insert_new(p.clone(), node);
+        parent = p;
+    }
+}
+
+/// Removes `path` and its subtree; `None` if it does not exist.
+fn remove(nodes: &mut impl Nodes, path: &Path) -> Option<Change> {
+    let perms = nodes.node(path.as_str())?.perms.clone();
+    // Children before parents, as C fires the RM events (§6.3).
+    let mut doomed: Vec<(Path, Perms)> = Vec::new();
+    let mut stack: Vec<(Path, bool)> = alloc::vec![(path.clone(), false)];
+    while let Some((p, expanded)) = stack.pop() {
+        let Some(node) = nodes.node(p.as_str()) else { continue };
+        if expanded {
+            doomed.push((p, node.perms.clone()));
+        } else {
+            let children: Vec<Path> = node.children.paths().rev().cloned().collect();
+            stack.push((p, true));
+            stack.extend(children.into_iter().map(|c| (c, false)));
+        }
+    }
+    for (p, perms) in &doomed {
+        nodes.count_owner(perms.owner(), -1);
+        nodes.remove_node(p);
+    }
+    if let Some(parent) = path.parent() {
+        let generation = nodes.fresh_generation();
+        let name = path.name();
+        nodes.update_node(&parent, |n| {
+            n.children.remove(name);
+            n.generation = generation;
+        });
+    }
+    doomed.pop(); // the last one is `path` itself
+    Some(Change::Removed { path: path.clone(), perms, descendants: doomed })
 }
 
 fn reject_special(path: &Path) -> Result<(), EngineError> {

@@ -28,6 +28,7 @@ use crate::node::{Children, Value};
 use crate::path::Path;
 use crate::perms::{DomId, Perms};
 use crate::snapshot::{Change, Mutation, Snapshot};
+use crate::view::TxView;
 
 /// What a transaction knows about one path: what it saw of the fork-point
 /// version (`None` = not observed) and which aspects its own mutations decide.
@@ -69,7 +70,9 @@ enum Aspect {
 #[derive(Debug)]
 pub struct Transaction {
     base: Snapshot,
-    view: Snapshot,
+    /// An overlay of this transaction's changes over `base`, or (run under
+    /// the commit lock) the newest version itself.
+    view: TxView,
     records: BTreeMap<Path, Record>,
     /// Roots of subtrees this transaction removed: paths below them that it
     /// has not re-created are absent by its own doing.
@@ -102,7 +105,7 @@ impl Transaction {
     /// Forks `base`: O(1).
     pub fn new(base: Snapshot) -> Transaction {
         Transaction {
-            view: base.clone(),
+            view: TxView::overlay(base.clone()),
             base,
             records: BTreeMap::new(),
             removed_roots: Vec::new(),
@@ -120,7 +123,7 @@ impl Transaction {
     pub(crate) fn unrecorded(view: Snapshot, placeholder: Snapshot) -> Transaction {
         Transaction {
             base: placeholder,
-            view,
+            view: TxView::whole(view),
             records: BTreeMap::new(),
             removed_roots: Vec::new(),
             log: Vec::new(),
@@ -138,7 +141,7 @@ impl Transaction {
     /// The fork-point version with this transaction's own mutations applied.
     /// Reading through it records nothing: use it for checks whose outcome
     /// must not be part of the commit rule (or that are re-checked at commit).
-    pub fn view(&self) -> &Snapshot {
+    pub fn view(&self) -> &TxView {
         &self.view
     }
 
@@ -297,7 +300,7 @@ impl Transaction {
     }
 
     fn apply(&mut self, m: Mutation) -> Result<Option<Change>, EngineError> {
-        let change = self.view.apply(&m)?;
+        let change = crate::snapshot::apply(&mut self.view, &m)?;
         self.mutated = true;
         if self.recording {
             self.log.push(m);
@@ -361,7 +364,9 @@ impl Transaction {
     }
 
     /// Turns this transaction into the version to publish on top of `newest`,
-    /// or the path of the first conflict.
+    /// or the path of the first conflict. If nothing was published since it
+    /// forked, its view is that version; otherwise its mutations are
+    /// replayed onto `newest`.
     pub(crate) fn rebase(self, newest: &Snapshot) -> Result<(Snapshot, Vec<Change>), Path> {
         if newest.same_version(&self.base) {
             return Ok(self.into_result());
@@ -369,24 +374,28 @@ impl Transaction {
         if let Some(path) = self.first_conflict(newest) {
             return Err(path.clone());
         }
-        let mut next = newest.clone();
-        let mut changes = Vec::with_capacity(self.changes.len());
-        for m in &self.log {
-            // Validation guarantees the log applies; an error here would be
-            // an engine bug, reported as a conflict rather than a panic.
-            match next.apply(m) {
-                Ok(Some(c)) => changes.push(c),
-                Ok(None) => {}
-                Err(_) => return Err(mutation_path(m).clone()),
-            }
-        }
-        Ok((next, changes))
+        replay(&self.log, newest.clone())
     }
 
-    /// The view and its changes, as they stand.
+    /// The view as a version, with its changes.
     pub(crate) fn into_result(self) -> (Snapshot, Vec<Change>) {
-        (self.view, self.changes)
+        (self.view.into_snapshot(), self.changes)
     }
+}
+
+/// Applies logged mutations to `next`; the path of the first that does not
+/// apply (validation guarantees they do: an error here is an engine bug,
+/// reported as a conflict rather than a panic).
+fn replay(log: &[Mutation], mut next: Snapshot) -> Result<(Snapshot, Vec<Change>), Path> {
+    let mut changes = Vec::with_capacity(log.len());
+    for m in log {
+        match crate::snapshot::apply(&mut next, m) {
+            Ok(Some(c)) => changes.push(c),
+            Ok(None) => {}
+            Err(_) => return Err(mutation_path(m).clone()),
+        }
+    }
+    Ok((next, changes))
 }
 
 fn mutation_path(m: &Mutation) -> &Path {
@@ -402,6 +411,7 @@ fn mutation_path(m: &Mutation) -> &Path {
 mod tests {
     use super::*;
     use crate::{CommitError, Store};
+    use crate::node::Node;
     use crate::perms::DomId;
 
     fn p(s: &str) -> Path {
@@ -650,5 +660,89 @@ mod tests {
         tx.write(&p("/c/d"), b"", None).unwrap();
         // /a, /b, /c/d, /c, and / (the nearest existing ancestor).
         assert_eq!(tx.accessed_paths(), 5);
+    }
+
+    mod overlay_against_replay {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Write(u8, u8),
+            Mkdir(u8),
+            Remove(u8),
+            Chown(u8, u8),
+        }
+
+        /// Paths of a small tree, deep enough for subtrees and implicit levels.
+        fn path(i: u8) -> Path {
+            let names = ["a", "b", "c"];
+            let i = usize::from(i);
+            let s = match i % 4 {
+                0 => alloc::format!("/{}", names[i % 3]),
+                1 => alloc::format!("/{}/{}", names[i % 3], names[(i / 3) % 3]),
+                2 => alloc::format!("/{}/{}/{}", names[i % 3], names[(i / 3) % 3], names[(i / 9) % 3]),
+                _ => alloc::format!("/{}/x{}", names[i % 3], i % 5),
+            };
+            Path::new(&s).expect("test path")
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (any::<u8>(), any::<u8>()).prop_map(|(p, v)| Op::Write(p, v)),
+                1 => any::<u8>().prop_map(Op::Mkdir),
+                2 => any::<u8>().prop_map(Op::Remove),
+                1 => (any::<u8>(), 0u8..4).prop_map(|(p, d)| Op::Chown(p, d)),
+            ]
+        }
+
+        fn run(tx: &mut Transaction, ops: &[Op]) {
+            for op in ops {
+                // Refusals (a missing node, say) are part of the sequence.
+                let _ = match op {
+                    Op::Write(p, v) => tx.write(&path(*p), &[*v], Some(DomId(u16::from(*v % 3)))).map(drop),
+                    Op::Mkdir(p) => tx.mkdir(&path(*p), None).map(drop),
+                    Op::Remove(p) => tx.remove(&path(*p)).map(drop),
+                    Op::Chown(p, d) => tx.set_perms(&path(*p), Perms::owned_by(DomId(u16::from(*d)))).map(drop),
+                };
+            }
+        }
+
+        fn same(a: &Snapshot, b: &Snapshot) {
+            assert_eq!(a.entries().collect::<Vec<_>>(), b.entries().collect::<Vec<_>>());
+            assert_eq!(a.owners().collect::<Vec<_>>().len(), b.owners().collect::<Vec<_>>().len());
+            for (d, n) in a.owners() {
+                assert_eq!(b.owned_count(d), n, "{d:?}");
+            }
+            assert_eq!(a.len(), b.len());
+            assert_eq!(a.next_generation(), b.next_generation());
+            a.check_consistent().expect("consistent");
+        }
+
+        proptest! {
+            /// A transaction's overlay, taken into its fork point, is exactly
+            /// what replaying its mutations there gives: nodes, generations,
+            /// counts, and the changes reported.
+            #[test]
+            fn absorbing_equals_replaying(setup in proptest::collection::vec(op(), 0..30), ops in proptest::collection::vec(op(), 1..30)) {
+                let store = Store::new(Snapshot::new(Perms::owned_by(DomId(0))));
+                store.update(|tx| { run(tx, &setup); Ok::<_, ()>(()) }).expect("setup");
+                let mut tx = store.begin();
+                run(&mut tx, &ops);
+                // The view answers like the version it stands for.
+                let log = tx.log.clone();
+                let base = tx.base().clone();
+                let view_len = tx.view().len();
+                let view_nodes: Vec<(Path, Option<u64>)> = (0..=255u8).map(|i| (path(i), tx.view().get(path(i).as_str()).map(Node::generation))).collect();
+                let (absorbed, changes) = tx.into_result();
+                let (replayed, replayed_changes) = replay(&log, base).expect("replays onto its own fork point");
+                same(&absorbed, &replayed);
+                prop_assert_eq!(changes, replayed_changes);
+                prop_assert_eq!(view_len, absorbed.len());
+                for (p, g) in view_nodes {
+                    prop_assert_eq!(absorbed.get(p.as_str()).map(Node::generation), g);
+                }
+            }
+        }
     }
 }

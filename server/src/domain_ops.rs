@@ -116,7 +116,7 @@ impl<P: Platform> Core<P> {
     fn forget_domain_nodes(&mut self, domid: DomId) -> Commit {
         let (keep, priv_domid) = (self.config.keep_orphans, self.config.priv_domid);
         let result = self.store.update(|tx| {
-            let snap = tx.view().clone();
+            let snap = tx.view().snapshot().cloned().ok_or(engine::EngineError::NotWholeVersion)?;
             let mut owned: Vec<Path> = Vec::new();
             let mut handed_over: Vec<(Path, engine::Perms)> = Vec::new();
             snap.for_each_in_tree(|path, node| {
@@ -135,7 +135,7 @@ impl<P: Platform> Core<P> {
             for path in &owned {
                 tx.remove(path)?;
             }
-            let view = tx.view().clone();
+            let view = tx.view().snapshot().cloned().ok_or(engine::EngineError::NotWholeVersion)?;
             let mut stale: Vec<(Path, engine::Perms)> = Vec::new();
             let mut strip = |p: &Path, n: &engine::Node| {
                 if let Some(perms) = n.perms().without_acl_for(domid) {
