@@ -186,6 +186,8 @@ pub(crate) struct State<P: Platform> {
     /// Inbox input served this turn: its [`Lane::waiting`] drops when the
     /// turn has sent the replies.
     through: Vec<(Arc<Lane>, usize)>,
+    /// The connections a turn flushes (kept to keep its allocation).
+    dirty_ids: Vec<ConnId>,
     /// Client threads answer snapshot reads themselves ([`Reader`]):
     /// threaded mode without a trace file (whose lines the core's callers
     /// write).
@@ -273,6 +275,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             served: Vec::new(),
             deferred: HashSet::default(),
             through: Vec::new(),
+            dirty_ids: Vec::new(),
             snapshot_reads: false,
         };
         let shared = Shared { state: Mutex::new(state), inbox: SegQueue::new(), waker, flush_wake: AtomicBool::new(false), paused: AtomicBool::new(false), pause: Mutex::new(false), resume: Condvar::new() };
@@ -727,7 +730,9 @@ impl<P: Platform> State<P> {
                 return Err(e);
             }
         if defer {
-            for id in self.core.take_dirty() {
+            let mut ids = core::mem::take(&mut self.dirty_ids);
+            self.core.take_dirty_into(&mut ids);
+            for id in ids.drain(..) {
                 if self.served.contains(&id) {
                     self.flush(id);
                 } else {
@@ -737,6 +742,7 @@ impl<P: Platform> State<P> {
                     }
                 }
             }
+            self.dirty_ids = ids;
         } else {
             self.flush_dirty();
         }
@@ -808,14 +814,16 @@ impl<P: Platform> State<P> {
     /// Sends what every connection has waiting: output left to the main
     /// loop by client threads, and what the core queued since.
     fn flush_dirty(&mut self) {
-        let mut ids: Vec<ConnId> = self.deferred.drain().collect();
-        ids.extend(self.core.take_dirty());
-        for id in ids {
+        let mut ids = core::mem::take(&mut self.dirty_ids);
+        ids.extend(self.deferred.drain());
+        self.core.take_dirty_into(&mut ids);
+        for id in ids.drain(..) {
             self.flush(id);
             if self.rings.enabled() {
                 self.flush_ring(id);
             }
         }
+        self.dirty_ids = ids;
     }
 
     /// Writes queued output until done or the socket is full; asks for

@@ -241,13 +241,20 @@ impl<P: Platform> Core<P> {
 
     /// Connections that got output since the last call.
     pub fn take_dirty(&mut self) -> Vec<ConnId> {
-        let dirty = core::mem::take(&mut self.dirty);
-        for id in &dirty {
-            if let Some(conn) = self.conns.get_mut(id) {
+        let mut dirty = Vec::new();
+        self.take_dirty_into(&mut dirty);
+        dirty
+    }
+
+    /// [`Core::take_dirty`] appended to `into`: a daemon calls it every
+    /// turn, and neither list's allocation is given up.
+    pub fn take_dirty_into(&mut self, into: &mut Vec<ConnId>) {
+        for id in self.dirty.drain(..) {
+            if let Some(conn) = self.conns.get_mut(&id) {
                 conn.dirty = false;
             }
+            into.push(id);
         }
-        dirty
     }
 
     /// Log lines produced since the last call.
@@ -302,7 +309,8 @@ impl<P: Platform> Core<P> {
         if result.is_ok() && self.journal.is_some() && self.changes_domains(id, &hdr, &msg.payload) {
             self.journal_domains();
         }
-        let mut out = Vec::new();
+        // Sized for the reply (an error's payload is its errno name).
+        let mut out = Vec::with_capacity(wire::HEADER_LEN + result.as_ref().map_or(16, Vec::len));
         encode_reply(&hdr, result, &mut out);
         self.push_output(id, out, false);
         if let Some(event) = self.after_reply.take() {

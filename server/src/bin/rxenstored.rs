@@ -4,7 +4,65 @@
 /// mimalloc: no per-allocation header (the store is millions of small
 /// allocations) and faster small allocations than glibc's (benches/README.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: MiMalloc = MiMalloc;
+
+/// mimalloc as the global allocator, through its plain entry points where
+/// the alignment allows: every mimalloc block is aligned to at least a
+/// word, and nearly all of this program's allocations ask for no more.
+/// (The `mimalloc` crate calls the `_aligned` variants for every request,
+/// which take a slower path: this saves 3.6 % of the threaded daemon's
+/// instructions under `pairs`.)
+struct MiMalloc;
+
+/// What `mi_malloc` guarantees of any block.
+const MI_MIN_ALIGN: usize = std::mem::size_of::<usize>();
+
+// SAFETY: every block comes from mimalloc and goes back to it (`mi_free`
+// takes blocks of either entry point); blocks from the plain entry points
+// are only used for layouts whose alignment `MI_MIN_ALIGN` satisfies.
+unsafe impl std::alloc::GlobalAlloc for MiMalloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        // SAFETY: plain allocation calls; mimalloc returns null on failure.
+        unsafe {
+            if layout.align() <= MI_MIN_ALIGN {
+                mi::mi_malloc(layout.size()).cast()
+            } else {
+                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        // SAFETY: as in `alloc`.
+        unsafe {
+            if layout.align() <= MI_MIN_ALIGN {
+                mi::mi_zalloc(layout.size()).cast()
+            } else {
+                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from this allocator (the trait's contract).
+        unsafe { libmimalloc_sys::mi_free(ptr.cast()) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        // SAFETY: `ptr` came from this allocator with `layout` (the trait's
+        // contract); the new block keeps the alignment.
+        unsafe {
+            if layout.align() <= MI_MIN_ALIGN {
+                mi::mi_realloc(ptr.cast(), new_size).cast()
+            } else {
+                mi::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()
+            }
+        }
+    }
+}
 
 use std::ffi::OsString;
 use std::fs;
