@@ -571,6 +571,8 @@ pub(crate) trait Nodes {
     /// Forgets a tree node (the caller uncounts its owner).
     fn remove_node(&mut self, path: &Path);
     fn count_owner(&mut self, domid: DomId, delta: i64);
+    /// The generation [`Nodes::fresh_generation`] will give next.
+    fn next_generation(&self) -> u64;
     fn fresh_generation(&mut self) -> u64;
 }
 
@@ -616,6 +618,10 @@ impl Nodes for Snapshot {
         }
     }
 
+    fn next_generation(&self) -> u64 {
+        self.0.next_generation
+    }
+
     fn fresh_generation(&mut self) -> u64 {
         let inner = self.inner();
         let g = inner.next_generation;
@@ -629,12 +635,15 @@ pub(crate) fn apply(nodes: &mut impl Nodes, m: &Mutation) -> Result<Option<Chang
     match m {
         Mutation::Write { path, value, creator } => {
             reject_special(path)?;
-            if nodes.node(path.as_str()).is_some() {
-                let generation = nodes.fresh_generation();
-                nodes.update_node(path, |n| {
-                    n.value = value.clone();
-                    n.generation = generation;
-                });
+            // Most writes overwrite: one lookup that finds and changes the
+            // node, the generation taken only if it did.
+            let generation = nodes.next_generation();
+            let written = nodes.update_node(path, |n| {
+                n.value = value.clone();
+                n.generation = generation;
+            });
+            if written {
+                nodes.fresh_generation();
                 Ok(Some(Change::Written { path: path.clone(), created: false }))
             } else {
                 create(nodes, path, value.clone(), *creator);

@@ -179,6 +179,13 @@ impl Nodes for TxView {
         }
     }
 
+    fn next_generation(&self) -> u64 {
+        match &self.0 {
+            Repr::Whole(s) => s.next_generation(),
+            Repr::Overlay(o) => o.next_generation,
+        }
+    }
+
     fn fresh_generation(&mut self) -> u64 {
         match &mut self.0 {
             Repr::Whole(s) => s.fresh_generation(),
