@@ -15,6 +15,12 @@
 //! Each slot keeps its path's full hash: a lookup compares hashes before
 //! touching a path's bytes, and a split needs no rehashing. The table does
 //! not shrink: after mass removal the buckets stay, fewer nodes in each.
+//!
+//! A bucket's address is the low bits of the hash, so paths that agree
+//! there share a bucket, whose lookups and copies grow with it. Guests
+//! choose path names; the hasher's seed is random per store (foldhash:
+//! address-space layout and the clock, not a secret key), so crowding one
+//! bucket needs the seed, and a guest's nodes are bounded by its quota.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
