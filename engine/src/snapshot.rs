@@ -147,6 +147,12 @@ impl Snapshot {
         self.0.nodes.get(path)
     }
 
+    /// The node with its stored path: the allocation that its parent's
+    /// child list shares, which a copy of the node should be stored under.
+    pub(crate) fn get_key_value(&self, path: &str) -> Option<(&Path, &Node)> {
+        self.0.nodes.get_key_value(path)
+    }
+
     pub fn contains(&self, path: &str) -> bool {
         self.0.nodes.contains(path)
     }
@@ -530,6 +536,15 @@ impl Snapshot {
         let inner = self.inner();
         inner.tree_nodes = inner.tree_nodes.saturating_add_signed(tree_delta);
         inner.next_generation = inner.next_generation.max(next_generation);
+    }
+
+    /// Whether every child list entry is the very allocation the table
+    /// stores as that child's key (what `for_each_in_tree` relies on).
+    #[cfg(test)]
+    pub(crate) fn child_lists_share_keys(&self) -> bool {
+        self.0.nodes.iter().all(|(_, node)| {
+            node.children.paths().all(|c| self.get_key_value(c.as_str()).is_some_and(|(k, _)| k.address() == c.address()))
+        })
     }
 
     /// Raises the generation counter to at least `next`.

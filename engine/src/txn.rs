@@ -662,6 +662,22 @@ mod tests {
         assert_eq!(tx.accessed_paths(), 5);
     }
 
+    #[test]
+    fn a_committed_overlay_keeps_child_lists_sharing_the_table_keys() {
+        // Removed and re-created in one transaction, and only changed: the
+        // table must store each under the path its parent lists.
+        let store = store_with(&["/b/b", "/c"]);
+        let mut tx = store.begin();
+        tx.remove(&p("/b")).unwrap();
+        tx.write(&p("/b/x0"), b"0", None).unwrap();
+        tx.write(&p("/c"), b"changed", None).unwrap();
+        tx.write(&p("/c/d"), b"", None).unwrap();
+        commit(&store, tx).unwrap();
+        let snap = store.snapshot();
+        assert!(snap.child_lists_share_keys());
+        snap.check_consistent().unwrap();
+    }
+
     mod overlay_against_replay {
         use super::*;
         use proptest::prelude::*;
@@ -737,6 +753,8 @@ mod tests {
                 let (absorbed, changes) = tx.into_result();
                 let (replayed, replayed_changes) = replay(&log, base).expect("replays onto its own fork point");
                 same(&absorbed, &replayed);
+                prop_assert!(absorbed.child_lists_share_keys(), "the table keeps the keys child lists share");
+                prop_assert!(replayed.child_lists_share_keys());
                 prop_assert_eq!(changes, replayed_changes);
                 prop_assert_eq!(view_len, absorbed.len());
                 for (p, g) in view_nodes {

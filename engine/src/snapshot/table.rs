@@ -96,9 +96,15 @@ impl NodeTable {
     }
 
     pub(crate) fn get(&self, path: &str) -> Option<&Node> {
+        self.get_key_value(path).map(|(_, node)| node)
+    }
+
+    /// The node with the stored path itself (the allocation the parent's
+    /// child list shares).
+    pub(crate) fn get_key_value(&self, path: &str) -> Option<(&Path, &Node)> {
         let hash = self.hash(path);
         let bucket = self.buckets.get(&self.address(hash))?;
-        bucket.iter().find(|s| s.hash == hash && s.path.as_str() == path).map(|s| &s.node)
+        bucket.iter().find(|s| s.hash == hash && s.path.as_str() == path).map(|s| (&s.path, &s.node))
     }
 
     pub(crate) fn contains(&self, path: &str) -> bool {
@@ -114,8 +120,9 @@ impl NodeTable {
         bucket.iter_mut().find(|s| s.hash == hash && s.path.as_str() == path).map(|s| &mut s.node)
     }
 
-    /// Inserts `node` at `path`, replacing (path and node) any node there;
-    /// true if `path` was new.
+    /// Inserts `node` at `path`, replacing the path and node stored there,
+    /// if any; true if `path` was new. (The parent's child list should hold
+    /// this very `path`: see [`crate::Snapshot::for_each_in_tree`].)
     pub(crate) fn insert(&mut self, path: Path, node: Node) -> bool {
         self.insert_hashed(self.hash(path.as_str()), path, node)
     }
@@ -195,6 +202,7 @@ impl NodeTable {
             self.buckets.insert_mut(from + bit, moved.into_boxed_slice());
         }
     }
+
 
     /// Every node, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Path, &Node)> + '_ {
