@@ -39,7 +39,8 @@ type BucketHasher = foldhash::fast::FixedState;
 
 /// Children per trie node. A commit copies one node per level: wide nodes
 /// make the trie shallow but each copy (and the reference counts it
-/// touches) dearer. Chosen by measurement (benches/README.md).
+/// touches) dearer. Chosen by measurement (benches/README.md) when each
+/// entry was one node; not measured again with buckets.
 const TRIE_DEGREE: u8 = 16;
 /// The average number of nodes per bucket above which the table grows by
 /// one bucket. A lookup scans half a bucket's hashes on average, and a
