@@ -29,6 +29,9 @@ fn checkpoint_name(seq: u64) -> String {
     format!("checkpoint-{seq:020}.rxs")
 }
 
+/// Magic, format version, first sequence number.
+const LOG_HEADER_LEN: usize = 8 + 4 + 8;
+
 fn log_name(seq: u64) -> String {
     format!("log-{seq:020}.rxl")
 }
@@ -92,14 +95,19 @@ impl StateDir {
     /// Starts a new log file whose first record will be `first_seq`; later
     /// [`StateDir::append`]s go there.
     pub fn start_log(&mut self, first_seq: u64) -> io::Result<()> {
+        // The header is written under a temporary name and the file renamed
+        // into place: a crash leaves either no new log or one with its whole
+        // header, never a log that recovery cannot read.
         let path = self.dir.join(log_name(first_seq));
-        let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
-        let mut header = Vec::with_capacity(20);
+        let tmp = self.dir.join(format!("{}.tmp", log_name(first_seq)));
+        let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&tmp)?;
+        let mut header = Vec::with_capacity(LOG_HEADER_LEN);
         header.extend_from_slice(log::MAGIC);
         header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         header.extend_from_slice(&first_seq.to_le_bytes());
         f.write_all(&header)?;
         f.sync_all()?;
+        fs::rename(&tmp, &path)?;
         sync_dir(&self.dir)?;
         self.log = Some(f);
         Ok(())
@@ -136,6 +144,9 @@ impl StateDir {
             }
         }
         for (_, p) in numbered(&self.dir, "checkpoint-", ".rxs.tmp")? {
+            fs::remove_file(p)?;
+        }
+        for (_, p) in numbered(&self.dir, "log-", ".rxl.tmp")? {
             fs::remove_file(p)?;
         }
         sync_dir(&self.dir)
@@ -241,6 +252,19 @@ fn read_checkpoint(path: &FsPath) -> Result<(State, u64), LoadError> {
 /// and the file truncated before it. Anything else wrong is corruption.
 fn read_log(path: &FsPath, last_file: bool, warnings: &mut Vec<String>) -> Result<Vec<LogRecord>, LoadError> {
     let data = fs::read(path).map_err(io_err(path))?;
+    if last_file && data.len() < LOG_HEADER_LEN && log::MAGIC.starts_with(&data[..data.len().min(log::MAGIC.len())]) {
+        // A log whose creation a crash interrupted (versions before 2026-11-27
+        // created it in place): it holds no record, since records are
+        // appended only once its header is durable. Removed, so that it
+        // does not sit between the logs written from now on.
+        warnings.push(format!(
+            "{}: removing an empty log whose header a crash interrupted ({} of {LOG_HEADER_LEN} bytes)",
+            path.display(),
+            data.len()
+        ));
+        fs::remove_file(path).map_err(io_err(path))?;
+        return Ok(Vec::new());
+    }
     let mut r = Reader::new(&data, 0);
     let magic = r.take(8, "magic").map_err(|p| corrupt(path, p))?;
     if magic != log::MAGIC {

@@ -21,7 +21,9 @@
 //! clear message. Every checkpoint body and every log record carries a
 //! CRC-32. A checkpoint is written to a `.tmp` file, fsynced, renamed and
 //! the directory fsynced: the last good one is never overwritten before the
-//! new one is complete.
+//! new one is complete. A new log gets its header the same way, so a crash
+//! never leaves a log without one (recovery removes such an empty last log
+//! left by older versions, with a warning).
 //!
 //! Checkpoint layout (little-endian; `var` = LEB128, `bytes` = var length +
 //! bytes): magic `RXSTATE\0`, version u32, seq u64, body length u64, body,

@@ -159,6 +159,37 @@ fn torn_last_record_is_dropped_with_a_warning() {
 }
 
 #[test]
+fn a_log_whose_header_a_crash_cut_short_is_removed_with_a_warning() {
+    // A daemon killed while it started a new log (older versions created
+    // the file before writing its header): the log holds nothing.
+    let store = fresh_store();
+    let records = run(&store, &[Op::Write(0, 1), Op::Write(1, 2)]);
+    for kept in [0usize, 5, 19] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sd = StateDir::open(dir.path()).expect("open");
+        sd.start_log(1).expect("log");
+        sd.append(&records).expect("append");
+        let next = dir.path().join(format!("log-{:020}.rxl", records.len() + 1));
+        let header = std::fs::read(dir.path().join(format!("log-{:020}.rxl", 1))).expect("first log");
+        std::fs::write(&next, &header[..kept]).expect("torn log");
+        let got = sd.load().expect("load").expect("state");
+        assert_eq!(got.seq, records.len() as u64, "{kept} bytes kept");
+        assert_eq!(got.warnings.len(), 1, "{:?}", got.warnings);
+        assert!(!next.exists(), "the empty log is gone");
+        // A new log can start where the torn one was, and recovery goes on.
+        sd.start_log(records.len() as u64 + 1).expect("log");
+        assert!(sd.load().expect("load").expect("state").warnings.is_empty());
+    }
+    // Cut short anywhere but at the end, it is corruption as before.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sd = StateDir::open(dir.path()).expect("open");
+    sd.start_log(1).expect("log");
+    std::fs::write(dir.path().join(format!("log-{:020}.rxl", 1)), b"RXLOG").expect("torn log");
+    sd.start_log(2).expect("log");
+    assert!(matches!(sd.load().expect_err("corrupt"), LoadError::Corrupt { .. }));
+}
+
+#[test]
 fn damage_inside_the_log_is_corruption() {
     let store = fresh_store();
     let records = run(&store, &[Op::Write(0, 1), Op::Write(1, 2), Op::Write(4, 3), Op::Write(2, 4), Op::Write(5, 5), Op::Rm(0)]);
