@@ -634,7 +634,7 @@ impl Nodes for Snapshot {
     }
 
     fn next_generation(&self) -> u64 {
-        self.0.next_generation
+        Snapshot::next_generation(self)
     }
 
     fn fresh_generation(&mut self) -> u64 {

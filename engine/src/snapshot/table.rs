@@ -56,6 +56,14 @@ struct Slot {
     node: Node,
 }
 
+impl Slot {
+    /// Whether this is the slot of `path`, whose hash is `hash` (compared
+    /// first: it is in the slot, the path's bytes are not).
+    fn is(&self, hash: u64, path: &str) -> bool {
+        self.hash == hash && self.path.as_str() == path
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct NodeTable {
     buckets: HashTrieMap<u64, Box<[Slot]>, ArcTK, BucketHasher>,
@@ -105,7 +113,7 @@ impl NodeTable {
     pub(crate) fn get_key_value(&self, path: &str) -> Option<(&Path, &Node)> {
         let hash = self.hash(path);
         let bucket = self.buckets.get(&self.address(hash))?;
-        bucket.iter().find(|s| s.hash == hash && s.path.as_str() == path).map(|s| (&s.path, &s.node))
+        bucket.iter().find(|s| s.is(hash, path)).map(|s| (&s.path, &s.node))
     }
 
     pub(crate) fn contains(&self, path: &str) -> bool {
@@ -118,7 +126,7 @@ impl NodeTable {
         let hash = self.hash(path);
         let address = self.address(hash);
         let bucket = self.buckets.get_mut(&address)?;
-        bucket.iter_mut().find(|s| s.hash == hash && s.path.as_str() == path).map(|s| &mut s.node)
+        bucket.iter_mut().find(|s| s.is(hash, path)).map(|s| &mut s.node)
     }
 
     /// Inserts `node` at `path`, replacing the path and node stored there,
@@ -135,7 +143,7 @@ impl NodeTable {
         let slot = Slot { hash, path, node };
         match self.buckets.get_mut(&address) {
             Some(bucket) => {
-                if let Some(old) = bucket.iter_mut().find(|s| s.hash == hash && s.path == slot.path) {
+                if let Some(old) = bucket.iter_mut().find(|s| s.is(hash, slot.path.as_str())) {
                     *old = slot;
                     return false;
                 }
@@ -159,7 +167,7 @@ impl NodeTable {
         let hash = self.hash(path);
         let address = self.address(hash);
         let bucket = self.buckets.get_mut(&address)?;
-        let i = bucket.iter().position(|s| s.hash == hash && s.path.as_str() == path)?;
+        let i = bucket.iter().position(|s| s.is(hash, path))?;
         let mut slots = core::mem::take(bucket).into_vec();
         let removed = slots.remove(i);
         if slots.is_empty() {
