@@ -4,20 +4,24 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
+use triomphe::ThinArc;
+
 use crate::path::Path;
 use crate::perms::Perms;
 
 /// A node's value: arbitrary bytes (NULs included). Values of up to
 /// [`Value::INLINE`] bytes (most: states, ids, names, the empty value of
 /// directories) are stored in the node itself: no allocation. Longer ones
-/// are shared, never copied, between versions of the node.
+/// are shared, never copied, between versions of the node, behind a
+/// one-word pointer (the length is in the allocation), so that a value
+/// takes 16 bytes of its node.
 #[derive(Clone)]
 pub struct Value(Repr);
 
 #[derive(Clone)]
 enum Repr {
     Inline { len: u8, bytes: [u8; Value::INLINE] },
-    Shared(Arc<[u8]>),
+    Shared(ThinArc<(), u8>),
 }
 
 impl Default for Value {
@@ -27,10 +31,9 @@ impl Default for Value {
 }
 
 impl Value {
-    /// The longest value kept inline: what fits beside the tag in the
-    /// space a shared value's pointer and length take anyway, rounded to
-    /// the node's alignment (24 bytes).
-    pub const INLINE: usize = 22;
+    /// The longest value kept inline: what fits beside the tag and the
+    /// length in 16 bytes.
+    pub const INLINE: usize = 14;
 
     pub fn new(bytes: &[u8]) -> Value {
         match u8::try_from(bytes.len()) {
@@ -39,14 +42,14 @@ impl Value {
                 inline[..bytes.len()].copy_from_slice(bytes);
                 Value(Repr::Inline { len, bytes: inline })
             }
-            _ => Value(Repr::Shared(Arc::from(bytes))),
+            _ => Value(Repr::Shared(ThinArc::from_header_and_slice((), bytes))),
         }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Repr::Shared(b) => b,
+            Repr::Shared(b) => &b.slice,
         }
     }
 
@@ -61,7 +64,7 @@ impl Value {
     /// Same bytes; O(1) when both share one allocation.
     pub fn same(&self, other: &Value) -> bool {
         match (&self.0, &other.0) {
-            (Repr::Shared(a), Repr::Shared(b)) if Arc::ptr_eq(a, b) => true,
+            (Repr::Shared(a), Repr::Shared(b)) if a.as_ptr() == b.as_ptr() => true,
             _ => self.as_bytes() == other.as_bytes(),
         }
     }
@@ -219,7 +222,7 @@ mod value_tests {
 
     #[test]
     fn short_values_are_inline_long_ones_shared_and_all_compare_by_content() {
-        assert_eq!(core::mem::size_of::<Value>(), 24, "a value must not grow the node past its allocation class");
+        assert_eq!(core::mem::size_of::<Value>(), 16, "a value must not grow the node");
         for len in [0, 1, Value::INLINE, Value::INLINE + 1, 4096] {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let v = Value::new(&bytes);

@@ -27,28 +27,24 @@ use alloc::vec::Vec;
 use core::hash::BuildHasher;
 
 use archery::ArcTK;
-use rpds::HashTrieMap;
+use rpds::Vector;
 
 use crate::node::Node;
 use crate::path::Path;
 
 /// Hashes paths; random per table family (all versions of one store share it).
 pub(crate) type Hasher = foldhash::fast::RandomState;
-/// Hashes bucket numbers for the trie (they are dense small integers).
-type BucketHasher = foldhash::fast::FixedState;
-
-/// Children per trie node. A commit copies one node per level: wide nodes
-/// make the trie shallow but each copy (and the reference counts it
-/// touches) dearer. Chosen by measurement (benches/README.md) when each
-/// entry was one node; not measured again with buckets.
-const TRIE_DEGREE: u8 = 16;
+/// Log2 of the children per node of the buckets' trie. A commit copies one
+/// node per level: wide nodes make the trie shallow but each copy (and the
+/// reference counts it touches) dearer.
+const TRIE_BITS: u8 = 4;
 /// The average number of nodes per bucket above which the table grows by
 /// one bucket. A lookup scans half a bucket's hashes on average, and a
 /// version's first change in a bucket copies it whole; the trie's overhead
 /// per node is divided by it.
 const LOAD: usize = 8;
 
-/// One node with its path and the path's hash: 64 bytes.
+/// One node with its path and the path's hash: 56 bytes.
 #[derive(Clone)]
 struct Slot {
     hash: u64,
@@ -66,24 +62,23 @@ impl Slot {
 
 #[derive(Clone)]
 pub(crate) struct NodeTable {
-    buckets: HashTrieMap<u64, Box<[Slot]>, ArcTK, BucketHasher>,
+    /// Bucket `i` at index `i`: linear hashing only ever appends a bucket,
+    /// so a persistent vector (a radix trie on the index: no keys, no
+    /// hashing, no entry of its own per bucket) holds them.
+    buckets: Vector<Box<[Slot]>, ArcTK>,
     hasher: Hasher,
     len: usize,
     /// Linear hashing's round: buckets below `split` have been split into
     /// `2^(level+1)` addresses, the others are still at `2^level`.
     level: u32,
-    split: u64,
+    split: usize,
 }
 
 impl NodeTable {
     pub(crate) fn new(hasher: Hasher) -> NodeTable {
-        NodeTable {
-            buckets: HashTrieMap::new_with_hasher_and_degree_and_ptr_kind(BucketHasher::default(), TRIE_DEGREE),
-            hasher,
-            len: 0,
-            level: 0,
-            split: 0,
-        }
+        let mut buckets = Vector::new_with_bits(TRIE_BITS);
+        buckets.push_back_mut(Box::default());
+        NodeTable { buckets, hasher, len: 0, level: 0, split: 0 }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -95,13 +90,32 @@ impl NodeTable {
     }
 
     /// The bucket a path of this hash lives in.
-    pub(crate) fn address(&self, hash: u64) -> u64 {
-        let low = hash & ((1u64 << self.level) - 1);
-        if low < self.split { hash & ((1u64 << (self.level + 1)) - 1) } else { low }
+    fn address(&self, hash: u64) -> usize {
+        // Truncation intended: the table never has 2^level buckets beyond
+        // the address space.
+        let low = (hash & ((1u64 << self.level) - 1)) as usize;
+        if low < self.split { (hash & ((1u64 << (self.level + 1)) - 1)) as usize } else { low }
     }
 
-    fn bucket_count(&self) -> u64 {
-        (1u64 << self.level) + self.split
+    fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    fn bucket(&self, address: usize) -> &[Slot] {
+        self.buckets.get(address).map_or(&[], |b| b)
+    }
+
+    /// Where `path` is: its bucket and its index there.
+    fn find(&self, hash: u64, path: &str) -> Option<(usize, usize)> {
+        let address = self.address(hash);
+        let i = self.bucket(address).iter().position(|s| s.is(hash, path))?;
+        Some((address, i))
+    }
+
+    /// A bucket made this version's own (copied, with the trie nodes above
+    /// it, if another version shares them). Only for buckets that exist.
+    fn bucket_mut(&mut self, address: usize) -> &mut Box<[Slot]> {
+        self.buckets.get_mut(address).expect("bucket addresses are below the bucket count")
     }
 
     pub(crate) fn get(&self, path: &str) -> Option<&Node> {
@@ -112,8 +126,7 @@ impl NodeTable {
     /// child list shares).
     pub(crate) fn get_key_value(&self, path: &str) -> Option<(&Path, &Node)> {
         let hash = self.hash(path);
-        let bucket = self.buckets.get(&self.address(hash))?;
-        bucket.iter().find(|s| s.is(hash, path)).map(|s| (&s.path, &s.node))
+        self.bucket(self.address(hash)).iter().find(|s| s.is(hash, path)).map(|s| (&s.path, &s.node))
     }
 
     pub(crate) fn contains(&self, path: &str) -> bool {
@@ -121,12 +134,11 @@ impl NodeTable {
     }
 
     /// The node at `path`, made this version's own (its bucket and the trie
-    /// nodes above are copied if another version shares them).
+    /// nodes above are copied if another version shares them). A missing
+    /// path copies nothing.
     pub(crate) fn get_mut(&mut self, path: &str) -> Option<&mut Node> {
-        let hash = self.hash(path);
-        let address = self.address(hash);
-        let bucket = self.buckets.get_mut(&address)?;
-        bucket.iter_mut().find(|s| s.is(hash, path)).map(|s| &mut s.node)
+        let (address, i) = self.find(self.hash(path), path)?;
+        Some(&mut self.bucket_mut(address)[i].node)
     }
 
     /// Inserts `node` at `path`, replacing the path and node stored there,
@@ -139,42 +151,34 @@ impl NodeTable {
     /// [`NodeTable::insert`] with the path's [`NodeTable::hash`] known.
     pub(crate) fn insert_hashed(&mut self, hash: u64, path: Path, node: Node) -> bool {
         debug_assert_eq!(hash, self.hash(path.as_str()));
-        let address = self.address(hash);
+        let found = self.find(hash, path.as_str());
         let slot = Slot { hash, path, node };
-        match self.buckets.get_mut(&address) {
-            Some(bucket) => {
-                if let Some(old) = bucket.iter_mut().find(|s| s.is(hash, slot.path.as_str())) {
-                    *old = slot;
-                    return false;
-                }
+        match found {
+            Some((address, i)) => {
+                self.bucket_mut(address)[i] = slot;
+                return false;
+            }
+            None => {
+                let bucket = self.bucket_mut(self.address(hash));
                 let mut slots = core::mem::take(bucket).into_vec();
                 slots.reserve_exact(1);
                 slots.push(slot);
                 *bucket = slots.into_boxed_slice();
             }
-            None => {
-                self.buckets.insert_mut(address, Box::new([slot]));
-            }
         }
         self.len += 1;
-        if self.len > LOAD * self.bucket_count() as usize {
+        if self.len > LOAD * self.bucket_count() {
             self.split_one();
         }
         true
     }
 
     pub(crate) fn remove(&mut self, path: &str) -> Option<Node> {
-        let hash = self.hash(path);
-        let address = self.address(hash);
-        let bucket = self.buckets.get_mut(&address)?;
-        let i = bucket.iter().position(|s| s.is(hash, path))?;
+        let (address, i) = self.find(self.hash(path), path)?;
+        let bucket = self.bucket_mut(address);
         let mut slots = core::mem::take(bucket).into_vec();
         let removed = slots.remove(i);
-        if slots.is_empty() {
-            self.buckets.remove_mut(&address);
-        } else {
-            *bucket = slots.into_boxed_slice();
-        }
+        *bucket = slots.into_boxed_slice();
         self.len -= 1;
         Some(removed.node)
     }
@@ -182,40 +186,37 @@ impl NodeTable {
     /// Grows the table ahead of `additional` inserts, so that they cause no
     /// split (a bulk load then fills each bucket once, in address order).
     pub(crate) fn reserve(&mut self, additional: usize) {
-        while self.len + additional > LOAD * self.bucket_count() as usize {
+        while self.len + additional > LOAD * self.bucket_count() {
             self.split_one();
         }
     }
 
     /// Splits the next bucket of the round: the nodes whose hash has bit
-    /// `level` set move to the bucket `2^level` further.
+    /// `level` set move to the bucket `2^level` further, which is the new
+    /// last one.
     fn split_one(&mut self) {
         let from = self.split;
         let bit = 1u64 << self.level;
+        debug_assert_eq!(from + (1usize << self.level), self.bucket_count());
         self.split += 1;
-        if self.split == bit {
+        if self.split == 1usize << self.level {
             self.level += 1;
             self.split = 0;
         }
-        // (Nothing moves from a full bucket once in 2^LOAD splits: not
-        // worth a second lookup to avoid copying it then.)
-        let Some(bucket) = self.buckets.get_mut(&from) else { return };
-        let (moved, kept): (Vec<Slot>, Vec<Slot>) =
-            core::mem::take(bucket).into_vec().into_iter().partition(|s| s.hash & bit != 0);
-        if kept.is_empty() {
-            self.buckets.remove_mut(&from);
+        let (moved, kept): (Vec<Slot>, Vec<Slot>) = if self.bucket(from).iter().any(|s| s.hash & bit != 0) {
+            core::mem::take(self.bucket_mut(from)).into_vec().into_iter().partition(|s| s.hash & bit != 0)
         } else {
-            *bucket = kept.into_boxed_slice();
-        }
+            (Vec::new(), Vec::new())
+        };
         if !moved.is_empty() {
-            self.buckets.insert_mut(from + bit, moved.into_boxed_slice());
+            *self.bucket_mut(from) = kept.into_boxed_slice();
         }
+        self.buckets.push_back_mut(moved.into_boxed_slice());
     }
-
 
     /// Every node, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Path, &Node)> + '_ {
-        self.buckets.values().flat_map(|b| b.iter().map(|s| (&s.path, &s.node)))
+        self.buckets.iter().flat_map(|b| b.iter().map(|s| (&s.path, &s.node)))
     }
 }
 
@@ -234,8 +235,8 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_one_cache_line() {
-        assert_eq!(core::mem::size_of::<Slot>(), 64);
+    fn a_slot_is_56_bytes() {
+        assert_eq!(core::mem::size_of::<Slot>(), 56);
     }
 
     #[derive(Debug, Clone)]
@@ -312,7 +313,7 @@ mod tests {
         let mut table = NodeTable::new(Hasher::default());
         table.reserve(10_000);
         let buckets = table.bucket_count();
-        assert!(buckets as usize * LOAD >= 10_000 && (buckets as usize - 1) * LOAD < 10_000);
+        assert!(buckets * LOAD >= 10_000 && (buckets - 1) * LOAD < 10_000);
         for i in 0..10_000u64 {
             assert!(table.insert(Path::new(&format!("/n{i}")).unwrap(), node(i)));
         }
