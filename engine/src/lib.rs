@@ -53,7 +53,7 @@ pub mod txn;
 pub mod view;
 
 pub use error::{BuildError, CommitError, EngineError, Inconsistency};
-pub use node::{Children, Node, Value};
+pub use node::{Children, NameIter, Node, Value};
 pub use path::{Path, PathError};
 pub use perms::{Access, DomId, EmptyPerms, Perm, Perms};
 pub use snapshot::{Change, Snapshot, TreeEntry, TreeIter};

@@ -1,12 +1,11 @@
 //! One node of the tree: value, permissions, ordered children, generation.
 
-use alloc::sync::Arc;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use triomphe::ThinArc;
+use triomphe::{Arc, ThinArc};
 
-use crate::path::Path;
 use crate::perms::Perms;
 
 /// A node's value: arbitrary bytes (NULs included). Values of up to
@@ -90,57 +89,83 @@ impl fmt::Debug for Value {
 }
 
 /// Children in creation order (PROTOCOL.md §4.4): a new child is appended,
-/// a removed one closes its gap. Each entry is the child's own path, the
-/// very allocation the trie uses as its key, so a listing costs no string
-/// of its own and walking the tree needs no path building. Shared until
-/// modified; a modification copies the list of pointers only when another
-/// version shares it, so appending to a directory that no reader holds
-/// costs O(1), however many children it has.
+/// a removed one closes its gap. Kept as their names, each followed by a
+/// NUL: the wire form of DIRECTORY, which a listing copies as it is. A
+/// child's full path is its parent's plus its name, so no path is stored
+/// twice. Shared until modified; a modification copies the names only
+/// when another version shares them, so appending to a directory that no
+/// reader holds costs O(1), however many children it has.
 #[derive(Clone, Default)]
-pub struct Children(Option<Arc<Vec<Path>>>);
+pub struct Children(Option<Arc<Names>>);
+
+#[derive(Clone, PartialEq, Eq)]
+struct Names {
+    count: usize,
+    /// `name\0name\0...`
+    wire: String,
+}
 
 impl Children {
     /// The children's names (last path components), in order.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &str> + ExactSizeIterator {
-        self.as_slice().iter().map(Path::name)
-    }
-
-    /// The children's full paths, in order.
-    pub fn paths(&self) -> impl DoubleEndedIterator<Item = &Path> + ExactSizeIterator {
-        self.as_slice().iter()
-    }
-
-    fn as_slice(&self) -> &[Path] {
-        self.0.as_deref().map_or(&[], Vec::as_slice)
+    pub fn iter(&self) -> NameIter<'_> {
+        match &self.0 {
+            Some(names) => NameIter { rest: &names.wire, left: names.count },
+            None => NameIter { rest: "", left: 0 },
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.as_slice().len()
+        self.0.as_ref().map_or(0, |n| n.count)
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
     }
 
-    pub(crate) fn from_paths(paths: Vec<Path>) -> Children {
-        if paths.is_empty() { Children(None) } else { Children(Some(Arc::new(paths))) }
+    /// Whether `name` is one of the children.
+    pub fn contains(&self, name: &str) -> bool {
+        self.iter().any(|n| n == name)
     }
 
-    pub(crate) fn append(&mut self, child: Path) {
-        match &mut self.0 {
-            Some(list) => Arc::make_mut(list).push(child),
-            None => self.0 = Some(Arc::new(alloc::vec![child])),
+    /// Children named by valid path components, in order.
+    pub(crate) fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Children {
+        let mut children = Names { count: 0, wire: String::new() };
+        for name in names {
+            children.wire.push_str(name);
+            children.wire.push('\0');
+            children.count += 1;
         }
+        if children.count == 0 { Children(None) } else { Children(Some(Arc::new(children))) }
+    }
+
+    pub(crate) fn append(&mut self, name: &str) {
+        let names = self.0.get_or_insert_with(|| Arc::new(Names { count: 0, wire: String::new() }));
+        let names = Arc::make_mut(names);
+        names.wire.reserve(name.len() + 1);
+        names.wire.push_str(name);
+        names.wire.push('\0');
+        names.count += 1;
     }
 
     pub(crate) fn remove(&mut self, name: &str) {
-        if let Some(list) = &mut self.0 {
-            let list = Arc::make_mut(list);
-            list.retain(|p| p.name() != name);
-            if list.is_empty() {
-                self.0 = None;
+        let Some(names) = &mut self.0 else { return };
+        let mut start = 0;
+        for n in (NameIter { rest: &names.wire, left: names.count }) {
+            if n == name {
+                break;
             }
+            start += n.len() + 1;
         }
+        if start == names.wire.len() {
+            return;
+        }
+        if names.count == 1 {
+            self.0 = None;
+            return;
+        }
+        let names = Arc::make_mut(names);
+        names.wire.replace_range(start..start + name.len() + 1, "");
+        names.count -= 1;
     }
 
     /// Same children in the same order; O(1) when both share one allocation.
@@ -154,14 +179,53 @@ impl Children {
 
     /// The wire form of DIRECTORY: each name followed by a NUL.
     pub fn to_wire(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.iter().map(|n| n.len() + 1).sum());
-        for n in self.iter() {
-            out.extend_from_slice(n.as_bytes());
-            out.push(0);
-        }
-        out
+        self.wire().as_bytes().to_vec()
+    }
+
+    /// The length of [`Children::to_wire`], without building it.
+    pub fn wire_len(&self) -> usize {
+        self.wire().len()
+    }
+
+    fn wire(&self) -> &str {
+        self.0.as_ref().map_or("", |n| &n.wire)
     }
 }
+
+/// The names of [`Children`], in order (either way).
+#[derive(Clone, Debug)]
+pub struct NameIter<'a> {
+    /// Names still to yield, each followed by a NUL.
+    rest: &'a str,
+    left: usize,
+}
+
+impl<'a> Iterator for NameIter<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let (name, rest) = self.rest.split_once('\0')?;
+        self.rest = rest;
+        self.left -= 1;
+        Some(name)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<'a> DoubleEndedIterator for NameIter<'a> {
+    fn next_back(&mut self) -> Option<&'a str> {
+        let body = self.rest.strip_suffix('\0')?;
+        let start = body.rfind('\0').map_or(0, |i| i + 1);
+        self.rest = &self.rest[..start];
+        self.left -= 1;
+        Some(&body[start..])
+    }
+}
+
+impl ExactSizeIterator for NameIter<'_> {}
 
 impl PartialEq for Children {
     fn eq(&self, other: &Children) -> bool {
@@ -234,5 +298,55 @@ mod value_tests {
             assert_ne!(v, Value::new(b"\0other\0bytes that differ from all of these"));
         }
         assert_eq!(Value::default(), Value::new(b""));
+    }
+}
+
+#[cfg(test)]
+mod children_tests {
+    use super::*;
+
+    fn names(c: &Children) -> Vec<&str> {
+        c.iter().collect()
+    }
+
+    #[test]
+    fn names_come_in_order_from_either_end_with_an_exact_count() {
+        let c = Children::from_names(["a", "bb", "c"]);
+        assert_eq!(names(&c), ["a", "bb", "c"]);
+        assert_eq!(c.iter().rev().collect::<Vec<_>>(), ["c", "bb", "a"]);
+        let mut it = c.iter();
+        assert_eq!((it.len(), it.next(), it.next_back(), it.len()), (3, Some("a"), Some("c"), 1));
+        assert_eq!((it.next(), it.next(), it.next_back()), (Some("bb"), None, None));
+        assert_eq!(c.to_wire(), b"a\0bb\0c\0");
+        assert_eq!(c.wire_len(), 7);
+        assert!(c.contains("bb") && !c.contains("b"));
+        assert!(Children::from_names([]).is_empty());
+    }
+
+    #[test]
+    fn remove_closes_the_gap_and_leaves_other_versions_alone() {
+        let full = Children::from_names(["a", "ab", "b", "c"]);
+        for (gone, left) in [("a", "ab b c"), ("ab", "a b c"), ("c", "a ab b"), ("x", "a ab b c"), ("", "a ab b c")] {
+            let mut c = full.clone();
+            c.remove(gone);
+            assert_eq!(names(&c).join(" "), left, "removing {gone:?}");
+            assert_eq!(c.len(), names(&c).len());
+        }
+        assert_eq!(names(&full), ["a", "ab", "b", "c"]);
+        let mut one = Children::from_names(["only"]);
+        one.remove("only");
+        assert!(one.is_empty() && one.iter().len() == 0 && one.to_wire().is_empty());
+    }
+
+    #[test]
+    fn append_copies_only_a_shared_list() {
+        let mut c = Children::default();
+        c.append("x");
+        let kept = c.clone();
+        c.append("y");
+        assert_eq!(names(&kept), ["x"]);
+        assert_eq!(names(&c), ["x", "y"]);
+        assert!(!c.same(&kept) && c.same(&c.clone()));
+        assert!(Children::from_names(["x", "y"]).same(&c));
     }
 }

@@ -65,6 +65,12 @@ impl Path {
         Ok(Path::shared(s))
     }
 
+    /// A string the engine stored as a path (a table's key): valid already.
+    pub(crate) fn stored(s: &str) -> Path {
+        debug_assert!(validate(s.as_bytes()).is_ok(), "{s:?}");
+        Path::shared(s)
+    }
+
     /// The root node `/`.
     pub fn root() -> Path {
         Path::shared("/")
@@ -80,12 +86,6 @@ impl Path {
         self.as_str() == "/"
     }
 
-    /// Identity of the shared string: equal for clones of one `Path`
-    /// (children lists hold clones of the trie's keys).
-    pub(crate) fn address(&self) -> usize {
-        self.0.as_ptr() as usize
-    }
-
     /// `@introduceDomain`, `@releaseDomain/5`, ...: event sources, not tree nodes.
     pub fn is_special(&self) -> bool {
         self.as_str().starts_with('@')
@@ -98,12 +98,7 @@ impl Path {
 
     /// The parent as a borrowed string, without allocating.
     pub fn parent_str(&self) -> Option<&str> {
-        if self.is_special() || self.is_root() {
-            return None;
-        }
-        let s = self.as_str();
-        let cut = s.rfind('/')?;
-        Some(if cut == 0 { "/" } else { &s[..cut] })
+        parent_of(self.as_str())
     }
 
     /// The last component (`c` for `/a/b/c`); empty for `/`.
@@ -117,12 +112,8 @@ impl Path {
 
     /// The path of child `name` (which must be one valid component).
     pub fn child(&self, name: &str) -> Path {
-        let mut s = String::with_capacity(self.as_str().len() + 1 + name.len());
-        s.push_str(self.as_str());
-        if !self.is_root() {
-            s.push('/');
-        }
-        s.push_str(name);
+        let mut s = String::new();
+        join(&mut s, self.as_str(), name);
         Path::shared(&s)
     }
 
@@ -140,6 +131,26 @@ impl Path {
             self.as_str().bytes().filter(|&b| b == b'/').count()
         }
     }
+}
+
+/// String form of [`Path::parent_str`], for callers holding `&str`.
+pub(crate) fn parent_of(s: &str) -> Option<&str> {
+    if s.starts_with('@') || s == "/" {
+        return None;
+    }
+    let cut = s.rfind('/')?;
+    Some(if cut == 0 { "/" } else { &s[..cut] })
+}
+
+/// Sets `out` to the path of child `name` of `parent` (reusing its buffer).
+pub(crate) fn join(out: &mut String, parent: &str, name: &str) {
+    out.clear();
+    out.reserve(parent.len() + 1 + name.len());
+    out.push_str(parent);
+    if parent != "/" {
+        out.push('/');
+    }
+    out.push_str(name);
 }
 
 /// String form of [`Path::is_under`], for callers holding `&str`.

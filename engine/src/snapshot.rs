@@ -147,12 +147,6 @@ impl Snapshot {
         self.0.nodes.get(path)
     }
 
-    /// The node with its stored path: the allocation that its parent's
-    /// child list shares, which a copy of the node should be stored under.
-    pub(crate) fn get_key_value(&self, path: &str) -> Option<(&Path, &Node)> {
-        self.0.nodes.get_key_value(path)
-    }
-
     pub fn contains(&self, path: &str) -> bool {
         self.0.nodes.contains(path)
     }
@@ -205,30 +199,10 @@ impl Snapshot {
     }
 
     /// The whole tree in the order of [`Snapshot::iter_tree`], for walks of
-    /// every node (checkpoints, live-update dumps). One pass over the trie
-    /// indexes its nodes by the address of their key, which the children
-    /// lists share; the walk then follows children through that flat index
-    /// instead of one trie descent (a chain of cache misses) per node. A
-    /// child whose path is not shared with its key is looked up normally.
+    /// every node (checkpoints, live-update dumps).
     pub fn for_each_in_tree(&self, mut f: impl FnMut(&Path, &Node)) {
-        let mut index: hashbrown::HashMap<usize, &Node, foldhash::fast::FixedState> =
-            hashbrown::HashMap::with_capacity_and_hasher(self.0.nodes.len(), foldhash::fast::FixedState::default());
-        for (path, node) in self.0.nodes.iter() {
-            index.insert(path.address(), node);
-        }
-        let Some(root) = self.get("/") else { return };
-        f(&Path::root(), root);
-        let mut stack: Vec<(&Path, &Node)> = Vec::new();
-        let mut parent = root;
-        loop {
-            for child in parent.children.paths().rev() {
-                if let Some(n) = index.get(&child.address()).copied().or_else(|| self.get(child.as_str())) {
-                    stack.push((child, n));
-                }
-            }
-            let Some((path, node)) = stack.pop() else { return };
-            f(path, node);
-            parent = node;
+        for (path, node) in self.iter_tree() {
+            f(&path, node);
         }
     }
 
@@ -243,7 +217,7 @@ impl Snapshot {
         if !inner.specials.contains(&path) {
             inner.specials = inner.specials.iter().cloned().chain([path.clone()]).collect();
         }
-        inner.nodes.insert(path, node);
+        inner.nodes.insert(path.as_str(), node);
     }
 
     /// Every node as a [`TreeEntry`]: the tree in pre-order, then special nodes.
@@ -310,11 +284,10 @@ impl Snapshot {
                     // Not pre-order: the parent was closed already.
                     s.store_pending(&mut pending)?;
                     let parent = e.path.parent().ok_or(BuildError::MissingRoot)?;
-                    let child = e.path.clone();
                     if s.contains(e.path.as_str()) {
                         return Err(BuildError::Duplicate(e.path));
                     }
-                    if !s.update_node(&parent, |p| p.children.append(child)) {
+                    if !s.update_node(&parent, |p| p.children.append(e.path.name())) {
                         return Err(BuildError::MissingParent(e.path));
                     }
                 }
@@ -335,7 +308,7 @@ impl Snapshot {
     fn close_built(&mut self, open: &mut Vec<(Path, Node, Vec<Path>)>, pending: &mut Pending) {
         let Some((path, mut node, children)) = open.pop() else { return };
         if !children.is_empty() {
-            node.children = Children::from_paths(children);
+            node.children = Children::from_names(children.iter().map(Path::name));
         }
         if path.is_root() {
             // `Snapshot::new` stored and counted the root already.
@@ -344,7 +317,7 @@ impl Snapshot {
                 self.count_owner(o, -1);
             }
             self.count_owner(node.perms.owner(), 1);
-            self.inner().nodes.insert(path, node);
+            self.inner().nodes.insert(path.as_str(), node);
         } else {
             pending.nodes.push(Some((path, node)));
         }
@@ -379,15 +352,14 @@ impl Snapshot {
                 prefetch(nodes.as_ptr().wrapping_add(far));
             }
             if let Some(Some((p, _))) = order.get(j + AHEAD).and_then(|&(_, near)| nodes.get(near)) {
-                prefetch(p.address() as *const u8);
+                prefetch(p.as_str().as_ptr());
             }
             let (key, i) = order[j];
             let Some((path, node)) = nodes.get_mut(i).and_then(Option::take) else { continue };
             *owners.entry(node.perms.owner()).or_default() += 1;
             let inner = self.inner();
-            let dup = path.clone();
-            if !inner.nodes.insert_hashed(key.reverse_bits(), path, node) {
-                return Err(BuildError::Duplicate(dup));
+            if !inner.nodes.insert_hashed(key.reverse_bits(), path.as_str(), node) {
+                return Err(BuildError::Duplicate(path));
             }
             inner.tree_nodes += 1;
         }
@@ -413,31 +385,33 @@ impl Snapshot {
         let mut tree_nodes = 0usize;
         let mut listed = 0usize;
         let mut names: Vec<&str> = Vec::new();
+        let mut child = alloc::string::String::new();
         for (path, node) in self.0.nodes.iter() {
             if node.generation >= self.0.next_generation {
-                return Err(Inconsistency::GenerationAhead(path.clone()));
+                return Err(Inconsistency::GenerationAhead(Path::stored(path)));
             }
-            if path.is_special() {
+            if path.starts_with('@') {
                 if !node.children.is_empty() {
-                    return Err(Inconsistency::SpecialWithChildren(path.clone()));
+                    return Err(Inconsistency::SpecialWithChildren(Path::stored(path)));
                 }
                 continue;
             }
             tree_nodes += 1;
             *counts.entry(node.perms.owner()).or_default() += 1;
-            if path.parent_str().is_some_and(|p| !self.contains(p)) {
-                return Err(Inconsistency::NotListedByParent(path.clone()));
+            if crate::path::parent_of(path).is_some_and(|p| !self.contains(p)) {
+                return Err(Inconsistency::NotListedByParent(Path::stored(path)));
             }
             names.clear();
-            for child in node.children.paths() {
-                if child.parent_str() != Some(path.as_str()) || !self.contains(child.as_str()) {
-                    return Err(Inconsistency::MissingChild(child.clone()));
+            for name in node.children.iter() {
+                crate::path::join(&mut child, path, name);
+                if name.is_empty() || name.contains('/') || !self.contains(&child) {
+                    return Err(Inconsistency::MissingChild(Path::stored(&child)));
                 }
-                names.push(child.name());
+                names.push(name);
             }
             names.sort_unstable();
             if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-                return Err(Inconsistency::NotListedByParent(path.child(w[0])));
+                return Err(Inconsistency::NotListedByParent(Path::stored(path).child(w[0])));
             }
             listed += names.len();
         }
@@ -477,8 +451,7 @@ impl Snapshot {
             });
         } else {
             let parent = path.parent().ok_or(BuildError::MissingRoot)?;
-            let child = path.clone();
-            if !self.update_node(&parent, |p| p.children.append(child)) {
+            if !self.update_node(&parent, |p| p.children.append(path.name())) {
                 return Err(BuildError::MissingParent(path.clone()));
             }
             self.insert_new(path.clone(), Node { value, perms, children: Children::default(), generation });
@@ -521,7 +494,7 @@ impl Snapshot {
             let table = &mut self.inner().nodes;
             match node {
                 Some(node) => {
-                    table.insert(path, node);
+                    table.insert(path.as_str(), node);
                 }
                 None => {
                     table.remove(path.as_str());
@@ -536,15 +509,6 @@ impl Snapshot {
         let inner = self.inner();
         inner.tree_nodes = inner.tree_nodes.saturating_add_signed(tree_delta);
         inner.next_generation = inner.next_generation.max(next_generation);
-    }
-
-    /// Whether every child list entry is the very allocation the table
-    /// stores as that child's key (what `for_each_in_tree` relies on).
-    #[cfg(test)]
-    pub(crate) fn child_lists_share_keys(&self) -> bool {
-        self.0.nodes.iter().all(|(_, node)| {
-            node.children.paths().all(|c| self.get_key_value(c.as_str()).is_some_and(|(k, _)| k.address() == c.address()))
-        })
     }
 
     /// Raises the generation counter to at least `next`.
@@ -613,7 +577,7 @@ impl Nodes for Snapshot {
         self.count_owner(node.perms.owner(), 1);
         let inner = self.inner();
         inner.tree_nodes += 1;
-        inner.nodes.insert(path, node);
+        inner.nodes.insert(path.as_str(), node);
     }
 
     fn remove_node(&mut self, path: &Path) {
@@ -720,9 +684,8 @@ fn create(nodes: &mut impl Nodes, path: &Path, value: Value, creator: Option<Dom
     }
     while let Some(p) = missing.pop() {
         let parent_generation = nodes.fresh_generation();
-        let child = p.clone();
         nodes.update_node(&parent, |n| {
-            n.children.append(child);
+            n.children.append(p.name());
             n.generation = parent_generation;
         });
         let value = if missing.is_empty() { value.clone() } else { Value::default() };
@@ -744,7 +707,7 @@ fn remove(nodes: &mut impl Nodes, path: &Path) -> Option<Change> {
         if expanded {
             doomed.push((p, node.perms.clone()));
         } else {
-            let children: Vec<Path> = node.children.paths().rev().cloned().collect();
+            let children: Vec<Path> = node.children.iter().rev().map(|c| p.child(c)).collect();
             stack.push((p, true));
             stack.extend(children.into_iter().map(|c| (c, false)));
         }
@@ -791,7 +754,7 @@ impl<'a> Iterator for TreeIter<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let path = self.stack.pop()?;
         let node = self.snapshot.get(path.as_str())?;
-        self.stack.extend(node.children.paths().rev().cloned());
+        self.stack.extend(node.children.iter().rev().map(|c| path.child(c)));
         Some((path, node))
     }
 }

@@ -138,12 +138,10 @@ impl Nodes for TxView {
                 if let Some(changed) = o.nodes.get_mut(path.as_str()) {
                     return changed.as_mut().map(f).is_some();
                 }
-                // Under the base's own key: taken into the table, it must
-                // stay the allocation the parent's child list shares.
-                let Some((key, node)) = o.base.get_key_value(path.as_str()) else { return false };
-                let (key, mut node) = (key.clone(), node.clone());
+                let Some(node) = o.base.get(path.as_str()) else { return false };
+                let mut node = node.clone();
                 f(&mut node);
-                o.nodes.insert(key, Some(node));
+                o.nodes.insert(path.clone(), Some(node));
                 true
             }
         }
@@ -155,10 +153,6 @@ impl Nodes for TxView {
             Repr::Overlay(o) => {
                 *o.owners.entry(node.perms().owner()).or_default() += 1;
                 o.tree_nodes += 1;
-                // Replacing a removal's entry must replace its key too (a
-                // map keeps the old key on insert): the parent's child list
-                // holds this `path`.
-                o.nodes.remove(path.as_str());
                 o.nodes.insert(path, Some(node));
             }
         }

@@ -113,7 +113,7 @@ impl<P: Platform> Core<P> {
         // names, path.
         for (path, node) in snap.iter_tree().filter(|(_, n)| n.perms().owner() == domid) {
             u.memory += 16 + 8 * node.perms().entries().len() + node.value().len() + path.as_str().len();
-            u.memory += node.children().iter().map(|c| c.len() + 1).sum::<usize>();
+            u.memory += node.children().wire_len();
         }
         u
     }

@@ -178,7 +178,7 @@ pub(crate) fn node_size_of(node: &engine::Node) -> usize {
 
 /// C's accounting size of a node (node-size quota, §9.1).
 fn node_size(perms: usize, value: usize, children: &Children) -> usize {
-    16 + 8 * perms + value + children.iter().map(|n| n.len() + 1).sum::<usize>()
+    16 + 8 * perms + value + children.wire_len()
 }
 
 /// Runs one node operation.

@@ -23,6 +23,7 @@
 //! bucket needs the seed, and a guest's nodes are bounded by its quota.
 
 use alloc::boxed::Box;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::hash::BuildHasher;
 
@@ -30,7 +31,6 @@ use archery::ArcTK;
 use rpds::Vector;
 
 use crate::node::Node;
-use crate::path::Path;
 
 /// Hashes paths; random per table family (all versions of one store share it).
 pub(crate) type Hasher = foldhash::fast::RandomState;
@@ -44,19 +44,104 @@ const TRIE_BITS: u8 = 4;
 /// per node is divided by it.
 const LOAD: usize = 8;
 
-/// One node with its path and the path's hash: 56 bytes.
+/// One node with (the low half of) its path's hash and where its path
+/// starts in the bucket's string of paths: 48 bytes.
 #[derive(Clone)]
 struct Slot {
-    hash: u64,
-    path: Path,
+    hash: u32,
+    at: u32,
     node: Node,
 }
 
-impl Slot {
-    /// Whether this is the slot of `path`, whose hash is `hash` (compared
-    /// first: it is in the slot, the path's bytes are not).
-    fn is(&self, hash: u64, path: &str) -> bool {
-        self.hash == hash && self.path.as_str() == path
+/// The nodes of one address: their slots, and their paths end to end in
+/// slot order (slot `i`'s path runs to where slot `i + 1`'s starts). A
+/// path costs its bytes and nothing else: no allocation, header or pointer
+/// of its own.
+#[derive(Clone, Default)]
+struct Bucket {
+    slots: Box<[Slot]>,
+    paths: Box<str>,
+}
+
+/// The part of a hash a slot keeps (compared before a path's bytes, and
+/// enough for `2^32` buckets).
+fn low(hash: u64) -> u32 {
+    hash as u32
+}
+
+/// An offset into a bucket's paths. A bucket holds about [`LOAD`] paths of
+/// at most a few kilobytes each.
+fn offset(at: usize) -> u32 {
+    u32::try_from(at).expect("a bucket's paths take less than 4 GiB")
+}
+
+impl Bucket {
+    fn path(&self, i: usize) -> &str {
+        let end = self.slots.get(i + 1).map_or(self.paths.len(), |s| s.at as usize);
+        &self.paths[self.slots[i].at as usize..end]
+    }
+
+    fn find(&self, hash: u64, path: &str) -> Option<usize> {
+        let hash = low(hash);
+        (0..self.slots.len()).find(|&i| self.slots[i].hash == hash && self.path(i) == path)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Node)> + '_ {
+        (0..self.slots.len()).map(|i| (self.path(i), &self.slots[i].node))
+    }
+
+    /// Appends a slot (the arrays are exact-size: one bucket of a version
+    /// is rewritten per insert anyway).
+    fn push(&mut self, hash: u64, path: &str, node: Node) {
+        let mut paths = core::mem::take(&mut self.paths).into_string();
+        let at = offset(paths.len());
+        paths.reserve_exact(path.len());
+        paths.push_str(path);
+        let mut slots = core::mem::take(&mut self.slots).into_vec();
+        slots.reserve_exact(1);
+        slots.push(Slot { hash: low(hash), at, node });
+        *self = Bucket { slots: slots.into_boxed_slice(), paths: paths.into_boxed_str() };
+    }
+
+    fn remove(&mut self, i: usize) -> Node {
+        let (start, len) = (self.slots[i].at as usize, self.path(i).len());
+        let mut paths = core::mem::take(&mut self.paths).into_string();
+        paths.replace_range(start..start + len, "");
+        let mut slots = core::mem::take(&mut self.slots).into_vec();
+        let removed = slots.remove(i);
+        for s in &mut slots[i..] {
+            s.at -= offset(len);
+        }
+        *self = Bucket { slots: slots.into_boxed_slice(), paths: paths.into_boxed_str() };
+        removed.node
+    }
+
+    /// Splits off the slots whose hash has `bit` set.
+    fn split(self, bit: u64) -> (Bucket, Bucket) {
+        let (mut kept, mut moved) = (Builder::default(), Builder::default());
+        for (i, slot) in self.slots.iter().enumerate() {
+            let to = if u64::from(slot.hash) & bit != 0 { &mut moved } else { &mut kept };
+            to.push(slot.hash, self.path(i), slot.node.clone());
+        }
+        (kept.build(), moved.build())
+    }
+}
+
+/// A bucket under construction.
+#[derive(Default)]
+struct Builder {
+    slots: Vec<Slot>,
+    paths: String,
+}
+
+impl Builder {
+    fn push(&mut self, hash: u32, path: &str, node: Node) {
+        self.slots.push(Slot { hash, at: offset(self.paths.len()), node });
+        self.paths.push_str(path);
+    }
+
+    fn build(self) -> Bucket {
+        Bucket { slots: self.slots.into_boxed_slice(), paths: self.paths.into_boxed_str() }
     }
 }
 
@@ -65,7 +150,7 @@ pub(crate) struct NodeTable {
     /// Bucket `i` at index `i`: linear hashing only ever appends a bucket,
     /// so a persistent vector (a radix trie on the index: no keys, no
     /// hashing, no entry of its own per bucket) holds them.
-    buckets: Vector<Box<[Slot]>, ArcTK>,
+    buckets: Vector<Bucket, ArcTK>,
     hasher: Hasher,
     len: usize,
     /// Linear hashing's round: buckets below `split` have been split into
@@ -74,13 +159,17 @@ pub(crate) struct NodeTable {
     split: usize,
 }
 
+/// Rounds stop here: slots keep 32 bits of the hash.
+const MAX_LEVEL: u32 = 31;
+
 impl NodeTable {
     pub(crate) fn new(hasher: Hasher) -> NodeTable {
         let mut buckets = Vector::new_with_bits(TRIE_BITS);
-        buckets.push_back_mut(Box::default());
+        buckets.push_back_mut(Bucket::default());
         NodeTable { buckets, hasher, len: 0, level: 0, split: 0 }
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -91,8 +180,7 @@ impl NodeTable {
 
     /// The bucket a path of this hash lives in.
     fn address(&self, hash: u64) -> usize {
-        // Truncation intended: the table never has 2^level buckets beyond
-        // the address space.
+        // Truncation intended: below 2^(MAX_LEVEL + 1).
         let low = (hash & ((1u64 << self.level) - 1)) as usize;
         if low < self.split { (hash & ((1u64 << (self.level + 1)) - 1)) as usize } else { low }
     }
@@ -101,36 +189,29 @@ impl NodeTable {
         self.buckets.len()
     }
 
-    fn bucket(&self, address: usize) -> &[Slot] {
-        self.buckets.get(address).map_or(&[], |b| b)
+    fn bucket(&self, address: usize) -> Option<&Bucket> {
+        self.buckets.get(address)
     }
 
     /// Where `path` is: its bucket and its index there.
     fn find(&self, hash: u64, path: &str) -> Option<(usize, usize)> {
         let address = self.address(hash);
-        let i = self.bucket(address).iter().position(|s| s.is(hash, path))?;
-        Some((address, i))
+        Some((address, self.bucket(address)?.find(hash, path)?))
     }
 
     /// A bucket made this version's own (copied, with the trie nodes above
     /// it, if another version shares them). Only for buckets that exist.
-    fn bucket_mut(&mut self, address: usize) -> &mut Box<[Slot]> {
+    fn bucket_mut(&mut self, address: usize) -> &mut Bucket {
         self.buckets.get_mut(address).expect("bucket addresses are below the bucket count")
     }
 
     pub(crate) fn get(&self, path: &str) -> Option<&Node> {
-        self.get_key_value(path).map(|(_, node)| node)
-    }
-
-    /// The node with the stored path itself (the allocation the parent's
-    /// child list shares).
-    pub(crate) fn get_key_value(&self, path: &str) -> Option<(&Path, &Node)> {
-        let hash = self.hash(path);
-        self.bucket(self.address(hash)).iter().find(|s| s.is(hash, path)).map(|s| (&s.path, &s.node))
+        let (address, i) = self.find(self.hash(path), path)?;
+        Some(&self.bucket(address)?.slots[i].node)
     }
 
     pub(crate) fn contains(&self, path: &str) -> bool {
-        self.get(path).is_some()
+        self.find(self.hash(path), path).is_some()
     }
 
     /// The node at `path`, made this version's own (its bucket and the trie
@@ -138,34 +219,23 @@ impl NodeTable {
     /// path copies nothing.
     pub(crate) fn get_mut(&mut self, path: &str) -> Option<&mut Node> {
         let (address, i) = self.find(self.hash(path), path)?;
-        Some(&mut self.bucket_mut(address)[i].node)
+        Some(&mut self.bucket_mut(address).slots[i].node)
     }
 
-    /// Inserts `node` at `path`, replacing the path and node stored there,
-    /// if any; true if `path` was new. (The parent's child list should hold
-    /// this very `path`: see [`crate::Snapshot::for_each_in_tree`].)
-    pub(crate) fn insert(&mut self, path: Path, node: Node) -> bool {
-        self.insert_hashed(self.hash(path.as_str()), path, node)
+    /// Inserts `node` at `path`, replacing the node stored there, if any;
+    /// true if `path` was new.
+    pub(crate) fn insert(&mut self, path: &str, node: Node) -> bool {
+        self.insert_hashed(self.hash(path), path, node)
     }
 
     /// [`NodeTable::insert`] with the path's [`NodeTable::hash`] known.
-    pub(crate) fn insert_hashed(&mut self, hash: u64, path: Path, node: Node) -> bool {
-        debug_assert_eq!(hash, self.hash(path.as_str()));
-        let found = self.find(hash, path.as_str());
-        let slot = Slot { hash, path, node };
-        match found {
-            Some((address, i)) => {
-                self.bucket_mut(address)[i] = slot;
-                return false;
-            }
-            None => {
-                let bucket = self.bucket_mut(self.address(hash));
-                let mut slots = core::mem::take(bucket).into_vec();
-                slots.reserve_exact(1);
-                slots.push(slot);
-                *bucket = slots.into_boxed_slice();
-            }
+    pub(crate) fn insert_hashed(&mut self, hash: u64, path: &str, node: Node) -> bool {
+        debug_assert_eq!(hash, self.hash(path));
+        if let Some((address, i)) = self.find(hash, path) {
+            self.bucket_mut(address).slots[i].node = node;
+            return false;
         }
+        self.bucket_mut(self.address(hash)).push(hash, path, node);
         self.len += 1;
         if self.len > LOAD * self.bucket_count() {
             self.split_one();
@@ -175,18 +245,15 @@ impl NodeTable {
 
     pub(crate) fn remove(&mut self, path: &str) -> Option<Node> {
         let (address, i) = self.find(self.hash(path), path)?;
-        let bucket = self.bucket_mut(address);
-        let mut slots = core::mem::take(bucket).into_vec();
-        let removed = slots.remove(i);
-        *bucket = slots.into_boxed_slice();
+        let removed = self.bucket_mut(address).remove(i);
         self.len -= 1;
-        Some(removed.node)
+        Some(removed)
     }
 
     /// Grows the table ahead of `additional` inserts, so that they cause no
     /// split (a bulk load then fills each bucket once, in address order).
     pub(crate) fn reserve(&mut self, additional: usize) {
-        while self.len + additional > LOAD * self.bucket_count() {
+        while self.len + additional > LOAD * self.bucket_count() && self.level < MAX_LEVEL {
             self.split_one();
         }
     }
@@ -195,6 +262,9 @@ impl NodeTable {
     /// `level` set move to the bucket `2^level` further, which is the new
     /// last one.
     fn split_one(&mut self) {
+        if self.level >= MAX_LEVEL {
+            return;
+        }
         let from = self.split;
         let bit = 1u64 << self.level;
         debug_assert_eq!(from + (1usize << self.level), self.bucket_count());
@@ -203,20 +273,20 @@ impl NodeTable {
             self.level += 1;
             self.split = 0;
         }
-        let (moved, kept): (Vec<Slot>, Vec<Slot>) = if self.bucket(from).iter().any(|s| s.hash & bit != 0) {
-            core::mem::take(self.bucket_mut(from)).into_vec().into_iter().partition(|s| s.hash & bit != 0)
+        let moves = self.bucket(from).is_some_and(|b| b.slots.iter().any(|s| u64::from(s.hash) & bit != 0));
+        let moved = if moves {
+            let (kept, moved) = core::mem::take(self.bucket_mut(from)).split(bit);
+            *self.bucket_mut(from) = kept;
+            moved
         } else {
-            (Vec::new(), Vec::new())
+            Bucket::default()
         };
-        if !moved.is_empty() {
-            *self.bucket_mut(from) = kept.into_boxed_slice();
-        }
-        self.buckets.push_back_mut(moved.into_boxed_slice());
+        self.buckets.push_back_mut(moved);
     }
 
-    /// Every node, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Path, &Node)> + '_ {
-        self.buckets.iter().flat_map(|b| b.iter().map(|s| (&s.path, &s.node)))
+    /// Every node with its path, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Node)> + '_ {
+        self.buckets.iter().flat_map(Bucket::iter)
     }
 }
 
@@ -235,8 +305,8 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_56_bytes() {
-        assert_eq!(core::mem::size_of::<Slot>(), 56);
+    fn a_slot_is_48_bytes() {
+        assert_eq!(core::mem::size_of::<Slot>(), 48);
     }
 
     #[derive(Debug, Clone)]
@@ -261,7 +331,7 @@ mod tests {
         assert_eq!(table.len(), model.len());
         assert_eq!(table.iter().count(), model.len());
         for (p, n) in table.iter() {
-            assert_eq!(model.get(p.as_str()), Some(&n.generation), "{p:?}");
+            assert_eq!(model.get(p), Some(&n.generation), "{p:?}");
         }
         for (k, g) in model {
             assert_eq!(table.get(k).map(|n| n.generation), Some(*g), "{k}");
@@ -280,7 +350,7 @@ mod tests {
                 match op {
                     Op::Insert(k, g) => {
                         let path = format!("/k/{k}");
-                        let new = table.insert(Path::new(&path).unwrap(), node(g));
+                        let new = table.insert(&path, node(g));
                         prop_assert_eq!(new, model.insert(path, g).is_none());
                     }
                     Op::Remove(k) => {
@@ -315,7 +385,7 @@ mod tests {
         let buckets = table.bucket_count();
         assert!(buckets * LOAD >= 10_000 && (buckets - 1) * LOAD < 10_000);
         for i in 0..10_000u64 {
-            assert!(table.insert(Path::new(&format!("/n{i}")).unwrap(), node(i)));
+            assert!(table.insert(&format!("/n{i}"), node(i)));
         }
         assert_eq!(table.bucket_count(), buckets, "no split during the load");
         for i in 0..10_000u64 {
