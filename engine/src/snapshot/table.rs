@@ -23,7 +23,6 @@
 //! bucket needs the seed, and a guest's nodes are bounded by its quota.
 
 use alloc::boxed::Box;
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::hash::BuildHasher;
 
@@ -44,84 +43,104 @@ const TRIE_BITS: u8 = 4;
 /// per node is divided by it.
 const LOAD: usize = 8;
 
-/// One node with (the low half of) its path's hash and where its path
-/// starts in the bucket's string of paths: 48 bytes.
-#[derive(Clone)]
-struct Slot {
-    hash: u32,
-    at: u32,
-    node: Node,
-}
-
-/// The nodes of one address: their slots, and their paths end to end in
-/// slot order (slot `i`'s path runs to where slot `i + 1`'s starts). A
-/// path costs its bytes and nothing else: no allocation, header or pointer
-/// of its own.
+/// The nodes of one address, and their paths in the same order, each
+/// after its length (LEB128): a path costs its bytes plus one, and no
+/// allocation, header, pointer or hash of its own. A lookup compares
+/// lengths, then bytes, along one short string (a cache line or two for a
+/// bucket's paths).
 #[derive(Clone, Default)]
 struct Bucket {
-    slots: Box<[Slot]>,
-    paths: Box<str>,
+    nodes: Box<[Node]>,
+    paths: Box<[u8]>,
 }
 
-/// The part of a hash a slot keeps (compared before a path's bytes, and
-/// enough for `2^32` buckets).
-fn low(hash: u64) -> u32 {
-    hash as u32
+/// Appends `path` to a bucket's paths.
+fn put_path(out: &mut Vec<u8>, path: &str) {
+    let mut len = path.len();
+    while len >= 0x80 {
+        out.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(path.as_bytes());
 }
 
-/// An offset into a bucket's paths. A bucket holds about [`LOAD`] paths of
-/// at most a few kilobytes each.
-fn offset(at: usize) -> u32 {
-    u32::try_from(at).expect("a bucket's paths take less than 4 GiB")
+/// The paths of a bucket, in order, with where each one's entry starts and
+/// ends in [`Bucket::paths`].
+struct Paths<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for Paths<'a> {
+    /// (entry start, entry end, the path's bytes)
+    type Item = (usize, usize, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let start = self.at;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = *self.bytes.get(self.at)?;
+            self.at += 1;
+            len |= usize::from(b & 0x7F) << shift;
+            shift += 7;
+            if b < 0x80 {
+                break;
+            }
+        }
+        let path = self.bytes.get(self.at..self.at + len)?;
+        self.at += len;
+        Some((start, self.at, path))
+    }
+}
+
+/// A stored path as a string: the bucket only ever stores a `&str`'s bytes.
+fn as_str(path: &[u8]) -> &str {
+    core::str::from_utf8(path).expect("bucket paths are stored from strings")
 }
 
 impl Bucket {
-    fn path(&self, i: usize) -> &str {
-        let end = self.slots.get(i + 1).map_or(self.paths.len(), |s| s.at as usize);
-        &self.paths[self.slots[i].at as usize..end]
+    fn paths(&self) -> Paths<'_> {
+        Paths { bytes: &self.paths, at: 0 }
     }
 
-    fn find(&self, hash: u64, path: &str) -> Option<usize> {
-        let hash = low(hash);
-        (0..self.slots.len()).find(|&i| self.slots[i].hash == hash && self.path(i) == path)
+    fn find(&self, path: &str) -> Option<usize> {
+        self.paths().position(|(_, _, p)| p == path.as_bytes())
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, &Node)> + '_ {
-        (0..self.slots.len()).map(|i| (self.path(i), &self.slots[i].node))
+        self.paths().map(|(_, _, p)| as_str(p)).zip(self.nodes.iter())
     }
 
-    /// Appends a slot (the arrays are exact-size: one bucket of a version
+    /// Appends a node (the arrays are exact-size: one bucket of a version
     /// is rewritten per insert anyway).
-    fn push(&mut self, hash: u64, path: &str, node: Node) {
-        let mut paths = core::mem::take(&mut self.paths).into_string();
-        let at = offset(paths.len());
-        paths.reserve_exact(path.len());
-        paths.push_str(path);
-        let mut slots = core::mem::take(&mut self.slots).into_vec();
-        slots.reserve_exact(1);
-        slots.push(Slot { hash: low(hash), at, node });
-        *self = Bucket { slots: slots.into_boxed_slice(), paths: paths.into_boxed_str() };
+    fn push(&mut self, path: &str, node: Node) {
+        let mut paths = core::mem::take(&mut self.paths).into_vec();
+        paths.reserve_exact(path.len() + 2);
+        put_path(&mut paths, path);
+        let mut nodes = core::mem::take(&mut self.nodes).into_vec();
+        nodes.reserve_exact(1);
+        nodes.push(node);
+        *self = Bucket { nodes: nodes.into_boxed_slice(), paths: paths.into_boxed_slice() };
     }
 
-    fn remove(&mut self, i: usize) -> Node {
-        let (start, len) = (self.slots[i].at as usize, self.path(i).len());
-        let mut paths = core::mem::take(&mut self.paths).into_string();
-        paths.replace_range(start..start + len, "");
-        let mut slots = core::mem::take(&mut self.slots).into_vec();
-        let removed = slots.remove(i);
-        for s in &mut slots[i..] {
-            s.at -= offset(len);
-        }
-        *self = Bucket { slots: slots.into_boxed_slice(), paths: paths.into_boxed_str() };
-        removed.node
+    fn remove(&mut self, i: usize) -> Option<Node> {
+        let (start, end, _) = self.paths().nth(i)?;
+        let mut paths = core::mem::take(&mut self.paths).into_vec();
+        paths.drain(start..end);
+        let mut nodes = core::mem::take(&mut self.nodes).into_vec();
+        let removed = nodes.remove(i);
+        *self = Bucket { nodes: nodes.into_boxed_slice(), paths: paths.into_boxed_slice() };
+        Some(removed)
     }
 
-    /// Splits off the slots whose hash has `bit` set.
-    fn split(self, bit: u64) -> (Bucket, Bucket) {
+    /// Splits off the nodes for which `moves` says so.
+    fn split(&self, mut moves: impl FnMut(&str) -> bool) -> (Bucket, Bucket) {
         let (mut kept, mut moved) = (Builder::default(), Builder::default());
-        for (i, slot) in self.slots.iter().enumerate() {
-            let to = if u64::from(slot.hash) & bit != 0 { &mut moved } else { &mut kept };
-            to.push(slot.hash, self.path(i), slot.node.clone());
+        for (path, node) in self.iter() {
+            let to = if moves(path) { &mut moved } else { &mut kept };
+            to.nodes.push(node.clone());
+            put_path(&mut to.paths, path);
         }
         (kept.build(), moved.build())
     }
@@ -130,18 +149,13 @@ impl Bucket {
 /// A bucket under construction.
 #[derive(Default)]
 struct Builder {
-    slots: Vec<Slot>,
-    paths: String,
+    nodes: Vec<Node>,
+    paths: Vec<u8>,
 }
 
 impl Builder {
-    fn push(&mut self, hash: u32, path: &str, node: Node) {
-        self.slots.push(Slot { hash, at: offset(self.paths.len()), node });
-        self.paths.push_str(path);
-    }
-
     fn build(self) -> Bucket {
-        Bucket { slots: self.slots.into_boxed_slice(), paths: self.paths.into_boxed_str() }
+        Bucket { nodes: self.nodes.into_boxed_slice(), paths: self.paths.into_boxed_slice() }
     }
 }
 
@@ -159,7 +173,7 @@ pub(crate) struct NodeTable {
     split: usize,
 }
 
-/// Rounds stop here: slots keep 32 bits of the hash.
+/// Rounds stop here (2^31 buckets: far beyond any memory).
 const MAX_LEVEL: u32 = 31;
 
 impl NodeTable {
@@ -196,7 +210,7 @@ impl NodeTable {
     /// Where `path` is: its bucket and its index there.
     fn find(&self, hash: u64, path: &str) -> Option<(usize, usize)> {
         let address = self.address(hash);
-        Some((address, self.bucket(address)?.find(hash, path)?))
+        Some((address, self.bucket(address)?.find(path)?))
     }
 
     /// A bucket made this version's own (copied, with the trie nodes above
@@ -207,7 +221,7 @@ impl NodeTable {
 
     pub(crate) fn get(&self, path: &str) -> Option<&Node> {
         let (address, i) = self.find(self.hash(path), path)?;
-        Some(&self.bucket(address)?.slots[i].node)
+        self.bucket(address)?.nodes.get(i)
     }
 
     pub(crate) fn contains(&self, path: &str) -> bool {
@@ -219,7 +233,7 @@ impl NodeTable {
     /// path copies nothing.
     pub(crate) fn get_mut(&mut self, path: &str) -> Option<&mut Node> {
         let (address, i) = self.find(self.hash(path), path)?;
-        Some(&mut self.bucket_mut(address).slots[i].node)
+        self.bucket_mut(address).nodes.get_mut(i)
     }
 
     /// Inserts `node` at `path`, replacing the node stored there, if any;
@@ -232,10 +246,12 @@ impl NodeTable {
     pub(crate) fn insert_hashed(&mut self, hash: u64, path: &str, node: Node) -> bool {
         debug_assert_eq!(hash, self.hash(path));
         if let Some((address, i)) = self.find(hash, path) {
-            self.bucket_mut(address).slots[i].node = node;
+            if let Some(old) = self.bucket_mut(address).nodes.get_mut(i) {
+                *old = node;
+            }
             return false;
         }
-        self.bucket_mut(self.address(hash)).push(hash, path, node);
+        self.bucket_mut(self.address(hash)).push(path, node);
         self.len += 1;
         if self.len > LOAD * self.bucket_count() {
             self.split_one();
@@ -245,7 +261,7 @@ impl NodeTable {
 
     pub(crate) fn remove(&mut self, path: &str) -> Option<Node> {
         let (address, i) = self.find(self.hash(path), path)?;
-        let removed = self.bucket_mut(address).remove(i);
+        let removed = self.bucket_mut(address).remove(i)?;
         self.len -= 1;
         Some(removed)
     }
@@ -273,13 +289,15 @@ impl NodeTable {
             self.level += 1;
             self.split = 0;
         }
-        let moves = self.bucket(from).is_some_and(|b| b.slots.iter().any(|s| u64::from(s.hash) & bit != 0));
-        let moved = if moves {
-            let (kept, moved) = core::mem::take(self.bucket_mut(from)).split(bit);
-            *self.bucket_mut(from) = kept;
-            moved
-        } else {
-            Bucket::default()
+        let hasher = &self.hasher;
+        let moves = |path: &str| hasher.hash_one(path) & bit != 0;
+        let moved = match self.bucket(from) {
+            Some(b) if b.iter().any(|(p, _)| moves(p)) => {
+                let (kept, moved) = b.split(moves);
+                *self.bucket_mut(from) = kept;
+                moved
+            }
+            _ => Bucket::default(),
         };
         self.buckets.push_back_mut(moved);
     }
@@ -305,8 +323,8 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_48_bytes() {
-        assert_eq!(core::mem::size_of::<Slot>(), 48);
+    fn a_node_is_40_bytes() {
+        assert_eq!(core::mem::size_of::<Node>(), 40);
     }
 
     #[derive(Debug, Clone)]
@@ -375,6 +393,31 @@ mod tests {
             for (t, m) in &kept {
                 check(t, m);
             }
+        }
+    }
+
+    #[test]
+    fn paths_of_any_length_are_found_listed_and_removed() {
+        let mut table = NodeTable::new(Hasher::default());
+        let paths: Vec<String> = [1usize, 126, 127, 128, 129, 300, 16_383, 16_384, 20_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| format!("/{i}{}", "x".repeat(len)))
+            .collect();
+        for (g, p) in paths.iter().enumerate() {
+            assert!(table.insert(p, node(g as u64)));
+        }
+        for (g, p) in paths.iter().enumerate() {
+            assert_eq!(table.get(p).map(|n| n.generation), Some(g as u64));
+            assert!(!table.contains(&p[..p.len() - 1]));
+        }
+        let listed: BTreeMap<&str, u64> = table.iter().map(|(p, n)| (p, n.generation)).collect();
+        assert_eq!(listed.len(), paths.len());
+        for (i, p) in paths.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            assert_eq!(table.remove(p).map(|n| n.generation), Some(i as u64));
+        }
+        for (i, p) in paths.iter().enumerate() {
+            assert_eq!(table.contains(p), i % 2 == 1, "{}", p.len());
         }
     }
 
