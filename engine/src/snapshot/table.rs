@@ -43,19 +43,25 @@ const TRIE_BITS: u8 = 4;
 /// per node is divided by it.
 const LOAD: usize = 8;
 
-/// The nodes of one address, and their paths in the same order, each
-/// after its length (LEB128): a path costs its bytes plus one, and no
-/// allocation, header, pointer or hash of its own. A lookup compares
-/// lengths, then bytes, along one short string (a cache line or two for a
-/// bucket's paths).
+/// The nodes of one address, and their paths in one byte string: first a
+/// byte of each path's hash (the top one: the address takes the low
+/// ones), in node order, then each path after its length (LEB128). A path
+/// costs its bytes plus two, and no allocation, header or pointer of its
+/// own. A lookup scans the hash bytes, and compares a path only where they
+/// match: about one in 256 of the others.
 #[derive(Clone, Default)]
 struct Bucket {
     nodes: Box<[Node]>,
     paths: Box<[u8]>,
 }
 
-/// Appends `path` to a bucket's paths.
-fn put_path(out: &mut Vec<u8>, path: &str) {
+/// The byte of a path's hash that a bucket keeps.
+fn tag(hash: u64) -> u8 {
+    (hash >> 56) as u8
+}
+
+/// Appends `path`'s entry (length and bytes) to a bucket's entries.
+fn put_entry(out: &mut Vec<u8>, path: &str) {
     let mut len = path.len();
     while len >= 0x80 {
         out.push((len as u8) | 0x80);
@@ -65,32 +71,40 @@ fn put_path(out: &mut Vec<u8>, path: &str) {
     out.extend_from_slice(path.as_bytes());
 }
 
-/// The paths of a bucket, in order, with where each one's entry starts and
-/// ends in [`Bucket::paths`].
-struct Paths<'a> {
+/// Where the path of the entry at `at` starts and ends.
+#[inline]
+fn entry(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+    let first = *bytes.get(at)?;
+    if first < 0x80 {
+        return Some((at + 1, at + 1 + usize::from(first)));
+    }
+    let (mut len, mut shift, mut i) = (0usize, 0, at);
+    loop {
+        let b = *bytes.get(i)?;
+        i += 1;
+        len |= usize::from(b & 0x7F) << shift;
+        shift += 7;
+        if b < 0x80 {
+            return Some((i, i + len));
+        }
+    }
+}
+
+/// The entries of a bucket, in order: (entry start, entry end, path bytes),
+/// offsets into the entries.
+struct Entries<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
-impl<'a> Iterator for Paths<'a> {
-    /// (entry start, entry end, the path's bytes)
+impl<'a> Iterator for Entries<'a> {
     type Item = (usize, usize, &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let start = self.at;
-        let (mut len, mut shift) = (0usize, 0);
-        loop {
-            let b = *self.bytes.get(self.at)?;
-            self.at += 1;
-            len |= usize::from(b & 0x7F) << shift;
-            shift += 7;
-            if b < 0x80 {
-                break;
-            }
-        }
-        let path = self.bytes.get(self.at..self.at + len)?;
-        self.at += len;
-        Some((start, self.at, path))
+        let at = self.at;
+        let (start, end) = entry(self.bytes, at)?;
+        self.at = end;
+        Some((at, end, self.bytes.get(start..end)?))
     }
 }
 
@@ -100,24 +114,44 @@ fn as_str(path: &[u8]) -> &str {
 }
 
 impl Bucket {
-    fn paths(&self) -> Paths<'_> {
-        Paths { bytes: &self.paths, at: 0 }
+    fn tags(&self) -> &[u8] {
+        self.paths.get(..self.nodes.len()).unwrap_or_default()
     }
 
-    fn find(&self, path: &str) -> Option<usize> {
-        self.paths().position(|(_, _, p)| p == path.as_bytes())
+    fn entries(&self) -> Entries<'_> {
+        Entries { bytes: self.paths.get(self.nodes.len()..).unwrap_or_default(), at: 0 }
+    }
+
+    fn find(&self, hash: u64, path: &str) -> Option<usize> {
+        let (tag, path) = (tag(hash), path.as_bytes());
+        let mut entries = self.entries();
+        let mut walked = 0;
+        for (i, &t) in self.tags().iter().enumerate() {
+            if t != tag {
+                continue;
+            }
+            let (_, _, candidate) = entries.nth(i - walked)?;
+            walked = i + 1;
+            if candidate == path {
+                return Some(i);
+            }
+        }
+        None
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, &Node)> + '_ {
-        self.paths().map(|(_, _, p)| as_str(p)).zip(self.nodes.iter())
+        self.entries().map(|(_, _, p)| as_str(p)).zip(self.nodes.iter())
     }
 
     /// Appends a node (the arrays are exact-size: one bucket of a version
     /// is rewritten per insert anyway).
-    fn push(&mut self, path: &str, node: Node) {
-        let mut paths = core::mem::take(&mut self.paths).into_vec();
-        paths.reserve_exact(path.len() + 2);
-        put_path(&mut paths, path);
+    fn push(&mut self, hash: u64, path: &str, node: Node) {
+        let n = self.nodes.len();
+        let mut paths = Vec::with_capacity(self.paths.len() + path.len() + 3);
+        paths.extend_from_slice(self.tags());
+        paths.push(tag(hash));
+        paths.extend_from_slice(self.paths.get(n..).unwrap_or_default());
+        put_entry(&mut paths, path);
         let mut nodes = core::mem::take(&mut self.nodes).into_vec();
         nodes.reserve_exact(1);
         nodes.push(node);
@@ -125,22 +159,26 @@ impl Bucket {
     }
 
     fn remove(&mut self, i: usize) -> Option<Node> {
-        let (start, end, _) = self.paths().nth(i)?;
+        let n = self.nodes.len();
+        let (start, end, _) = self.entries().nth(i)?;
         let mut paths = core::mem::take(&mut self.paths).into_vec();
-        paths.drain(start..end);
+        paths.drain(n + start..n + end);
+        paths.remove(i);
         let mut nodes = core::mem::take(&mut self.nodes).into_vec();
         let removed = nodes.remove(i);
         *self = Bucket { nodes: nodes.into_boxed_slice(), paths: paths.into_boxed_slice() };
         Some(removed)
     }
 
-    /// Splits off the nodes for which `moves` says so.
-    fn split(&self, mut moves: impl FnMut(&str) -> bool) -> (Bucket, Bucket) {
+    /// Splits off the nodes whose path's hash (by `hash`) has `bit` set.
+    fn split(&self, hash: impl Fn(&str) -> u64, bit: u64) -> (Bucket, Bucket) {
         let (mut kept, mut moved) = (Builder::default(), Builder::default());
         for (path, node) in self.iter() {
-            let to = if moves(path) { &mut moved } else { &mut kept };
+            let h = hash(path);
+            let to = if h & bit != 0 { &mut moved } else { &mut kept };
             to.nodes.push(node.clone());
-            put_path(&mut to.paths, path);
+            to.tags.push(tag(h));
+            put_entry(&mut to.entries, path);
         }
         (kept.build(), moved.build())
     }
@@ -150,12 +188,14 @@ impl Bucket {
 #[derive(Default)]
 struct Builder {
     nodes: Vec<Node>,
-    paths: Vec<u8>,
+    tags: Vec<u8>,
+    entries: Vec<u8>,
 }
 
 impl Builder {
-    fn build(self) -> Bucket {
-        Bucket { nodes: self.nodes.into_boxed_slice(), paths: self.paths.into_boxed_slice() }
+    fn build(mut self) -> Bucket {
+        self.tags.extend_from_slice(&self.entries);
+        Bucket { nodes: self.nodes.into_boxed_slice(), paths: self.tags.into_boxed_slice() }
     }
 }
 
@@ -210,7 +250,7 @@ impl NodeTable {
     /// Where `path` is: its bucket and its index there.
     fn find(&self, hash: u64, path: &str) -> Option<(usize, usize)> {
         let address = self.address(hash);
-        Some((address, self.bucket(address)?.find(path)?))
+        Some((address, self.bucket(address)?.find(hash, path)?))
     }
 
     /// A bucket made this version's own (copied, with the trie nodes above
@@ -251,7 +291,7 @@ impl NodeTable {
             }
             return false;
         }
-        self.bucket_mut(self.address(hash)).push(path, node);
+        self.bucket_mut(self.address(hash)).push(hash, path, node);
         self.len += 1;
         if self.len > LOAD * self.bucket_count() {
             self.split_one();
@@ -290,15 +330,12 @@ impl NodeTable {
             self.split = 0;
         }
         let hasher = &self.hasher;
-        let moves = |path: &str| hasher.hash_one(path) & bit != 0;
-        let moved = match self.bucket(from) {
-            Some(b) if b.iter().any(|(p, _)| moves(p)) => {
-                let (kept, moved) = b.split(moves);
-                *self.bucket_mut(from) = kept;
-                moved
-            }
-            _ => Bucket::default(),
-        };
+        let hash = |path: &str| hasher.hash_one(path);
+        let (kept, moved) = self.bucket(from).map(|b| b.split(hash, bit)).unwrap_or_default();
+        // A bucket nothing leaves stays as it is (shared with older versions).
+        if !moved.nodes.is_empty() {
+            *self.bucket_mut(from) = kept;
+        }
         self.buckets.push_back_mut(moved);
     }
 
