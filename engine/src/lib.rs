@@ -8,7 +8,7 @@
 //! - [`perms`]: [`DomId`], [`Perm`], [`Perms`] (owner entry plus ACL).
 //! - [`node`]: [`Node`] with its [`Value`], ordered [`Children`] and generation.
 //! - [`snapshot`]: [`Snapshot`], one immutable version (a persistent
-//!   hash-array-mapped trie of buckets of nodes by path, plus per-domain node counts),
+//!   vector of buckets of nodes by path's hash, plus per-domain node counts),
 //!   the primitive mutations, and tree-order iteration for checkpoints.
 //! - [`txn`]: [`Transaction`], what it observed and the commit rule.
 //! - [`view`]: [`TxView`], what a transaction reads: its changes over its

@@ -1,8 +1,8 @@
 //! Immutable versions of the whole store, and the primitive mutations that
 //! derive one version from another.
 //!
-//! A [`Snapshot`] is a persistent table from [`Path`] to [`Node`] (a
-//! hash-array-mapped trie of small buckets of nodes, see `table.rs`) plus
+//! A [`Snapshot`] is a persistent table from [`Path`] to [`Node`] (small
+//! buckets of nodes in a persistent vector, see `table.rs`) plus
 //! the per-domain node counts and the generation counter. Cloning one is a
 //! reference-count increment; a mutation copies only the changed nodes'
 //! buckets and the trie nodes on the way to them (`O(log n)`), so every
@@ -29,6 +29,7 @@ use crate::perms::{DomId, Perms};
 
 type CountMap = HashTrieMap<DomId, u32, ArcTK, foldhash::fast::RandomState>;
 
+mod radix;
 mod table;
 use table::{Hasher, NodeTable};
 

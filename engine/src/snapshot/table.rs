@@ -2,19 +2,21 @@
 //!
 //! A persistent hash-array-mapped trie (rpds) spends about 100 bytes of its
 //! own on every entry (a trie leaf, the shared entry, its slot in a branch),
-//! more than a whole node of C xenstored. So the trie's entries here are
-//! *buckets* of a few nodes, kept in one exact-size array each, addressed by
-//! linear hashing: the table starts with one bucket and splits one more,
-//! in order, each time the average load passes [`LOAD`]. Growth is thus
-//! incremental (one small bucket rewritten per insert at most, never a
-//! rehash of everything), and the trie's overhead is shared by about
-//! [`LOAD`] nodes. A version that changes a node copies that node's bucket
-//! (a few reference counts per slot) plus the trie nodes above it; every
-//! older version keeps its own.
+//! more than a whole node of C xenstored. So the nodes are kept in
+//! *buckets* of a few, addressed by linear hashing: the table starts with
+//! one bucket and splits one more, in order, each time the average load
+//! passes [`LOAD`]. Growth is thus incremental (one small bucket rewritten
+//! per insert at most, never a rehash of everything). A new bucket always
+//! comes last, so the buckets sit in a persistent vector indexed by their
+//! number: a radix trie with no keys and no hashing, whose cost is about
+//! one pointer per bucket. A version that changes a node copies that
+//! node's bucket (a few reference counts per node) plus the trie nodes
+//! above it; every older version keeps its own.
 //!
-//! Each slot keeps its path's full hash: a lookup compares hashes before
-//! touching a path's bytes, and a split needs no rehashing. The table does
-//! not shrink: after mass removal the buckets stay, fewer nodes in each.
+//! A bucket keeps its nodes in one exact-size array and their paths in one
+//! byte string (see [`Bucket`]): a path costs its bytes and two more. The
+//! table does not shrink: after mass removal the buckets stay, fewer nodes
+//! in each.
 //!
 //! A bucket's address is the low bits of the hash, so paths that agree
 //! there share a bucket, whose lookups and copies grow with it. Guests
@@ -26,17 +28,11 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::hash::BuildHasher;
 
-use archery::ArcTK;
-use rpds::Vector;
-
+use super::radix::Radix;
 use crate::node::Node;
 
 /// Hashes paths; random per table family (all versions of one store share it).
 pub(crate) type Hasher = foldhash::fast::RandomState;
-/// Log2 of the children per node of the buckets' trie. A commit copies one
-/// node per level: wide nodes make the trie shallow but each copy (and the
-/// reference counts it touches) dearer.
-const TRIE_BITS: u8 = 4;
 /// The average number of nodes per bucket above which the table grows by
 /// one bucket. A lookup scans half a bucket's hashes on average, and a
 /// version's first change in a bucket copies it whole; the trie's overhead
@@ -124,17 +120,22 @@ impl Bucket {
 
     fn find(&self, hash: u64, path: &str) -> Option<usize> {
         let (tag, path) = (tag(hash), path.as_bytes());
-        let mut entries = self.entries();
-        let mut walked = 0;
-        for (i, &t) in self.tags().iter().enumerate() {
+        let (tags, entries) = self.paths.split_at_checked(self.nodes.len())?;
+        // `at` is where entry `walked` starts.
+        let (mut at, mut walked) = (0, 0);
+        for (i, &t) in tags.iter().enumerate() {
             if t != tag {
                 continue;
             }
-            let (_, _, candidate) = entries.nth(i - walked)?;
-            walked = i + 1;
-            if candidate == path {
+            while walked < i {
+                at = entry(entries, at)?.1;
+                walked += 1;
+            }
+            let (start, end) = entry(entries, at)?;
+            if entries.get(start..end) == Some(path) {
                 return Some(i);
             }
+            (at, walked) = (end, i + 1);
         }
         None
     }
@@ -204,7 +205,7 @@ pub(crate) struct NodeTable {
     /// Bucket `i` at index `i`: linear hashing only ever appends a bucket,
     /// so a persistent vector (a radix trie on the index: no keys, no
     /// hashing, no entry of its own per bucket) holds them.
-    buckets: Vector<Bucket, ArcTK>,
+    buckets: Radix<Bucket>,
     hasher: Hasher,
     len: usize,
     /// Linear hashing's round: buckets below `split` have been split into
@@ -218,8 +219,8 @@ const MAX_LEVEL: u32 = 31;
 
 impl NodeTable {
     pub(crate) fn new(hasher: Hasher) -> NodeTable {
-        let mut buckets = Vector::new_with_bits(TRIE_BITS);
-        buckets.push_back_mut(Bucket::default());
+        let mut buckets = Radix::new();
+        buckets.push(Bucket::default());
         NodeTable { buckets, hasher, len: 0, level: 0, split: 0 }
     }
 
@@ -336,7 +337,7 @@ impl NodeTable {
         if !moved.nodes.is_empty() {
             *self.bucket_mut(from) = kept;
         }
-        self.buckets.push_back_mut(moved);
+        self.buckets.push(moved);
     }
 
     /// Every node with its path, in no particular order.
