@@ -200,10 +200,29 @@ impl Snapshot {
     }
 
     /// The whole tree in the order of [`Snapshot::iter_tree`], for walks of
-    /// every node (checkpoints, live-update dumps).
-    pub fn for_each_in_tree(&self, mut f: impl FnMut(&Path, &Node)) {
-        for (path, node) in self.iter_tree() {
+    /// every node (checkpoints, live-update dumps): each path is built in
+    /// one buffer as the walk goes, so the walk allocates nothing per node.
+    pub fn for_each_in_tree(&self, mut f: impl FnMut(&str, &Node)) {
+        let Some(root) = self.get("/") else { return };
+        f("/", root);
+        let mut path = alloc::string::String::from("/");
+        // Each open node: its children still to visit, and its path's length.
+        let mut open: Vec<(crate::node::NameIter<'_>, usize)> = alloc::vec![(root.children.iter(), 1)];
+        while let Some((names, len)) = open.last_mut() {
+            let Some(name) = names.next() else {
+                open.pop();
+                continue;
+            };
+            path.truncate(*len);
+            if *len > 1 {
+                path.push('/');
+            }
+            path.push_str(name);
+            let Some(node) = self.get(&path) else { continue };
             f(&path, node);
+            if !node.children.is_empty() {
+                open.push((node.children.iter(), path.len()));
+            }
         }
     }
 
@@ -345,7 +364,8 @@ impl Snapshot {
         // Owners are counted once per domain at the end, not per node.
         let mut owners: alloc::collections::BTreeMap<DomId, i64> = alloc::collections::BTreeMap::new();
         const AHEAD: usize = 16;
-        for j in 0..order.len() {
+        let count = order.len();
+        let sorted = (0..count).filter_map(|j| {
             // The nodes come in hash order, so their memory is visited at
             // random: ask for the slot 2×AHEAD ahead, and for the key of
             // the one AHEAD ahead (its slot is in cache by then).
@@ -356,14 +376,12 @@ impl Snapshot {
                 prefetch(p.as_str().as_ptr());
             }
             let (key, i) = order[j];
-            let Some((path, node)) = nodes.get_mut(i).and_then(Option::take) else { continue };
+            let (path, node) = nodes.get_mut(i).and_then(Option::take)?;
             *owners.entry(node.perms.owner()).or_default() += 1;
-            let inner = self.inner();
-            if !inner.nodes.insert_hashed(key.reverse_bits(), path.as_str(), node) {
-                return Err(BuildError::Duplicate(path));
-            }
-            inner.tree_nodes += 1;
-        }
+            Some((key.reverse_bits(), path, node))
+        });
+        table.insert_new_sorted(sorted).map_err(BuildError::Duplicate)?;
+        self.inner().tree_nodes += count;
         for (domid, n) in owners {
             self.count_owner(domid, n);
         }

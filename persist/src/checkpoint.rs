@@ -20,7 +20,7 @@ pub(crate) fn encode(state: &State, seq: u64) -> Vec<u8> {
         body.perms(n.perms());
         body.var(n.generation());
     };
-    snap.for_each_in_tree(|path, n| node(path.as_str(), n));
+    snap.for_each_in_tree(|path, n| node(path, n));
     for (path, n) in snap.special_nodes() {
         node(path.as_str(), n);
     }

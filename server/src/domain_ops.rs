@@ -120,13 +120,15 @@ impl<P: Platform> Core<P> {
             let mut owned: Vec<Path> = Vec::new();
             let mut handed_over: Vec<(Path, engine::Perms)> = Vec::new();
             snap.for_each_in_tree(|path, node| {
-                if node.perms().owner() != domid || path.is_root() {
+                // (A stored path is always valid.)
+                if node.perms().owner() != domid || path == "/" {
                     return;
                 }
+                let Ok(path) = Path::new(path) else { return };
                 if keep {
-                    handed_over.push((path.clone(), node.perms().with_owner(priv_domid)));
+                    handed_over.push((path, node.perms().with_owner(priv_domid)));
                 } else if !owned.last().is_some_and(|top| path.is_under(top)) {
-                    owned.push(path.clone());
+                    owned.push(path);
                 }
             });
             for (path, perms) in handed_over {
@@ -137,14 +139,16 @@ impl<P: Platform> Core<P> {
             }
             let view = tx.view().snapshot().cloned().ok_or(engine::EngineError::NotWholeVersion)?;
             let mut stale: Vec<(Path, engine::Perms)> = Vec::new();
-            let mut strip = |p: &Path, n: &engine::Node| {
-                if let Some(perms) = n.perms().without_acl_for(domid) {
-                    stale.push((p.clone(), perms));
+            let mut strip = |p: &str, n: &engine::Node| {
+                if let Some(perms) = n.perms().without_acl_for(domid)
+                    && let Ok(p) = Path::new(p)
+                {
+                    stale.push((p, perms));
                 }
             };
             view.for_each_in_tree(&mut strip);
             for (p, n) in view.special_nodes() {
-                strip(p, n);
+                strip(p.as_str(), n);
             }
             for (path, perms) in stale {
                 tx.set_perms(&path, perms)?;

@@ -56,13 +56,13 @@ pub fn to_engine(nodes: &[Node]) -> Result<Store, ConvError> {
 /// The store's nodes as committed NODE_DATA records: the tree in pre-order
 /// (parents first, children in creation order), then the special nodes.
 pub fn from_engine(store: &Store) -> Vec<Node> {
-    let node = |path: &Path, n: &engine::Node| {
+    let node = |path: &str, n: &engine::Node| {
         let perms = n.perms().entries().iter().map(|p| Perm::new(p.access.letter() as u8, p.domid.0)).collect();
-        Node::committed(path.as_str().as_bytes(), n.value().as_bytes(), perms)
+        Node::committed(path.as_bytes(), n.value().as_bytes(), perms)
     };
     let mut out: Vec<Node> = Vec::with_capacity(store.len());
     store.for_each_in_tree(|p, n| out.push(node(p, n)));
-    let mut specials: Vec<Node> = store.special_nodes().map(|(p, n)| node(p, n)).collect();
+    let mut specials: Vec<Node> = store.special_nodes().map(|(p, n)| node(p.as_str(), n)).collect();
     specials.sort_by(|a, b| a.path.cmp(&b.path));
     out.extend(specials);
     out

@@ -30,6 +30,7 @@ use core::hash::BuildHasher;
 
 use super::radix::Radix;
 use crate::node::Node;
+use crate::path::Path;
 
 /// Hashes paths; random per table family (all versions of one store share it).
 pub(crate) type Hasher = foldhash::fast::RandomState;
@@ -177,9 +178,7 @@ impl Bucket {
         for (path, node) in self.iter() {
             let h = hash(path);
             let to = if h & bit != 0 { &mut moved } else { &mut kept };
-            to.nodes.push(node.clone());
-            to.tags.push(tag(h));
-            put_entry(&mut to.entries, path);
+            to.push(h, path, node.clone());
         }
         (kept.build(), moved.build())
     }
@@ -194,6 +193,31 @@ struct Builder {
 }
 
 impl Builder {
+    /// A builder holding a copy of `bucket`.
+    fn from(bucket: &Bucket) -> Builder {
+        Builder {
+            nodes: bucket.nodes.to_vec(),
+            tags: bucket.tags().to_vec(),
+            entries: bucket.paths.get(bucket.nodes.len()..).unwrap_or_default().to_vec(),
+        }
+    }
+
+    fn push(&mut self, hash: u64, path: &str, node: Node) {
+        self.nodes.push(node);
+        self.tags.push(tag(hash));
+        put_entry(&mut self.entries, path);
+    }
+
+    /// Whether `path` is in already (a short scan: builders hold a bucket).
+    fn find(&self, hash: u64, path: &str) -> bool {
+        let mut at = 0;
+        self.tags.iter().any(|&t| {
+            let Some((start, end)) = entry(&self.entries, at) else { return false };
+            at = end;
+            t == tag(hash) && self.entries.get(start..end) == Some(path.as_bytes())
+        })
+    }
+
     fn build(mut self) -> Bucket {
         self.tags.extend_from_slice(&self.entries);
         Bucket { nodes: self.nodes.into_boxed_slice(), paths: self.tags.into_boxed_slice() }
@@ -305,6 +329,39 @@ impl NodeTable {
         let removed = self.bucket_mut(address).remove(i)?;
         self.len -= 1;
         Some(removed)
+    }
+
+    /// Inserts paths that must be new, given with their hashes in the order
+    /// of the reversed hashes, so that each bucket's come together: each
+    /// bucket is then rebuilt once (a bulk load, after
+    /// [`NodeTable::reserve`]). A path already there, or given twice, is
+    /// returned as an error; the table then holds an unspecified part of
+    /// the batch.
+    pub(crate) fn insert_new_sorted(&mut self, items: impl Iterator<Item = (u64, Path, Node)>) -> Result<(), Path> {
+        let mut items = items.peekable();
+        let mut group: Vec<(u64, Path, Node)> = Vec::new();
+        while let Some(first) = items.next() {
+            let address = self.address(first.0);
+            group.clear();
+            group.push(first);
+            while let Some(next) = items.next_if(|(hash, _, _)| self.address(*hash) == address) {
+                group.push(next);
+            }
+            let bucket = self.bucket(address).ok_or_else(|| group[0].1.clone())?;
+            let mut built = Builder::from(bucket);
+            for (hash, path, node) in group.drain(..) {
+                if built.find(hash, path.as_str()) {
+                    return Err(path);
+                }
+                built.push(hash, path.as_str(), node);
+                self.len += 1;
+            }
+            *self.bucket_mut(address) = built.build();
+        }
+        while self.len > LOAD * self.bucket_count() && self.level < MAX_LEVEL {
+            self.split_one();
+        }
+        Ok(())
     }
 
     /// Grows the table ahead of `additional` inserts, so that they cause no
