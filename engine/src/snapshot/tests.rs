@@ -208,6 +208,8 @@ fn from_entries_rejects_non_trees() {
     assert!(Snapshot::from_entries([e("/a")]).is_err());
     assert!(Snapshot::from_entries([e("/"), e("/a/b")]).is_err());
     assert!(Snapshot::from_entries([e("/"), e("/a"), e("/a")]).is_err());
+    // A sibling repeated after another: both copies wait in one batch.
+    assert!(Snapshot::from_entries([e("/"), e("/a"), e("/a/b"), e("/a/c"), e("/a/b")]).is_err());
     assert!(Snapshot::from_entries([e("/"), e("/a"), e("/a/b")]).is_ok());
 }
 
