@@ -194,7 +194,7 @@ struct Builder {
 
 impl Builder {
     /// A builder holding a copy of `bucket`.
-    fn from(bucket: &Bucket) -> Builder {
+    fn copy_of(bucket: &Bucket) -> Builder {
         Builder {
             nodes: bucket.nodes.to_vec(),
             tags: bucket.tags().to_vec(),
@@ -348,7 +348,7 @@ impl NodeTable {
                 group.push(next);
             }
             let bucket = self.bucket(address).ok_or_else(|| group[0].1.clone())?;
-            let mut built = Builder::from(bucket);
+            let mut built = Builder::copy_of(bucket);
             for (hash, path, node) in group.drain(..) {
                 if built.find(hash, path.as_str()) {
                     return Err(path);
