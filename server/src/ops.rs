@@ -29,7 +29,7 @@ pub(crate) trait View {
     /// `f` of the node itself, for a view that records nothing: one lookup
     /// where asking aspect by aspect takes several. `None` from a view that
     /// records what is read (ask it aspect by aspect).
-    fn with_node<R>(&mut self, _path: &Path, _f: impl FnOnce(Option<&engine::Node>) -> R) -> Option<R> {
+    fn with_node<R>(&mut self, _path: &str, _f: impl FnOnce(Option<&engine::Node>) -> R) -> Option<R> {
         None
     }
 }
@@ -65,8 +65,8 @@ impl View for SnapshotView<'_> {
     fn generation(&mut self, path: &Path) -> Option<u64> {
         self.0.get(path.as_str()).map(|n| n.generation())
     }
-    fn with_node<R>(&mut self, path: &Path, f: impl FnOnce(Option<&engine::Node>) -> R) -> Option<R> {
-        Some(f(self.0.get(path.as_str())))
+    fn with_node<R>(&mut self, path: &str, f: impl FnOnce(Option<&engine::Node>) -> R) -> Option<R> {
+        Some(f(self.0.get(path)))
     }
 }
 
@@ -101,10 +101,19 @@ impl<P: Platform> Ctx<'_, P> {
         if path.is_special() && !special {
             return Err(Error::BadRequest);
         }
-        if self.limited() && !path.is_special() && self.quotas.exceeded(Quota::PathMax, checked_length(&path)) {
+        if self.limited() && !path.is_special() && self.quotas.exceeded(Quota::PathMax, checked_length(path.as_str())) {
             return Err(Error::PathTooLong);
         }
         Ok(path)
+    }
+
+    /// An absolute path argument as it lies in the request, validated, if
+    /// [`Ctx::path`] would accept it as it is (no home to prefix, not
+    /// special, within `path-max`): a lookup needs no `Path` built.
+    fn borrowed<'r>(&self, raw: &'r [u8]) -> Option<&'r str> {
+        let path = Path::check(raw).ok().filter(|p| p.starts_with('/'))?;
+        let too_long = self.limited() && self.quotas.exceeded(Quota::PathMax, checked_length(path));
+        (!too_long).then_some(path)
     }
 
     fn rights(&self, perms: &Perms) -> Rights {
@@ -159,8 +168,7 @@ pub(crate) fn home_of(domid: DomId) -> String {
 
 /// The length §3.3 checks: after `/local/domain/<digits>/` if the path
 /// starts so, else all of it.
-fn checked_length(path: &Path) -> usize {
-    let s = path.as_str();
+fn checked_length(s: &str) -> usize {
     if let Some(rest) = s.strip_prefix("/local/domain/") {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits > 0
@@ -208,12 +216,18 @@ fn one_path<P: Platform>(ctx: &Ctx<'_, P>, payload: &[u8], special: bool) -> Res
 }
 
 fn read<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[u8]) -> Result<Vec<u8>> {
-    let path = one_path(ctx, payload, false)?;
+    let raw = one_arg(payload).ok_or(Error::BadRequest)?;
     // Outside a transaction: the checks of `checked` on one lookup.
     let readable = |node: Option<&engine::Node>| {
         node.map(|n| if ctx.rights(n.perms()).allow(Need::Read) { Ok(n.value().as_bytes().to_vec()) } else { Err(Error::Denied) })
     };
-    if let Some(found) = tx.with_node(&path, readable) {
+    // The usual case, an absolute path to an existing node, builds no
+    // `Path`: it is looked up where it lies in the request.
+    if let Some(found) = ctx.borrowed(raw).and_then(|p| tx.with_node(p, readable)).flatten() {
+        return found;
+    }
+    let path = ctx.path(raw, false)?;
+    if let Some(found) = tx.with_node(path.as_str(), readable) {
         return found.unwrap_or_else(|| Err(ctx.missing(tx, &path, Need::Read)));
     }
     ctx.checked(tx, &path, Need::Read)?;
@@ -411,9 +425,9 @@ mod tests {
 
     #[test]
     fn checked_length_skips_the_domain_prefix() {
-        assert_eq!(checked_length(&Path::new("/local/domain/5/abc").expect("valid")), 3);
-        assert_eq!(checked_length(&Path::new("/local/domain/5").expect("valid")), 15);
-        assert_eq!(checked_length(&Path::new("/local/domain/x/abc").expect("valid")), 19);
-        assert_eq!(checked_length(&Path::new("/vm/abc").expect("valid")), 7);
+        assert_eq!(checked_length("/local/domain/5/abc"), 3);
+        assert_eq!(checked_length("/local/domain/5"), 15);
+        assert_eq!(checked_length("/local/domain/x/abc"), 19);
+        assert_eq!(checked_length("/vm/abc"), 7);
     }
 }
