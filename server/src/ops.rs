@@ -215,15 +215,25 @@ fn one_path<P: Platform>(ctx: &Ctx<'_, P>, payload: &[u8], special: bool) -> Res
     ctx.path(one_arg(payload).ok_or(Error::BadRequest)?, special)
 }
 
+/// Outside a transaction, the usual read (an absolute path to an existing
+/// node) on one lookup, with no `Path` built: the path is looked up where
+/// it lies in the request. `f` of the node if the caller may read it;
+/// `None` for every other case, which takes the general way.
+fn read_in_place<P: Platform, R>(ctx: &Ctx<'_, P>, tx: &mut impl View, raw: &[u8], f: impl FnOnce(&engine::Node) -> R) -> Option<Result<R>> {
+    let path = ctx.borrowed(raw)?;
+    let readable = |node: Option<&engine::Node>| {
+        node.map(|n| if ctx.rights(n.perms()).allow(Need::Read) { Ok(f(n)) } else { Err(Error::Denied) })
+    };
+    tx.with_node(path, readable).flatten()
+}
+
 fn read<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[u8]) -> Result<Vec<u8>> {
     let raw = one_arg(payload).ok_or(Error::BadRequest)?;
     // Outside a transaction: the checks of `checked` on one lookup.
     let readable = |node: Option<&engine::Node>| {
         node.map(|n| if ctx.rights(n.perms()).allow(Need::Read) { Ok(n.value().as_bytes().to_vec()) } else { Err(Error::Denied) })
     };
-    // The usual case, an absolute path to an existing node, builds no
-    // `Path`: it is looked up where it lies in the request.
-    if let Some(found) = ctx.borrowed(raw).and_then(|p| tx.with_node(p, readable)).flatten() {
+    if let Some(found) = read_in_place(ctx, tx, raw, |n| n.value().as_bytes().to_vec()) {
         return found;
     }
     let path = ctx.path(raw, false)?;
@@ -340,7 +350,11 @@ fn rm<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Re
 }
 
 fn directory<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[u8]) -> Result<Vec<u8>> {
-    let path = one_path(ctx, payload, false)?;
+    let raw = one_arg(payload).ok_or(Error::BadRequest)?;
+    if let Some(found) = read_in_place(ctx, tx, raw, |n| n.children().to_wire()) {
+        return found;
+    }
+    let path = ctx.path(raw, false)?;
     ctx.checked(tx, &path, Need::Read)?;
     Ok(tx.children(&path).unwrap_or_default().to_wire())
 }
@@ -383,7 +397,11 @@ fn directory_part<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[
 }
 
 fn get_perms<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[u8]) -> Result<Vec<u8>> {
-    let path = one_path(ctx, payload, true)?;
+    let raw = one_arg(payload).ok_or(Error::BadRequest)?;
+    if let Some(found) = read_in_place(ctx, tx, raw, |n| n.perms().to_wire()) {
+        return found;
+    }
+    let path = ctx.path(raw, true)?;
     Ok(ctx.checked(tx, &path, Need::Read)?.to_wire())
 }
 
