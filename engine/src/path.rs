@@ -16,8 +16,9 @@ use triomphe::ThinArc;
 /// server's business: it resolves them before they reach the engine.
 ///
 /// Cloning is a reference-count increment. One word: the length lives in
-/// the shared allocation, beside the count (a trie entry holds a path and
-/// a node, and every directory a list of its children's paths).
+/// the shared allocation, beside the count (requests, changes, watch
+/// events and transaction records all carry paths). The node table does
+/// not hold `Path`s: it keeps each path's bytes inside its bucket.
 ///
 /// Compared, ordered and hashed as its string, so that maps keyed by paths
 /// can be searched with a `&str`.
