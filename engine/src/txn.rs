@@ -24,10 +24,10 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::error::EngineError;
-use crate::node::{Children, Value};
+use crate::node::{Children, Node, Value};
 use crate::path::Path;
 use crate::perms::{DomId, Perms};
-use crate::snapshot::{Change, Mutation, Snapshot};
+use crate::snapshot::{Change, Mutation, Nodes as _, Snapshot};
 use crate::view::TxView;
 
 /// What a transaction knows about one path: what it saw of the fork-point
@@ -207,6 +207,41 @@ impl Transaction {
             self.prepare_create(path, creator)?;
         }
         self.apply(m)?.ok_or_else(|| EngineError::NotFound(path.clone()))
+    }
+
+    /// Sets the value of the existing `path` if `allow` accepts the node as
+    /// it is, in one lookup: for a request outside a transaction (an
+    /// unrecorded one: [`crate::Store::update`], [`crate::Store::apply_one`])
+    /// whose checks need the node anyway. `None` if this transaction records
+    /// what it reads, or `path` is missing or special: the caller then takes
+    /// the general way ([`Transaction::perms`], [`Transaction::write`]).
+    /// A refusal changes no node (the node's bucket may have been made this
+    /// version's own).
+    pub fn overwrite<E>(&mut self, path: &Path, value: &[u8], allow: impl FnOnce(&Node) -> Result<(), E>) -> Option<Result<Change, E>> {
+        if self.recording || path.is_special() {
+            return None;
+        }
+        let generation = self.view.next_generation();
+        let mut verdict = None;
+        let found = self.view.update_node(path, |n| {
+            let v = allow(n);
+            if v.is_ok() {
+                n.value = Value::new(value);
+                n.generation = generation;
+            }
+            verdict = Some(v);
+        });
+        match verdict {
+            Some(Ok(())) if found => {
+                self.view.fresh_generation();
+                self.mutated = true;
+                let change = Change::Written { path: path.clone(), created: false };
+                self.changes.push(change.clone());
+                Some(Ok(change))
+            }
+            Some(Err(e)) => Some(Err(e)),
+            _ => None,
+        }
     }
 
     /// Creates `path` (empty value) and missing ancestors if it is missing;
@@ -648,6 +683,42 @@ mod tests {
         a.write(&p("/m/0/a"), b"1", None).unwrap();
         store.update(|t| t.write(&p("/m/1"), b"", None)).unwrap();
         assert!(is_conflict(commit(&store, a), "/m"));
+    }
+
+    #[test]
+    fn overwrite_checks_and_writes_an_existing_node_outside_transactions_only() {
+        let store = store_with(&["/a"]);
+        let before = store.snapshot();
+        let g = before.get("/a").unwrap().generation();
+        // Refused: nothing changes, and the refusal is the caller's.
+        let refused = store.update(|tx| match tx.overwrite(&p("/a"), b"no", |_| Err("denied")) {
+            Some(Err(e)) => Err::<(), _>(e),
+            other => panic!("expected a refusal, got {other:?}"),
+        });
+        assert_eq!(refused.err(), Some("denied"));
+        assert_eq!(store.snapshot().get("/a").unwrap().value().as_bytes(), b"init");
+        // Allowed: what `write` of an existing node does.
+        let (change, commit) = store
+            .update(|tx| {
+                let seen = tx.overwrite(&p("/a"), b"yes", |n| if n.value().as_bytes() == b"init" { Ok(()) } else { Err(()) });
+                seen.expect("an existing node outside a transaction")
+            })
+            .unwrap();
+        assert_eq!(change, Change::Written { path: p("/a"), created: false });
+        assert_eq!(commit.changes, [change]);
+        let now = store.snapshot();
+        assert_eq!(now.get("/a").unwrap().value().as_bytes(), b"yes");
+        assert!(now.get("/a").unwrap().generation() > g);
+        assert_eq!(now.next_generation(), before.next_generation() + 1);
+        now.check_consistent().unwrap();
+        // Missing, special, or in a transaction: the general way.
+        store.update(|tx| {
+            assert!(tx.overwrite(&p("/missing"), b"x", |_| Ok::<_, ()>(())).is_none());
+            assert!(tx.overwrite(&p("@introduceDomain"), b"x", |_| Ok::<_, ()>(())).is_none());
+            Ok::<_, ()>(())
+        }).unwrap();
+        let mut tx = store.begin();
+        assert!(tx.overwrite(&p("/a"), b"x", |_| Ok::<_, ()>(())).is_none());
     }
 
     #[test]

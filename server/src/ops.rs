@@ -247,21 +247,32 @@ fn read<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[u8]) -> Re
 fn write<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {
     let (raw, value) = split_first(payload).ok_or(Error::BadRequest)?;
     let path = ctx.path(raw, false)?;
+    // Outside a transaction, an existing node is checked and written on
+    // one lookup.
+    let allowed = |n: &engine::Node| may_overwrite(ctx, n.perms(), n.children(), value.len());
+    if let Some(done) = tx.overwrite(&path, value, allowed) {
+        return done.map(|_| ok());
+    }
     if let Some(perms) = tx.perms(&path) {
-        if !ctx.rights(&perms).write {
-            return Err(Error::Denied);
-        }
-        if ctx.limited() {
-            let children = tx.children(&path).unwrap_or_default();
-            if ctx.quotas.exceeded(Quota::NodeSize, node_size(perms.entries().len(), value.len(), &children)) {
-                return Err(Error::Quota);
-            }
-        }
+        let children = if ctx.limited() { tx.children(&path).unwrap_or_default() } else { Children::default() };
+        may_overwrite(ctx, &perms, &children, value.len())?;
     } else {
         check_creation(ctx, tx, &path, value.len())?;
     }
     tx.write(&path, value, ctx.creator())?;
     Ok(ok())
+}
+
+/// The checks of WRITE on an existing node: write access, and for
+/// unprivileged callers the node-size quota of the node as it would be.
+fn may_overwrite<P: Platform>(ctx: &Ctx<'_, P>, perms: &Perms, children: &Children, value: usize) -> Result<()> {
+    if !ctx.rights(perms).write {
+        return Err(Error::Denied);
+    }
+    if ctx.limited() && ctx.quotas.exceeded(Quota::NodeSize, node_size(perms.entries().len(), value, children)) {
+        return Err(Error::Quota);
+    }
+    Ok(())
 }
 
 fn mkdir<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]) -> Result<Vec<u8>> {

@@ -253,6 +253,14 @@ fn l77_to_l80_guest_quotas() {
     payload.extend_from_slice(&big);
     assert_eq!(h.call(g, Op::Write, 0, &payload), err("ENOSPC"));
     assert_eq!(h.call(s, Op::Write, 0, &[b"/local/domain/5/big\0".as_slice(), &big].concat()), okk());
+    // The same checks on an existing node (written on the lookup that checks it).
+    assert_eq!(h.call(g, Op::Write, 0, &payload), err("ENOSPC"));
+    assert_eq!(h.call(g, Op::Write, 0, b"big\0small"), okk());
+    assert_eq!(h.call(g, Op::Read, 0, b"big\0"), Ok(b"small".to_vec()));
+    assert_eq!(h.call(s, Op::Write, 0, b"/local/domain/5/ro\0x"), okk());
+    assert_eq!(h.call(s, Op::SetPerms, 0, &args(&["/local/domain/5/ro", "n0"])), okk());
+    assert_eq!(h.call(g, Op::Write, 0, b"ro\0y"), err("EACCES"));
+    assert_eq!(h.call(s, Op::Read, 0, b"/local/domain/5/ro\0"), Ok(b"x".to_vec()));
     // 79: 127 watches, then ENOSPC.
     for i in 0..127 {
         assert_eq!(h.call(g, Op::Watch, 0, &args(&["w", &format!("t{i}")])), okk(), "watch {i}");
