@@ -107,11 +107,13 @@ impl<P: Platform> Ctx<'_, P> {
         Ok(path)
     }
 
-    /// An absolute path argument as it lies in the request, validated, if
-    /// [`Ctx::path`] would accept it as it is (no home to prefix, not
-    /// special, within `path-max`): a lookup needs no `Path` built.
+    /// An absolute path argument as it lies in the request, for a lookup
+    /// that needs no `Path` built, if [`Ctx::path`] would take it as it is
+    /// (no home to prefix, not special, within `path-max`). Not validated:
+    /// the tree holds only valid paths, so one found there is valid, and
+    /// one not found takes the general way, which validates it.
     fn borrowed<'r>(&self, raw: &'r [u8]) -> Option<&'r str> {
-        let path = Path::check(raw).ok().filter(|p| p.starts_with('/'))?;
+        let path = core::str::from_utf8(raw).ok().filter(|p| p.starts_with('/'))?;
         let too_long = self.limited() && self.quotas.exceeded(Quota::PathMax, checked_length(path));
         (!too_long).then_some(path)
     }
@@ -218,7 +220,8 @@ fn one_path<P: Platform>(ctx: &Ctx<'_, P>, payload: &[u8], special: bool) -> Res
 /// Outside a transaction, the usual read (an absolute path to an existing
 /// node) on one lookup, with no `Path` built: the path is looked up where
 /// it lies in the request. `f` of the node if the caller may read it;
-/// `None` for every other case, which takes the general way.
+/// `None` for every other case (a missing node, an invalid path), which
+/// takes the general way.
 fn read_in_place<P: Platform, R>(ctx: &Ctx<'_, P>, tx: &mut impl View, raw: &[u8], f: impl FnOnce(&engine::Node) -> R) -> Option<Result<R>> {
     let path = ctx.borrowed(raw)?;
     let readable = |node: Option<&engine::Node>| {
