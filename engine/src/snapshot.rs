@@ -52,7 +52,7 @@ struct Inner {
 
 /// A hint to the CPU that `p` will be read soon; never faults.
 #[inline(always)]
-fn prefetch<T>(p: *const T) {
+pub(crate) fn prefetch<T>(p: *const T) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
     // SAFETY: a prefetch is only a hint: it reads nothing architecturally
     // and does not fault on any address.
@@ -202,18 +202,35 @@ impl Snapshot {
     /// The whole tree in the order of [`Snapshot::iter_tree`], for walks of
     /// every node (checkpoints, live-update dumps): each path is built in
     /// one buffer as the walk goes, so the walk allocates nothing per node.
+    ///
+    /// Each lookup is a chain of cache misses (trie levels, bucket, paths),
+    /// so the walk asks for the buckets of the siblings [`AHEAD`] places
+    /// further while it visits one: their misses overlap instead of coming
+    /// one after another.
     pub fn for_each_in_tree(&self, mut f: impl FnMut(&str, &Node)) {
+        const AHEAD: usize = 16;
         let Some(root) = self.get("/") else { return };
         f("/", root);
-        let mut path = alloc::string::String::from("/");
-        // Each open node: its children still to visit, and its path's length.
-        let mut open: Vec<(crate::node::NameIter<'_>, usize)> = alloc::vec![(root.children.iter(), 1)];
-        while let Some((names, len)) = open.last_mut() {
+        let (mut path, mut ahead_path) = (alloc::string::String::from("/"), alloc::string::String::new());
+        let mut ask = |parent: &str, name: &str| {
+            crate::path::join(&mut ahead_path, parent, name);
+            self.0.nodes.prefetch(&ahead_path);
+        };
+        // Each open node: its children still to visit, the ones to ask for
+        // next, and its path's length.
+        let mut ahead = root.children.iter();
+        ahead.by_ref().take(AHEAD).for_each(|n| ask("/", n));
+        let mut open: Vec<(crate::node::NameIter<'_>, crate::node::NameIter<'_>, usize)> =
+            alloc::vec![(root.children.iter(), ahead, 1)];
+        while let Some((names, ahead, len)) = open.last_mut() {
             let Some(name) = names.next() else {
                 open.pop();
                 continue;
             };
             path.truncate(*len);
+            if let Some(next) = ahead.next() {
+                ask(&path, next);
+            }
             if *len > 1 {
                 path.push('/');
             }
@@ -221,7 +238,9 @@ impl Snapshot {
             let Some(node) = self.get(&path) else { continue };
             f(&path, node);
             if !node.children.is_empty() {
-                open.push((node.children.iter(), path.len()));
+                let mut ahead = node.children.iter();
+                ahead.by_ref().take(AHEAD).for_each(|n| ask(&path, n));
+                open.push((node.children.iter(), ahead, path.len()));
             }
         }
     }

@@ -289,6 +289,15 @@ impl NodeTable {
         self.bucket(address)?.nodes.get(i)
     }
 
+    /// Asks the CPU for what a lookup of `path` will read (the bucket's
+    /// arrays), without waiting for it.
+    pub(crate) fn prefetch(&self, path: &str) {
+        if let Some(bucket) = self.bucket(self.address(self.hash(path))) {
+            super::prefetch(bucket.nodes.as_ptr());
+            super::prefetch(bucket.paths.as_ptr());
+        }
+    }
+
     pub(crate) fn contains(&self, path: &str) -> bool {
         self.find(self.hash(path), path).is_some()
     }
