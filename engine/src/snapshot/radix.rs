@@ -62,6 +62,32 @@ impl<T: Clone> Radix<T> {
     /// The element at `index`, made this version's own: it and the trie
     /// nodes above it are copied if another version shares them.
     pub(crate) fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.slot_mut(index).map(Arc::make_mut)
+    }
+
+    /// Replaces the element at `index` (the trie nodes above it are copied
+    /// if shared; the old element is not); false if out of range.
+    pub(crate) fn set(&mut self, index: usize, value: T) -> bool {
+        self.slot_mut(index).map(|slot| *slot = Arc::new(value)).is_some()
+    }
+
+    /// Changes the element at `index` through `f`, which gets it as
+    /// `Ok(&mut T)` where this version alone holds it and as `Err(&T)`
+    /// where it is shared, and returns what replaces it, if anything: a
+    /// copy made with the change, instead of a copy and then the change.
+    /// `None` if out of range.
+    pub(crate) fn update<R>(&mut self, index: usize, f: impl FnOnce(Result<&mut T, &T>) -> (Option<T>, R)) -> Option<R> {
+        let slot = self.slot_mut(index)?;
+        let (replacement, r) = if slot.is_unique() { f(Ok(Arc::get_mut(slot)?)) } else { f(Err(&**slot)) };
+        if let Some(new) = replacement {
+            *slot = Arc::new(new);
+        }
+        Some(r)
+    }
+
+    /// The pointer to the element at `index`, the trie nodes above it made
+    /// this version's own.
+    fn slot_mut(&mut self, index: usize) -> Option<&mut Arc<T>> {
         if index >= self.len {
             return None;
         }
@@ -72,7 +98,7 @@ impl<T: Clone> Radix<T> {
                     trie = Arc::make_mut(children.get_mut((index >> shift) & MASK)?);
                     shift = shift.checked_sub(BITS)?;
                 }
-                Trie::Leaf(items) => return items.get_mut(index & MASK).map(Arc::make_mut),
+                Trie::Leaf(items) => return items.get_mut(index & MASK),
             }
         }
     }
@@ -124,7 +150,7 @@ mod tests {
         /// Against a `Vec`, with older versions unchanged by later pushes
         /// and changes.
         #[test]
-        fn behaves_like_a_vec_and_versions_stay_apart(ops in proptest::collection::vec((0u8..4, any::<u16>()), 1..700)) {
+        fn behaves_like_a_vec_and_versions_stay_apart(ops in proptest::collection::vec((0u8..6, any::<u16>()), 1..700)) {
             let (mut radix, mut model) = (Radix::new(), Vec::new());
             let mut kept: Vec<(Radix<u16>, Vec<u16>)> = Vec::new();
             for (op, x) in ops {
@@ -138,9 +164,25 @@ mod tests {
                         *radix.get_mut(i).expect("in range") = x;
                         model[i] = x;
                     }
+                    3 if !model.is_empty() => {
+                        let i = usize::from(x) % model.len();
+                        prop_assert!(radix.set(i, x));
+                        model[i] = x;
+                    }
+                    4 if !model.is_empty() => {
+                        // In place where unshared, as a new element where shared.
+                        let i = usize::from(x) % model.len();
+                        let old = radix.update(i, |e| match e {
+                            Ok(own) => (None, core::mem::replace(own, x)),
+                            Err(shared) => (Some(x), *shared),
+                        });
+                        prop_assert_eq!(old, Some(model[i]));
+                        model[i] = x;
+                    }
                     _ => kept.push((radix.clone(), model.clone())),
                 }
             }
+            prop_assert!(!radix.set(model.len(), 0) && radix.update(model.len(), |_| (None, ())).is_none());
             kept.push((radix, model));
             for (r, m) in &kept {
                 prop_assert_eq!(r.len(), m.len());

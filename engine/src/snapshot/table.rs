@@ -148,16 +148,45 @@ impl Bucket {
     /// Appends a node (the arrays are exact-size: one bucket of a version
     /// is rewritten per insert anyway).
     fn push(&mut self, hash: u64, path: &str, node: Node) {
-        let n = self.nodes.len();
-        let mut paths = Vec::with_capacity(self.paths.len() + path.len() + 3);
-        paths.extend_from_slice(self.tags());
-        paths.push(tag(hash));
-        paths.extend_from_slice(self.paths.get(n..).unwrap_or_default());
-        put_entry(&mut paths, path);
+        let paths = self.paths_with(hash, path);
         let mut nodes = core::mem::take(&mut self.nodes).into_vec();
         nodes.reserve_exact(1);
         nodes.push(node);
-        *self = Bucket { nodes: nodes.into_boxed_slice(), paths: paths.into_boxed_slice() };
+        *self = Bucket { nodes: nodes.into_boxed_slice(), paths };
+    }
+
+    /// A copy of this bucket with a node added (for a bucket another
+    /// version shares: one copy, where a copy and then [`Bucket::push`]
+    /// would make two).
+    fn pushed(&self, hash: u64, path: &str, node: Node) -> Bucket {
+        let mut nodes = Vec::with_capacity(self.nodes.len() + 1);
+        nodes.extend(self.nodes.iter().cloned());
+        nodes.push(node);
+        Bucket { nodes: nodes.into_boxed_slice(), paths: self.paths_with(hash, path) }
+    }
+
+    /// This bucket's paths with one more entry.
+    fn paths_with(&self, hash: u64, path: &str) -> Box<[u8]> {
+        let mut paths = Vec::with_capacity(self.paths.len() + path.len() + 3);
+        paths.extend_from_slice(self.tags());
+        paths.push(tag(hash));
+        paths.extend_from_slice(self.paths.get(self.nodes.len()..).unwrap_or_default());
+        put_entry(&mut paths, path);
+        paths.into_boxed_slice()
+    }
+
+    /// A copy of this bucket without node `i`, and that node.
+    fn without(&self, i: usize) -> Option<(Bucket, Node)> {
+        let removed = self.nodes.get(i)?.clone();
+        let mut copy = Builder::default();
+        for (j, ((path, node), &t)) in self.iter().zip(self.tags()).enumerate() {
+            if j != i {
+                copy.nodes.push(node.clone());
+                copy.tags.push(t);
+                put_entry(&mut copy.entries, path);
+            }
+        }
+        Some((copy.build(), removed))
     }
 
     fn remove(&mut self, i: usize) -> Option<Node> {
@@ -325,7 +354,10 @@ impl NodeTable {
             }
             return false;
         }
-        self.bucket_mut(self.address(hash)).push(hash, path, node);
+        self.buckets.update(self.address(hash), |bucket| match bucket {
+            Ok(own) => (None, own.push(hash, path, node)),
+            Err(shared) => (Some(shared.pushed(hash, path, node)), ()),
+        });
         self.len += 1;
         if self.len > LOAD * self.bucket_count() {
             self.split_one();
@@ -335,7 +367,13 @@ impl NodeTable {
 
     pub(crate) fn remove(&mut self, path: &str) -> Option<Node> {
         let (address, i) = self.find(self.hash(path), path)?;
-        let removed = self.bucket_mut(address).remove(i)?;
+        let removed = self
+            .buckets
+            .update(address, |bucket| match bucket {
+                Ok(own) => (None, own.remove(i)),
+                Err(shared) => shared.without(i).map_or((None, None), |(copy, node)| (Some(copy), Some(node))),
+            })
+            .flatten()?;
         self.len -= 1;
         Some(removed)
     }
@@ -365,7 +403,7 @@ impl NodeTable {
                 built.push(hash, path.as_str(), node);
                 self.len += 1;
             }
-            *self.bucket_mut(address) = built.build();
+            self.buckets.set(address, built.build());
         }
         while self.len > LOAD * self.bucket_count() && self.level < MAX_LEVEL {
             self.split_one();
@@ -401,7 +439,7 @@ impl NodeTable {
         let (kept, moved) = self.bucket(from).map(|b| b.split(hash, bit)).unwrap_or_default();
         // A bucket nothing leaves stays as it is (shared with older versions).
         if !moved.nodes.is_empty() {
-            *self.bucket_mut(from) = kept;
+            self.buckets.set(from, kept);
         }
         self.buckets.push(moved);
     }
