@@ -701,22 +701,20 @@ pub(crate) fn apply(nodes: &mut impl Nodes, m: &Mutation) -> Result<Option<Chang
 
 /// Creates `path` and its missing ancestors top-down (PROTOCOL.md §4.2).
 fn create(nodes: &mut impl Nodes, path: &Path, value: Value, creator: Option<DomId>) {
-    // Walk up to the nearest existing ancestor, remembering the way down.
+    // Walk up to the nearest existing ancestor, remembering the way down;
+    // new nodes start from its permissions.
     let mut missing = alloc::vec![path.clone()];
     let mut parent = path.parent();
+    let mut found = None;
     while let Some(p) = parent.take() {
-        if nodes.node(p.as_str()).is_some() {
-            parent = Some(p);
+        if let Some(n) = nodes.node(p.as_str()) {
+            found = Some((p, n.perms.clone()));
             break;
         }
         parent = p.parent();
         missing.push(p);
     }
-    let Some(mut parent) = parent else { return };
-    let mut perms = match nodes.node(parent.as_str()) {
-        Some(n) => n.perms.clone(),
-        None => return,
-    };
+    let Some((mut parent, mut perms)) = found else { return };
     if let Some(creator) = creator {
         perms = perms.with_owner(creator);
     }

@@ -362,6 +362,18 @@ impl Transaction {
         if removed_by_us {
             return;
         }
+        // Known missing, or this aspect recorded already (or decided by our
+        // own mutations): nothing to look up.
+        let wanted = match aspect {
+            Aspect::Exists => false,
+            Aspect::Value => !rec.value_own && rec.value.is_none(),
+            Aspect::Perms => !rec.perms_own && rec.perms.is_none(),
+            Aspect::Children => rec.children.is_none(),
+            Aspect::Generation => !rec.touched && rec.generation.is_none(),
+        };
+        if rec.exists == Some(false) || (rec.exists.is_some() && !wanted) {
+            return;
+        }
         let node = base.get(path.as_str());
         if rec.exists.is_none() {
             rec.exists = Some(node.is_some());
