@@ -57,15 +57,26 @@ fn tag(hash: u64) -> u8 {
     (hash >> 56) as u8
 }
 
+/// The table's hash of a path's bytes.
+fn hash_bytes(hasher: &Hasher, path: &[u8]) -> u64 {
+    hasher.hash_one(path)
+}
+
 /// Appends `path`'s entry (length and bytes) to a bucket's entries.
 fn put_entry(out: &mut Vec<u8>, path: &str) {
+    put_entry_bytes(out, path.as_bytes());
+}
+
+/// [`put_entry`] of bytes that came out of a bucket (a path's, so a
+/// string's).
+fn put_entry_bytes(out: &mut Vec<u8>, path: &[u8]) {
     let mut len = path.len();
     while len >= 0x80 {
         out.push((len as u8) | 0x80);
         len >>= 7;
     }
     out.push(len as u8);
-    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(path);
 }
 
 /// Where the path of the entry at `at` starts and ends.
@@ -202,12 +213,14 @@ impl Bucket {
     }
 
     /// Splits off the nodes whose path's hash (by `hash`) has `bit` set.
-    fn split(&self, hash: impl Fn(&str) -> u64, bit: u64) -> (Bucket, Bucket) {
-        let (mut kept, mut moved) = (Builder::default(), Builder::default());
-        for (path, node) in self.iter() {
+    fn split(&self, hash: impl Fn(&[u8]) -> u64, bit: u64) -> (Bucket, Bucket) {
+        let (mut kept, mut moved) = (Builder::with_room(self), Builder::with_room(self));
+        for ((_, _, path), node) in self.entries().zip(self.nodes.iter()) {
             let h = hash(path);
             let to = if h & bit != 0 { &mut moved } else { &mut kept };
-            to.push(h, path, node.clone());
+            to.nodes.push(node.clone());
+            to.tags.push(tag(h));
+            put_entry_bytes(&mut to.entries, path);
         }
         (kept.build(), moved.build())
     }
@@ -222,6 +235,15 @@ struct Builder {
 }
 
 impl Builder {
+    /// An empty builder with room for all of `bucket`.
+    fn with_room(bucket: &Bucket) -> Builder {
+        Builder {
+            nodes: Vec::with_capacity(bucket.nodes.len()),
+            tags: Vec::with_capacity(bucket.paths.len()),
+            entries: Vec::with_capacity(bucket.paths.len()),
+        }
+    }
+
     /// A builder holding a copy of `bucket`.
     fn copy_of(bucket: &Bucket) -> Builder {
         Builder {
@@ -282,8 +304,10 @@ impl NodeTable {
         self.len
     }
 
+    /// The hash of a path's bytes (the same for a `&str` and for the bytes a
+    /// bucket keeps, so that a split hashes those without decoding them).
     pub(crate) fn hash(&self, path: &str) -> u64 {
-        self.hasher.hash_one(path)
+        hash_bytes(&self.hasher, path.as_bytes())
     }
 
     /// The bucket a path of this hash lives in.
@@ -435,7 +459,7 @@ impl NodeTable {
             self.split = 0;
         }
         let hasher = &self.hasher;
-        let hash = |path: &str| hasher.hash_one(path);
+        let hash = |path: &[u8]| hash_bytes(hasher, path);
         let (kept, moved) = self.bucket(from).map(|b| b.split(hash, bit)).unwrap_or_default();
         // A bucket nothing leaves stays as it is (shared with older versions).
         if !moved.nodes.is_empty() {
