@@ -214,9 +214,15 @@ impl Bucket {
 
     /// Splits off the nodes whose path's hash (by `hash`) has `bit` set.
     fn split(&self, hash: impl Fn(&[u8]) -> u64, bit: u64) -> (Bucket, Bucket) {
-        let (mut kept, mut moved) = (Builder::with_room(self), Builder::with_room(self));
-        for ((_, _, path), node) in self.entries().zip(self.nodes.iter()) {
-            let h = hash(path);
+        // Sized exactly first: the new arrays are what the table keeps.
+        let hashes: Vec<u64> = self.entries().map(|(_, _, path)| hash(path)).collect();
+        let (mut kept, mut moved) = ((0, 0), (0, 0));
+        for ((start, end, _), h) in self.entries().zip(&hashes) {
+            let to = if h & bit != 0 { &mut moved } else { &mut kept };
+            *to = (to.0 + 1, to.1 + end - start);
+        }
+        let (mut kept, mut moved) = (Builder::with_room(kept.0, kept.1), Builder::with_room(moved.0, moved.1));
+        for (((_, _, path), node), &h) in self.entries().zip(self.nodes.iter()).zip(&hashes) {
             let to = if h & bit != 0 { &mut moved } else { &mut kept };
             to.nodes.push(node.clone());
             to.tags.push(tag(h));
@@ -235,12 +241,13 @@ struct Builder {
 }
 
 impl Builder {
-    /// An empty builder with room for all of `bucket`.
-    fn with_room(bucket: &Bucket) -> Builder {
+    /// An empty builder with room for `nodes` nodes whose entries take
+    /// `bytes` (so that [`Builder::build`] allocates nothing more).
+    fn with_room(nodes: usize, bytes: usize) -> Builder {
         Builder {
-            nodes: Vec::with_capacity(bucket.nodes.len()),
-            tags: Vec::with_capacity(bucket.paths.len()),
-            entries: Vec::with_capacity(bucket.paths.len()),
+            nodes: Vec::with_capacity(nodes),
+            tags: Vec::with_capacity(nodes + bytes),
+            entries: Vec::with_capacity(bytes),
         }
     }
 
