@@ -62,6 +62,15 @@ fn hash_bytes(hasher: &Hasher, path: &[u8]) -> u64 {
     hasher.hash_one(path)
 }
 
+/// The bytes of a path's entry: its length (LEB128) and the path.
+fn entry_len(len: usize) -> usize {
+    let mut prefix = 1;
+    while len.checked_shr(7 * prefix).is_some_and(|rest| rest != 0) {
+        prefix += 1;
+    }
+    prefix as usize + len
+}
+
 /// Appends `path`'s entry (length and bytes) to a bucket's entries.
 fn put_entry(out: &mut Vec<u8>, path: &str) {
     put_entry_bytes(out, path.as_bytes());
@@ -189,7 +198,8 @@ impl Bucket {
     /// A copy of this bucket without node `i`, and that node.
     fn without(&self, i: usize) -> Option<(Bucket, Node)> {
         let removed = self.nodes.get(i)?.clone();
-        let mut copy = Builder::default();
+        let bytes = self.paths.len() - self.nodes.len() - self.entries().nth(i).map_or(0, |(start, end, _)| end - start);
+        let mut copy = Builder::with_room(self.nodes.len() - 1, bytes);
         for (j, ((path, node), &t)) in self.iter().zip(self.tags()).enumerate() {
             if j != i {
                 copy.nodes.push(node.clone());
@@ -252,12 +262,15 @@ impl Builder {
     }
 
     /// A builder holding a copy of `bucket`.
-    fn copy_of(bucket: &Bucket) -> Builder {
-        Builder {
-            nodes: bucket.nodes.to_vec(),
-            tags: bucket.tags().to_vec(),
-            entries: bucket.paths.get(bucket.nodes.len()..).unwrap_or_default().to_vec(),
-        }
+    /// A builder holding a copy of `bucket`, with room for `nodes` more
+    /// whose entries take `bytes`.
+    fn copy_of(bucket: &Bucket, nodes: usize, bytes: usize) -> Builder {
+        let entries = bucket.paths.get(bucket.nodes.len()..).unwrap_or_default();
+        let mut built = Builder::with_room(bucket.nodes.len() + nodes, entries.len() + bytes);
+        built.nodes.extend(bucket.nodes.iter().cloned());
+        built.tags.extend_from_slice(bucket.tags());
+        built.entries.extend_from_slice(entries);
+        built
     }
 
     fn push(&mut self, hash: u64, path: &str, node: Node) {
@@ -426,7 +439,8 @@ impl NodeTable {
                 group.push(next);
             }
             let bucket = self.bucket(address).ok_or_else(|| group[0].1.clone())?;
-            let mut built = Builder::copy_of(bucket);
+            let bytes = group.iter().map(|(_, path, _)| entry_len(path.as_str().len())).sum();
+            let mut built = Builder::copy_of(bucket, group.len(), bytes);
             for (hash, path, node) in group.drain(..) {
                 if built.find(hash, path.as_str()) {
                     return Err(path);
@@ -591,6 +605,15 @@ mod tests {
         }
         for (i, p) in paths.iter().enumerate() {
             assert_eq!(table.contains(p), i % 2 == 1, "{}", p.len());
+        }
+    }
+
+    #[test]
+    fn entry_len_is_what_put_entry_writes() {
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152] {
+            let mut out = Vec::new();
+            put_entry_bytes(&mut out, &alloc::vec![b'x'; len]);
+            assert_eq!(entry_len(len), out.len(), "{len}");
         }
     }
 
