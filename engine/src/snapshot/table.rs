@@ -187,7 +187,7 @@ impl Bucket {
 
     /// This bucket's paths with one more entry.
     fn paths_with(&self, hash: u64, path: &str) -> Box<[u8]> {
-        let mut paths = Vec::with_capacity(self.paths.len() + path.len() + 3);
+        let mut paths = Vec::with_capacity(self.paths.len() + 1 + entry_len(path.len()));
         paths.extend_from_slice(self.tags());
         paths.push(tag(hash));
         paths.extend_from_slice(self.paths.get(self.nodes.len()..).unwrap_or_default());
@@ -261,7 +261,6 @@ impl Builder {
         }
     }
 
-    /// A builder holding a copy of `bucket`.
     /// A builder holding a copy of `bucket`, with room for `nodes` more
     /// whose entries take `bytes`.
     fn copy_of(bucket: &Bucket, nodes: usize, bytes: usize) -> Builder {
