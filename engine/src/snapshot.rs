@@ -528,8 +528,8 @@ impl Snapshot {
         tree_delta: isize,
         next_generation: u64,
     ) {
+        let table = &mut self.inner().nodes;
         for (path, node) in nodes {
-            let table = &mut self.inner().nodes;
             match node {
                 Some(node) => {
                     table.insert(path.as_str(), node);
@@ -572,13 +572,12 @@ impl Snapshot {
         self.insert_special(path.clone(), node);
         Ok(self)
     }
-
 }
 
 /// What the primitive mutations need of the version they change: a whole
 /// [`Snapshot`] (changed in place where it owns its parts, copied on write
 /// where it shares them) or a transaction's private overlay over one
-/// (`overlay.rs`), which copies nothing of the shared version.
+/// (`view.rs`), which copies nothing of the shared version.
 pub(crate) trait Nodes {
     fn node(&self, path: &str) -> Option<&Node>;
     /// Applies `f` to the node at `path`; `false` if it is missing.
@@ -652,15 +651,8 @@ pub(crate) fn apply(nodes: &mut impl Nodes, m: &Mutation) -> Result<Option<Chang
     match m {
         Mutation::Write { path, value, creator } => {
             reject_special(path)?;
-            // Most writes overwrite: one lookup that finds and changes the
-            // node, the generation taken only if it did.
-            let generation = nodes.next_generation();
-            let written = nodes.update_node(path, |n| {
-                n.value = value.clone();
-                n.generation = generation;
-            });
-            if written {
-                nodes.fresh_generation();
+            // Most writes overwrite: one lookup that finds and changes the node.
+            if overwrite(nodes, path, || value.clone(), |_| Ok::<_, core::convert::Infallible>(())).is_some() {
                 Ok(Some(Change::Written { path: path.clone(), created: false }))
             } else {
                 create(nodes, path, value.clone(), *creator);
@@ -697,6 +689,31 @@ pub(crate) fn apply(nodes: &mut impl Nodes, m: &Mutation) -> Result<Option<Chang
             Ok(Some(Change::PermsSet { path: path.clone(), old, new: perms.clone() }))
         }
     }
+}
+
+/// Sets the value of the existing `path` to `value()` if `allow` accepts the
+/// node as it is, on the one lookup that finds it, taking a generation only
+/// if it does; `None` if `path` is missing.
+pub(crate) fn overwrite<E>(
+    nodes: &mut impl Nodes,
+    path: &Path,
+    value: impl FnOnce() -> Value,
+    allow: impl FnOnce(&Node) -> Result<(), E>,
+) -> Option<Result<(), E>> {
+    let generation = nodes.next_generation();
+    let mut verdict = None;
+    nodes.update_node(path, |n| {
+        let v = allow(n);
+        if v.is_ok() {
+            n.value = value();
+            n.generation = generation;
+        }
+        verdict = Some(v);
+    });
+    if let Some(Ok(())) = verdict {
+        nodes.fresh_generation();
+    }
+    verdict
 }
 
 /// Creates `path` and its missing ancestors top-down (PROTOCOL.md §4.2).
