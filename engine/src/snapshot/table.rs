@@ -71,14 +71,8 @@ fn entry_len(len: usize) -> usize {
     prefix as usize + len
 }
 
-/// Appends `path`'s entry (length and bytes) to a bucket's entries.
-fn put_entry(out: &mut Vec<u8>, path: &str) {
-    put_entry_bytes(out, path.as_bytes());
-}
-
-/// [`put_entry`] of bytes that came out of a bucket (a path's, so a
-/// string's).
-fn put_entry_bytes(out: &mut Vec<u8>, path: &[u8]) {
+/// Appends a path's entry (length and bytes) to a bucket's entries.
+fn put_entry(out: &mut Vec<u8>, path: &[u8]) {
     let mut len = path.len();
     while len >= 0x80 {
         out.push((len as u8) | 0x80);
@@ -105,6 +99,28 @@ fn entry(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
             return Some((i, i + len));
         }
     }
+}
+
+/// Where `path`, of hash `hash`, is among a bucket's `tags` and `entries`.
+fn find_in(tags: &[u8], entries: &[u8], hash: u64, path: &[u8]) -> Option<usize> {
+    let tag = tag(hash);
+    // `at` is where entry `walked` starts.
+    let (mut at, mut walked) = (0, 0);
+    for (i, &t) in tags.iter().enumerate() {
+        if t != tag {
+            continue;
+        }
+        while walked < i {
+            at = entry(entries, at)?.1;
+            walked += 1;
+        }
+        let (start, end) = entry(entries, at)?;
+        if entries.get(start..end) == Some(path) {
+            return Some(i);
+        }
+        (at, walked) = (end, i + 1);
+    }
+    None
 }
 
 /// The entries of a bucket, in order: (entry start, entry end, path bytes),
@@ -140,25 +156,8 @@ impl Bucket {
     }
 
     fn find(&self, hash: u64, path: &str) -> Option<usize> {
-        let (tag, path) = (tag(hash), path.as_bytes());
         let (tags, entries) = self.paths.split_at_checked(self.nodes.len())?;
-        // `at` is where entry `walked` starts.
-        let (mut at, mut walked) = (0, 0);
-        for (i, &t) in tags.iter().enumerate() {
-            if t != tag {
-                continue;
-            }
-            while walked < i {
-                at = entry(entries, at)?.1;
-                walked += 1;
-            }
-            let (start, end) = entry(entries, at)?;
-            if entries.get(start..end) == Some(path) {
-                return Some(i);
-            }
-            (at, walked) = (end, i + 1);
-        }
-        None
+        find_in(tags, entries, hash, path.as_bytes())
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, &Node)> + '_ {
@@ -191,7 +190,7 @@ impl Bucket {
         paths.extend_from_slice(self.tags());
         paths.push(tag(hash));
         paths.extend_from_slice(self.paths.get(self.nodes.len()..).unwrap_or_default());
-        put_entry(&mut paths, path);
+        put_entry(&mut paths, path.as_bytes());
         paths.into_boxed_slice()
     }
 
@@ -200,11 +199,9 @@ impl Bucket {
         let removed = self.nodes.get(i)?.clone();
         let bytes = self.paths.len() - self.nodes.len() - self.entries().nth(i).map_or(0, |(start, end, _)| end - start);
         let mut copy = Builder::with_room(self.nodes.len() - 1, bytes);
-        for (j, ((path, node), &t)) in self.iter().zip(self.tags()).enumerate() {
+        for (j, (((_, _, path), node), &t)) in self.entries().zip(self.nodes.iter()).zip(self.tags()).enumerate() {
             if j != i {
-                copy.nodes.push(node.clone());
-                copy.tags.push(t);
-                put_entry(&mut copy.entries, path);
+                copy.push(t, path, node.clone());
             }
         }
         Some((copy.build(), removed))
@@ -234,9 +231,7 @@ impl Bucket {
         let (mut kept, mut moved) = (Builder::with_room(kept.0, kept.1), Builder::with_room(moved.0, moved.1));
         for (((_, _, path), node), &h) in self.entries().zip(self.nodes.iter()).zip(&hashes) {
             let to = if h & bit != 0 { &mut moved } else { &mut kept };
-            to.nodes.push(node.clone());
-            to.tags.push(tag(h));
-            put_entry_bytes(&mut to.entries, path);
+            to.push(tag(h), path, node.clone());
         }
         (kept.build(), moved.build())
     }
@@ -272,20 +267,16 @@ impl Builder {
         built
     }
 
-    fn push(&mut self, hash: u64, path: &str, node: Node) {
+    /// Adds a node, with its path's hash byte and its path.
+    fn push(&mut self, tag: u8, path: &[u8], node: Node) {
         self.nodes.push(node);
-        self.tags.push(tag(hash));
+        self.tags.push(tag);
         put_entry(&mut self.entries, path);
     }
 
-    /// Whether `path` is in already (a short scan: builders hold a bucket).
-    fn find(&self, hash: u64, path: &str) -> bool {
-        let mut at = 0;
-        self.tags.iter().any(|&t| {
-            let Some((start, end)) = entry(&self.entries, at) else { return false };
-            at = end;
-            t == tag(hash) && self.entries.get(start..end) == Some(path.as_bytes())
-        })
+    /// Whether `path` is in already.
+    fn contains(&self, hash: u64, path: &str) -> bool {
+        find_in(&self.tags, &self.entries, hash, path.as_bytes()).is_some()
     }
 
     fn build(mut self) -> Bucket {
@@ -350,12 +341,6 @@ impl NodeTable {
         Some((address, self.bucket(address)?.find(hash, path)?))
     }
 
-    /// A bucket made this version's own (copied, with the trie nodes above
-    /// it, if another version shares them). Only for buckets that exist.
-    fn bucket_mut(&mut self, address: usize) -> &mut Bucket {
-        self.buckets.get_mut(address).expect("bucket addresses are below the bucket count")
-    }
-
     pub(crate) fn get(&self, path: &str) -> Option<&Node> {
         let (address, i) = self.find(self.hash(path), path)?;
         self.bucket(address)?.nodes.get(i)
@@ -379,20 +364,15 @@ impl NodeTable {
     /// path copies nothing.
     pub(crate) fn get_mut(&mut self, path: &str) -> Option<&mut Node> {
         let (address, i) = self.find(self.hash(path), path)?;
-        self.bucket_mut(address).nodes.get_mut(i)
+        self.buckets.get_mut(address)?.nodes.get_mut(i)
     }
 
     /// Inserts `node` at `path`, replacing the node stored there, if any;
     /// true if `path` was new.
     pub(crate) fn insert(&mut self, path: &str, node: Node) -> bool {
-        self.insert_hashed(self.hash(path), path, node)
-    }
-
-    /// [`NodeTable::insert`] with the path's [`NodeTable::hash`] known.
-    pub(crate) fn insert_hashed(&mut self, hash: u64, path: &str, node: Node) -> bool {
-        debug_assert_eq!(hash, self.hash(path));
+        let hash = self.hash(path);
         if let Some((address, i)) = self.find(hash, path) {
-            if let Some(old) = self.bucket_mut(address).nodes.get_mut(i) {
+            if let Some(old) = self.buckets.get_mut(address).and_then(|b| b.nodes.get_mut(i)) {
                 *old = node;
             }
             return false;
@@ -441,10 +421,10 @@ impl NodeTable {
             let bytes = group.iter().map(|(_, path, _)| entry_len(path.as_str().len())).sum();
             let mut built = Builder::copy_of(bucket, group.len(), bytes);
             for (hash, path, node) in group.drain(..) {
-                if built.find(hash, path.as_str()) {
+                if built.contains(hash, path.as_str()) {
                     return Err(path);
                 }
-                built.push(hash, path.as_str(), node);
+                built.push(tag(hash), path.as_str().as_bytes(), node);
                 self.len += 1;
             }
             self.buckets.set(address, built.build());
@@ -611,7 +591,7 @@ mod tests {
     fn entry_len_is_what_put_entry_writes() {
         for len in [0usize, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152] {
             let mut out = Vec::new();
-            put_entry_bytes(&mut out, &alloc::vec![b'x'; len]);
+            put_entry(&mut out, &alloc::vec![b'x'; len]);
             assert_eq!(entry_len(len), out.len(), "{len}");
         }
     }
