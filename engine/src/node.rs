@@ -98,11 +98,20 @@ impl fmt::Debug for Value {
 #[derive(Clone, Default)]
 pub struct Children(Option<Arc<Names>>);
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 struct Names {
     count: usize,
     /// `name\0name\0...`
     wire: String,
+}
+
+impl Names {
+    fn push(&mut self, name: &str) {
+        self.wire.reserve(name.len() + 1);
+        self.wire.push_str(name);
+        self.wire.push('\0');
+        self.count += 1;
+    }
 }
 
 impl Children {
@@ -122,43 +131,22 @@ impl Children {
         self.0.is_none()
     }
 
-    /// Whether `name` is one of the children.
-    pub fn contains(&self, name: &str) -> bool {
-        self.iter().any(|n| n == name)
-    }
-
     /// Children named by valid path components, in order.
     pub(crate) fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Children {
-        let mut children = Names { count: 0, wire: String::new() };
+        let mut children = Names::default();
         for name in names {
-            children.wire.push_str(name);
-            children.wire.push('\0');
-            children.count += 1;
+            children.push(name);
         }
         if children.count == 0 { Children(None) } else { Children(Some(Arc::new(children))) }
     }
 
     pub(crate) fn append(&mut self, name: &str) {
-        let names = self.0.get_or_insert_with(|| Arc::new(Names { count: 0, wire: String::new() }));
-        let names = Arc::make_mut(names);
-        names.wire.reserve(name.len() + 1);
-        names.wire.push_str(name);
-        names.wire.push('\0');
-        names.count += 1;
+        Arc::make_mut(self.0.get_or_insert_with(Arc::default)).push(name);
     }
 
     pub(crate) fn remove(&mut self, name: &str) {
+        let Some(start) = self.offset_of(name) else { return };
         let Some(names) = &mut self.0 else { return };
-        let mut start = 0;
-        for n in (NameIter { rest: &names.wire, left: names.count }) {
-            if n == name {
-                break;
-            }
-            start += n.len() + 1;
-        }
-        if start == names.wire.len() {
-            return;
-        }
         if names.count == 1 {
             self.0 = None;
             return;
@@ -166,6 +154,18 @@ impl Children {
         let names = Arc::make_mut(names);
         names.wire.replace_range(start..start + name.len() + 1, "");
         names.count -= 1;
+    }
+
+    /// Where `name`'s entry starts in the wire form, if it is a child.
+    fn offset_of(&self, name: &str) -> Option<usize> {
+        let mut start = 0;
+        for n in self.iter() {
+            if n == name {
+                return Some(start);
+            }
+            start += n.len() + 1;
+        }
+        None
     }
 
     /// Same children in the same order; O(1) when both share one allocation.
@@ -319,7 +319,7 @@ mod children_tests {
         assert_eq!((it.next(), it.next(), it.next_back()), (Some("bb"), None, None));
         assert_eq!(c.to_wire(), b"a\0bb\0c\0");
         assert_eq!(c.wire_len(), 7);
-        assert!(c.contains("bb") && !c.contains("b"));
+        assert!(c.iter().any(|n| n == "bb") && !c.iter().any(|n| n == "b"));
         assert!(Children::from_names([]).is_empty());
     }
 

@@ -58,18 +58,11 @@ impl Path {
 
     /// Validates raw bytes from the wire.
     pub fn from_bytes(b: &[u8]) -> Result<Path, PathError> {
-        Ok(Path::shared(Path::check(b)?))
-    }
-
-    /// Validates raw bytes as a path without storing them: the string a
-    /// lookup (`Snapshot::get`) takes, for a read that needs no `Path` of
-    /// its own.
-    pub fn check(b: &[u8]) -> Result<&str, PathError> {
         validate(b)?;
         // SAFETY: validate() admits only ASCII bytes, which are UTF-8. (Every
         // request parses a path: a second scan of the bytes was 2 % of the
         // daemon's instructions under `pairs`.)
-        Ok(unsafe { core::str::from_utf8_unchecked(b) })
+        Ok(Path::shared(unsafe { core::str::from_utf8_unchecked(b) }))
     }
 
     /// A string the engine stored as a path (a table's key): valid already.

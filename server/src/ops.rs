@@ -224,23 +224,24 @@ fn one_path<P: Platform>(ctx: &Ctx<'_, P>, payload: &[u8], special: bool) -> Res
 /// takes the general way.
 fn read_in_place<P: Platform, R>(ctx: &Ctx<'_, P>, tx: &mut impl View, raw: &[u8], f: impl FnOnce(&engine::Node) -> R) -> Option<Result<R>> {
     let path = ctx.borrowed(raw)?;
-    let readable = |node: Option<&engine::Node>| {
-        node.map(|n| if ctx.rights(n.perms()).allow(Need::Read) { Ok(f(n)) } else { Err(Error::Denied) })
-    };
-    tx.with_node(path, readable).flatten()
+    tx.with_node(path, |node| if_readable(ctx, node, f)).flatten()
+}
+
+/// The checks of [`Ctx::checked`] on a node in hand: `f` of it if the caller
+/// may read it, `Denied` if not; `None` if it is missing.
+fn if_readable<P: Platform, R>(ctx: &Ctx<'_, P>, node: Option<&engine::Node>, f: impl FnOnce(&engine::Node) -> R) -> Option<Result<R>> {
+    node.map(|n| if ctx.rights(n.perms()).allow(Need::Read) { Ok(f(n)) } else { Err(Error::Denied) })
 }
 
 fn read<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut impl View, payload: &[u8]) -> Result<Vec<u8>> {
     let raw = one_arg(payload).ok_or(Error::BadRequest)?;
-    // Outside a transaction: the checks of `checked` on one lookup.
-    let readable = |node: Option<&engine::Node>| {
-        node.map(|n| if ctx.rights(n.perms()).allow(Need::Read) { Ok(n.value().as_bytes().to_vec()) } else { Err(Error::Denied) })
-    };
-    if let Some(found) = read_in_place(ctx, tx, raw, |n| n.value().as_bytes().to_vec()) {
+    let value = |n: &engine::Node| n.value().as_bytes().to_vec();
+    if let Some(found) = read_in_place(ctx, tx, raw, value) {
         return found;
     }
     let path = ctx.path(raw, false)?;
-    if let Some(found) = tx.with_node(path.as_str(), readable) {
+    // Outside a transaction: the checks of `checked` on one lookup.
+    if let Some(found) = tx.with_node(path.as_str(), |node| if_readable(ctx, node, value)) {
         return found.unwrap_or_else(|| Err(ctx.missing(tx, &path, Need::Read)));
     }
     ctx.checked(tx, &path, Need::Read)?;
