@@ -55,6 +55,20 @@ fn sync_dir(dir: &FsPath) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Writes `bytes` as `dir/name`, whole or not at all: a temporary file
+/// (`name.tmp`, which `prune` clears), fsync, rename, fsync of the
+/// directory. Returns the path and the file, open for writing at its end.
+fn write_whole(dir: &FsPath, name: &str, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    Ok((path, f))
+}
+
 fn io_err(path: &FsPath) -> impl FnOnce(io::Error) -> LoadError + '_ {
     move |source| LoadError::Io { path: path.to_path_buf(), source }
 }
@@ -79,36 +93,20 @@ impl StateDir {
     /// file, fsync, rename, fsync of the directory. Usable from a background
     /// thread (it touches nothing but the new file).
     pub fn write_checkpoint(dir: &FsPath, state: &State, seq: u64) -> io::Result<PathBuf> {
-        let bytes = checkpoint::encode(state, seq);
-        let path = dir.join(checkpoint_name(seq));
-        let tmp = dir.join(format!("{}.tmp", checkpoint_name(seq)));
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &path)?;
-        sync_dir(dir)?;
+        let (path, _) = write_whole(dir, &checkpoint_name(seq), &checkpoint::encode(state, seq))?;
         Ok(path)
     }
 
     /// Starts a new log file whose first record will be `first_seq`; later
     /// [`StateDir::append`]s go there.
     pub fn start_log(&mut self, first_seq: u64) -> io::Result<()> {
-        // The header is written under a temporary name and the file renamed
-        // into place: a crash leaves either no new log or one with its whole
-        // header, never a log that recovery cannot read.
-        let path = self.dir.join(log_name(first_seq));
-        let tmp = self.dir.join(format!("{}.tmp", log_name(first_seq)));
-        let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&tmp)?;
+        // Written whole or not at all: a crash leaves either no new log or
+        // one with its whole header, never a log that recovery cannot read.
         let mut header = Vec::with_capacity(LOG_HEADER_LEN);
         header.extend_from_slice(log::MAGIC);
         header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         header.extend_from_slice(&first_seq.to_le_bytes());
-        f.write_all(&header)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        sync_dir(&self.dir)?;
+        let (_, f) = write_whole(&self.dir, &log_name(first_seq), &header)?;
         self.log = Some(f);
         Ok(())
     }
