@@ -284,3 +284,83 @@ fn a_reader_that_stops_taking_replies_gets_them_all_in_order() {
         }
     }
 }
+
+/// A client alone for a while is served by a blocking `recv` on its socket
+/// (the loop's solo runs, default mode): whoever else turns up is served at
+/// once, events cross between the two both ways, the lone client keeps
+/// its order, and its leaving or misbehaving mid-run harms nobody.
+#[test]
+fn a_lone_client_gives_way_at_once_and_keeps_its_order() {
+    let Some(d) = start(&["--log-level", "debug"]) else { return };
+    let mut lone = d.connect();
+    lone.set_reply_timeout(Duration::from_secs(10));
+    let mut write_read = |c: &mut Client, round: &str, count: u32| {
+        for i in 0..count {
+            let path = format!("/lone/{round}/k{i}");
+            let value = format!("{round}-{i}");
+            assert!(c.write(&path, &value).expect("write").is_ok());
+            assert_eq!(c.read(&path).expect("read").ok(), Some(value.as_bytes()), "{round} {i}");
+        }
+    };
+    write_read(&mut lone, "first", 200);
+    // A newcomer, while the lone client sits in its `recv`, is answered
+    // (the test's timeout is only a guard: the answer comes at once).
+    let mut other = d.connect();
+    other.set_reply_timeout(Duration::from_secs(10));
+    assert!(other.read("/lone/first/k0").expect("other's read").is_ok());
+    // Events from the lone client's run reach a watcher, in order (more
+    // than its socket holds: the rest wait for room, which ends the run).
+    let mut watcher = watching(&d, "/lone/second");
+    write_read(&mut lone, "second", 300);
+    for i in 0..300 {
+        let (path, _) = watcher.next_event(Duration::from_secs(10)).unwrap_or_else(|| panic!("event {i} missing; log:\n{}", d.log()));
+        assert_eq!(String::from_utf8_lossy(&path), format!("/lone/second/k{i}"));
+    }
+    // And events caused by another client reach the lone one mid-run.
+    assert!(lone.watch("/from-other", "t").expect("watch").is_ok());
+    assert!(lone.next_event(Duration::from_secs(10)).is_some(), "the initial event");
+    write_read(&mut lone, "third", 200);
+    assert!(other.write("/from-other/x", "1").expect("other's write").is_ok());
+    let (path, token) = lone.next_event(Duration::from_secs(10)).expect("the other's event");
+    assert_eq!((path.as_slice(), token.as_slice()), (&b"/from-other/x"[..], &b"t"[..]));
+    write_read(&mut lone, "fourth", 50);
+    // Leaving mid-run, and a malformed header mid-run, end only that client.
+    drop(lone);
+    let mut rude = d.connect();
+    write_read(&mut rude, "rude", 100);
+    rude.send_raw(&[0xff; 16]).expect("send garbage");
+    let mut after = d.connect();
+    after.set_reply_timeout(Duration::from_secs(10));
+    write_read(&mut after, "after", 100);
+    assert!(other.read("/lone/after/k0").expect("read").is_ok());
+    let log = d.log();
+    assert!(log.contains("solo run ended"), "no solo run happened:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A timer due while a lone client idles in its solo `recv` still fires:
+/// here the periodic checkpoint of the client's writes.
+#[test]
+fn a_checkpoint_falls_due_while_a_lone_client_idles() {
+    let state = tempfile::tempdir().expect("state dir");
+    let dir = state.path().to_str().expect("utf-8 path");
+    let Some(d) = start(&["--log-level", "debug", "--state-dir", dir, "--durability", "checkpoint", "--checkpoint-interval", "1"]) else { return };
+    let checkpoints = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(state.path()).expect("list").filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.ends_with(".rxs")).collect();
+        names.sort();
+        names
+    };
+    let before = checkpoints();
+    let mut lone = d.connect();
+    for i in 0..100 {
+        assert!(lone.write("/idle/k", format!("{i}")).expect("write").is_ok());
+    }
+    // From here the client sends nothing: only the timer can write it.
+    let started = Instant::now();
+    while checkpoints() == before {
+        assert!(started.elapsed() < Duration::from_secs(20), "no checkpoint written; log:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.log().contains("solo run ended"), "no solo run happened:\n{}", d.log());
+    assert!(lone.read("/idle/k").expect("read").is_ok());
+}

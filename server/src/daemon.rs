@@ -77,6 +77,8 @@ use wire::FrameTracker;
 
 #[path = "daemon_rings.rs"]
 mod rings;
+#[path = "daemon_solo.rs"]
+mod solo;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -245,6 +247,8 @@ pub struct Daemon<P: Platform> {
     /// The live-update clock's origin (`live_update_tick`).
     started: Instant,
     last_live_update_check: Option<Instant>,
+    /// Serves a lone client with a blocking `recv` (`daemon_solo.rs`).
+    solo: solo::Solo,
 }
 
 impl<P: Platform + Send + 'static> Daemon<P> {
@@ -279,7 +283,9 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             snapshot_reads: false,
         };
         let shared = Shared { state: Mutex::new(state), inbox: SegQueue::new(), waker, flush_wake: AtomicBool::new(false), paused: AtomicBool::new(false), pause: Mutex::new(false), resume: Condvar::new() };
+        let solo = solo::Solo::new(poll.as_raw_fd())?;
         Ok(Daemon {
+            solo,
             shared: Arc::new(shared),
             poll,
             listener,
@@ -345,7 +351,11 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             let mut state = shared.state.lock();
             // Deferred output is sent at the end of this turn.
             shared.flush_wake.store(false, Ordering::SeqCst);
+            // The client that was the poll's only event, if so.
+            let mut alone = None;
+            let mut count = 0;
             for event in events.iter() {
+                count += 1;
                 match event.token() {
                     LISTENER => self.accept(&mut state)?,
                     SIGNALS => {
@@ -359,6 +369,9 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                         let id = ConnId(t as u64);
                         if !state.threaded && (event.is_readable() || event.is_read_closed()) {
                             state.read_client(id, &mut buf);
+                            if !event.is_read_closed() && !event.is_writable() {
+                                alone = Some(id);
+                            }
                         }
                         if event.is_writable() || event.is_write_closed() {
                             writable.push(id);
@@ -382,11 +395,19 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             // (What client threads do after this wakes the loop if it
             // changes the timeout: rings made ready, a live update.)
             timeout = self.poll_timeout(&state);
+            let solo = self.solo.note_poll(alone.filter(|_| count == 1))
+                && !due
+                && state.fatal.is_none()
+                && !state.rings.has_ready()
+                && !state.core.live_update_pending();
             drop(state);
             shared.combine();
             if due {
                 self.last_live_update_check = Some(Instant::now());
                 self.check_live_update();
+            }
+            if let Some(id) = alone.filter(|_| solo) {
+                timeout = self.serve_solo(id, &mut buf, timeout)?;
             }
         }
     }

@@ -124,9 +124,10 @@ impl Persistence {
         self.config.durability == Durability::Commit
     }
 
-    /// How long the event loop may sleep before a checkpoint is due.
+    /// How long the event loop may sleep before a checkpoint is due (no
+    /// limit while nothing changed since the last one).
     pub fn timeout(&self) -> Option<Duration> {
-        if self.config.durability == Durability::None {
+        if self.config.durability == Durability::None || self.since_checkpoint == 0 {
             return None;
         }
         Some(self.config.interval.saturating_sub(self.last_checkpoint.elapsed()).max(Duration::from_millis(10)))

@@ -363,6 +363,11 @@ impl Daemon {
         lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
     }
 
+    /// CPU time used so far, user and system, in seconds.
+    pub fn cpu_times(&self) -> std::io::Result<(f64, f64)> {
+        sys::cpu_times(self.pid)
+    }
+
     /// `VmHWM` (peak resident set) in bytes.
     pub fn hwm(&self) -> std::io::Result<u64> {
         sys::proc_status_kb(self.pid, "VmHWM")

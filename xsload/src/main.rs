@@ -408,9 +408,11 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
             .map(|n| metric(n, Unit::Count, Better::Neither))
             .collect();
         let hwm = metric("peak RSS (VmHWM)", Unit::Bytes, Better::Lower);
+        let cpu_user = metric("daemon CPU, user", Unit::Secs, Better::Lower);
+        let cpu_sys = metric("daemon CPU, system", Unit::Secs, Better::Lower);
         let mut all = vec![elapsed, reqs, doms, retries];
         all.extend(watchers.iter().copied());
-        all.push(hwm);
+        all.extend([hwm, cpu_user, cpu_sys]);
         for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
             let Some(mut d) = r.start(kind, None, &case) else {
                 r.skip(&all, kind);
@@ -424,6 +426,7 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                 deadline: s.boot_deadline,
                 grace: s.boot_grace,
             };
+            let cpu_before = d.cpu_times();
             match bootstorm::run(d.socket(), &b) {
                 Err(e) => r.fail(&all, kind, &e, &d),
                 Ok(res) => {
@@ -496,6 +499,24 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                     match d.hwm() {
                         Ok(v) => r.sheet.set(hwm, kind, Cell::Num(v as f64)),
                         Err(e) => r.sheet.set(hwm, kind, Cell::Text(format!("? ({e})"))),
+                    }
+                    // Includes the watchers' last events and the clients'
+                    // disconnects; the clock ticks in 10 ms.
+                    match (&cpu_before, d.cpu_times()) {
+                        (Ok((u0, s0)), Ok((u1, s1))) => {
+                            r.sheet.set(cpu_user, kind, Cell::Num(u1 - u0));
+                            r.sheet.set(cpu_sys, kind, Cell::Num(s1 - s0));
+                        }
+                        (Err(e), _) => {
+                            for m in [cpu_user, cpu_sys] {
+                                r.sheet.set(m, kind, Cell::Text(format!("? ({e})")));
+                            }
+                        }
+                        (_, Err(e)) => {
+                            for m in [cpu_user, cpu_sys] {
+                                r.sheet.set(m, kind, Cell::Text(format!("? ({e})")));
+                            }
+                        }
                     }
                 }
             }

@@ -40,6 +40,29 @@ pub fn proc_status_kb(pid: i32, field: &str) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
 }
 
+/// CPU time a process has used, user and system, in seconds: its own
+/// threads, live and exited (`utime`, `stime` of `/proc/<pid>/stat`).
+pub fn cpu_times(pid: i32) -> io::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name, from field 3 (state):
+    // utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other(format!("unreadable /proc/{pid}/stat")))?;
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let mut tick = || -> io::Result<f64> {
+        let t: u64 = fields
+            .next()
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("no CPU times in /proc/{pid}/stat")))?;
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        Ok(t as f64 / hz as f64)
+    };
+    Ok((tick()?, tick()?))
+}
+
 /// Whether `pid` names a live, non-zombie process.
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
