@@ -7,7 +7,8 @@
 //! the loop reaches about 0.8 of the socket's floor, without it what a
 //! thread per client reaches. Under load a poll returns many clients at
 //! once and costs nothing extra, so a solo run starts only after the same
-//! client was the only one ready for [`Solo::START_AFTER`] polls in a row.
+//! client was the only one ready for a few polls in a row and a few
+//! milliseconds ([`Solo::note_poll`]).
 //!
 //! While the main thread blocks in `recv`, the client's socket is taken out
 //! of the poll and a helper thread waits on the poll's descriptor itself
@@ -72,8 +73,8 @@ struct Signalling {
 pub(super) struct Solo {
     signalling: Arc<Signalling>,
     helper: Option<JoinHandle<()>>,
-    /// The client that was alone in the last polls, and for how many.
-    streak: Option<(ConnId, u32)>,
+    /// The client that was alone in the last polls.
+    streak: Option<Streak>,
     /// Polls in a row a client must be alone in before a run starts:
     /// doubled after a run that served few requests (two clients taking
     /// turns would otherwise start and end runs all the time), reset
@@ -81,8 +82,16 @@ pub(super) struct Solo {
     start_after: u32,
 }
 
+/// A client alone in the polls since `since`.
+struct Streak {
+    id: ConnId,
+    polls: u32,
+    since: Instant,
+}
+
 impl Solo {
     pub(super) const START_AFTER: u32 = 8;
+    const QUIET: Duration = Duration::from_millis(5);
     const START_AFTER_MAX: u32 = 1 << 14;
     /// A run serving fewer requests than this did not pay for itself
     /// (starting and ending one costs about eight system calls and two
@@ -103,18 +112,25 @@ impl Solo {
     }
 
     /// Counts a poll: `alone` is the client that was its only event (and
-    /// readable), if so. True when that client should now get a solo run.
+    /// readable), if so. True when that client should now get a solo run:
+    /// it was alone for the last [`Solo::START_AFTER`] polls (or more,
+    /// after short runs) and for [`Solo::QUIET`] at least, so that clients
+    /// merely waiting for a CPU do not look absent.
     pub(super) fn note_poll(&mut self, alone: Option<ConnId>) -> bool {
-        let count = match (alone, self.streak) {
-            (None, _) => {
-                self.streak = None;
-                return false;
-            }
-            (Some(id), Some((last, n))) if id == last => n + 1,
-            (Some(_), _) => 1,
+        let Some(id) = alone else {
+            self.streak = None;
+            return false;
         };
-        self.streak = alone.map(|id| (id, count));
-        count >= self.start_after
+        match &mut self.streak {
+            Some(streak) if streak.id == id => {
+                streak.polls += 1;
+                streak.polls >= self.start_after && streak.since.elapsed() >= Self::QUIET
+            }
+            _ => {
+                self.streak = Some(Streak { id, polls: 1, since: Instant::now() });
+                false
+            }
+        }
     }
 
     /// Starts watching the poll for the calling thread, which is about to
