@@ -181,6 +181,40 @@ pub struct Conn {
     pub(crate) features: u32,
     /// Listed in the core's dirty list since its last drain.
     pub(crate) dirty: bool,
+    /// What the connection has asked so far.
+    pub(crate) mix: RequestMix,
+}
+
+/// The mix of a connection's recent requests: whether, in its last full
+/// window of [`RequestMix::WINDOW`] requests, three in four were reads
+/// outside a transaction (READ, DIRECTORY, GET_PERMS with transaction 0),
+/// which a frontend can answer from the published snapshot without the
+/// core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestMix {
+    requests: u32,
+    plain_reads: u32,
+    mostly_reads: bool,
+}
+
+impl RequestMix {
+    pub const WINDOW: u32 = 256;
+
+    pub(crate) fn count(&mut self, header: &wire::Header) {
+        self.requests += 1;
+        if header.tx_id == 0 && matches!(header.op(), Some(wire::Op::Read | wire::Op::Directory | wire::Op::GetPerms)) {
+            self.plain_reads += 1;
+        }
+        if self.requests == Self::WINDOW {
+            self.mostly_reads = self.plain_reads >= Self::WINDOW / 4 * 3;
+            self.requests = 0;
+            self.plain_reads = 0;
+        }
+    }
+
+    pub fn mostly_reads(&self) -> bool {
+        self.mostly_reads
+    }
 }
 
 impl Conn {
@@ -195,6 +229,7 @@ impl Conn {
             watches: 0,
             features,
             dirty: false,
+            mix: RequestMix::default(),
         }
     }
 

@@ -139,6 +139,9 @@ struct Client {
     /// Registered for writability (output is waiting).
     wants_write: bool,
     lane: Arc<Lane>,
+    /// Read by a thread of its own (threaded mode, or promoted from the
+    /// loop as a reader), not by the poll.
+    threaded: bool,
 }
 
 /// What a client's thread shares with the holder of the lock about one
@@ -194,6 +197,12 @@ pub(crate) struct State<P: Platform> {
     /// threaded mode without a trace file (whose lines the core's callers
     /// write).
     snapshot_reads: bool,
+    /// Single mode: clients that ask mostly reads get a thread of their
+    /// own ([`crate::conn::RequestMix`]); not with a trace file, nor with group
+    /// commit (a snapshot read could show what is not durable yet).
+    promote_readers: bool,
+    /// Clients found to be readers this turn, promoted at its end.
+    promote: Vec<ConnId>,
 }
 
 /// What a client thread read, waiting in the inbox for the core.
@@ -267,6 +276,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let mut core = core;
         let rings = rings::RingState::register(&poll, &mut core)?;
         core.set_live_update_file_check(crate::live_update_exec::check_binary);
+        let untraced = trace.is_none();
         let state = State {
             core,
             clients: HashMap::default(),
@@ -281,6 +291,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             through: Vec::new(),
             dirty_ids: Vec::new(),
             snapshot_reads: false,
+            promote_readers: untraced,
+            promote: Vec::new(),
         };
         let shared = Shared { state: Mutex::new(state), inbox: SegQueue::new(), waker, flush_wake: AtomicBool::new(false), paused: AtomicBool::new(false), pause: Mutex::new(false), resume: Condvar::new() };
         let solo = solo::Solo::new(poll.as_raw_fd())?;
@@ -303,6 +315,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let mut state = self.shared.state.lock();
         state.threaded = threaded;
         state.snapshot_reads = threaded && state.trace.is_none();
+        state.promote_readers = !threaded && state.trace.is_none() && state.persistence.as_ref().is_none_or(|p| !p.group_commit());
     }
 
     /// Journals every change to `p` (see [`crate::persistence`]): in commit
@@ -310,10 +323,11 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// and the sockets are served from the main loop so that one `fsync`
     /// covers a whole turn's requests.
     pub fn set_persistence(&mut self, p: Persistence) {
-        if p.group_commit() {
+        let group_commit = p.group_commit();
+        self.shared.state.lock().persistence = Some(p);
+        if group_commit {
             self.set_socket_threads(false);
         }
-        self.shared.state.lock().persistence = Some(p);
     }
 
     pub fn core(&self) -> MappedMutexGuard<'_, Core<P>> {
@@ -367,7 +381,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                     WAKER => {}
                     Token(t) => {
                         let id = ConnId(t as u64);
-                        if !state.threaded && (event.is_readable() || event.is_read_closed()) {
+                        let polled = state.clients.get(&id).is_some_and(|c| !c.threaded);
+                        if polled && (event.is_readable() || event.is_read_closed()) {
                             state.read_client(id, &mut buf);
                             if !event.is_read_closed() && !event.is_writable() {
                                 alone = Some(id);
@@ -390,6 +405,9 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             // Group commit: what this turn changed is durable before any
             // reply acknowledging it is written.
             state.finish_turn(false)?;
+            for id in std::mem::take(&mut state.promote) {
+                self.promote(&mut state, id);
+            }
             let due = state.core.live_update_pending()
                 && self.last_live_update_check.is_none_or(|t| t.elapsed() >= LIVE_UPDATE_CHECK);
             // (What client threads do after this wakes the loop if it
@@ -455,22 +473,66 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             stream.set_nonblocking(true)?;
             let fd = stream.as_raw_fd();
             state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)?;
-            state.clients.insert(id, Client { stream, wants_write: false, lane });
+            state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: false });
             return Ok(());
         }
         stream.set_nonblocking(false)?;
+        let reads = if state.snapshot_reads { state.core.reader(id) } else { None };
+        self.spawn_client_thread(id, &stream, &lane, reads)?;
+        state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: true });
+        Ok(())
+    }
+
+    /// Starts the thread that reads a (blocking) client socket.
+    fn spawn_client_thread(&mut self, id: ConnId, stream: &Arc<StdUnixStream>, lane: &Arc<Lane>, reads: Option<(Reader, FrameTracker)>) -> io::Result<()> {
         install_wakeup_signal();
         let gate = Arc::new(Mutex::new(()));
         let shared = Arc::clone(&self.shared);
-        let reads = if state.snapshot_reads { state.core.reader(id) } else { None };
-        let thread = ClientSide { id, stream: Arc::clone(&stream), gate: Arc::clone(&gate), lane: Arc::clone(&lane) };
+        let thread = ClientSide { id, stream: Arc::clone(stream), gate: Arc::clone(&gate), lane: Arc::clone(lane) };
         let handle = std::thread::Builder::new()
             .name(format!("client-{}", id.0))
             .stack_size(CLIENT_STACK)
             .spawn(move || serve_socket(&shared, &thread, reads))?;
-        state.clients.insert(id, Client { stream, wants_write: false, lane });
         self.threads.insert(id, ClientThread { handle, gate });
         Ok(())
+    }
+
+    /// Single mode: hands a client that asks mostly reads to a thread of
+    /// its own, between its requests. Its reads are then answered from the
+    /// published snapshot on that thread, in parallel with the loop and
+    /// each other, as in threaded mode; the rest of its requests go
+    /// through the inbox. Writers stay in the loop, whose turns batch
+    /// them (a thread costs a wake-up per request).
+    fn promote(&mut self, state: &mut State<P>, id: ConnId) {
+        let Some(client) = state.clients.get(&id).filter(|c| !c.threaded && !c.wants_write) else { return };
+        if client.lane.out.lock().backlog || state.core.output(id).is_some_and(|o| !o.is_empty()) {
+            return;
+        }
+        // Only privileged callers read from the snapshot.
+        let Some(reads) = state.core.reader(id) else { return };
+        let stream = Arc::clone(&client.stream);
+        let lane = Arc::clone(&client.lane);
+        let fd = stream.as_raw_fd();
+        let handed = state
+            .registry
+            .deregister(&mut SourceFd(&fd))
+            .and_then(|()| stream.set_nonblocking(false))
+            .and_then(|()| self.spawn_client_thread(id, &stream, &lane, Some(reads)));
+        match handed {
+            Ok(()) => {
+                if let Some(client) = state.clients.get_mut(&id) {
+                    client.threaded = true;
+                }
+                tracing::debug!(conn = id.0, "a reader: served by a thread of its own");
+            }
+            Err(e) => {
+                tracing::debug!(conn = id.0, "stays in the loop: {e}");
+                let back = stream.set_nonblocking(true).and_then(|()| state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE));
+                if let Err(e) = back {
+                    state.close(id, &format!("cannot poll the socket again: {e}"));
+                }
+            }
+        }
     }
 
     /// With a live update pending: stops the client threads between
@@ -507,10 +569,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         // The successor (ours or C's) polls its sockets: it gets them
         // non-blocking, as the single-threaded mode keeps them.
         let set_blocking = |state: &State<P>, blocking: bool| {
-            if state.threaded {
-                for c in state.clients.values() {
-                    let _ = c.stream.set_nonblocking(!blocking);
-                }
+            for c in state.clients.values().filter(|c| c.threaded) {
+                let _ = c.stream.set_nonblocking(!blocking);
             }
         };
         set_blocking(state, false);
@@ -822,8 +882,14 @@ impl<P: Platform> State<P> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(0) => return self.close(id, "end of file"),
                 Ok(n) => {
-                    if !self.feed(id, &buf[..n]) || n < buf.len() {
-                        // Closed, or a short read drained the socket.
+                    if !self.feed(id, &buf[..n]) {
+                        return;
+                    }
+                    if self.promote_readers && self.core.request_mix(id).is_some_and(|m| m.mostly_reads()) && !self.promote.contains(&id) {
+                        self.promote.push(id);
+                    }
+                    if n < buf.len() {
+                        // A short read drained the socket.
                         return;
                     }
                 }
@@ -888,7 +954,7 @@ impl<P: Platform> State<P> {
         if pending != client.wants_write {
             let fd = client.stream.as_raw_fd();
             let token = Token(id.0 as usize);
-            let done = match (self.threaded, pending) {
+            let done = match (client.threaded, pending) {
                 (false, true) => self.registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE),
                 (false, false) => self.registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE),
                 (true, true) => self.registry.register(&mut SourceFd(&fd), token, Interest::WRITABLE),
@@ -918,7 +984,7 @@ impl<P: Platform> State<P> {
                 lane.closed = true;
                 lane.front.clear();
             }
-            if !self.threaded || client.wants_write {
+            if !client.threaded || client.wants_write {
                 let _ = self.registry.deregister(&mut SourceFd(&client.stream.as_raw_fd()));
             }
             // Wakes the client's thread, blocked in `recv` (it then sees the

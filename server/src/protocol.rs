@@ -226,7 +226,10 @@ impl<P: Platform> Core<P> {
         loop {
             let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
             match conn.decoder.next_message() {
-                Ok(Some(msg)) => self.handle(id, msg),
+                Ok(Some(msg)) => {
+                    conn.mix.count(&msg.header);
+                    self.handle(id, msg);
+                }
                 Ok(None) => return Ok(()),
                 Err(FrameError::PayloadTooLong { len }) => return Err(ProtocolViolation { len }),
                 Err(_) => return Err(ProtocolViolation { len: 0 }),
@@ -322,6 +325,11 @@ impl<P: Platform> Core<P> {
     /// they depend on the tree alone (a privileged caller's): see
     /// [`Reader`]. Also returns where the connection's input stands, so
     /// that the caller can tell which later bytes start a request.
+    /// What a connection has asked so far.
+    pub fn request_mix(&self, id: ConnId) -> Option<crate::conn::RequestMix> {
+        self.conns.get(&id).map(|c| c.mix)
+    }
+
     pub fn reader(&self, id: ConnId) -> Option<(Reader, FrameTracker)> {
         let conn = self.conns.get(&id)?;
         let reader = Reader::for_caller(Arc::clone(&self.store), conn.caller)?;
