@@ -263,9 +263,13 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let stream = {
             let state = shared.state.lock();
-            let Some(client) = state.clients.get(&id).filter(|c| !c.wants_write) else { return Ok(timeout) };
+            // (A client handed to a thread this turn is no longer polled.)
+            let Some(client) = state.clients.get(&id).filter(|c| !c.wants_write && !c.threaded) else { return Ok(timeout) };
             let stream = Arc::clone(&client.stream);
-            state.registry.deregister(&mut SourceFd(&stream.as_raw_fd()))?;
+            if let Err(e) = state.registry.deregister(&mut SourceFd(&stream.as_raw_fd())) {
+                tracing::debug!(conn = id.0, "no solo run: {e}");
+                return Ok(timeout);
+            }
             stream
         };
         let blocking = stream.set_nonblocking(false).and_then(|()| stream.set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1)))));
