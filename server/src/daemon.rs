@@ -38,7 +38,13 @@
 //!   ready client and then writes, so a watcher gets a turn's events
 //!   together; with a thread per client each request's events go out on
 //!   their own, which costs a bootstorm with watchers more than the
-//!   parallel socket work gains (see benches/README.md).
+//!   parallel socket work gains (see benches/README.md). Two exceptions:
+//!   a client alone for a while is served by a blocking `recv` until
+//!   anyone else needs the loop (`daemon_solo.rs`), and a client that asks
+//!   mostly reads outside transactions is handed to a thread of its own,
+//!   as in threaded mode, so that its snapshot reads run beside the loop
+//!   ([`crate::conn::RequestMix`], `promote`; not with a trace file nor
+//!   with group commit).
 //!
 //! The main thread always runs the poll: the listening socket, signals,
 //! the platform's event descriptor (rings), sockets whose output is

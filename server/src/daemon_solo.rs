@@ -29,14 +29,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::os::unix::net::UnixStream as StdUnixStream;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use parking_lot::{Condvar, Mutex};
 
-use super::{Daemon, Shared, recv_blocking};
+use super::{ClientSide, Daemon, Shared, answer_reads, recv_blocking};
 use crate::conn::ConnId;
 use crate::domain::Platform;
 
@@ -261,7 +260,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     pub(super) fn serve_solo(&mut self, id: ConnId, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<Option<Duration>> {
         let shared = Arc::clone(&self.shared);
         let deadline = timeout.map(|t| Instant::now() + t);
-        let stream = {
+        let (stream, lane) = {
             let state = shared.state.lock();
             // (A client handed to a thread this turn is no longer polled.)
             let Some(client) = state.clients.get(&id).filter(|c| !c.wants_write && !c.threaded) else { return Ok(timeout) };
@@ -270,14 +269,16 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                 tracing::debug!(conn = id.0, "no solo run: {e}");
                 return Ok(timeout);
             }
-            stream
+            (stream, Arc::clone(&client.lane))
         };
         let blocking = stream.set_nonblocking(false).and_then(|()| stream.set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1)))));
         let mut served = 0u64;
         let end = match blocking {
             Ok(()) => {
                 self.solo.arm()?;
-                let end = self.solo_turns(&shared, id, &stream, buf, deadline, &mut served);
+                // (The gate is a live update's, which never starts in a run.)
+                let side = ClientSide { id, stream: Arc::clone(&stream), gate: Arc::default(), lane };
+                let end = self.solo_turns(&shared, &side, buf, deadline, &mut served);
                 self.solo.disarm(served);
                 tracing::debug!(conn = id.0, served, "solo run ended");
                 end
@@ -304,12 +305,31 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     }
 
     /// The requests of a solo run, one `recv` each.
-    fn solo_turns(&self, shared: &Shared<P>, id: ConnId, stream: &StdUnixStream, buf: &mut [u8], deadline: Option<Instant>, served: &mut u64) -> io::Result<End> {
+    /// Reads at the start of what arrives are answered from the published
+    /// snapshot, as a client thread answers them (`answer_reads`): every
+    /// earlier request of the client is through the core and its output
+    /// sent, or the run would have ended.
+    fn solo_turns(&self, shared: &Shared<P>, side: &ClientSide, buf: &mut [u8], deadline: Option<Instant>, served: &mut u64) -> io::Result<End> {
+        let id = side.id;
+        let mut snapshot = {
+            let state = shared.state.lock();
+            if state.promote_readers { state.core.reader(id) } else { None }
+        };
+        let mut replies = Vec::new();
         loop {
             if self.solo.interrupted() {
                 return Ok(End::Loop);
             }
-            let got = recv_blocking(stream, buf);
+            let got = recv_blocking(&side.stream, buf);
+            let answered = match (&got, &mut snapshot) {
+                (Ok(n), Some((reader, framing))) if *n > 0 => {
+                    let bytes = &buf[..*n];
+                    let used = answer_reads(shared, side, reader, framing, bytes, &mut replies);
+                    framing.advance(&bytes[used..]);
+                    used
+                }
+                _ => 0,
+            };
             let mut state = shared.state.lock();
             let open = match got {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -319,7 +339,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                     state.close(id, "end of file");
                     false
                 }
-                Ok(n) => state.feed(id, &buf[..n]),
+                Ok(n) if n == answered => true,
+                Ok(n) => state.feed(id, &buf[answered..n]),
                 Err(e) => {
                     state.close(id, &e.to_string());
                     false
