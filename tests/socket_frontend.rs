@@ -407,7 +407,13 @@ fn a_reader_handed_to_a_thread_keeps_its_conversation() {
         };
         assert_eq!(m.payload, want, "reply {i}");
     }
-    assert!(d.log().contains("a reader: served by a thread of its own"), "no hand-over:\n{}", d.log());
+    // (The daemon logs the hand-over once the thread runs: maybe after
+    // the thread's first replies.)
+    let started = Instant::now();
+    while !d.log().contains("a reader: served by a thread of its own") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no hand-over:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Afterwards: others' writes reach it as events, its transactions work.
     assert!(admin.write("/r/other", "1").expect("write").is_ok());
     let (path, token) = reader.next_event(Duration::from_secs(10)).expect("the admin's event");

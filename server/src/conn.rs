@@ -201,10 +201,13 @@ impl RequestMix {
     pub const WINDOW: u32 = 256;
 
     pub(crate) fn count(&mut self, header: &wire::Header) {
+        self.add(header.tx_id == 0 && matches!(header.op(), Some(wire::Op::Read | wire::Op::Directory | wire::Op::GetPerms)));
+    }
+
+    /// One request, a plain read or not.
+    pub(crate) fn add(&mut self, plain_read: bool) {
         self.requests += 1;
-        if header.tx_id == 0 && matches!(header.op(), Some(wire::Op::Read | wire::Op::Directory | wire::Op::GetPerms)) {
-            self.plain_reads += 1;
-        }
+        self.plain_reads += u32::from(plain_read);
         if self.requests == Self::WINDOW {
             self.mostly_reads = self.plain_reads >= Self::WINDOW / 4 * 3;
             self.requests = 0;

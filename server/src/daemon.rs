@@ -148,6 +148,9 @@ struct Client {
     /// Read by a thread of its own (threaded mode, or promoted from the
     /// loop as a reader), not by the poll.
     threaded: bool,
+    /// Single mode: answers the client's leading plain reads from the
+    /// published snapshot (privileged clients, `loop_snapshot_reads`).
+    reader: Option<Reader>,
 }
 
 /// What a client's thread shares with the holder of the lock about one
@@ -203,10 +206,14 @@ pub(crate) struct State<P: Platform> {
     /// threaded mode without a trace file (whose lines the core's callers
     /// write).
     snapshot_reads: bool,
-    /// Single mode: clients that ask mostly reads get a thread of their
-    /// own ([`crate::conn::RequestMix`]); not with a trace file, nor with group
-    /// commit (a snapshot read could show what is not durable yet).
-    promote_readers: bool,
+    /// Single mode: plain reads at the start of what a client sent are
+    /// answered from the published snapshot, and clients that ask mostly
+    /// reads get a thread of their own ([`crate::conn::RequestMix`]); not
+    /// with a trace file (whose lines the core's callers write), nor with
+    /// group commit (a snapshot read could show what is not durable yet).
+    loop_snapshot_reads: bool,
+    /// Snapshot replies being built (kept for its allocation).
+    snapshot_out: Vec<u8>,
     /// Clients found to be readers this turn, promoted at its end.
     promote: Vec<ConnId>,
 }
@@ -297,7 +304,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             through: Vec::new(),
             dirty_ids: Vec::new(),
             snapshot_reads: false,
-            promote_readers: untraced,
+            loop_snapshot_reads: untraced,
+            snapshot_out: Vec::new(),
             promote: Vec::new(),
         };
         let shared = Shared { state: Mutex::new(state), inbox: SegQueue::new(), waker, flush_wake: AtomicBool::new(false), paused: AtomicBool::new(false), pause: Mutex::new(false), resume: Condvar::new() };
@@ -321,7 +329,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let mut state = self.shared.state.lock();
         state.threaded = threaded;
         state.snapshot_reads = threaded && state.trace.is_none();
-        state.promote_readers = !threaded && state.trace.is_none() && state.persistence.as_ref().is_none_or(|p| !p.group_commit());
+        state.loop_snapshot_reads = !threaded && state.trace.is_none() && state.persistence.as_ref().is_none_or(|p| !p.group_commit());
     }
 
     /// Journals every change to `p` (see [`crate::persistence`]): in commit
@@ -479,13 +487,14 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             stream.set_nonblocking(true)?;
             let fd = stream.as_raw_fd();
             state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)?;
-            state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: false });
+            let reader = state.loop_snapshot_reads.then(|| state.core.reader(id)).flatten().map(|(reader, _)| reader);
+            state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: false, reader });
             return Ok(());
         }
         stream.set_nonblocking(false)?;
         let reads = if state.snapshot_reads { state.core.reader(id) } else { None };
         self.spawn_client_thread(id, &stream, &lane, reads)?;
-        state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: true });
+        state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: true, reader: None });
         Ok(())
     }
 
@@ -702,9 +711,27 @@ fn answer_reads<P: Platform>(shared: &Shared<P>, me: &ClientSide, reader: &Reade
     if !framing.at_boundary() || me.lane.waiting.load(Ordering::SeqCst) != 0 {
         return 0;
     }
+    let (used, stuck) = send_snapshot_replies(&me.stream, &me.lane, reader, bytes, replies);
+    match stuck {
+        None => return used,
+        // The holder of the lock flushes the rest (and sets `backlog`).
+        Some(Ok(())) => shared.state.lock().flush(me.id),
+        Some(Err(e)) => shared.state.lock().close(me.id, &e.to_string()),
+    }
+    shared.combine();
+    used
+}
+
+/// The part of answering snapshot reads that needs no lock: answers the
+/// leading reads of `bytes` and sends the replies, unless output already
+/// waits for the connection (`backlog`). Returns the bytes used, and
+/// whether sending stopped: `Ok` if the socket is full (the rest waits at
+/// the front of the lane, `backlog` set: the caller must flush), `Err` if
+/// it failed (the caller must close).
+fn send_snapshot_replies(stream: &StdUnixStream, lane: &Lane, reader: &Reader, bytes: &[u8], replies: &mut Vec<u8>) -> (usize, Option<io::Result<()>>) {
     // Held until the replies are sent or queued: the lock's holder flushes
     // this connection (and sets `backlog`) under it too.
-    let mut out = me.lane.out.lock();
+    let mut out = lane.out.lock();
     let mut used = 0;
     while !out.backlog && !out.closed {
         replies.clear();
@@ -713,7 +740,7 @@ fn answer_reads<P: Platform>(shared: &Shared<P>, me: &ClientSide, reader: &Reade
             break;
         }
         used += n;
-        let sent = match send_nonblocking(&me.stream, &[IoSlice::new(replies)]) {
+        let sent = match send_nonblocking(stream, &[IoSlice::new(replies)]) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             other => other,
         };
@@ -727,21 +754,13 @@ fn answer_reads<P: Platform>(shared: &Shared<P>, me: &ClientSide, reader: &Reade
                 }
                 out.front.consume(n);
                 out.backlog = true;
-                tracing::debug!(conn = me.id.0, "socket full: {} bytes of snapshot replies wait for the poll", replies.len() - n);
-                drop(out);
-                shared.state.lock().flush(me.id);
-                shared.combine();
-                return used;
+                tracing::debug!("socket full: {} bytes of snapshot replies wait for the poll", replies.len() - n);
+                return (used, Some(Ok(())));
             }
-            Err(e) => {
-                drop(out);
-                shared.state.lock().close(me.id, &e.to_string());
-                shared.combine();
-                return used;
-            }
+            Err(e) => return (used, Some(Err(e))),
         }
     }
-    used
+    (used, None)
 }
 
 /// The messages of a well-formed stream (replies this process encoded).
@@ -888,10 +907,11 @@ impl<P: Platform> State<P> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(0) => return self.close(id, "end of file"),
                 Ok(n) => {
-                    if !self.feed(id, &buf[..n]) {
+                    let answered = self.answer_snapshot_reads(id, &buf[..n]);
+                    if !self.clients.contains_key(&id) || (answered < n && !self.feed(id, &buf[answered..n])) {
                         return;
                     }
-                    if self.promote_readers && self.core.request_mix(id).is_some_and(|m| m.mostly_reads()) && !self.promote.contains(&id) {
+                    if self.loop_snapshot_reads && self.core.request_mix(id).is_some_and(|m| m.mostly_reads()) && !self.promote.contains(&id) {
                         self.promote.push(id);
                     }
                     if n < buf.len() {
@@ -902,6 +922,30 @@ impl<P: Platform> State<P> {
                 Err(e) => return self.close(id, &e.to_string()),
             }
         }
+    }
+
+    /// Single mode: answers the plain reads at the start of `bytes` from
+    /// the published snapshot when nothing of the client's is ahead of
+    /// them (as a client thread does, `answer_reads`). Returns the bytes
+    /// used.
+    fn answer_snapshot_reads(&mut self, id: ConnId, bytes: &[u8]) -> usize {
+        if !self.core.idle(id) {
+            return 0;
+        }
+        let Some(client) = self.clients.get(&id) else { return 0 };
+        let Some(reader) = &client.reader else { return 0 };
+        let (used, stuck) = send_snapshot_replies(&client.stream, &client.lane, reader, bytes, &mut self.snapshot_out);
+        if self.snapshot_out.capacity() > CLIENT_BUF {
+            // A burst's buffer is not kept.
+            self.snapshot_out = Vec::new();
+        }
+        self.core.count_snapshot_reads(id, split_messages(&bytes[..used]).count());
+        match stuck {
+            None => {}
+            Some(Ok(())) => self.flush(id),
+            Some(Err(e)) => self.close(id, &e.to_string()),
+        }
+        used
     }
 
     /// Sends what every connection has waiting: output left to the main

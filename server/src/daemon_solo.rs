@@ -313,7 +313,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let id = side.id;
         let mut snapshot = {
             let state = shared.state.lock();
-            if state.promote_readers { state.core.reader(id) } else { None }
+            if state.loop_snapshot_reads { state.core.reader(id) } else { None }
         };
         let mut replies = Vec::new();
         loop {

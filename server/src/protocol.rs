@@ -330,6 +330,22 @@ impl<P: Platform> Core<P> {
         self.conns.get(&id).map(|c| c.mix)
     }
 
+    /// Counts `n` plain reads a frontend answered from the snapshot.
+    pub fn count_snapshot_reads(&mut self, id: ConnId, n: usize) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            for _ in 0..n {
+                conn.mix.add(true);
+            }
+        }
+    }
+
+    /// Whether a connection's output queue is empty and no part of a
+    /// request waits in its decoder: a reply made outside the core may
+    /// then go out next without overtaking anything.
+    pub fn idle(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.out.is_empty() && c.decoder.buffered() == 0)
+    }
+
     pub fn reader(&self, id: ConnId) -> Option<(Reader, FrameTracker)> {
         let conn = self.conns.get(&id)?;
         let reader = Reader::for_caller(Arc::clone(&self.store), conn.caller)?;
