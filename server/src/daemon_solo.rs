@@ -330,6 +330,15 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                 }
                 _ => 0,
             };
+            if got.as_ref().is_ok_and(|n| *n > 0 && *n == answered) {
+                // Only reads, answered: the core has nothing new, so only
+                // the run's deadline can have changed.
+                *served += 1;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(End::Loop);
+                }
+                continue;
+            }
             let mut state = shared.state.lock();
             let open = match got {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -339,7 +348,6 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                     state.close(id, "end of file");
                     false
                 }
-                Ok(n) if n == answered => true,
                 Ok(n) => state.feed(id, &buf[answered..n]),
                 Err(e) => {
                     state.close(id, &e.to_string());
