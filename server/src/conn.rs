@@ -379,3 +379,36 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod mix_tests {
+    use super::RequestMix;
+    use wire::{Header, Op};
+
+    fn header(op: Op, tx_id: u32) -> Header {
+        Header { msg_type: op as u32, req_id: 0, tx_id, len: 0 }
+    }
+
+    #[test]
+    fn a_window_of_three_in_four_plain_reads_makes_a_reader() {
+        let mut mix = RequestMix::default();
+        for i in 0..RequestMix::WINDOW {
+            assert!(!mix.mostly_reads(), "decided before the window is full ({i})");
+            mix.count(&header(if i % 4 == 0 { Op::Write } else { Op::Read }, 0));
+        }
+        assert!(mix.mostly_reads());
+        // The next full window decides again: reads in a transaction are
+        // not plain reads.
+        for i in 0..RequestMix::WINDOW {
+            mix.count(&header(if i % 2 == 0 { Op::Directory } else { Op::GetPerms }, 7));
+        }
+        assert!(!mix.mostly_reads());
+        for _ in 0..RequestMix::WINDOW / 4 * 3 - 1 {
+            mix.add(true);
+        }
+        for _ in 0..RequestMix::WINDOW / 4 + 1 {
+            mix.add(false);
+        }
+        assert!(!mix.mostly_reads(), "one read short");
+    }
+}

@@ -158,9 +158,10 @@ struct Args {
     no_rings: bool,
 
     /// Serve each socket client from a thread of its own instead of the
-    /// main event loop: faster for many busy dom0 tools on several cores,
-    /// slower for bootstorms with watchers (ignored with --durability
-    /// commit, whose group commit needs the loop).
+    /// main event loop (which already hands clients that mostly read to
+    /// threads of their own): costs a bootstorm with watchers CPU and
+    /// memory (ignored with --durability commit, whose group commit needs
+    /// the loop).
     #[arg(long = "socket-threads")]
     socket_threads: bool,
 
