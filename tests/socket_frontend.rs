@@ -426,3 +426,38 @@ fn a_reader_handed_to_a_thread_keeps_its_conversation() {
     assert!(admin.read("/r/k").expect("read after the reader left").is_ok());
     assert!(!d.log().contains("panicked"), "{}", d.log());
 }
+
+/// A lone client (in a solo run) that sends a burst of reads in one
+/// write, whose replies are far more than its socket holds, gets them all
+/// once it reads: the run hands the rest to the poll.
+#[test]
+fn a_lone_clients_burst_of_reads_larger_than_its_socket_arrives_whole() {
+    let Some(d) = start(&[]) else { return };
+    let big = vec![b'b'; 4000];
+    let mut lone = d.connect();
+    lone.set_reply_timeout(Duration::from_secs(10));
+    assert!(lone.write("/big", &big).expect("write").is_ok());
+    // Alone long enough for a run to start.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(100) {
+        assert!(lone.write("/small", "x").expect("write").is_ok());
+    }
+    // Bursts of every size around what the socket holds (about 200 kB):
+    // in some, the socket fills on the last of the replies.
+    for round in 0..60u32 {
+        let count = 20 + round;
+        let mut burst = Vec::new();
+        for i in 0..count {
+            wire::encode(Op::Read, i, 0, b"/big\0", &mut burst);
+        }
+        // Nothing is read while the burst is answered.
+        lone.send_raw(&burst).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+        let got = replies_in_order(&mut lone, count);
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(m.header.req_id, i as u32, "round {round}: replies in request order");
+            assert!(m.payload == big, "round {round}: reply {i} has {} bytes", m.payload.len());
+        }
+    }
+    assert!(lone.read("/small").expect("read").is_ok());
+}

@@ -271,11 +271,13 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             }
             (stream, Arc::clone(&client.lane))
         };
-        let blocking = stream.set_nonblocking(false).and_then(|()| stream.set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1)))));
+        let blocking = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1)))))
+            .and_then(|()| self.solo.arm());
         let mut served = 0u64;
         let end = match blocking {
             Ok(()) => {
-                self.solo.arm()?;
                 // (The gate is a live update's, which never starts in a run.)
                 let side = ClientSide { id, stream: Arc::clone(&stream), gate: Arc::default(), lane };
                 let end = self.solo_turns(&shared, &side, buf, deadline, &mut served);
@@ -285,6 +287,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             }
             Err(e) => {
                 tracing::debug!(conn = id.0, "no solo run: {e}");
+                // Counts as a short run: the next try waits longer.
+                self.solo.disarm(0);
                 Ok(End::Loop)
             }
         };
@@ -330,7 +334,11 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                 }
                 _ => 0,
             };
-            if got.as_ref().is_ok_and(|n| *n > 0 && *n == answered) {
+            // (Unless the socket was full or failed: the loop must poll it.)
+            if got.as_ref().is_ok_and(|n| *n > 0 && *n == answered) && {
+                let out = side.lane.out.lock();
+                !out.backlog && !out.closed
+            } {
                 // Only reads, answered: the core has nothing new, so only
                 // the run's deadline can have changed.
                 *served += 1;
