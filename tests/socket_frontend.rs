@@ -384,6 +384,18 @@ fn a_reader_handed_to_a_thread_keeps_its_conversation() {
     reader.set_reply_timeout(Duration::from_secs(10));
     assert!(reader.watch("/r", "w").expect("watch").is_ok());
     assert!(reader.next_event(Duration::from_secs(5)).is_some(), "the initial event");
+    // A busy neighbour, so that the reader is never alone (a lone client
+    // gets a solo run rather than a thread).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let neighbour = {
+        let mut c = d.connect();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                assert!(c.write("/neighbour", "x").expect("neighbour's write").is_ok());
+            }
+        })
+    };
     // Pipelined reads, three windows' worth, with a write of the reader's
     // own in the middle: replies come in order and see the write.
     let count = 800u32;
@@ -396,6 +408,8 @@ fn a_reader_handed_to_a_thread_keeps_its_conversation() {
     });
     let got = replies_in_order(&mut reader, count + 1);
     sender.join().expect("sender");
+    stop.store(true, Ordering::Relaxed);
+    neighbour.join().expect("neighbour");
     let replies: Vec<_> = got.iter().filter(|m| m.header.op() != Some(Op::WatchEvent)).collect();
     assert_eq!(replies.len(), count as usize, "one watch event among the replies");
     for (i, m) in replies.iter().enumerate() {
@@ -460,4 +474,56 @@ fn a_lone_clients_burst_of_reads_larger_than_its_socket_arrives_whole() {
         }
     }
     assert!(lone.read("/small").expect("read").is_ok());
+}
+
+/// Default mode, both adaptations at once: a reader handed to a thread
+/// of its own goes on writing now and then while another client, alone in
+/// the loop, is served in a solo run. Every request of both is answered
+/// (the reader's writes go through the core's lock, which the solo run
+/// takes and gives back every request).
+#[test]
+fn a_readers_writes_are_served_while_another_client_runs_solo() {
+    let Some(d) = start(&["--log-level", "debug"]) else { return };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The writer is busy from the start, so that the reader is never
+    // alone (a lone client is served in a solo run, not handed over).
+    let writer = {
+        let mut c = d.connect();
+        c.set_reply_timeout(Duration::from_secs(10));
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                assert!(c.write("/mixed/solo", n.to_string()).expect("writer's write").is_ok());
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut reader = d.connect();
+    reader.set_reply_timeout(Duration::from_secs(10));
+    assert!(reader.write("/mixed/r", "0").expect("write").is_ok());
+    for _ in 0..600 {
+        assert!(reader.read("/mixed/r").expect("read").is_ok());
+    }
+    let started = Instant::now();
+    while !d.log().contains("a reader: served by a thread of its own") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no hand-over:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Now the writer is alone in the loop: its solo run starts.
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..300 {
+        let value = i.to_string();
+        assert!(reader.write("/mixed/r", &value).expect("reader's write").is_ok(), "write {i}");
+        assert_eq!(reader.read("/mixed/r").expect("reader's read").ok(), Some(value.as_bytes()), "read {i}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.join().expect("writer") > 0);
+    // (The run ends, and says so, when the writer's end is read.)
+    let started = Instant::now();
+    while !d.log().contains("solo run ended") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no solo run:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

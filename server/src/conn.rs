@@ -189,7 +189,8 @@ pub struct Conn {
 /// window of [`RequestMix::WINDOW`] requests, three in four were reads
 /// outside a transaction (READ, DIRECTORY, GET_PERMS with transaction 0),
 /// which a frontend can answer from the published snapshot without the
-/// core.
+/// core. (Reads answered during a solo run are not counted: a client
+/// alone is served best where it is.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RequestMix {
     requests: u32,

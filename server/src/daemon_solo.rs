@@ -305,7 +305,10 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             }
         }
         end?;
-        Ok(self.poll_timeout(&state))
+        let timeout = self.poll_timeout(&state);
+        drop(state);
+        shared.combine();
+        Ok(timeout)
     }
 
     /// The requests of a solo run, one `recv` each.
@@ -380,6 +383,10 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             {
                 return Ok(End::Loop);
             }
+            // Input a client thread left while the lock was held (the
+            // thread went back to its `recv`: whoever unlocks serves it).
+            drop(state);
+            shared.combine();
         }
     }
 }
