@@ -294,7 +294,7 @@ fn a_lone_client_gives_way_at_once_and_keeps_its_order() {
     let Some(d) = start(&["--log-level", "debug"]) else { return };
     let mut lone = d.connect();
     lone.set_reply_timeout(Duration::from_secs(10));
-    let mut write_read = |c: &mut Client, round: &str, count: u32| {
+    let write_read = |c: &mut Client, round: &str, count: u32| {
         for i in 0..count {
             let path = format!("/lone/{round}/k{i}");
             let value = format!("{round}-{i}");

@@ -187,9 +187,9 @@ pub struct Conn {
 
 /// The mix of a connection's recent requests: whether, in its last full
 /// window of [`RequestMix::WINDOW`] requests, three in four were reads
-/// outside a transaction (READ, DIRECTORY, GET_PERMS with transaction 0),
-/// which a frontend can answer from the published snapshot without the
-/// core. (Reads answered during a solo run are not counted: a client
+/// outside a transaction (READ, DIRECTORY, DIRECTORY_PART, GET_PERMS with
+/// transaction 0, as [`crate::ops::is_read`] says), which a frontend can
+/// answer from the published snapshot without the core. (Reads answered during a solo run are not counted: a client
 /// alone is served best where it is.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RequestMix {
@@ -202,7 +202,7 @@ impl RequestMix {
     pub const WINDOW: u32 = 256;
 
     pub(crate) fn count(&mut self, header: &wire::Header) {
-        self.add(header.tx_id == 0 && matches!(header.op(), Some(wire::Op::Read | wire::Op::Directory | wire::Op::GetPerms)));
+        self.add(header.tx_id == 0 && header.op().is_some_and(crate::ops::is_read));
     }
 
     /// One request, a plain read or not.

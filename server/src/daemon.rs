@@ -149,7 +149,7 @@ struct Client {
     /// loop as a reader), not by the poll.
     threaded: bool,
     /// Single mode: answers the client's leading plain reads from the
-    /// published snapshot (privileged clients, `loop_snapshot_reads`).
+    /// published snapshot (privileged clients, [`State::loop_snapshot_reads`]).
     reader: Option<Reader>,
 }
 
@@ -206,12 +206,6 @@ pub(crate) struct State<P: Platform> {
     /// threaded mode without a trace file (whose lines the core's callers
     /// write).
     snapshot_reads: bool,
-    /// Single mode: plain reads at the start of what a client sent are
-    /// answered from the published snapshot, and clients that ask mostly
-    /// reads get a thread of their own ([`crate::conn::RequestMix`]); not
-    /// with a trace file (whose lines the core's callers write), nor with
-    /// group commit (a snapshot read could show what is not durable yet).
-    loop_snapshot_reads: bool,
     /// Snapshot replies being built (kept for its allocation).
     snapshot_out: Vec<u8>,
     /// Clients found to be readers this turn, promoted at its end.
@@ -289,7 +283,6 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let mut core = core;
         let rings = rings::RingState::register(&poll, &mut core)?;
         core.set_live_update_file_check(crate::live_update_exec::check_binary);
-        let untraced = trace.is_none();
         let state = State {
             core,
             clients: HashMap::default(),
@@ -304,7 +297,6 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             through: Vec::new(),
             dirty_ids: Vec::new(),
             snapshot_reads: false,
-            loop_snapshot_reads: untraced,
             snapshot_out: Vec::new(),
             promote: Vec::new(),
         };
@@ -329,7 +321,6 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let mut state = self.shared.state.lock();
         state.threaded = threaded;
         state.snapshot_reads = threaded && state.trace.is_none();
-        state.loop_snapshot_reads = !threaded && state.trace.is_none() && state.persistence.as_ref().is_none_or(|p| !p.group_commit());
     }
 
     /// Journals every change to `p` (see [`crate::persistence`]): in commit
@@ -337,11 +328,10 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// and the sockets are served from the main loop so that one `fsync`
     /// covers a whole turn's requests.
     pub fn set_persistence(&mut self, p: Persistence) {
-        let group_commit = p.group_commit();
-        self.shared.state.lock().persistence = Some(p);
-        if group_commit {
+        if p.group_commit() {
             self.set_socket_threads(false);
         }
+        self.shared.state.lock().persistence = Some(p);
     }
 
     pub fn core(&self) -> MappedMutexGuard<'_, Core<P>> {
@@ -427,11 +417,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             // (What client threads do after this wakes the loop if it
             // changes the timeout: rings made ready, a live update.)
             timeout = self.poll_timeout(&state);
-            let solo = self.solo.note_poll(alone.filter(|_| count == 1))
-                && !due
-                && state.fatal.is_none()
-                && !state.rings.has_ready()
-                && !state.core.live_update_pending();
+            let solo = self.solo.note_poll(alone.filter(|_| count == 1)) && !state.loop_needed();
             drop(state);
             shared.combine();
             if due {
@@ -487,7 +473,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             stream.set_nonblocking(true)?;
             let fd = stream.as_raw_fd();
             state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)?;
-            let reader = state.loop_snapshot_reads.then(|| state.core.reader(id)).flatten().map(|(reader, _)| reader);
+            let reader = state.loop_snapshot_reads().then(|| state.core.reader(id)).flatten().map(|(reader, _)| reader);
             state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: false, reader });
             return Ok(());
         }
@@ -542,10 +528,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             }
             Err(e) => {
                 tracing::debug!(conn = id.0, "stays in the loop: {e}");
-                let back = stream.set_nonblocking(true).and_then(|()| state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE));
-                if let Err(e) = back {
-                    state.close(id, &format!("cannot poll the socket again: {e}"));
-                }
+                state.poll_again(id, &stream);
             }
         }
     }
@@ -712,13 +695,10 @@ fn answer_reads<P: Platform>(shared: &Shared<P>, me: &ClientSide, reader: &Reade
         return 0;
     }
     let (used, stuck) = send_snapshot_replies(&me.stream, &me.lane, reader, bytes, replies);
-    match stuck {
-        None => return used,
-        // The holder of the lock flushes the rest (and sets `backlog`).
-        Some(Ok(())) => shared.state.lock().flush(me.id),
-        Some(Err(e)) => shared.state.lock().close(me.id, &e.to_string()),
+    if let Some(stuck) = stuck {
+        shared.state.lock().snapshot_send_stopped(me.id, stuck);
+        shared.combine();
     }
-    shared.combine();
     used
 }
 
@@ -911,7 +891,7 @@ impl<P: Platform> State<P> {
                     if !self.clients.contains_key(&id) || (answered < n && !self.feed(id, &buf[answered..n])) {
                         return;
                     }
-                    if self.loop_snapshot_reads && self.core.request_mix(id).is_some_and(|m| m.mostly_reads()) && !self.promote.contains(&id) {
+                    if self.loop_snapshot_reads() && self.core.request_mix(id).is_some_and(|m| m.mostly_reads()) && !self.promote.contains(&id) {
                         self.promote.push(id);
                     }
                     if n < buf.len() {
@@ -940,12 +920,53 @@ impl<P: Platform> State<P> {
             self.snapshot_out = Vec::new();
         }
         self.core.count_snapshot_reads(id, split_messages(&bytes[..used]).count());
-        match stuck {
-            None => {}
-            Some(Ok(())) => self.flush(id),
-            Some(Err(e)) => self.close(id, &e.to_string()),
+        if let Some(stuck) = stuck {
+            self.snapshot_send_stopped(id, stuck);
         }
         used
+    }
+
+    /// After [`send_snapshot_replies`] stopped: the holder of the lock
+    /// flushes the rest (which asks the poll for room) or closes the
+    /// connection.
+    fn snapshot_send_stopped(&mut self, id: ConnId, stuck: io::Result<()>) {
+        match stuck {
+            Ok(()) => self.flush(id),
+            Err(e) => self.close(id, &e.to_string()),
+        }
+    }
+
+    /// Single mode: plain reads at the start of what a client sent are
+    /// answered from the published snapshot, and clients that ask mostly
+    /// reads get a thread of their own ([`crate::conn::RequestMix`]); not
+    /// with a trace file (whose lines the core's callers write), nor with
+    /// group commit (a snapshot read could show what is not durable yet).
+    fn loop_snapshot_reads(&self) -> bool {
+        !self.threaded && self.trace.is_none() && self.persistence.as_ref().is_none_or(|p| !p.group_commit())
+    }
+
+    /// Something only the main loop's turn handles: a fatal error, rings
+    /// ready to serve, a live update pending. (No solo run starts, or
+    /// goes on, then.)
+    fn loop_needed(&self) -> bool {
+        self.fatal.is_some() || self.rings.has_ready() || self.core.live_update_pending()
+    }
+
+    /// Puts a socket the loop had let go of (a solo run's, a failed
+    /// hand-over's) back in the poll, non-blocking and without a receive
+    /// timeout; closes the client if that fails. True if it is back.
+    fn poll_again(&mut self, id: ConnId, stream: &StdUnixStream) -> bool {
+        let back = stream
+            .set_read_timeout(None)
+            .and_then(|()| stream.set_nonblocking(true))
+            .and_then(|()| self.registry.register(&mut SourceFd(&stream.as_raw_fd()), Token(id.0 as usize), Interest::READABLE));
+        match back {
+            Ok(()) => true,
+            Err(e) => {
+                self.close(id, &format!("cannot poll the socket again: {e}"));
+                false
+            }
+        }
     }
 
     /// Sends what every connection has waiting: output left to the main

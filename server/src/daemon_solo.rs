@@ -32,7 +32,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Interest, Token};
 use parking_lot::{Condvar, Mutex};
 
 use super::{ClientSide, Daemon, Shared, answer_reads, recv_blocking};
@@ -293,16 +292,9 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             }
         };
         let mut state = shared.state.lock();
-        if matches!(end, Ok(End::Loop)) && state.clients.contains_key(&id) {
-            let back = stream
-                .set_read_timeout(None)
-                .and_then(|()| stream.set_nonblocking(true))
-                .and_then(|()| state.registry.register(&mut SourceFd(&stream.as_raw_fd()), Token(id.0 as usize), Interest::READABLE));
-            match back {
-                // Output the socket did not take waits for writability now.
-                Ok(()) => state.flush(id),
-                Err(e) => state.close(id, &format!("cannot poll the socket again: {e}")),
-            }
+        if matches!(end, Ok(End::Loop)) && state.clients.contains_key(&id) && state.poll_again(id, &stream) {
+            // Output the socket did not take waits for writability now.
+            state.flush(id);
         }
         end?;
         let timeout = self.poll_timeout(&state);
@@ -320,7 +312,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let id = side.id;
         let mut snapshot = {
             let state = shared.state.lock();
-            if state.loop_snapshot_reads { state.core.reader(id) } else { None }
+            if state.loop_snapshot_reads() { state.core.reader(id) } else { None }
         };
         let mut replies = Vec::new();
         loop {
@@ -374,13 +366,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             // A timer sooner than the run's deadline, or the deadline.
             let sooner = self.poll_timeout(&state).is_some_and(|t| deadline.is_none_or(|d| now + t + Duration::from_millis(1) < d));
             let backlog = state.clients.get(&id).is_some_and(|c| c.lane.out.lock().backlog);
-            if sooner
-                || deadline.is_some_and(|d| now >= d)
-                || backlog
-                || state.fatal.is_some()
-                || state.rings.has_ready()
-                || state.core.live_update_pending()
-            {
+            if sooner || deadline.is_some_and(|d| now >= d) || backlog || state.loop_needed() {
                 return Ok(End::Loop);
             }
             // Input a client thread left while the lock was held (the

@@ -321,10 +321,6 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// Answers a connection's non-transactional reads outside the core, if
-    /// they depend on the tree alone (a privileged caller's): see
-    /// [`Reader`]. Also returns where the connection's input stands, so
-    /// that the caller can tell which later bytes start a request.
     /// What a connection has asked so far.
     pub fn request_mix(&self, id: ConnId) -> Option<crate::conn::RequestMix> {
         self.conns.get(&id).map(|c| c.mix)
@@ -346,6 +342,10 @@ impl<P: Platform> Core<P> {
         self.conns.get(&id).is_some_and(|c| c.out.is_empty() && c.decoder.buffered() == 0)
     }
 
+    /// Answers a connection's non-transactional reads outside the core, if
+    /// they depend on the tree alone (a privileged caller's): see
+    /// [`Reader`]. Also returns where the connection's input stands, so
+    /// that the caller can tell which later bytes start a request.
     pub fn reader(&self, id: ConnId) -> Option<(Reader, FrameTracker)> {
         let conn = self.conns.get(&id)?;
         let reader = Reader::for_caller(Arc::clone(&self.store), conn.caller)?;

@@ -502,17 +502,17 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                     }
                     // Includes the watchers' last events and the clients'
                     // disconnects; the clock ticks in 10 ms.
-                    match (&cpu_before, d.cpu_times()) {
-                        (Ok((u0, s0)), Ok((u1, s1))) => {
+                    let cpu = match (&cpu_before, d.cpu_times()) {
+                        (Ok(before), Ok(after)) => Ok((*before, after)),
+                        (Err(e), _) => Err(e.to_string()),
+                        (_, Err(e)) => Err(e.to_string()),
+                    };
+                    match cpu {
+                        Ok(((u0, s0), (u1, s1))) => {
                             r.sheet.set(cpu_user, kind, Cell::Num(u1 - u0));
                             r.sheet.set(cpu_sys, kind, Cell::Num(s1 - s0));
                         }
-                        (Err(e), _) => {
-                            for m in [cpu_user, cpu_sys] {
-                                r.sheet.set(m, kind, Cell::Text(format!("? ({e})")));
-                            }
-                        }
-                        (_, Err(e)) => {
+                        Err(e) => {
                             for m in [cpu_user, cpu_sys] {
                                 r.sheet.set(m, kind, Cell::Text(format!("? ({e})")));
                             }
