@@ -14,7 +14,12 @@ use engine::{DomId, Path, Perms, Snapshot, Store, TreeEntry};
 /// A tree shaped like a host's: /local/domain/<d>/<k> with 100 keys a domain.
 fn tree(nodes: usize) -> Store {
     let perms = Perms::owned_by(DomId(0));
-    let entry = |path: String| TreeEntry { path: Path::new(&path).expect("valid"), value: b"value".to_vec(), perms: perms.clone(), generation: 1 };
+    let entry = |path: String| TreeEntry {
+        path: Path::new(&path).expect("valid"),
+        value: b"value".to_vec(),
+        perms: perms.clone(),
+        generation: 1,
+    };
     let mut entries = vec![entry("/".into()), entry("/local".into()), entry("/local/domain".into())];
     let domains = nodes.div_ceil(101);
     'outer: for d in 0..domains {

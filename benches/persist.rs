@@ -11,7 +11,12 @@ use persist::{State, StateDir};
 
 fn state(nodes: usize) -> State {
     let perms = Perms::owned_by(DomId(0));
-    let entry = |path: String| TreeEntry { path: Path::new(&path).expect("valid"), value: b"value".to_vec(), perms: perms.clone(), generation: 1 };
+    let entry = |path: String| TreeEntry {
+        path: Path::new(&path).expect("valid"),
+        value: b"value".to_vec(),
+        perms: perms.clone(),
+        generation: 1,
+    };
     let mut entries = vec![entry("/".into()), entry("/local".into()), entry("/local/domain".into())];
     'outer: for d in 0.. {
         entries.push(entry(format!("/local/domain/{d}")));
@@ -37,7 +42,9 @@ fn bench(c: &mut Criterion) {
             b.iter(|| StateDir::write_checkpoint(dir.path(), st, 1).expect("write"))
         });
         let sd = StateDir::open(dir.path()).expect("open");
-        group.bench_function(BenchmarkId::new("load", size), |b| b.iter_with_large_drop(|| sd.load().expect("load").expect("state")));
+        group.bench_function(BenchmarkId::new("load", size), |b| {
+            b.iter_with_large_drop(|| sd.load().expect("load").expect("state"))
+        });
     }
     group.finish();
 }

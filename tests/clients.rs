@@ -19,11 +19,7 @@ fn xen_tool() -> PathBuf {
 
 /// Runs a Xen client program against `d`; `None` if the tools cannot be had.
 fn tool(d: &Daemon, args: &[&str]) -> Option<Output> {
-    let out = Command::new(xen_tool())
-        .args(args)
-        .env("XENSTORED_PATH", d.socket())
-        .output()
-        .expect("run xen-tool");
+    let out = Command::new(xen_tool()).args(args).env("XENSTORED_PATH", d.socket()).output().expect("run xen-tool");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && (stderr.contains("apt-get") || stderr.contains("not found")) {
         assert!(!required(), "{} is required (XS_REQUIRE) but unavailable: {stderr}", args[0]);
@@ -107,5 +103,9 @@ fn pyxs_smoke() {
         .output()
         .expect("run python3");
     let text = stdout(&out);
-    assert!(out.status.success() && text.contains(" 0 failed"), "pyxs_smoke:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains(" 0 failed"),
+        "pyxs_smoke:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -23,9 +23,7 @@
 use std::time::Duration;
 
 use rxenstored_suite::daemon::{Daemon, Kind};
-use rxenstored_suite::harness::{
-    args, each_daemon, err, ev, expect, expect_ok, ok, okk, show, show_events,
-};
+use rxenstored_suite::harness::{args, each_daemon, err, ev, expect, expect_ok, ok, okk, show, show_events};
 use wire::{Header, Op, client::Client};
 
 /// Whether `d` is Debian's Xen 4.17 C daemon, whose behaviour differs from
@@ -42,11 +40,7 @@ const SHORT: Duration = Duration::from_millis(100);
 fn no_events(c: &mut Client, what: &str) {
     c.sync().expect("sync round trip");
     let evs = c.take_events();
-    assert!(
-        evs.is_empty(),
-        "{what}: unexpected events {:?}",
-        show_events(&evs)
-    );
+    assert!(evs.is_empty(), "{what}: unexpected events {:?}", show_events(&evs));
     assert_eq!(c.next_event(SHORT), None, "{what}: unexpected late event");
 }
 
@@ -61,11 +55,7 @@ fn events(c: &mut Client) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn watch(c: &mut Client, path: &str, token: &str) {
     expect(c.watch(path, token), okk(), format!("WATCH {path} {token}"));
     let e = c.next_event(Duration::from_secs(5));
-    assert_eq!(
-        e,
-        Some(ev(path, token)),
-        "initial event of WATCH {path} {token}"
-    );
+    assert_eq!(e, Some(ev(path, token)), "initial event of WATCH {path} {token}");
 }
 
 // ---------------------------------------------------------------------
@@ -76,46 +66,21 @@ fn watch(c: &mut Client, path: &str, token: &str) {
 fn l01_reply_echoes_header() {
     each_daemon(|d| {
         let mut c = d.connect();
-        let m = c
-            .request_msg(Op::Read.code(), 0xDEAD_BEEF, 0, b"/\0")
-            .expect("READ /");
-        assert_eq!(
-            (m.header.msg_type, m.header.req_id, m.header.tx_id),
-            (2, 0xDEAD_BEEF, 0)
-        );
+        let m = c.request_msg(Op::Read.code(), 0xDEAD_BEEF, 0, b"/\0").expect("READ /");
+        assert_eq!((m.header.msg_type, m.header.req_id, m.header.tx_id), (2, 0xDEAD_BEEF, 0));
         assert_eq!(m.header.len as usize, m.payload.len());
 
         let tx = c.start_tx().expect("start tx");
-        let m = c
-            .request_msg(Op::Write.code(), 0xCAFE_F00D, tx, b"/l01\0v")
-            .expect("WRITE in tx");
-        assert_eq!(
-            m.header,
-            Header {
-                msg_type: 11,
-                req_id: 0xCAFE_F00D,
-                tx_id: tx,
-                len: 3
-            }
-        );
+        let m = c.request_msg(Op::Write.code(), 0xCAFE_F00D, tx, b"/l01\0v").expect("WRITE in tx");
+        assert_eq!(m.header, Header { msg_type: 11, req_id: 0xCAFE_F00D, tx_id: tx, len: 3 });
         assert_eq!(m.payload, b"OK\0");
         // an error reply echoes the ids too
-        let m = c
-            .request_msg(Op::Read.code(), 0x1234_5678, tx, b"/l01/none\0")
-            .expect("READ missing in tx");
-        assert_eq!(
-            (m.header.msg_type, m.header.req_id, m.header.tx_id),
-            (16, 0x1234_5678, tx)
-        );
+        let m = c.request_msg(Op::Read.code(), 0x1234_5678, tx, b"/l01/none\0").expect("READ missing in tx");
+        assert_eq!((m.header.msg_type, m.header.req_id, m.header.tx_id), (16, 0x1234_5678, tx));
         assert_eq!(m.payload, b"ENOENT\0");
         // WATCH ignores tx_id but [C] echoes the request header (§1.4)
-        let m = c
-            .request_msg(Op::Watch.code(), 77, tx, b"/l01\0t\0")
-            .expect("WATCH with tx");
-        assert_eq!(
-            (m.header.msg_type, m.header.req_id, m.header.tx_id),
-            (4, 77, tx)
-        );
+        let m = c.request_msg(Op::Watch.code(), 77, tx, b"/l01\0t\0").expect("WATCH with tx");
+        assert_eq!((m.header.msg_type, m.header.req_id, m.header.tx_id), (4, 77, tx));
         assert_eq!(m.payload, b"OK\0");
     });
 }
@@ -135,11 +100,7 @@ fn l02_ok_replies() {
         expect(c.transaction_end(tx, true), okk(), "TRANSACTION_END T");
         let tx = c.start_tx().expect("start");
         expect(c.transaction_end(tx, false), okk(), "TRANSACTION_END F");
-        expect(
-            c.request(Op::ResetWatches, 0, b"\0"),
-            okk(),
-            "RESET_WATCHES",
-        );
+        expect(c.request(Op::ResetWatches, 0, b"\0"), okk(), "RESET_WATCHES");
     });
 }
 
@@ -149,18 +110,8 @@ fn l03_error_reply_format() {
     each_daemon(|d| {
         let mut c = d.connect();
         expect(c.mkdir("/l03"), okk(), "MKDIR /l03");
-        let m = c
-            .request_msg(Op::Read.code(), 9, 0, b"/l03/missing\0")
-            .expect("READ");
-        assert_eq!(
-            m.header,
-            Header {
-                msg_type: 16,
-                req_id: 9,
-                tx_id: 0,
-                len: 7
-            }
-        );
+        let m = c.request_msg(Op::Read.code(), 9, 0, b"/l03/missing\0").expect("READ");
+        assert_eq!(m.header, Header { msg_type: 16, req_id: 9, tx_id: 0, len: 7 });
         assert_eq!(m.payload, b"ENOENT\0");
     });
 }
@@ -170,18 +121,9 @@ fn l03_error_reply_format() {
 fn l04_unknown_types_enosys() {
     each_daemon(|d| {
         let mut c = d.connect();
-        for (i, t) in [15u32, 16, 20, 27, 28, 100, 65535, u32::MAX]
-            .into_iter()
-            .enumerate()
-        {
-            let m = c
-                .request_msg(t, 100 + i as u32, 0, b"/\0")
-                .expect("request");
-            assert_eq!(
-                (m.header.msg_type, m.header.req_id),
-                (16, 100 + i as u32),
-                "type {t}"
-            );
+        for (i, t) in [15u32, 16, 20, 27, 28, 100, 65535, u32::MAX].into_iter().enumerate() {
+            let m = c.request_msg(t, 100 + i as u32, 0, b"/\0").expect("request");
+            assert_eq!((m.header.msg_type, m.header.req_id), (16, 100 + i as u32), "type {t}");
             assert_eq!(m.payload, b"ENOSYS\0", "type {t}: {}", show(&m.payload));
         }
         // the connection is still usable
@@ -196,38 +138,21 @@ fn l05_oversize_request_closes() {
     each_daemon(|d| {
         let mut other = d.connect();
         let mut c = d.connect();
-        let h = Header {
-            msg_type: Op::Write.code(),
-            req_id: 1,
-            tx_id: 0,
-            len: 4097,
-        };
+        let h = Header { msg_type: Op::Write.code(), req_id: 1, tx_id: 0, len: 4097 };
         c.send_raw(&h.to_bytes()).expect("send header");
         let _ = c.send_raw(b"/l05\0v");
         match c.recv_message(Duration::from_secs(5)) {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-                ) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {}
             Ok(Some(m)) => panic!("expected the connection to close, got a reply: {m:?}"),
             Ok(None) => panic!("expected the connection to close within 5 s, it stayed open"),
             Err(e) => panic!("expected EOF, got {e}"),
         }
-        expect(
-            other.read("/l05"),
-            err("ENOENT"),
-            "READ /l05 on another connection",
-        );
+        expect(other.read("/l05"), err("ENOENT"), "READ /l05 on another connection");
         expect(d.connect().read("/"), ok(""), "new connection");
         // 4096 is still accepted
         let mut big = b"/l05\0".to_vec();
         big.resize(4096, b'x');
-        expect(
-            other.request(Op::Write, 0, &big),
-            okk(),
-            "WRITE with a 4096-byte payload",
-        );
+        expect(other.request(Op::Write, 0, &big), okk(), "WRITE with a 4096-byte payload");
     });
 }
 
@@ -245,11 +170,7 @@ fn l06_oversize_reply_e2big() {
             want.push(0);
         }
         assert_eq!(want.len(), 4096);
-        expect(
-            c.directory("/l06"),
-            ok(&want),
-            "DIRECTORY of exactly 4096 bytes",
-        );
+        expect(c.directory("/l06"), ok(&want), "DIRECTORY of exactly 4096 bytes");
         expect(c.mkdir("/l06/y"), okk(), "MKDIR one more");
         expect(c.directory("/l06"), err("E2BIG"), "DIRECTORY of 4098 bytes");
     });
@@ -271,21 +192,13 @@ fn l07_onearg_rule() {
                 _ => "ENOENT",
             };
             for bad in [&b"/a"[..], b"/a\0\0", b"/a\0b\0", b"\0/a\0", b""] {
-                expect(
-                    c.request(op, 0, bad),
-                    err(want),
-                    format!("{op} {}", show(bad)),
-                );
+                expect(c.request(op, 0, bad), err(want), format!("{op} {}", show(bad)));
             }
         }
         if !c417(d) {
             // (4.17 did not validate GET_DOMAIN_PATH's argument at all, see l30.)
             for bad in [&b"7"[..], b"7\0\0", b""] {
-                expect(
-                    c.request(Op::GetDomainPath, 0, bad),
-                    err("EINVAL"),
-                    format!("GET_DOMAIN_PATH {}", show(bad)),
-                );
+                expect(c.request(Op::GetDomainPath, 0, bad), err("EINVAL"), format!("GET_DOMAIN_PATH {}", show(bad)));
             }
         }
         expect(c.read("/a"), ok("v"), "READ /a unchanged");
@@ -299,33 +212,15 @@ fn l08_pipelined_in_order() {
         let mut c = d.connect();
         let mut bytes = Vec::new();
         for i in 0..20u32 {
-            wire::encode(
-                Op::Write,
-                1000 + 2 * i,
-                0,
-                format!("/l08/{i}\0{i}").as_bytes(),
-                &mut bytes,
-            );
-            wire::encode(
-                Op::Read,
-                1001 + 2 * i,
-                0,
-                format!("/l08/{i}\0").as_bytes(),
-                &mut bytes,
-            );
+            wire::encode(Op::Write, 1000 + 2 * i, 0, format!("/l08/{i}\0{i}").as_bytes(), &mut bytes);
+            wire::encode(Op::Read, 1001 + 2 * i, 0, format!("/l08/{i}\0").as_bytes(), &mut bytes);
         }
         c.send_raw(&bytes).expect("send");
         for i in 0..20u32 {
-            let m = c
-                .recv_message(Duration::from_secs(5))
-                .expect("recv")
-                .expect("a reply");
+            let m = c.recv_message(Duration::from_secs(5)).expect("recv").expect("a reply");
             assert_eq!((m.header.msg_type, m.header.req_id), (11, 1000 + 2 * i));
             assert_eq!(m.payload, b"OK\0");
-            let m = c
-                .recv_message(Duration::from_secs(5))
-                .expect("recv")
-                .expect("a reply");
+            let m = c.recv_message(Duration::from_secs(5)).expect("recv").expect("a reply");
             assert_eq!((m.header.msg_type, m.header.req_id), (2, 1001 + 2 * i));
             assert_eq!(m.payload, i.to_string().as_bytes());
         }
@@ -340,21 +235,9 @@ fn l08_pipelined_in_order() {
 fn l09_empty_path() {
     each_daemon(|d| {
         let mut c = d.connect();
-        expect(
-            c.request(Op::Read, 0, b"\0"),
-            err("EINVAL"),
-            "READ empty path",
-        );
-        expect(
-            c.request(Op::Write, 0, b"\0v"),
-            err("EINVAL"),
-            "WRITE empty path",
-        );
-        expect(
-            c.request(Op::Mkdir, 0, b"\0"),
-            err("EINVAL"),
-            "MKDIR empty path",
-        );
+        expect(c.request(Op::Read, 0, b"\0"), err("EINVAL"), "READ empty path");
+        expect(c.request(Op::Write, 0, b"\0v"), err("EINVAL"), "WRITE empty path");
+        expect(c.request(Op::Mkdir, 0, b"\0"), err("EINVAL"), "MKDIR empty path");
     });
 }
 
@@ -380,25 +263,13 @@ fn l11_characters() {
     each_daemon(|d| {
         let mut c = d.connect();
         for p in ["/a.b", "/a b", "/a:b", "/a+b", "/a\u{e9}", "/a\tb", "/a*"] {
-            expect(
-                c.write(p, "x"),
-                err("EINVAL"),
-                format!("WRITE {}", show(p.as_bytes())),
-            );
-            expect(
-                c.read(p),
-                err("EINVAL"),
-                format!("READ {}", show(p.as_bytes())),
-            );
+            expect(c.write(p, "x"), err("EINVAL"), format!("WRITE {}", show(p.as_bytes())));
+            expect(c.read(p), err("EINVAL"), format!("READ {}", show(p.as_bytes())));
         }
         expect(c.write("/a-b_c@d", "v"), okk(), "WRITE /a-b_c@d");
         expect(c.read("/a-b_c@d"), ok("v"), "READ /a-b_c@d");
         expect(c.write("/AZaz09/x@y", "w"), okk(), "WRITE /AZaz09/x@y");
-        expect(
-            c.directory("/"),
-            ok("tool\0a-b_c@d\0AZaz09\0"),
-            "DIRECTORY /",
-        );
+        expect(c.directory("/"), ok("tool\0a-b_c@d\0AZaz09\0"), "DIRECTORY /");
     });
 }
 
@@ -409,11 +280,7 @@ fn l12_relative_paths() {
     each_daemon(|d| {
         let mut c = d.connect();
         expect(c.write("foo", "bar"), okk(), "WRITE foo");
-        expect(
-            c.read("/local/domain/0/foo"),
-            ok("bar"),
-            "READ /local/domain/0/foo",
-        );
+        expect(c.read("/local/domain/0/foo"), ok("bar"), "READ /local/domain/0/foo");
         expect(c.read("foo"), ok("bar"), "READ foo");
         expect(c.write("/local/domain/0/x/y", "z"), okk(), "WRITE absolute");
         expect(c.read("x/y"), ok("z"), "READ x/y");
@@ -438,34 +305,14 @@ fn l14_special_paths() {
         }
         if c417(d) {
             // Xen 4.17 refuses GET_PERMS on the special paths.
-            expect(
-                c.get_perms("@introduceDomain"),
-                err("EINVAL"),
-                "4.17 GET_PERMS @introduceDomain",
-            );
-            expect(
-                c.get_perms("@releaseDomain"),
-                err("EINVAL"),
-                "4.17 GET_PERMS @releaseDomain",
-            );
+            expect(c.get_perms("@introduceDomain"), err("EINVAL"), "4.17 GET_PERMS @introduceDomain");
+            expect(c.get_perms("@releaseDomain"), err("EINVAL"), "4.17 GET_PERMS @releaseDomain");
         } else {
             // §3.4, §4.5: HEAD permissions of the special nodes.
-            expect(
-                c.get_perms("@introduceDomain"),
-                ok("n0\0"),
-                "GET_PERMS @introduceDomain",
-            );
-            expect(
-                c.get_perms("@releaseDomain"),
-                ok("n0\0r32757\0"),
-                "GET_PERMS @releaseDomain",
-            );
+            expect(c.get_perms("@introduceDomain"), ok("n0\0"), "GET_PERMS @introduceDomain");
+            expect(c.get_perms("@releaseDomain"), ok("n0\0r32757\0"), "GET_PERMS @releaseDomain");
         }
-        expect(
-            c.directory("/"),
-            ok("tool\0"),
-            "special nodes are not listed",
-        );
+        expect(c.directory("/"), ok("tool\0"), "special nodes are not listed");
     });
 }
 
@@ -486,39 +333,19 @@ fn l15_priv_long_path() {
             r
         };
         let path = format!("/local/domain/0/{}", rel(2048));
-        expect(
-            c.write(&path, "v"),
-            okk(),
-            "WRITE with a 2048-character checked length",
-        );
+        expect(c.write(&path, "v"), okk(), "WRITE with a 2048-character checked length");
         expect(c.read(&path), ok("v"), "READ it back");
         let path = format!("/local/domain/0/{}", rel(2049));
         let long = format!("/{}", rel(3100));
         if c417(d) {
             // Xen 4.17 applied the 2048 limit (> 2048) to every connection,
             // the privileged one included (§3.3 describes HEAD).
-            expect(
-                c.write(&path, "v"),
-                err("EINVAL"),
-                "4.17: checked length 2049",
-            );
-            expect(
-                c.write(&long, "w"),
-                err("EINVAL"),
-                "4.17: absolute path of 3101",
-            );
+            expect(c.write(&path, "v"), err("EINVAL"), "4.17: checked length 2049");
+            expect(c.write(&long, "w"), err("EINVAL"), "4.17: absolute path of 3101");
         } else {
-            expect(
-                c.write(&path, "v"),
-                okk(),
-                "WRITE with a 2049-character checked length",
-            );
+            expect(c.write(&path, "v"), okk(), "WRITE with a 2049-character checked length");
             expect(c.read(&path), ok("v"), "READ it back");
-            expect(
-                c.write(&long, "w"),
-                okk(),
-                "WRITE a path above XENSTORE_ABS_PATH_MAX",
-            );
+            expect(c.write(&long, "w"), okk(), "WRITE a path above XENSTORE_ABS_PATH_MAX");
             expect(c.read(&long), ok("w"), "READ it back");
         }
     });
@@ -584,11 +411,7 @@ fn l20_empty_value() {
         expect(c.write("/e", "full"), okk(), "WRITE");
         expect(c.request(Op::Write, 0, b"/e\0"), okk(), "WRITE empty");
         expect(c.read("/e"), ok(""), "READ");
-        expect(
-            c.request(Op::Write, 0, b"/e"),
-            err("EINVAL"),
-            "WRITE without any NUL",
-        );
+        expect(c.request(Op::Write, 0, b"/e"), err("EINVAL"), "WRITE without any NUL");
     });
 }
 
@@ -613,11 +436,7 @@ fn l22_empty_directory() {
         let mut c = d.connect();
         expect(c.write("/leaf", "v"), okk(), "WRITE");
         expect(c.directory("/leaf"), ok(""), "DIRECTORY leaf");
-        expect(
-            c.directory("/tool/xenstored"),
-            ok(""),
-            "DIRECTORY /tool/xenstored",
-        );
+        expect(c.directory("/tool/xenstored"), ok(""), "DIRECTORY /tool/xenstored");
     });
 }
 
@@ -633,17 +452,9 @@ fn l23_creation_order() {
         expect(c.rm("/d/z"), okk(), "RM /d/z");
         expect(c.directory("/d"), ok("a\0m\0"), "DIRECTORY after RM");
         expect(c.write("/d/z", ""), okk(), "re-create /d/z");
-        expect(
-            c.directory("/d"),
-            ok("a\0m\0z\0"),
-            "DIRECTORY after re-creation",
-        );
+        expect(c.directory("/d"), ok("a\0m\0z\0"), "DIRECTORY after re-creation");
         expect(c.write("/d/a", "changed"), okk(), "rewrite /d/a");
-        expect(
-            c.directory("/d"),
-            ok("a\0m\0z\0"),
-            "rewriting keeps the order",
-        );
+        expect(c.directory("/d"), ok("a\0m\0z\0"), "rewriting keeps the order");
     });
 }
 
@@ -704,21 +515,14 @@ fn l27_rm_root() {
 /// Splits a DIRECTORY_PART reply into (generation, rest), checking that the
 /// generation is decimal.
 fn dp_split(payload: &[u8]) -> (u64, Vec<u8>) {
-    let (gen_bytes, rest) =
-        wire::split_first(payload).unwrap_or_else(|| panic!("no NUL in {}", show(payload)));
+    let (gen_bytes, rest) = wire::split_first(payload).unwrap_or_else(|| panic!("no NUL in {}", show(payload)));
     let s = std::str::from_utf8(gen_bytes).expect("ASCII generation");
-    assert!(
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
-        "generation {s:?} is not decimal"
-    );
+    assert!(!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()), "generation {s:?} is not decimal");
     (s.parse().expect("u64 generation"), rest.to_vec())
 }
 
 fn dir_part(c: &mut Client, path: &str, offset: &str) -> Vec<u8> {
-    expect_ok(
-        c.request(Op::DirectoryPart, 0, &args(&[path, offset])),
-        format!("DIRECTORY_PART {path} {offset}"),
-    )
+    expect_ok(c.request(Op::DirectoryPart, 0, &args(&[path, offset])), format!("DIRECTORY_PART {path} {offset}"))
 }
 
 /// §16.28 and §2.2 DIRECTORY_PART.
@@ -736,21 +540,9 @@ fn l28_directory_part() {
         assert_eq!((g3, show(&rest)), (g, show(b"\0")));
         let (_, rest) = dp_split(&dir_part(&mut c, "/d/a", "0"));
         assert_eq!(show(&rest), show(b"\0"), "no children");
-        expect(
-            c.request(Op::DirectoryPart, 0, b"/d\0"),
-            err("EINVAL"),
-            "one string only",
-        );
-        expect(
-            c.request(Op::DirectoryPart, 0, b"/d\0\x30\0\x30\0"),
-            err("EINVAL"),
-            "three strings",
-        );
-        expect(
-            c.request(Op::DirectoryPart, 0, &args(&["/none", "0"])),
-            err("ENOENT"),
-            "missing node",
-        );
+        expect(c.request(Op::DirectoryPart, 0, b"/d\0"), err("EINVAL"), "one string only");
+        expect(c.request(Op::DirectoryPart, 0, b"/d\0\x30\0\x30\0"), err("EINVAL"), "three strings");
+        expect(c.request(Op::DirectoryPart, 0, &args(&["/none", "0"])), err("ENOENT"), "missing node");
     });
 }
 
@@ -775,59 +567,19 @@ fn l29_directory_part_generation() {
 fn l30_get_domain_path() {
     each_daemon(|d| {
         let mut c = d.connect();
-        expect(
-            c.request(Op::GetDomainPath, 0, b"7\0"),
-            ok("/local/domain/7\0"),
-            "GET_DOMAIN_PATH 7",
-        );
-        expect(
-            c.request(Op::GetDomainPath, 0, b"007\0"),
-            ok("/local/domain/7\0"),
-            "GET_DOMAIN_PATH 007",
-        );
-        expect(
-            c.request(Op::GetDomainPath, 0, b"65535\0"),
-            ok("/local/domain/65535\0"),
-            "65535",
-        );
-        expect(
-            c.request(Op::GetDomainPath, 0, b"\0"),
-            ok("/local/domain/0\0"),
-            "empty is 0",
-        );
+        expect(c.request(Op::GetDomainPath, 0, b"7\0"), ok("/local/domain/7\0"), "GET_DOMAIN_PATH 7");
+        expect(c.request(Op::GetDomainPath, 0, b"007\0"), ok("/local/domain/7\0"), "GET_DOMAIN_PATH 007");
+        expect(c.request(Op::GetDomainPath, 0, b"65535\0"), ok("/local/domain/65535\0"), "65535");
+        expect(c.request(Op::GetDomainPath, 0, b"\0"), ok("/local/domain/0\0"), "empty is 0");
         if c417(d) {
             // Xen 4.17 did not validate the domid (§15 item 13 is HEAD).
-            expect(
-                c.request(Op::GetDomainPath, 0, b"x\0"),
-                ok("/local/domain/0\0"),
-                "4.17: x",
-            );
-            expect(
-                c.request(Op::GetDomainPath, 0, b"70000\0"),
-                ok("/local/domain/70000\0"),
-                "4.17: 70000",
-            );
+            expect(c.request(Op::GetDomainPath, 0, b"x\0"), ok("/local/domain/0\0"), "4.17: x");
+            expect(c.request(Op::GetDomainPath, 0, b"70000\0"), ok("/local/domain/70000\0"), "4.17: 70000");
         } else {
-            expect(
-                c.request(Op::GetDomainPath, 0, b"x\0"),
-                err("EINVAL"),
-                "GET_DOMAIN_PATH x",
-            );
-            expect(
-                c.request(Op::GetDomainPath, 0, b"70000\0"),
-                err("EINVAL"),
-                "GET_DOMAIN_PATH 70000",
-            );
-            expect(
-                c.request(Op::GetDomainPath, 0, b"7a\0"),
-                err("EINVAL"),
-                "GET_DOMAIN_PATH 7a",
-            );
-            expect(
-                c.request(Op::GetDomainPath, 0, b"-1\0"),
-                err("EINVAL"),
-                "GET_DOMAIN_PATH -1",
-            );
+            expect(c.request(Op::GetDomainPath, 0, b"x\0"), err("EINVAL"), "GET_DOMAIN_PATH x");
+            expect(c.request(Op::GetDomainPath, 0, b"70000\0"), err("EINVAL"), "GET_DOMAIN_PATH 70000");
+            expect(c.request(Op::GetDomainPath, 0, b"7a\0"), err("EINVAL"), "GET_DOMAIN_PATH 7a");
+            expect(c.request(Op::GetDomainPath, 0, b"-1\0"), err("EINVAL"), "GET_DOMAIN_PATH -1");
         }
     });
 }
@@ -847,16 +599,8 @@ fn l31_set_get_perms() {
         expect(c.set_perms("/p", &["b3"]), okk(), "priv changes the owner");
         expect(c.get_perms("/p"), ok("b3\0"), "GET_PERMS");
         expect(c.read("/p"), ok("v"), "priv still reads");
-        expect(
-            c.set_perms("/none", &["n0"]),
-            err("ENOENT"),
-            "SET_PERMS missing node",
-        );
-        expect(
-            c.get_perms("/none"),
-            err("ENOENT"),
-            "GET_PERMS missing node",
-        );
+        expect(c.set_perms("/none", &["n0"]), err("ENOENT"), "SET_PERMS missing node");
+        expect(c.get_perms("/none"), err("ENOENT"), "GET_PERMS missing node");
     });
 }
 
@@ -867,22 +611,10 @@ fn l32_set_perms_invalid() {
         let mut c = d.connect();
         expect(c.write("/p", "v"), okk(), "WRITE");
         expect(c.set_perms("/p", &["n0", "r5"]), okk(), "SET_PERMS");
-        expect(
-            c.request(Op::SetPerms, 0, b"/p\0"),
-            err("EINVAL"),
-            "no permission string",
-        );
+        expect(c.request(Op::SetPerms, 0, b"/p\0"), err("EINVAL"), "no permission string");
         for bad in ["x5", "r5z", "r", "5", ""] {
-            expect(
-                c.set_perms("/p", &["n0", bad]),
-                err("EINVAL"),
-                format!("entry {bad:?}"),
-            );
-            expect(
-                c.set_perms("/p", &[bad]),
-                err("EINVAL"),
-                format!("owner {bad:?}"),
-            );
+            expect(c.set_perms("/p", &["n0", bad]), err("EINVAL"), format!("entry {bad:?}"));
+            expect(c.set_perms("/p", &[bad]), err("EINVAL"), format!("owner {bad:?}"));
         }
         expect(c.get_perms("/p"), ok("n0\0r5\0"), "unchanged");
     });
@@ -894,35 +626,19 @@ fn l32_set_perms_invalid() {
 fn l43_release_removes_owned_nodes_and_acl_entries() {
     each_daemon(|d| {
         let mut c = d.connect();
-        expect(
-            c.request(Op::Introduce, 0, &args(&["5", "1234", "3"])),
-            okk(),
-            "INTRODUCE 5",
-        );
+        expect(c.request(Op::Introduce, 0, &args(&["5", "1234", "3"])), okk(), "INTRODUCE 5");
         expect(c.write("/own5/sub", "v"), okk(), "WRITE /own5/sub");
         expect(c.set_perms("/own5", &["n5"]), okk(), "SET_PERMS /own5 n5");
         expect(c.write("/acl", "v"), okk(), "WRITE /acl");
-        expect(
-            c.set_perms("/acl", &["n0", "r5", "b6"]),
-            okk(),
-            "SET_PERMS /acl",
-        );
+        expect(c.set_perms("/acl", &["n0", "r5", "b6"]), okk(), "SET_PERMS /acl");
         expect(c.request(Op::Release, 0, b"5\0"), okk(), "RELEASE 5");
         expect(c.read("/own5"), err("ENOENT"), "owned node is gone");
         expect(c.read("/own5/sub"), err("ENOENT"), "its subtree too");
         if c417(d) {
             // Xen 4.17 keeps ACL entries of released domains (§5.5: HEAD 4.22+).
-            expect(
-                c.get_perms("/acl"),
-                ok("n0\0r5\0b6\0"),
-                "4.17: ACL entry kept",
-            );
+            expect(c.get_perms("/acl"), ok("n0\0r5\0b6\0"), "4.17: ACL entry kept");
         } else {
-            expect(
-                c.get_perms("/acl"),
-                ok("n0\0b6\0"),
-                "ACL entry naming 5 removed",
-            );
+            expect(c.get_perms("/acl"), ok("n0\0b6\0"), "ACL entry naming 5 removed");
         }
     });
 }
@@ -936,35 +652,13 @@ fn l44_initial_event() {
     each_daemon(|d| {
         let mut c = d.connect();
         expect(c.watch("/w", "tok"), okk(), "WATCH /w");
-        let m = c
-            .recv_message(Duration::from_secs(5))
-            .expect("recv")
-            .expect("initial event");
-        assert_eq!(
-            m.header,
-            Header {
-                msg_type: 15,
-                req_id: 0,
-                tx_id: 0,
-                len: 7
-            }
-        );
+        let m = c.recv_message(Duration::from_secs(5)).expect("recv").expect("initial event");
+        assert_eq!(m.header, Header { msg_type: 15, req_id: 0, tx_id: 0, len: 7 });
         assert_eq!(show(&m.payload), show(b"/w\0tok\0"));
         expect(c.watch("rel", ""), okk(), "WATCH relative with empty token");
-        assert_eq!(
-            c.next_event(Duration::from_secs(5)),
-            Some(ev("rel", "")),
-            "relative initial event"
-        );
-        expect(
-            c.watch("@introduceDomain", "i"),
-            okk(),
-            "WATCH @introduceDomain",
-        );
-        assert_eq!(
-            c.next_event(Duration::from_secs(5)),
-            Some(ev("@introduceDomain", "i"))
-        );
+        assert_eq!(c.next_event(Duration::from_secs(5)), Some(ev("rel", "")), "relative initial event");
+        expect(c.watch("@introduceDomain", "i"), okk(), "WATCH @introduceDomain");
+        assert_eq!(c.next_event(Duration::from_secs(5)), Some(ev("@introduceDomain", "i")));
         no_events(&mut c, "after the initial events");
     });
 }
@@ -980,11 +674,7 @@ fn l45_duplicate_watch() {
         watch(&mut c, "/v", "t");
         // a relative path naming the same node is the same watch
         watch(&mut c, "/local/domain/0/r", "t");
-        expect(
-            c.watch("r", "t"),
-            err("EEXIST"),
-            "relative alias of a registered watch",
-        );
+        expect(c.watch("r", "t"), err("EEXIST"), "relative alias of a registered watch");
         no_events(&mut c, "failed WATCH sends no initial event");
     });
 }
@@ -1004,11 +694,7 @@ fn l46_unwatch() {
         no_events(&mut c, "after UNWATCH");
         expect(c.unwatch("/w", "t"), err("ENOENT"), "UNWATCH twice");
         watch(&mut c, "/local/domain/0/r", "t");
-        expect(
-            c.unwatch("r", "t"),
-            okk(),
-            "UNWATCH through a relative alias",
-        );
+        expect(c.unwatch("r", "t"), okk(), "UNWATCH through a relative alias");
     });
 }
 
@@ -1018,14 +704,9 @@ fn l47_write_fires_ancestors() {
     each_daemon(|d| {
         let mut c = d.connect();
         let mut w = d.connect();
-        for (p, t) in [
-            ("/a/b", "tb"),
-            ("/a", "ta"),
-            ("/", "troot"),
-            ("/a/b/c", "tc"),
-            ("/a/bb", "tbb"),
-            ("/b", "tother"),
-        ] {
+        for (p, t) in
+            [("/a/b", "tb"), ("/a", "ta"), ("/", "troot"), ("/a/b/c", "tc"), ("/a/bb", "tbb"), ("/b", "tother")]
+        {
             watch(&mut w, p, t);
         }
         expect(c.write("/a/b", "v"), okk(), "WRITE /a/b");
@@ -1050,10 +731,7 @@ fn l48_rm_events() {
         watch(&mut w, "/a/zz", "tmissing");
         expect(c.rm("/a"), okk(), "RM /a");
         let got = events(&mut w);
-        assert_eq!(
-            show_events(&got),
-            show_events(&[ev("/a/b", "tb"), ev("/a", "troot")])
-        );
+        assert_eq!(show_events(&got), show_events(&[ev("/a/b", "tb"), ev("/a", "troot")]));
     });
 }
 
@@ -1066,18 +744,12 @@ fn l49_relative_watch_from_socket() {
         let mut w = d.connect();
         watch(&mut w, "foo", "rel");
         expect(c.write("/local/domain/0/foo/bar", "v"), okk(), "WRITE");
-        assert_eq!(
-            show_events(&events(&mut w)),
-            show_events(&[ev("foo/bar", "rel")])
-        );
+        assert_eq!(show_events(&events(&mut w)), show_events(&[ev("foo/bar", "rel")]));
         watch(&mut w, "/local/domain/0/foo", "abs");
         expect(c.write("foo/baz", "v"), okk(), "WRITE relative");
         let mut got = events(&mut w);
         got.sort();
-        assert_eq!(
-            show_events(&got),
-            show_events(&[ev("/local/domain/0/foo/baz", "abs"), ev("foo/baz", "rel")])
-        );
+        assert_eq!(show_events(&got), show_events(&[ev("/local/domain/0/foo/baz", "abs"), ev("foo/baz", "rel")]));
     });
 }
 
@@ -1090,44 +762,22 @@ fn l50_depth_watches() {
         let mut w = d.connect();
         if c417(d) {
             // Xen 4.17 has no WATCHDEPTH: a third WATCH argument is refused.
-            expect(
-                w.request(Op::Watch, 0, &args(&["/a", "d0", "0"])),
-                err("EINVAL"),
-                "4.17: WATCH with depth",
-            );
+            expect(w.request(Op::Watch, 0, &args(&["/a", "d0", "0"])), err("EINVAL"), "4.17: WATCH with depth");
             return;
         }
         for (t, depth) in [("d0", "0"), ("d1", "1")] {
-            expect(
-                w.request(Op::Watch, 0, &args(&["/a", t, depth])),
-                okk(),
-                format!("WATCH /a depth {depth}"),
-            );
-            assert_eq!(
-                w.next_event(Duration::from_secs(5)),
-                Some(ev("/a", t)),
-                "initial event"
-            );
+            expect(w.request(Op::Watch, 0, &args(&["/a", t, depth])), okk(), format!("WATCH /a depth {depth}"));
+            assert_eq!(w.next_event(Duration::from_secs(5)), Some(ev("/a", t)), "initial event");
         }
         expect(c.write("/a", "v"), okk(), "WRITE /a");
         let mut got = events(&mut w);
         got.sort();
-        assert_eq!(
-            show_events(&got),
-            show_events(&[ev("/a", "d0"), ev("/a", "d1")])
-        );
+        assert_eq!(show_events(&got), show_events(&[ev("/a", "d0"), ev("/a", "d1")]));
         expect(c.write("/a/x", "v"), okk(), "WRITE /a/x");
-        assert_eq!(
-            show_events(&events(&mut w)),
-            show_events(&[ev("/a/x", "d1")])
-        );
+        assert_eq!(show_events(&events(&mut w)), show_events(&[ev("/a/x", "d1")]));
         expect(c.write("/a/x/y", "v"), okk(), "WRITE /a/x/y");
         no_events(&mut w, "two levels below");
-        expect(
-            w.request(Op::Watch, 0, &args(&["/a", "neg", "-1"])),
-            err("EINVAL"),
-            "negative depth",
-        );
+        expect(w.request(Op::Watch, 0, &args(&["/a", "neg", "-1"])), err("EINVAL"), "negative depth");
     });
 }
 
@@ -1137,21 +787,9 @@ fn l51_unwatch_three_args() {
     each_daemon(|d| {
         let mut c = d.connect();
         watch(&mut c, "/w", "t");
-        expect(
-            c.request(Op::Unwatch, 0, &args(&["/w", "t", "x"])),
-            err("EINVAL"),
-            "UNWATCH with 3 strings",
-        );
-        expect(
-            c.request(Op::Unwatch, 0, &args(&["/w"])),
-            err("EINVAL"),
-            "UNWATCH with 1 string",
-        );
-        expect(
-            c.request(Op::Watch, 0, &args(&["/w"])),
-            err("EINVAL"),
-            "WATCH with 1 string",
-        );
+        expect(c.request(Op::Unwatch, 0, &args(&["/w", "t", "x"])), err("EINVAL"), "UNWATCH with 3 strings");
+        expect(c.request(Op::Unwatch, 0, &args(&["/w"])), err("EINVAL"), "UNWATCH with 1 string");
+        expect(c.request(Op::Watch, 0, &args(&["/w"])), err("EINVAL"), "WATCH with 1 string");
         expect(c.unwatch("/w", "t"), okk(), "the watch is still there");
     });
 }
@@ -1161,21 +799,11 @@ fn l51_unwatch_three_args() {
 fn l52_watch_ignores_tx() {
     each_daemon(|d| {
         let mut c = d.connect();
-        let m = c
-            .request_msg(Op::Watch.code(), 5, 4242, b"/w\0t\0")
-            .expect("WATCH");
-        assert_eq!(
-            (m.header.msg_type, m.header.tx_id, show(&m.payload)),
-            (4, 4242, show(b"OK\0"))
-        );
+        let m = c.request_msg(Op::Watch.code(), 5, 4242, b"/w\0t\0").expect("WATCH");
+        assert_eq!((m.header.msg_type, m.header.tx_id, show(&m.payload)), (4, 4242, show(b"OK\0")));
         assert_eq!(c.next_event(Duration::from_secs(5)), Some(ev("/w", "t")));
-        let m = c
-            .request_msg(Op::Unwatch.code(), 6, 4242, b"/w\0t\0")
-            .expect("UNWATCH");
-        assert_eq!(
-            (m.header.msg_type, m.header.tx_id, show(&m.payload)),
-            (5, 4242, show(b"OK\0"))
-        );
+        let m = c.request_msg(Op::Unwatch.code(), 6, 4242, b"/w\0t\0").expect("UNWATCH");
+        assert_eq!((m.header.msg_type, m.header.tx_id, show(&m.payload)), (5, 4242, show(b"OK\0")));
     });
 }
 
@@ -1210,10 +838,7 @@ fn l54_transaction_events() {
         expect(c.transaction_end(tx, true), okk(), "commit");
         let mut got = events(&mut w);
         got.sort();
-        assert_eq!(
-            show_events(&got),
-            show_events(&[ev("/t/a", "t"), ev("/t/b", "t")])
-        );
+        assert_eq!(show_events(&got), show_events(&[ev("/t/a", "t"), ev("/t/b", "t")]));
         let tx = c.start_tx().expect("start");
         expect(c.write_tx(tx, "/t/c", "3"), okk(), "WRITE in tx");
         expect(c.rm_tx(tx, "/t/a"), okk(), "RM in tx");
@@ -1232,28 +857,12 @@ fn l56_reset_watches() {
         watch(&mut c, "/", "root");
         let tx = c.start_tx().expect("start");
         expect(c.write_tx(tx, "/r/x", "v"), okk(), "WRITE in tx");
-        expect(
-            c.request(Op::ResetWatches, 0, b"\0"),
-            okk(),
-            "RESET_WATCHES",
-        );
+        expect(c.request(Op::ResetWatches, 0, b"\0"), okk(), "RESET_WATCHES");
         expect(m.write("/r", "v"), okk(), "WRITE /r");
         no_events(&mut c, "after RESET_WATCHES");
-        expect(
-            c.read_tx(tx, "/r/x"),
-            err("ENOENT"),
-            "earlier transaction id",
-        );
-        expect(
-            c.transaction_end(tx, true),
-            err("ENOENT"),
-            "commit of the discarded transaction",
-        );
-        expect(
-            m.read("/r/x"),
-            err("ENOENT"),
-            "the transaction was not committed",
-        );
+        expect(c.read_tx(tx, "/r/x"), err("ENOENT"), "earlier transaction id");
+        expect(c.transaction_end(tx, true), err("ENOENT"), "commit of the discarded transaction");
+        expect(m.read("/r/x"), err("ENOENT"), "the transaction was not committed");
         watch(&mut c, "/r", "t");
     });
 }
@@ -1267,22 +876,12 @@ fn l57_event_header() {
         watch(&mut w, "/h", "t");
         let tx = c.start_tx().expect("start");
         expect(c.write_tx(tx, "/h", "v"), okk(), "WRITE in tx");
-        let m = c
-            .request_msg(Op::TransactionEnd.code(), 0xABCD, tx, b"T\0")
-            .expect("commit");
+        let m = c.request_msg(Op::TransactionEnd.code(), 0xABCD, tx, b"T\0").expect("commit");
         assert_eq!(show(&m.payload), show(b"OK\0"));
         w.sync().expect("sync");
         let evs = w.take_event_messages();
         assert_eq!(evs.len(), 1, "one event");
-        assert_eq!(
-            evs[0].header,
-            Header {
-                msg_type: 15,
-                req_id: 0,
-                tx_id: 0,
-                len: 5
-            }
-        );
+        assert_eq!(evs[0].header, Header { msg_type: 15, req_id: 0, tx_id: 0, len: 5 });
         assert_eq!(show(&evs[0].payload), show(b"/h\0t\0"));
     });
 }
@@ -1296,31 +895,13 @@ fn l58_domain_events() {
         watch(&mut w, "@introduceDomain", "i");
         watch(&mut w, "@releaseDomain", "r");
         if !c417(d) {
-            expect(
-                w.request(Op::Watch, 0, &args(&["@releaseDomain", "r1", "1"])),
-                okk(),
-                "depth-1 watch",
-            );
-            assert_eq!(
-                w.next_event(Duration::from_secs(5)),
-                Some(ev("@releaseDomain", "r1"))
-            );
+            expect(w.request(Op::Watch, 0, &args(&["@releaseDomain", "r1", "1"])), okk(), "depth-1 watch");
+            assert_eq!(w.next_event(Duration::from_secs(5)), Some(ev("@releaseDomain", "r1")));
             watch(&mut w, "@releaseDomain/5", "r5");
         }
-        expect(
-            c.request(Op::Introduce, 0, &args(&["5", "1234", "3"])),
-            okk(),
-            "INTRODUCE 5",
-        );
-        assert_eq!(
-            show_events(&events(&mut w)),
-            show_events(&[ev("@introduceDomain", "i")])
-        );
-        expect(
-            c.request(Op::Introduce, 0, &args(&["5", "1234", "3"])),
-            okk(),
-            "re-INTRODUCE 5",
-        );
+        expect(c.request(Op::Introduce, 0, &args(&["5", "1234", "3"])), okk(), "INTRODUCE 5");
+        assert_eq!(show_events(&events(&mut w)), show_events(&[ev("@introduceDomain", "i")]));
+        expect(c.request(Op::Introduce, 0, &args(&["5", "1234", "3"])), okk(), "re-INTRODUCE 5");
         no_events(&mut w, "re-INTRODUCE fires nothing");
         expect(c.request(Op::Release, 0, b"5\0"), okk(), "RELEASE 5");
         let mut got = events(&mut w);
@@ -1346,21 +927,9 @@ fn l60_transaction_ids() {
         expect(c.transaction_start(), ok("1\0"), "first");
         expect(c.transaction_start(), ok("2\0"), "second");
         let mut other = d.connect();
-        expect(
-            other.transaction_start(),
-            ok("1\0"),
-            "ids are per connection",
-        );
-        expect(
-            other.read_tx(2, "/"),
-            err("ENOENT"),
-            "another connection's id",
-        );
-        expect(
-            c.request(Op::TransactionStart, 0, b""),
-            ok("3\0"),
-            "payload is ignored",
-        );
+        expect(other.transaction_start(), ok("1\0"), "ids are per connection");
+        expect(other.read_tx(2, "/"), err("ENOENT"), "another connection's id");
+        expect(c.request(Op::TransactionStart, 0, b""), ok("3\0"), "payload is ignored");
     });
 }
 
@@ -1375,11 +944,7 @@ fn l61_transaction_isolation() {
         expect(c.read_tx(tx, "/i/x"), ok("v"), "visible inside");
         expect(c.directory_tx(tx, "/i"), ok("x\0"), "listed inside");
         expect(o.read("/i/x"), err("ENOENT"), "invisible outside");
-        expect(
-            c.read("/i/x"),
-            err("ENOENT"),
-            "invisible outside the tx on the same connection",
-        );
+        expect(c.read("/i/x"), err("ENOENT"), "invisible outside the tx on the same connection");
         expect(c.transaction_end(tx, true), okk(), "commit");
         expect(o.read("/i/x"), ok("v"), "visible after commit");
     });
@@ -1394,11 +959,7 @@ fn l62_transaction_abort() {
         let tx = c.start_tx().expect("start");
         expect(c.write_tx(tx, "/ab", "new"), okk(), "WRITE in tx");
         expect(c.write_tx(tx, "/ab2/x", "n"), okk(), "WRITE in tx");
-        expect(
-            c.set_perms_tx(tx, "/ab", &["n0", "r1"]),
-            okk(),
-            "SET_PERMS in tx",
-        );
+        expect(c.set_perms_tx(tx, "/ab", &["n0", "r1"]), okk(), "SET_PERMS in tx");
         expect(c.transaction_end(tx, false), okk(), "abort");
         expect(c.read("/ab"), ok("old"), "value unchanged");
         expect(c.get_perms("/ab"), ok("n0\0"), "perms unchanged");
@@ -1415,11 +976,7 @@ fn l63_transaction_end_invalid() {
         let tx = c.start_tx().expect("start");
         expect(c.write_tx(tx, "/e", "v"), okk(), "WRITE in tx");
         for bad in [&b"X\0"[..], b"T", b"T\0\0", b"", b"TT\0", b"t\0"] {
-            expect(
-                c.request(Op::TransactionEnd, tx, bad),
-                err("EINVAL"),
-                format!("TRANSACTION_END {}", show(bad)),
-            );
+            expect(c.request(Op::TransactionEnd, tx, bad), err("EINVAL"), format!("TRANSACTION_END {}", show(bad)));
         }
         expect(c.read_tx(tx, "/e"), ok("v"), "still usable");
         expect(c.transaction_end(tx, true), okk(), "commit");
@@ -1435,21 +992,9 @@ fn l64_unknown_tx() {
         expect(c.write("/u", "v"), okk(), "WRITE");
         expect(c.read_tx(99, "/u"), err("ENOENT"), "READ with tx 99");
         expect(c.write_tx(99, "/u", "w"), err("ENOENT"), "WRITE with tx 99");
-        expect(
-            c.request(Op::GetDomainPath, 99, b"1\0"),
-            err("ENOENT"),
-            "GET_DOMAIN_PATH with tx 99",
-        );
-        expect(
-            c.request(Op::TransactionEnd, 0, b"T\0"),
-            err("ENOENT"),
-            "TRANSACTION_END with tx 0",
-        );
-        expect(
-            c.transaction_end(99, false),
-            err("ENOENT"),
-            "TRANSACTION_END with tx 99",
-        );
+        expect(c.request(Op::GetDomainPath, 99, b"1\0"), err("ENOENT"), "GET_DOMAIN_PATH with tx 99");
+        expect(c.request(Op::TransactionEnd, 0, b"T\0"), err("ENOENT"), "TRANSACTION_END with tx 0");
+        expect(c.transaction_end(99, false), err("ENOENT"), "TRANSACTION_END with tx 99");
         expect(c.read("/u"), ok("v"), "unchanged");
     });
 }
@@ -1460,21 +1005,9 @@ fn l65_nested_start() {
     each_daemon(|d| {
         let mut c = d.connect();
         let tx = c.start_tx().expect("start");
-        expect(
-            c.request(Op::TransactionStart, tx, b"\0"),
-            err("EBUSY"),
-            "START inside a transaction",
-        );
-        expect(
-            c.request(Op::TransactionStart, tx + 10, b"\0"),
-            err("ENOENT"),
-            "START with an unknown id",
-        );
-        expect(
-            c.transaction_end(tx, true),
-            okk(),
-            "the transaction is intact",
-        );
+        expect(c.request(Op::TransactionStart, tx, b"\0"), err("EBUSY"), "START inside a transaction");
+        expect(c.request(Op::TransactionStart, tx + 10, b"\0"), err("ENOENT"), "START with an unknown id");
+        expect(c.transaction_end(tx, true), okk(), "the transaction is intact");
     });
 }
 
@@ -1509,11 +1042,7 @@ fn l67_disjoint_commit() {
         expect(a.write_tx(tx, "/t1/a", "1"), okk(), "WRITE in tx");
         expect(a.write_tx(tx, "/t1/b", "1"), okk(), "WRITE in tx");
         expect(b.write("/t2/a", "2"), okk(), "concurrent WRITE elsewhere");
-        expect(
-            b.write("/t2/new", "2"),
-            okk(),
-            "concurrent creation elsewhere",
-        );
+        expect(b.write("/t2/new", "2"), okk(), "concurrent creation elsewhere");
         expect(a.transaction_end(tx, true), okk(), "commit");
         expect(b.read("/t1/a"), ok("1"), "committed");
         expect(b.read("/t1/b"), ok("1"), "committed");
@@ -1633,24 +1162,12 @@ fn l71_get_feature() {
         if c417(d) {
             // Xen 4.17 has no GET_FEATURE (ops 22-26 came later except
             // DIRECTORY_PART): ENOSYS.
-            expect(
-                c.request(Op::GetFeature, 0, b""),
-                err("ENOSYS"),
-                "4.17: GET_FEATURE",
-            );
+            expect(c.request(Op::GetFeature, 0, b""), err("ENOSYS"), "4.17: GET_FEATURE");
             return;
         }
         expect(c.request(Op::GetFeature, 0, b""), ok("14\0"), "GET_FEATURE");
-        expect(
-            c.request(Op::GetFeature, 0, b"0\0"),
-            ok("14\0"),
-            "GET_FEATURE of dom0",
-        );
-        expect(
-            c.request(Op::GetFeature, 0, &args(&["0", "1"])),
-            err("EINVAL"),
-            "two strings",
-        );
+        expect(c.request(Op::GetFeature, 0, b"0\0"), ok("14\0"), "GET_FEATURE of dom0");
+        expect(c.request(Op::GetFeature, 0, &args(&["0", "1"])), err("EINVAL"), "two strings");
     });
 }
 
@@ -1660,38 +1177,14 @@ fn l72_set_feature() {
     each_daemon(|d| {
         let mut c = d.connect();
         if c417(d) {
-            expect(
-                c.request(Op::SetFeature, 0, &args(&["0", "14"])),
-                err("ENOSYS"),
-                "4.17: SET_FEATURE",
-            );
+            expect(c.request(Op::SetFeature, 0, &args(&["0", "14"])), err("ENOSYS"), "4.17: SET_FEATURE");
             return;
         }
-        expect(
-            c.request(Op::SetFeature, 0, &args(&["0", "14"])),
-            err("EBUSY"),
-            "introduced domain",
-        );
-        expect(
-            c.request(Op::SetFeature, 0, &args(&["5", "1"])),
-            err("EINVAL"),
-            "unsupported bit",
-        );
-        expect(
-            c.request(Op::SetFeature, 0, &args(&["5"])),
-            err("EINVAL"),
-            "one string",
-        );
-        expect(
-            c.request(Op::SetFeature, 0, &args(&["5", "4"])),
-            okk(),
-            "supported bits",
-        );
-        expect(
-            c.request(Op::GetFeature, 0, b"5\0"),
-            ok("4\0"),
-            "GET_FEATURE 5",
-        );
+        expect(c.request(Op::SetFeature, 0, &args(&["0", "14"])), err("EBUSY"), "introduced domain");
+        expect(c.request(Op::SetFeature, 0, &args(&["5", "1"])), err("EINVAL"), "unsupported bit");
+        expect(c.request(Op::SetFeature, 0, &args(&["5"])), err("EINVAL"), "one string");
+        expect(c.request(Op::SetFeature, 0, &args(&["5", "4"])), okk(), "supported bits");
+        expect(c.request(Op::GetFeature, 0, b"5\0"), ok("4\0"), "GET_FEATURE 5");
     });
 }
 
@@ -1701,11 +1194,7 @@ fn l73_get_quota_names() {
     each_daemon(|d| {
         let mut c = d.connect();
         if c417(d) {
-            expect(
-                c.request(Op::GetQuota, 0, b""),
-                err("ENOSYS"),
-                "4.17: GET_QUOTA",
-            );
+            expect(c.request(Op::GetQuota, 0, b""), err("ENOSYS"), "4.17: GET_QUOTA");
             return;
         }
         expect(
@@ -1723,22 +1212,10 @@ fn l73_get_quota_names() {
             ("node-size", "2048"),
             ("path-max", "2048"),
         ] {
-            expect(
-                c.request(Op::GetQuota, 0, &args(&[name])),
-                ok(format!("{v}\0")),
-                format!("GET_QUOTA {name}"),
-            );
+            expect(c.request(Op::GetQuota, 0, &args(&[name])), ok(format!("{v}\0")), format!("GET_QUOTA {name}"));
         }
-        expect(
-            c.request(Op::GetQuota, 0, &args(&["nosuch"])),
-            err("EINVAL"),
-            "unknown name",
-        );
-        expect(
-            c.request(Op::GetQuota, 0, &args(&["0", "nodes", "x"])),
-            err("EINVAL"),
-            "three strings",
-        );
+        expect(c.request(Op::GetQuota, 0, &args(&["nosuch"])), err("EINVAL"), "unknown name");
+        expect(c.request(Op::GetQuota, 0, &args(&["0", "nodes", "x"])), err("EINVAL"), "three strings");
     });
 }
 
@@ -1748,43 +1225,15 @@ fn l74_set_quota() {
     each_daemon(|d| {
         let mut c = d.connect();
         if c417(d) {
-            expect(
-                c.request(Op::SetQuota, 0, &args(&["nodes", "500"])),
-                err("ENOSYS"),
-                "4.17: SET_QUOTA",
-            );
+            expect(c.request(Op::SetQuota, 0, &args(&["nodes", "500"])), err("ENOSYS"), "4.17: SET_QUOTA");
             return;
         }
-        expect(
-            c.request(Op::SetQuota, 0, &args(&["nosuch", "5"])),
-            err("EINVAL"),
-            "unknown name",
-        );
-        expect(
-            c.request(Op::SetQuota, 0, &args(&["nodes", "500"])),
-            okk(),
-            "SET_QUOTA nodes 500",
-        );
-        expect(
-            c.request(Op::GetQuota, 0, &args(&["nodes"])),
-            ok("500\0"),
-            "GET_QUOTA nodes",
-        );
-        expect(
-            c.request(Op::SetQuota, 0, &args(&["nodes", "-1"])),
-            err("EINVAL"),
-            "-1 is the disabled marker",
-        );
-        expect(
-            c.request(Op::SetQuota, 0, &args(&["nodes"])),
-            err("EINVAL"),
-            "one string",
-        );
-        expect(
-            c.request(Op::GetQuota, 0, &args(&["nodes"])),
-            ok("500\0"),
-            "unchanged",
-        );
+        expect(c.request(Op::SetQuota, 0, &args(&["nosuch", "5"])), err("EINVAL"), "unknown name");
+        expect(c.request(Op::SetQuota, 0, &args(&["nodes", "500"])), okk(), "SET_QUOTA nodes 500");
+        expect(c.request(Op::GetQuota, 0, &args(&["nodes"])), ok("500\0"), "GET_QUOTA nodes");
+        expect(c.request(Op::SetQuota, 0, &args(&["nodes", "-1"])), err("EINVAL"), "-1 is the disabled marker");
+        expect(c.request(Op::SetQuota, 0, &args(&["nodes"])), err("EINVAL"), "one string");
+        expect(c.request(Op::GetQuota, 0, &args(&["nodes"])), ok("500\0"), "unchanged");
     });
 }
 
@@ -1793,32 +1242,12 @@ fn l74_set_quota() {
 fn l75_is_domain_introduced() {
     each_daemon(|d| {
         let mut c = d.connect();
-        expect(
-            c.request(Op::IsDomainIntroduced, 0, b"32752\0"),
-            ok("T\0"),
-            "DOMID_SELF",
-        );
-        expect(
-            c.request(Op::IsDomainIntroduced, 0, b"5\0"),
-            ok("F\0"),
-            "never introduced",
-        );
-        expect(
-            c.request(Op::Introduce, 0, &args(&["5", "1234", "3"])),
-            okk(),
-            "INTRODUCE 5",
-        );
-        expect(
-            c.request(Op::IsDomainIntroduced, 0, b"5\0"),
-            ok("T\0"),
-            "introduced",
-        );
+        expect(c.request(Op::IsDomainIntroduced, 0, b"32752\0"), ok("T\0"), "DOMID_SELF");
+        expect(c.request(Op::IsDomainIntroduced, 0, b"5\0"), ok("F\0"), "never introduced");
+        expect(c.request(Op::Introduce, 0, &args(&["5", "1234", "3"])), okk(), "INTRODUCE 5");
+        expect(c.request(Op::IsDomainIntroduced, 0, b"5\0"), ok("T\0"), "introduced");
         expect(c.request(Op::Release, 0, b"5\0"), okk(), "RELEASE 5");
-        expect(
-            c.request(Op::IsDomainIntroduced, 0, b"5\0"),
-            ok("F\0"),
-            "released",
-        );
+        expect(c.request(Op::IsDomainIntroduced, 0, b"5\0"), ok("F\0"), "released");
     });
 }
 
@@ -1827,41 +1256,13 @@ fn l75_is_domain_introduced() {
 fn l76_release_and_introduce_errors() {
     each_daemon(|d| {
         let mut c = d.connect();
-        expect(
-            c.request(Op::Release, 0, b"0\0"),
-            err("EINVAL"),
-            "RELEASE of the privileged domain",
-        );
-        expect(
-            c.request(Op::Release, 0, b"5\0"),
-            err("ENOENT"),
-            "RELEASE of a domain not introduced",
-        );
-        expect(
-            c.request(Op::Resume, 0, b"5\0"),
-            err("ENOENT"),
-            "RESUME of a domain not introduced",
-        );
-        expect(
-            c.request(Op::Resume, 0, b"0\0"),
-            err("EINVAL"),
-            "RESUME of the privileged domain",
-        );
-        expect(
-            c.request(Op::Introduce, 0, &args(&["6", "1234"])),
-            err("EINVAL"),
-            "INTRODUCE with two strings",
-        );
-        expect(
-            c.request(Op::Introduce, 0, &args(&["6", "1234", "0"])),
-            err("EINVAL"),
-            "INTRODUCE with port 0",
-        );
-        expect(
-            c.request(Op::IsDomainIntroduced, 0, b"6\0"),
-            ok("F\0"),
-            "nothing introduced",
-        );
+        expect(c.request(Op::Release, 0, b"0\0"), err("EINVAL"), "RELEASE of the privileged domain");
+        expect(c.request(Op::Release, 0, b"5\0"), err("ENOENT"), "RELEASE of a domain not introduced");
+        expect(c.request(Op::Resume, 0, b"5\0"), err("ENOENT"), "RESUME of a domain not introduced");
+        expect(c.request(Op::Resume, 0, b"0\0"), err("EINVAL"), "RESUME of the privileged domain");
+        expect(c.request(Op::Introduce, 0, &args(&["6", "1234"])), err("EINVAL"), "INTRODUCE with two strings");
+        expect(c.request(Op::Introduce, 0, &args(&["6", "1234", "0"])), err("EINVAL"), "INTRODUCE with port 0");
+        expect(c.request(Op::IsDomainIntroduced, 0, b"6\0"), ok("F\0"), "nothing introduced");
     });
 }
 
@@ -1871,36 +1272,12 @@ fn l81_control() {
     each_daemon(|d| {
         let mut c = d.connect();
         let help = expect_ok(c.request(Op::Control, 0, b"help\0"), "CONTROL help");
-        assert_eq!(
-            help.last(),
-            Some(&0),
-            "help text is NUL-terminated: {}",
-            show(&help)
-        );
+        assert_eq!(help.last(), Some(&0), "help text is NUL-terminated: {}", show(&help));
         let text = String::from_utf8_lossy(&help);
-        assert!(
-            text.lines().any(|l| l.starts_with("quota")),
-            "help lists quota: {text}"
-        );
-        expect(
-            c.request(Op::Control, 0, b"nosuch\0"),
-            err("EINVAL"),
-            "CONTROL nosuch",
-        );
-        expect(
-            c.request(Op::Control, 0, b"help"),
-            err("EINVAL"),
-            "command without NUL",
-        );
-        expect(
-            c.request(Op::Control, 0, b"check\0"),
-            okk(),
-            "CONTROL check",
-        );
-        expect(
-            c.request(Op::Control, 0, &args(&["print", "hello"])),
-            okk(),
-            "CONTROL print",
-        );
+        assert!(text.lines().any(|l| l.starts_with("quota")), "help lists quota: {text}");
+        expect(c.request(Op::Control, 0, b"nosuch\0"), err("EINVAL"), "CONTROL nosuch");
+        expect(c.request(Op::Control, 0, b"help"), err("EINVAL"), "command without NUL");
+        expect(c.request(Op::Control, 0, b"check\0"), okk(), "CONTROL check");
+        expect(c.request(Op::Control, 0, &args(&["print", "hello"])), okk(), "CONTROL print");
     });
 }

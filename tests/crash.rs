@@ -41,7 +41,11 @@ impl Rx {
         let socket = run.join("socket");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Client::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "rxenstored did not come up:\n{}", std::fs::read_to_string(run.join("daemon.log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "rxenstored did not come up:\n{}",
+                std::fs::read_to_string(run.join("daemon.log")).unwrap_or_default()
+            );
             thread::sleep(Duration::from_millis(20));
         }
         Rx { child, socket }

@@ -103,16 +103,8 @@ mod allow {
             request: "SET_FEATURE",
             reason: "§2.2: SET_FEATURE is newer than 4.17 (ENOSYS there)",
         },
-        Known {
-            script: "domains",
-            request: "GET_QUOTA",
-            reason: "§2.2: GET_QUOTA is newer than 4.17 (ENOSYS there)",
-        },
-        Known {
-            script: "domains",
-            request: "SET_QUOTA",
-            reason: "§2.2: SET_QUOTA is newer than 4.17 (ENOSYS there)",
-        },
+        Known { script: "domains", request: "GET_QUOTA", reason: "§2.2: GET_QUOTA is newer than 4.17 (ENOSYS there)" },
+        Known { script: "domains", request: "SET_QUOTA", reason: "§2.2: SET_QUOTA is newer than 4.17 (ENOSYS there)" },
         Known {
             script: "domains",
             request: "GET_PERMS \"/acl",
@@ -127,15 +119,8 @@ mod allow {
 
     /// The entry tolerating a difference at this request, if any.
     pub fn find(script: &str, request: &str, versions_differ: bool) -> Option<&'static Known> {
-        let lists: &[&[Known]] = if versions_differ {
-            &[DELIBERATE, XEN_417_VS_HEAD]
-        } else {
-            &[DELIBERATE]
-        };
-        lists
-            .iter()
-            .flat_map(|l| l.iter())
-            .find(|k| k.script == script && request.contains(k.request))
+        let lists: &[&[Known]] = if versions_differ { &[DELIBERATE, XEN_417_VS_HEAD] } else { &[DELIBERATE] };
+        lists.iter().flat_map(|l| l.iter()).find(|k| k.script == script && request.contains(k.request))
     }
 }
 
@@ -188,38 +173,14 @@ fn nul_join(parts: &[&[u8]]) -> Vec<u8> {
 
 impl Script {
     fn new(name: &'static str, conns: usize) -> Script {
-        Script {
-            name,
-            conns,
-            steps: Vec::new(),
-        }
+        Script { name, conns, steps: Vec::new() }
     }
     fn raw(&mut self, conn: usize, msg_type: u32, tx: Tx, payload: &[u8]) -> &mut Self {
-        self.steps.push(Step::Req {
-            conn,
-            msg_type,
-            tx,
-            payload: payload.to_vec(),
-            save: None,
-            tag: "",
-        });
+        self.steps.push(Step::Req { conn, msg_type, tx, payload: payload.to_vec(), save: None, tag: "" });
         self
     }
-    fn tagged(
-        &mut self,
-        tag: &'static str,
-        conn: usize,
-        msg_type: u32,
-        payload: &[u8],
-    ) -> &mut Self {
-        self.steps.push(Step::Req {
-            conn,
-            msg_type,
-            tx: Tx::None,
-            payload: payload.to_vec(),
-            save: None,
-            tag,
-        });
+    fn tagged(&mut self, tag: &'static str, conn: usize, msg_type: u32, payload: &[u8]) -> &mut Self {
+        self.steps.push(Step::Req { conn, msg_type, tx: Tx::None, payload: payload.to_vec(), save: None, tag });
         self
     }
     fn op(&mut self, conn: usize, op: Op, args: &[&str]) -> &mut Self {
@@ -231,20 +192,10 @@ impl Script {
         self.raw(conn, op.code(), Tx::Var(tx), &nul_join(&parts))
     }
     fn write(&mut self, conn: usize, path: &str, value: &str) -> &mut Self {
-        self.raw(
-            conn,
-            Op::Write.code(),
-            Tx::None,
-            format!("{path}\0{value}").as_bytes(),
-        )
+        self.raw(conn, Op::Write.code(), Tx::None, format!("{path}\0{value}").as_bytes())
     }
     fn write_tx(&mut self, conn: usize, tx: &'static str, path: &str, value: &str) -> &mut Self {
-        self.raw(
-            conn,
-            Op::Write.code(),
-            Tx::Var(tx),
-            format!("{path}\0{value}").as_bytes(),
-        )
+        self.raw(conn, Op::Write.code(), Tx::Var(tx), format!("{path}\0{value}").as_bytes())
     }
     fn start(&mut self, conn: usize, name: &'static str) -> &mut Self {
         self.steps.push(Step::Req {
@@ -258,12 +209,7 @@ impl Script {
         self
     }
     fn end(&mut self, conn: usize, name: &'static str, commit: bool) -> &mut Self {
-        self.raw(
-            conn,
-            Op::TransactionEnd.code(),
-            Tx::Var(name),
-            if commit { b"T\0" } else { b"F\0" },
-        )
+        self.raw(conn, Op::TransactionEnd.code(), Tx::Var(name), if commit { b"T\0" } else { b"F\0" })
     }
     fn sync(&mut self) -> &mut Self {
         self.steps.push(Step::Sync);
@@ -320,24 +266,15 @@ fn script_nodes() -> Script {
     for p in ["/x/", "/x//y", "/x.y", "/x y", "/x:y", "", "//"] {
         s.op(0, Op::Read, &[p]).write(0, p, "v");
     }
-    s.write(0, "/a-b_c@d/E9", "ok")
-        .op(0, Op::Read, &["/a-b_c@d/E9"]);
+    s.write(0, "/a-b_c@d/E9", "ok").op(0, Op::Read, &["/a-b_c@d/E9"]);
     // a listing of exactly 4096 bytes, then one too many
     for i in 0..128 {
         s.op(0, Op::Mkdir, &[&format!("/big/{i:03}{}", "x".repeat(28))]);
     }
-    s.op(1, Op::Directory, &["/big"])
-        .op(0, Op::Mkdir, &["/big/y"])
-        .op(1, Op::Directory, &["/big"]);
-    s.op(1, Op::DirectoryPart, &["/big", "0"])
-        .op(1, Op::DirectoryPart, &["/big", "4000"]);
+    s.op(1, Op::Directory, &["/big"]).op(0, Op::Mkdir, &["/big/y"]).op(1, Op::Directory, &["/big"]);
+    s.op(1, Op::DirectoryPart, &["/big", "0"]).op(1, Op::DirectoryPart, &["/big", "4000"]);
     let long = format!("/local/domain/0/{}", "p".repeat(2049));
-    s.tagged(
-        "long-path",
-        0,
-        Op::Write.code(),
-        format!("{long}\0v").as_bytes(),
-    );
+    s.tagged("long-path", 0, Op::Write.code(), format!("{long}\0v").as_bytes());
     s.build()
 }
 
@@ -360,11 +297,7 @@ fn script_perms() -> Script {
         .op(0, Op::SetPerms, &["/missing", "n0"])
         .op(0, Op::GetPerms, &["/missing"])
         .op(0, Op::GetPerms, &["/missing/deeper"])
-        .op(
-            0,
-            Op::SetPerms,
-            &["/p", "n0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8"],
-        )
+        .op(0, Op::SetPerms, &["/p", "n0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8"])
         .op(1, Op::GetPerms, &["/p"])
         .op(0, Op::GetPerms, &["/"])
         .op(0, Op::GetPerms, &["/tool/xenstored"])
@@ -588,14 +521,7 @@ fn script_domains() -> Script {
 }
 
 fn all_scripts() -> Vec<Script> {
-    vec![
-        script_nodes(),
-        script_perms(),
-        script_watches(),
-        script_transactions(),
-        script_errors(),
-        script_domains(),
-    ]
+    vec![script_nodes(), script_perms(), script_watches(), script_transactions(), script_errors(), script_domains()]
 }
 
 // ---------------------------------------------------------------------
@@ -629,17 +555,12 @@ fn render_message(m: &Message, vars: &HashMap<u32, &'static str>, conn: usize) -
     {
         payload.splice(..nul, b"<gen>".iter().copied());
     }
-    format!(
-        "c{conn} <- {kind} req={}{tx} \"{}\"",
-        h.req_id,
-        show(&payload)
-    )
+    format!("c{conn} <- {kind} req={}{tx} \"{}\"", h.req_id, show(&payload))
 }
 
 /// Runs `script` on `daemon` and returns its transcript.
 fn run(script: &Script, daemon: &Daemon) -> Vec<Record> {
-    let mut conns: Vec<Option<Client>> =
-        (0..script.conns).map(|_| Some(daemon.connect())).collect();
+    let mut conns: Vec<Option<Client>> = (0..script.conns).map(|_| Some(daemon.connect())).collect();
     for c in conns.iter_mut().flatten() {
         c.set_reply_timeout(Duration::from_secs(5));
     }
@@ -647,24 +568,14 @@ fn run(script: &Script, daemon: &Daemon) -> Vec<Record> {
     // per connection: daemon id -> variable name, for rendering
     let mut names: Vec<HashMap<u32, &'static str>> = vec![HashMap::new(); script.conns];
     let mut out = Vec::new();
-    let drain = |c: &mut Client,
-                 conn: usize,
-                 names: &HashMap<u32, &'static str>,
-                 lines: &mut Vec<String>| {
+    let drain = |c: &mut Client, conn: usize, names: &HashMap<u32, &'static str>, lines: &mut Vec<String>| {
         while let Ok(Some(m)) = c.recv_message(Duration::ZERO) {
             lines.push(render_message(&m, names, conn));
         }
     };
     for (i, step) in script.steps.iter().enumerate() {
         match step {
-            Step::Req {
-                conn,
-                msg_type,
-                tx,
-                payload,
-                save,
-                tag,
-            } => {
+            Step::Req { conn, msg_type, tx, payload, save, tag } => {
                 let tx_id = match tx {
                     Tx::None => 0,
                     Tx::Lit(n) => *n,
@@ -675,17 +586,10 @@ fn run(script: &Script, daemon: &Daemon) -> Vec<Record> {
                     Tx::Lit(n) => format!(" tx={n}"),
                     Tx::Var(v) => format!(" tx={v}"),
                 };
-                let op_name = Op::from_code(*msg_type)
-                    .map_or_else(|| format!("type{msg_type}"), |o| o.name().to_string());
-                let tag_txt = if tag.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{tag}]")
-                };
-                let request = format!(
-                    "c{conn} -> {op_name}{tx_txt} \"{}\"{tag_txt}",
-                    show(payload)
-                );
+                let op_name =
+                    Op::from_code(*msg_type).map_or_else(|| format!("type{msg_type}"), |o| o.name().to_string());
+                let tag_txt = if tag.is_empty() { String::new() } else { format!(" [{tag}]") };
+                let request = format!("c{conn} -> {op_name}{tx_txt} \"{}\"{tag_txt}", show(payload));
                 let mut outcome = Vec::new();
                 let Some(c) = conns[*conn].as_mut() else {
                     outcome.push("connection closed".into());
@@ -700,11 +604,9 @@ fn run(script: &Script, daemon: &Daemon) -> Vec<Record> {
                             outcome.push(render_message(&e, &names[*conn], *conn));
                         }
                         if let (Some(name), true) = (save, reply.header.msg_type == *msg_type) {
-                            let id = std::str::from_utf8(
-                                reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload),
-                            )
-                            .ok()
-                            .and_then(|s| s.parse::<u32>().ok());
+                            let id = std::str::from_utf8(reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload))
+                                .ok()
+                                .and_then(|s| s.parse::<u32>().ok());
                             if let Some(id) = id {
                                 ids.insert(name, id);
                                 names[*conn].insert(id, name);
@@ -729,19 +631,13 @@ fn run(script: &Script, daemon: &Daemon) -> Vec<Record> {
                         drain(c, n, &names[n], &mut outcome);
                     }
                 }
-                out.push(Record {
-                    request: "sync".into(),
-                    outcome,
-                });
+                out.push(Record { request: "sync".into(), outcome });
             }
             Step::Close(n) => {
                 conns[*n] = None;
                 // let the daemon notice before the next step
                 std::thread::sleep(Duration::from_millis(50));
-                out.push(Record {
-                    request: format!("close c{n}"),
-                    outcome: Vec::new(),
-                });
+                out.push(Record { request: format!("close c{n}"), outcome: Vec::new() });
             }
         }
     }
@@ -755,10 +651,7 @@ fn run(script: &Script, daemon: &Daemon) -> Vec<Record> {
             }
         }
     }
-    out.push(Record {
-        request: "final sync".into(),
-        outcome,
-    });
+    out.push(Record { request: "final sync".into(), outcome });
     out
 }
 
@@ -784,9 +677,7 @@ fn compare(
             continue;
         }
         let mut msg = format!("script {script}, step {i}: {request}\n");
-        let fmt = |rec: Option<&Record>| {
-            rec.map_or_else(|| vec!["<missing step>".to_string()], |x| x.outcome.clone())
-        };
+        let fmt = |rec: Option<&Record>| rec.map_or_else(|| vec!["<missing step>".to_string()], |x| x.outcome.clone());
         let (ro, co) = (fmt(r), fmt(c));
         for j in 0..ro.len().max(co.len()) {
             let a = ro.get(j).map_or("", String::as_str);
@@ -825,28 +716,14 @@ fn differential(reference: Kind, candidate: Kind) {
                 let text: String = t
                     .iter()
                     .map(|r| {
-                        format!(
-                            "{}\n{}",
-                            r.request,
-                            r.outcome
-                                .iter()
-                                .map(|o| format!("    {o}\n"))
-                                .collect::<String>()
-                        )
+                        format!("{}\n{}", r.request, r.outcome.iter().map(|o| format!("    {o}\n")).collect::<String>())
                     })
                     .collect();
-                let file =
-                    std::path::Path::new(&dir).join(format!("{}.{side}.{kind}.txt", script.name));
-                std::fs::write(&file, text)
-                    .unwrap_or_else(|e| panic!("XS_DIFF_DUMP: {}: {e}", file.display()));
+                let file = std::path::Path::new(&dir).join(format!("{}.{side}.{kind}.txt", script.name));
+                std::fs::write(&file, text).unwrap_or_else(|e| panic!("XS_DIFF_DUMP: {}: {e}", file.display()));
             }
         }
-        let (fails, allowed) = compare(
-            script.name,
-            (reference.name(), &rt),
-            (candidate.name(), &ct),
-            versions_differ,
-        );
+        let (fails, allowed) = compare(script.name, (reference.name(), &rt), (candidate.name(), &ct), versions_differ);
         for a in &allowed {
             println!("[{}] {a}", script.name);
         }
@@ -864,9 +741,7 @@ fn differential(reference: Kind, candidate: Kind) {
 
 fn pair_from_env() -> (Kind, Kind) {
     let s = std::env::var("XS_DIFF_PAIR").unwrap_or_else(|_| "cxenstored,rxenstored".into());
-    let mut it = s
-        .split(',')
-        .map(|k| Kind::from_name(k).unwrap_or_else(|| panic!("XS_DIFF_PAIR: unknown kind {k:?}")));
+    let mut it = s.split(',').map(|k| Kind::from_name(k).unwrap_or_else(|| panic!("XS_DIFF_PAIR: unknown kind {k:?}")));
     match (it.next(), it.next()) {
         (Some(a), Some(b)) => (a, b),
         _ => panic!("XS_DIFF_PAIR must name two kinds"),
@@ -891,31 +766,16 @@ fn self_check() {
 /// applies only where it says.
 #[test]
 fn compare_reports_and_allows() {
-    let rec = |req: &str, out: &[&str]| Record {
-        request: req.into(),
-        outcome: out.iter().map(|s| s.to_string()).collect(),
-    };
+    let rec =
+        |req: &str, out: &[&str]| Record { request: req.into(), outcome: out.iter().map(|s| s.to_string()).collect() };
     let a = [rec("c0 -> READ \"/x\\x00\"", &["c0 <- READ req=1 \"v\""])];
-    let b = [rec(
-        "c0 -> READ \"/x\\x00\"",
-        &["c0 <- ERROR req=1 \"ENOENT\\x00\""],
-    )];
+    let b = [rec("c0 -> READ \"/x\\x00\"", &["c0 <- ERROR req=1 \"ENOENT\\x00\""])];
     let (fails, allowed) = compare("nodes", ("ref", &a), ("cand", &b), true);
     assert_eq!(fails.len(), 1);
     assert!(allowed.is_empty());
-    assert!(
-        fails[0].contains("! ref") && fails[0].contains("! cand") && fails[0].contains("ENOENT"),
-        "{}",
-        fails[0]
-    );
-    let a = [rec(
-        "c0 -> GET_FEATURE \"\"",
-        &["c0 <- GET_FEATURE req=1 \"14\\x00\""],
-    )];
-    let b = [rec(
-        "c0 -> GET_FEATURE \"\"",
-        &["c0 <- ERROR req=1 \"ENOSYS\\x00\""],
-    )];
+    assert!(fails[0].contains("! ref") && fails[0].contains("! cand") && fails[0].contains("ENOENT"), "{}", fails[0]);
+    let a = [rec("c0 -> GET_FEATURE \"\"", &["c0 <- GET_FEATURE req=1 \"14\\x00\""])];
+    let b = [rec("c0 -> GET_FEATURE \"\"", &["c0 <- ERROR req=1 \"ENOSYS\\x00\""])];
     let (fails, allowed) = compare("domains", ("ref", &a), ("cand", &b), true);
     assert!(fails.is_empty() && allowed.len() == 1);
     // between two instances of one version nothing is excused

@@ -310,7 +310,10 @@ fn c_417_stream_restores() {
     let tree = r.core.store().snapshot();
     assert_eq!(tree.len() as usize + 2, snap.nodes.len(), "every node (and the 2 special ones)");
     assert!(r.sockets.is_empty(), "fds of another process are never adopted");
-    assert!(r.core.domain(engine::DomId(2)).is_some_and(|d| d.introduced), "ring connections re-introduce their domains");
+    assert!(
+        r.core.domain(engine::DomId(2)).is_some_and(|d| d.introduced),
+        "ring connections re-introduce their domains"
+    );
 }
 
 /// Kills an exec'd peer that the support guard would not recognise.
@@ -343,7 +346,9 @@ fn dump_tree(c: &mut Client, path: &str, out: &mut Vec<String>) {
     let dir = c.directory(path).expect("directory");
     let names: Vec<String> = dir
         .ok()
-        .map(|b| b.split(|x| *x == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .map(|b| {
+            b.split(|x| *x == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+        })
         .unwrap_or_default();
     for n in names {
         let child = if path == "/" { format!("/{n}") } else { format!("{path}/{n}") };
@@ -453,7 +458,13 @@ fn rxenstored_live_updates_to_c_xenstored_417() {
     let mut before = Vec::new();
     dump_tree(&mut admin, "/", &mut before);
     let out = xen_tool(d.socket(), &["xenstore-control", "live-update", "-t", "5", &wrapper.to_string_lossy()]);
-    assert!(out.status.success(), "xenstore-control: {} {}\nlog:\n{}", out.status, String::from_utf8_lossy(&out.stderr), d.log());
+    assert!(
+        out.status.success(),
+        "xenstore-control: {} {}\nlog:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
     assert_eq!(comm(d.pid()), "xenstored", "rxenstored exec'd C xenstored in place");
     let copy = std::fs::read(d.rundir().join("state_dump.copy")).expect("the wrapper's copy");
     assert_eq!(server::lu_stream::load(&copy).expect("clean").version, 1);

@@ -15,7 +15,6 @@
 //!   a read sent after a write sees it, and replies come in request order,
 //!   also when the client stops reading them for a while.
 
-
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,7 +94,8 @@ fn a_watcher_that_stops_reading_blocks_nobody_and_loses_nothing() {
         assert!(started.elapsed() < Duration::from_secs(60), "{args:?}: writes took {:?}", started.elapsed());
         // The watcher catches up: every event, in order.
         for i in 0..writes {
-            let (path, token) = watcher.next_event(Duration::from_secs(10)).unwrap_or_else(|| panic!("{args:?}: event {i} missing"));
+            let (path, token) =
+                watcher.next_event(Duration::from_secs(10)).unwrap_or_else(|| panic!("{args:?}: event {i} missing"));
             assert_eq!(token, b"tok");
             let want = format!("/busy/node-with-a-long-name-to-fill-the-queue-faster/{i:0>200}");
             assert_eq!(String::from_utf8_lossy(&path), want, "{args:?}");
@@ -179,7 +179,11 @@ fn clients_that_come_and_go_are_served_and_leave_nothing_behind() {
 /// Sends `count` requests made by `request(i)` one `write` each (so that
 /// the daemon reads them one by one, as a client waiting for nothing
 /// would send them), from a thread.
-fn send_each(client: &Client, count: u32, request: impl Fn(u32, &mut Vec<u8>) + Send + 'static) -> std::thread::JoinHandle<()> {
+fn send_each(
+    client: &Client,
+    count: u32,
+    request: impl Fn(u32, &mut Vec<u8>) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
     let mut stream = client.stream().try_clone().expect("clone");
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
@@ -194,7 +198,12 @@ fn send_each(client: &Client, count: u32, request: impl Fn(u32, &mut Vec<u8>) + 
 /// The next `count` replies, in the order they arrive.
 fn replies_in_order(client: &mut Client, count: u32) -> Vec<wire::Message> {
     (0..count)
-        .map(|i| client.recv_message(Duration::from_secs(20)).expect("receive").unwrap_or_else(|| panic!("reply {i} missing")))
+        .map(|i| {
+            client
+                .recv_message(Duration::from_secs(20))
+                .expect("receive")
+                .unwrap_or_else(|| panic!("reply {i} missing"))
+        })
         .collect()
 }
 
@@ -314,7 +323,9 @@ fn a_lone_client_gives_way_at_once_and_keeps_its_order() {
     let mut watcher = watching(&d, "/lone/second");
     write_read(&mut lone, "second", 300);
     for i in 0..300 {
-        let (path, _) = watcher.next_event(Duration::from_secs(10)).unwrap_or_else(|| panic!("event {i} missing; log:\n{}", d.log()));
+        let (path, _) = watcher
+            .next_event(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("event {i} missing; log:\n{}", d.log()));
         assert_eq!(String::from_utf8_lossy(&path), format!("/lone/second/k{i}"));
     }
     // And events caused by another client reach the lone one mid-run.
@@ -345,9 +356,24 @@ fn a_lone_client_gives_way_at_once_and_keeps_its_order() {
 fn a_checkpoint_falls_due_while_a_lone_client_idles() {
     let state = tempfile::tempdir().expect("state dir");
     let dir = state.path().to_str().expect("utf-8 path");
-    let Some(d) = start(&["--log-level", "debug", "--state-dir", dir, "--durability", "checkpoint", "--checkpoint-interval", "1"]) else { return };
+    let Some(d) = start(&[
+        "--log-level",
+        "debug",
+        "--state-dir",
+        dir,
+        "--durability",
+        "checkpoint",
+        "--checkpoint-interval",
+        "1",
+    ]) else {
+        return;
+    };
     let checkpoints = || -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(state.path()).expect("list").filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.ends_with(".rxs")).collect();
+        let mut names: Vec<String> = std::fs::read_dir(state.path())
+            .expect("list")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".rxs"))
+            .collect();
         names.sort();
         names
     };

@@ -125,11 +125,7 @@ impl Path {
 
     /// Number of components (`/` is 0, `/a/b` is 2).
     pub fn depth(&self) -> usize {
-        if self.is_root() {
-            0
-        } else {
-            self.as_str().bytes().filter(|&b| b == b'/').count()
-        }
+        if self.is_root() { 0 } else { self.as_str().bytes().filter(|&b| b == b'/').count() }
     }
 }
 
@@ -158,8 +154,7 @@ pub fn is_under(path: &str, ancestor: &str) -> bool {
     if ancestor == "/" {
         return path.starts_with('/');
     }
-    path.starts_with(ancestor)
-        && (path.len() == ancestor.len() || path.as_bytes()[ancestor.len()] == b'/')
+    path.starts_with(ancestor) && (path.len() == ancestor.len() || path.as_bytes()[ancestor.len()] == b'/')
 }
 
 /// One pass over the bytes (every request's path comes through here): the

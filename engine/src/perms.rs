@@ -1,10 +1,10 @@
 //! Permission lists (PROTOCOL.md §5.1): an owner entry followed by an ACL.
 
 use alloc::string::String;
-use triomphe::ThinArc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::fmt::Write as _;
+use triomphe::ThinArc;
 
 /// A Xen domain id. Ordinary domains are 0..=0x7FEF; a few reserved values
 /// above that have meanings of their own.
@@ -175,9 +175,8 @@ impl Perms {
         if !entries[1..].iter().any(|p| p.domid == domid) {
             return None;
         }
-        let v: Vec<Perm> = core::iter::once(entries[0])
-            .chain(entries[1..].iter().copied().filter(|p| p.domid != domid))
-            .collect();
+        let v: Vec<Perm> =
+            core::iter::once(entries[0]).chain(entries[1..].iter().copied().filter(|p| p.domid != domid)).collect();
         Some(Perms::shared(&v))
     }
 
@@ -253,8 +252,7 @@ mod tests {
 
     #[test]
     fn owner_replacement_and_acl_removal() {
-        let p = Perms::new(&[Perm::new(Access::Read, DomId(0)), Perm::new(Access::Both, DomId(5))])
-            .unwrap();
+        let p = Perms::new(&[Perm::new(Access::Read, DomId(0)), Perm::new(Access::Both, DomId(5))]).unwrap();
         assert_eq!(p.with_owner(DomId(5)).to_wire(), b"r5\0b5\0");
         assert!(p.with_owner(DomId(0)).ptr_eq(&p));
         assert_eq!(p.without_acl_for(DomId(5)).unwrap().to_wire(), b"r0\0");

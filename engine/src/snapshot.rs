@@ -86,9 +86,7 @@ pub enum Change {
 impl Change {
     pub fn path(&self) -> &Path {
         match self {
-            Change::Written { path, .. }
-            | Change::Removed { path, .. }
-            | Change::PermsSet { path, .. } => path,
+            Change::Written { path, .. } | Change::Removed { path, .. } | Change::PermsSet { path, .. } => path,
         }
     }
 }
@@ -274,7 +272,9 @@ impl Snapshot {
     /// `/` first, every tree node after its parent (children are listed in
     /// the order they appear), special nodes anywhere. Generations are kept;
     /// the counter resumes above the largest.
-    pub fn from_entries<V: AsRef<[u8]>, I: IntoIterator<Item = TreeEntry<V>>>(entries: I) -> Result<Snapshot, BuildError> {
+    pub fn from_entries<V: AsRef<[u8]>, I: IntoIterator<Item = TreeEntry<V>>>(
+        entries: I,
+    ) -> Result<Snapshot, BuildError> {
         let mut iter = entries.into_iter();
         let root = iter.next().ok_or(BuildError::MissingRoot)?;
         if !root.path.is_root() {
@@ -459,8 +459,7 @@ impl Snapshot {
         if listed + 1 != tree_nodes {
             return Err(Inconsistency::NodeCount { counted: listed + 1, recorded: tree_nodes });
         }
-        let recorded: alloc::collections::BTreeMap<DomId, u32> =
-            self.owners().filter(|(_, n)| *n > 0).collect();
+        let recorded: alloc::collections::BTreeMap<DomId, u32> = self.owners().filter(|(_, n)| *n > 0).collect();
         if counts != recorded {
             return Err(Inconsistency::OwnerCounts);
         }

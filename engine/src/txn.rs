@@ -217,7 +217,12 @@ impl Transaction {
     /// the general way ([`Transaction::perms`], [`Transaction::write`]).
     /// A refusal changes no node (the node's bucket may have been made this
     /// version's own).
-    pub fn overwrite<E>(&mut self, path: &Path, value: &[u8], allow: impl FnOnce(&Node) -> Result<(), E>) -> Option<Result<Change, E>> {
+    pub fn overwrite<E>(
+        &mut self,
+        path: &Path,
+        value: &[u8],
+        allow: impl FnOnce(&Node) -> Result<(), E>,
+    ) -> Option<Result<Change, E>> {
         if self.recording || path.is_special() {
             return None;
         }
@@ -280,8 +285,7 @@ impl Transaction {
             rec.perms_own = true;
             rec.touched = true;
         }
-        self.apply(Mutation::SetPerms { path: path.clone(), perms })?
-            .ok_or_else(|| EngineError::NotFound(path.clone()))
+        self.apply(Mutation::SetPerms { path: path.clone(), perms })?.ok_or_else(|| EngineError::NotFound(path.clone()))
     }
 
     /// Observes the chain a creation of `path` depends on: each missing
@@ -370,9 +374,7 @@ impl Transaction {
             Aspect::Value if !rec.value_own && rec.value.is_none() => rec.value = Some(node.value().clone()),
             Aspect::Perms if !rec.perms_own && rec.perms.is_none() => rec.perms = Some(node.perms().clone()),
             Aspect::Children if rec.children.is_none() => rec.children = Some(node.children().clone()),
-            Aspect::Generation if !rec.touched && rec.generation.is_none() => {
-                rec.generation = Some(node.generation())
-            }
+            Aspect::Generation if !rec.touched && rec.generation.is_none() => rec.generation = Some(node.generation()),
             _ => {}
         }
     }
@@ -383,9 +385,10 @@ impl Transaction {
             let node = newest.get(path.as_str());
             let created_meanwhile_alike = || {
                 !rec.read_after_create
-                    && rec.implicit.as_ref().is_some_and(|perms| {
-                        node.is_some_and(|n| n.value().is_empty() && n.perms() == perms)
-                    })
+                    && rec
+                        .implicit
+                        .as_ref()
+                        .is_some_and(|perms| node.is_some_and(|n| n.value().is_empty() && n.perms() == perms))
             };
             let same = rec.exists.is_none_or(|e| e == node.is_some() || (!e && created_meanwhile_alike()))
                 && rec.value.as_ref().is_none_or(|v| node.is_some_and(|n| n.value().same(v)))
@@ -443,9 +446,9 @@ fn mutation_path(m: &Mutation) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CommitError, Store};
     use crate::node::Node;
     use crate::perms::DomId;
+    use crate::{CommitError, Store};
 
     fn p(s: &str) -> Path {
         Path::new(s).expect("test path")
@@ -698,7 +701,8 @@ mod tests {
         // Allowed: what `write` of an existing node does.
         let (change, commit) = store
             .update(|tx| {
-                let seen = tx.overwrite(&p("/a"), b"yes", |n| if n.value().as_bytes() == b"init" { Ok(()) } else { Err(()) });
+                let seen =
+                    tx.overwrite(&p("/a"), b"yes", |n| if n.value().as_bytes() == b"init" { Ok(()) } else { Err(()) });
                 seen.expect("an existing node outside a transaction")
             })
             .unwrap();
@@ -710,11 +714,13 @@ mod tests {
         assert_eq!(now.next_generation(), before.next_generation() + 1);
         now.check_consistent().unwrap();
         // Missing, special, or in a transaction: the general way.
-        store.update(|tx| {
-            assert!(tx.overwrite(&p("/missing"), b"x", |_| Ok::<_, ()>(())).is_none());
-            assert!(tx.overwrite(&p("@introduceDomain"), b"x", |_| Ok::<_, ()>(())).is_none());
-            Ok::<_, ()>(())
-        }).unwrap();
+        store
+            .update(|tx| {
+                assert!(tx.overwrite(&p("/missing"), b"x", |_| Ok::<_, ()>(())).is_none());
+                assert!(tx.overwrite(&p("@introduceDomain"), b"x", |_| Ok::<_, ()>(())).is_none());
+                Ok::<_, ()>(())
+            })
+            .unwrap();
         let mut tx = store.begin();
         assert!(tx.overwrite(&p("/a"), b"x", |_| Ok::<_, ()>(())).is_none());
     }

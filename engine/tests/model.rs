@@ -70,9 +70,7 @@ fn run_engine(tx: &mut Transaction, op: &Op) -> Reply {
         }
         Op::Mkdir(p, c) => Reply::Flag(tx.mkdir(&path(p), c.map(DomId)).expect("mkdir").is_some()),
         Op::Rm(p) => Reply::Flag(tx.remove(&path(p)).expect("rm").is_some()),
-        Op::Dir(p) => Reply::Names(
-            tx.children(&path(p)).map(|c| c.iter().map(|n| n.to_string()).collect()),
-        ),
+        Op::Dir(p) => Reply::Names(tx.children(&path(p)).map(|c| c.iter().map(|n| n.to_string()).collect())),
         Op::GetPerms(p) => Reply::Perms(tx.perms(&path(p)).map(|x| x.to_wire())),
         Op::SetPerms(p, d) => Reply::Flag(tx.set_perms(&path(p), Perms::owned_by(DomId(d))).is_ok()),
         Op::Generation(p) => Reply::Generation(tx.generation(&path(p)).is_some()),

@@ -80,7 +80,8 @@ pub(crate) fn header(r: &mut Reader<'_>) -> Result<(u32, u64), Problem> {
 /// Decodes the body that follows the header.
 pub(crate) fn decode_body(r: &mut Reader<'_>) -> Result<State, Problem> {
     let len = r.u64("body length")?;
-    let len = usize::try_from(len).map_err(|_| Problem { offset: r.offset(), what: "impossible body length".into() })?;
+    let len =
+        usize::try_from(len).map_err(|_| Problem { offset: r.offset(), what: "impossible body length".into() })?;
     let body_at = r.offset();
     let body = r.take(len, "checkpoint body")?;
     let covered = r.consumed();
@@ -129,7 +130,9 @@ pub(crate) fn decode_domains(r: &mut Reader<'_>) -> Result<(Vec<DomainRecord>, V
         let features = u32::try_from(r.var("features")?).unwrap_or(0);
         let target = match r.var("target")? {
             0 => None,
-            t => Some(u16::try_from(t - 1).map_err(|_| Problem { offset: r.offset(), what: "bad target domid".into() })?),
+            t => Some(
+                u16::try_from(t - 1).map_err(|_| Problem { offset: r.offset(), what: "bad target domid".into() })?,
+            ),
         };
         let quotas = decode_quotas(r)?;
         let nw = r.count(3, "watches")?;

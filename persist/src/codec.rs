@@ -82,7 +82,11 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], Problem> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| self.fail(&format!("truncated {what}")))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| self.fail(&format!("truncated {what}")))?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -126,7 +130,10 @@ impl<'a> Reader<'a> {
     pub(crate) fn count(&mut self, min_size: usize, what: &str) -> Result<usize, Problem> {
         let n = self.var(what)?;
         let room = (self.data.len() - self.pos) / min_size.max(1);
-        usize::try_from(n).ok().filter(|&n| n <= room).ok_or_else(|| self.fail(&format!("impossible count {n} of {what}")))
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= room)
+            .ok_or_else(|| self.fail(&format!("impossible count {n} of {what}")))
     }
 
     pub(crate) fn bytes(&mut self, what: &str) -> Result<&'a [u8], Problem> {
@@ -138,7 +145,8 @@ impl<'a> Reader<'a> {
     pub(crate) fn path(&mut self) -> Result<Path, Problem> {
         let at = self.offset();
         let b = self.bytes("path")?;
-        Path::from_bytes(b).map_err(|e| Problem { offset: at, what: format!("invalid path {:?}: {e}", b.escape_ascii().to_string()) })
+        Path::from_bytes(b)
+            .map_err(|e| Problem { offset: at, what: format!("invalid path {:?}: {e}", b.escape_ascii().to_string()) })
     }
 
     /// A permission list. Lists equal to the previous one read are shared
@@ -148,7 +156,8 @@ impl<'a> Reader<'a> {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             let letter = self.u8("permission letter")?;
-            let access = Access::from_letter(letter).ok_or_else(|| self.fail(&format!("bad permission letter {letter:#x}")))?;
+            let access =
+                Access::from_letter(letter).ok_or_else(|| self.fail(&format!("bad permission letter {letter:#x}")))?;
             v.push(Perm::new(access, DomId(self.u16("permission domid")?)));
         }
         if let Some(last) = self.last_perms.as_ref().filter(|p| p.entries() == v.as_slice()) {

@@ -209,10 +209,12 @@ impl StateDir {
                         what: format!("commit {} follows commit {seq}: commits are missing", rec.seq),
                     });
                 }
-                if let Some((domains, quotas)) = rec.apply(&mut state.snapshot).map_err(|e| LoadError::Inconsistent {
-                    path: path.clone(),
-                    what: format!("commit {} does not apply: {e}", rec.seq),
-                })? {
+                if let Some((domains, quotas)) =
+                    rec.apply(&mut state.snapshot).map_err(|e| LoadError::Inconsistent {
+                        path: path.clone(),
+                        what: format!("commit {} does not apply: {e}", rec.seq),
+                    })?
+                {
                     state.domains = domains;
                     state.global_quotas = quotas;
                 }

@@ -59,7 +59,12 @@ impl LogRecord {
     }
 
     /// A record carrying only the domain table (INTRODUCE, RELEASE, quotas...).
-    pub fn domains(seq: u64, next_generation: u64, domains: Vec<DomainRecord>, global_quotas: Vec<QuotaValue>) -> LogRecord {
+    pub fn domains(
+        seq: u64,
+        next_generation: u64,
+        domains: Vec<DomainRecord>,
+        global_quotas: Vec<QuotaValue>,
+    ) -> LogRecord {
         LogRecord { seq, next_generation, ops: vec![LogOp::Domains { domains, global_quotas }] }
     }
 

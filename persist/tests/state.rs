@@ -31,7 +31,8 @@ fn path(i: usize) -> Path {
 }
 
 fn fresh_store() -> Store {
-    let snap = Snapshot::new(Perms::owned_by(DomId(0))).with_special(&path(6), Perms::owned_by(DomId(0))).expect("special");
+    let snap =
+        Snapshot::new(Perms::owned_by(DomId(0))).with_special(&path(6), Perms::owned_by(DomId(0))).expect("special");
     Store::new(snap)
 }
 
@@ -192,7 +193,8 @@ fn a_log_whose_header_a_crash_cut_short_is_removed_with_a_warning() {
 #[test]
 fn damage_inside_the_log_is_corruption() {
     let store = fresh_store();
-    let records = run(&store, &[Op::Write(0, 1), Op::Write(1, 2), Op::Write(4, 3), Op::Write(2, 4), Op::Write(5, 5), Op::Rm(0)]);
+    let records =
+        run(&store, &[Op::Write(0, 1), Op::Write(1, 2), Op::Write(4, 3), Op::Write(2, 4), Op::Write(5, 5), Op::Rm(0)]);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sd = StateDir::open(dir.path()).expect("open");
     sd.start_log(1).expect("log");
@@ -235,7 +237,10 @@ fn a_gap_in_the_log_is_refused() {
 #[test]
 fn prune_keeps_what_recovery_needs_and_set_aside_keeps_everything() {
     let store = fresh_store();
-    let records = run(&store, &[Op::Write(0, 1), Op::Write(1, 2), Op::Write(4, 3), Op::Write(2, 4), Op::Write(5, 1), Op::Write(3, 9)]);
+    let records = run(
+        &store,
+        &[Op::Write(0, 1), Op::Write(1, 2), Op::Write(4, 3), Op::Write(2, 4), Op::Write(5, 1), Op::Write(3, 9)],
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sd = StateDir::open(dir.path()).expect("open");
     sd.start_log(1).expect("log");
@@ -245,7 +250,12 @@ fn prune_keeps_what_recovery_needs_and_set_aside_keeps_everything() {
     records[0].apply(&mut snap).expect("apply");
     sd.start_log(2).expect("log");
     sd.append(&records[1..]).expect("append");
-    StateDir::write_checkpoint(dir.path(), &State { snapshot: snap, domains: Vec::new(), global_quotas: Vec::new() }, 1).expect("cp");
+    StateDir::write_checkpoint(
+        dir.path(),
+        &State { snapshot: snap, domains: Vec::new(), global_quotas: Vec::new() },
+        1,
+    )
+    .expect("cp");
     sd.prune(1).expect("prune");
     let got = sd.load().expect("load").expect("state");
     assert_eq!(entries(&got.state.snapshot), entries(&store.snapshot()));

@@ -76,11 +76,7 @@ impl Caller {
             return Rights::ALL;
         }
         let entries = perms.entries();
-        let access = entries[1..]
-            .iter()
-            .find(|p| self.matches(p.domid))
-            .unwrap_or(&entries[0])
-            .access;
+        let access = entries[1..].iter().find(|p| self.matches(p.domid)).unwrap_or(&entries[0]).access;
         Rights { read: access.can_read(), write: access.can_write(), owner: false }
     }
 }

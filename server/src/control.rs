@@ -10,10 +10,10 @@ use engine::DomId;
 use wire::{parse_lenient_u32, split_args};
 
 use crate::conn::ConnId;
-use crate::protocol::{Core, parse_domid_arg};
 use crate::domain::Platform;
 use crate::error::{Error, Result};
 use crate::ops::ok;
+use crate::protocol::{Core, parse_domid_arg};
 use crate::quota::{Quota, QuotaName, QuotaTable};
 
 /// The trace switches of C's `log` command.
@@ -102,7 +102,8 @@ struct Usage {
 impl<P: Platform> Core<P> {
     fn usage(&self, domid: DomId) -> Usage {
         let snap = self.store.snapshot();
-        let mut u = Usage { nodes: snap.owned_count(domid) as usize, watches: 0, transactions: 0, outstanding: 0, memory: 0 };
+        let mut u =
+            Usage { nodes: snap.owned_count(domid) as usize, watches: 0, transactions: 0, outstanding: 0, memory: 0 };
         for conn in self.conns.values().filter(|c| c.domid() == domid) {
             u.watches += conn.watches;
             u.transactions += conn.open_transactions();
@@ -196,7 +197,8 @@ impl<P: Platform> Core<P> {
             (b"quota", [b"max", flags @ ..]) if flags.is_empty() || flags == [b"-r"] => {
                 // The largest current use over unprivileged domains.
                 let mut max = Usage { nodes: 0, watches: 0, transactions: 0, outstanding: 0, memory: 0 };
-                let domids: Vec<DomId> = self.domains.keys().copied().filter(|d| *d != self.config.priv_domid).collect();
+                let domids: Vec<DomId> =
+                    self.domains.keys().copied().filter(|d| *d != self.config.priv_domid).collect();
                 for d in domids {
                     let u = self.usage(d);
                     max.nodes = max.nodes.max(u.nodes);

@@ -67,11 +67,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::SegQueue;
+use foldhash::{HashMap, HashSet};
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use crossbeam_queue::SegQueue;
-use foldhash::{HashMap, HashSet};
 use parking_lot::{Condvar, MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::conn::ConnId;
@@ -116,7 +116,8 @@ pub fn socket_path_from_env() -> PathBuf {
     if let Some(p) = std::env::var_os("XENSTORED_PATH") {
         return PathBuf::from(p);
     }
-    let rundir = std::env::var_os("XENSTORED_RUNDIR").map_or_else(|| PathBuf::from("/var/run/xenstored"), PathBuf::from);
+    let rundir =
+        std::env::var_os("XENSTORED_RUNDIR").map_or_else(|| PathBuf::from("/var/run/xenstored"), PathBuf::from);
     rundir.join("socket")
 }
 
@@ -124,10 +125,11 @@ pub fn socket_path_from_env() -> PathBuf {
 /// restricts the socket to its owner (mode 0600, as C does).
 pub fn bind(path: &FsPath) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists() {
-            fs::create_dir_all(dir)?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
-        }
+        && !dir.exists()
+    {
+        fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    }
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -246,7 +248,10 @@ struct ClientThread {
 
 impl<P: Platform> std::fmt::Debug for Daemon<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("socket", &self.socket_path).field("client_threads", &self.threads.len()).finish()
+        f.debug_struct("Daemon")
+            .field("socket", &self.socket_path)
+            .field("client_threads", &self.threads.len())
+            .finish()
     }
 }
 
@@ -268,7 +273,12 @@ pub struct Daemon<P: Platform> {
 }
 
 impl<P: Platform + Send + 'static> Daemon<P> {
-    pub fn new(core: Core<P>, listener: UnixListener, socket_path: PathBuf, trace: Option<fs::File>) -> io::Result<Daemon<P>> {
+    pub fn new(
+        core: Core<P>,
+        listener: UnixListener,
+        socket_path: PathBuf,
+        trace: Option<fs::File>,
+    ) -> io::Result<Daemon<P>> {
         let poll = Poll::new()?;
         let mut listener = listener;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -300,7 +310,15 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             snapshot_out: Vec::new(),
             promote: Vec::new(),
         };
-        let shared = Shared { state: Mutex::new(state), inbox: SegQueue::new(), waker, flush_wake: AtomicBool::new(false), paused: AtomicBool::new(false), pause: Mutex::new(false), resume: Condvar::new() };
+        let shared = Shared {
+            state: Mutex::new(state),
+            inbox: SegQueue::new(),
+            waker,
+            flush_wake: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            pause: Mutex::new(false),
+            resume: Condvar::new(),
+        };
         let solo = solo::Solo::new(poll.as_raw_fd())?;
         Ok(Daemon {
             solo,
@@ -485,7 +503,13 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     }
 
     /// Starts the thread that reads a (blocking) client socket.
-    fn spawn_client_thread(&mut self, id: ConnId, stream: &Arc<StdUnixStream>, lane: &Arc<Lane>, reads: Option<(Reader, FrameTracker)>) -> io::Result<()> {
+    fn spawn_client_thread(
+        &mut self,
+        id: ConnId,
+        stream: &Arc<StdUnixStream>,
+        lane: &Arc<Lane>,
+        reads: Option<(Reader, FrameTracker)>,
+    ) -> io::Result<()> {
         install_wakeup_signal();
         let gate = Arc::new(Mutex::new(()));
         let shared = Arc::clone(&self.shared);
@@ -559,11 +583,12 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         state.flush_dirty();
         state.fold_lanes();
         if let Some(p) = state.persistence.as_mut()
-            && let Err(e) = p.after_requests(&mut state.core) {
-                tracing::error!("live update: cannot persist the state first: {e}");
-                state.core.live_update_failed("Dump write error");
-                return;
-            }
+            && let Err(e) = p.after_requests(&mut state.core)
+        {
+            tracing::error!("live update: cannot persist the state first: {e}");
+            state.core.live_update_failed("Dump write error");
+            return;
+        }
         // The successor (ours or C's) polls its sockets: it gets them
         // non-blocking, as the single-threaded mode keeps them.
         let set_blocking = |state: &State<P>, blocking: bool| {
@@ -690,7 +715,14 @@ fn serve_socket<P: Platform>(shared: &Shared<P>, me: &ClientSide, reads: Option<
 /// bytes used. (A reply may then go out before a watch event that a
 /// concurrent commit is queueing for this connection: the two are
 /// concurrent, and either order is one the client could have seen.)
-fn answer_reads<P: Platform>(shared: &Shared<P>, me: &ClientSide, reader: &Reader, framing: &FrameTracker, bytes: &[u8], replies: &mut Vec<u8>) -> usize {
+fn answer_reads<P: Platform>(
+    shared: &Shared<P>,
+    me: &ClientSide,
+    reader: &Reader,
+    framing: &FrameTracker,
+    bytes: &[u8],
+    replies: &mut Vec<u8>,
+) -> usize {
     if !framing.at_boundary() || me.lane.waiting.load(Ordering::SeqCst) != 0 {
         return 0;
     }
@@ -708,7 +740,13 @@ fn answer_reads<P: Platform>(shared: &Shared<P>, me: &ClientSide, reader: &Reade
 /// whether sending stopped: `Ok` if the socket is full (the rest waits at
 /// the front of the lane, `backlog` set: the caller must flush), `Err` if
 /// it failed (the caller must close).
-fn send_snapshot_replies(stream: &StdUnixStream, lane: &Lane, reader: &Reader, bytes: &[u8], replies: &mut Vec<u8>) -> (usize, Option<io::Result<()>>) {
+fn send_snapshot_replies(
+    stream: &StdUnixStream,
+    lane: &Lane,
+    reader: &Reader,
+    bytes: &[u8],
+    replies: &mut Vec<u8>,
+) -> (usize, Option<io::Result<()>>) {
     // Held until the replies are sent or queued: the lock's holder flushes
     // this connection (and sets `backlog`) under it too.
     let mut out = lane.out.lock();
@@ -809,12 +847,13 @@ impl<P: Platform> State<P> {
     /// connections it served are sent; the rest is left to the main loop.
     fn finish_turn(&mut self, defer: bool) -> io::Result<()> {
         if let Some(p) = self.persistence.as_mut()
-            && let Err(e) = p.after_requests(&mut self.core) {
-                tracing::error!("cannot persist the state: {e}; stopping rather than acknowledging what may be lost");
-                // No snapshot read may pass the unsent replies either.
-                self.through.clear();
-                return Err(e);
-            }
+            && let Err(e) = p.after_requests(&mut self.core)
+        {
+            tracing::error!("cannot persist the state: {e}; stopping rather than acknowledging what may be lost");
+            // No snapshot read may pass the unsent replies either.
+            self.through.clear();
+            return Err(e);
+        }
         if defer {
             let mut ids = core::mem::take(&mut self.dirty_ids);
             self.core.take_dirty_into(&mut ids);
@@ -881,7 +920,10 @@ impl<P: Platform> State<P> {
     fn read_client(&mut self, id: ConnId, buf: &mut [u8]) {
         loop {
             let Some(client) = self.clients.get(&id) else { return };
-            let got = { let mut s = &*client.stream; s.read(buf) };
+            let got = {
+                let mut s = &*client.stream;
+                s.read(buf)
+            };
             match got {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -891,7 +933,10 @@ impl<P: Platform> State<P> {
                     if !self.clients.contains_key(&id) || (answered < n && !self.feed(id, &buf[answered..n])) {
                         return;
                     }
-                    if self.loop_snapshot_reads() && self.core.request_mix(id).is_some_and(|m| m.mostly_reads()) && !self.promote.contains(&id) {
+                    if self.loop_snapshot_reads()
+                        && self.core.request_mix(id).is_some_and(|m| m.mostly_reads())
+                        && !self.promote.contains(&id)
+                    {
                         self.promote.push(id);
                     }
                     if n < buf.len() {
@@ -956,10 +1001,9 @@ impl<P: Platform> State<P> {
     /// hand-over's) back in the poll, non-blocking and without a receive
     /// timeout; closes the client if that fails. True if it is back.
     fn poll_again(&mut self, id: ConnId, stream: &StdUnixStream) -> bool {
-        let back = stream
-            .set_read_timeout(None)
-            .and_then(|()| stream.set_nonblocking(true))
-            .and_then(|()| self.registry.register(&mut SourceFd(&stream.as_raw_fd()), Token(id.0 as usize), Interest::READABLE));
+        let back = stream.set_read_timeout(None).and_then(|()| stream.set_nonblocking(true)).and_then(|()| {
+            self.registry.register(&mut SourceFd(&stream.as_raw_fd()), Token(id.0 as usize), Interest::READABLE)
+        });
         match back {
             Ok(()) => true,
             Err(e) => {
@@ -1026,7 +1070,9 @@ impl<P: Platform> State<P> {
             let fd = client.stream.as_raw_fd();
             let token = Token(id.0 as usize);
             let done = match (client.threaded, pending) {
-                (false, true) => self.registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE),
+                (false, true) => {
+                    self.registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE)
+                }
                 (false, false) => self.registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE),
                 (true, true) => self.registry.register(&mut SourceFd(&fd), token, Interest::WRITABLE),
                 (true, false) => self.registry.deregister(&mut SourceFd(&fd)),
@@ -1070,9 +1116,10 @@ impl<P: Platform> State<P> {
     /// replies, and removes the socket.
     fn shutdown(&mut self, socket_path: &FsPath) {
         if let Some(p) = self.persistence.as_mut()
-            && let Err(e) = p.shutdown(&mut self.core) {
-                tracing::error!("final checkpoint failed: {e}");
-            }
+            && let Err(e) = p.shutdown(&mut self.core)
+        {
+            tracing::error!("final checkpoint failed: {e}");
+        }
         self.flush_dirty();
         let _ = fs::remove_file(socket_path);
         std::thread::sleep(Duration::from_millis(1));
@@ -1082,7 +1129,10 @@ impl<P: Platform> State<P> {
 /// Sends the first `N` chunks (or all, if fewer) in one `sendmsg`. (The
 /// slice array is built on the stack: a small one for the usual reply or
 /// two, a large one for a backlog.)
-fn send_gathered<'a, const N: usize>(stream: &StdUnixStream, chunks: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
+fn send_gathered<'a, const N: usize>(
+    stream: &StdUnixStream,
+    chunks: impl Iterator<Item = &'a [u8]>,
+) -> io::Result<usize> {
     let mut slices = [IoSlice::new(&[]); N];
     let mut count = 0;
     for (slot, chunk) in slices.iter_mut().zip(chunks) {
@@ -1128,7 +1178,12 @@ fn send_nonblocking(stream: &StdUnixStream, slices: &[IoSlice<'_>]) -> io::Resul
             // The system call itself: glibc's `sendmsg` is a cancellation
             // point, whose bookkeeping costs a threaded process about as
             // much as the wrapper (see `recv_blocking`).
-            libc::syscall(libc::SYS_sendmsg, stream.as_raw_fd(), &raw const msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            libc::syscall(
+                libc::SYS_sendmsg,
+                stream.as_raw_fd(),
+                &raw const msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
         };
         match usize::try_from(n) {
             Ok(sent) => return Ok(sent),

@@ -105,7 +105,13 @@ impl Solo {
         }
         // SAFETY: see above.
         let wake = unsafe { OwnedFd::from_raw_fd(fd) };
-        let signalling = Signalling { phase: Mutex::new(Phase::Idle), changed: Condvar::new(), fired: AtomicBool::new(false), wake, poll_fd };
+        let signalling = Signalling {
+            phase: Mutex::new(Phase::Idle),
+            changed: Condvar::new(),
+            fired: AtomicBool::new(false),
+            wake,
+            poll_fd,
+        };
         Ok(Solo { signalling: Arc::new(signalling), helper: None, streak: None, start_after: Self::START_AFTER })
     }
 
@@ -137,7 +143,10 @@ impl Solo {
         if self.helper.is_none() {
             super::install_wakeup_signal();
             let signalling = Arc::clone(&self.signalling);
-            let helper = std::thread::Builder::new().name("solo-watch".into()).stack_size(64 * 1024).spawn(move || watch(&signalling))?;
+            let helper = std::thread::Builder::new()
+                .name("solo-watch".into())
+                .stack_size(64 * 1024)
+                .spawn(move || watch(&signalling))?;
             self.helper = Some(helper);
         }
         let mut phase = self.signalling.phase.lock();
@@ -167,7 +176,11 @@ impl Solo {
             nudge(&self.signalling.wake);
         }
         self.streak = None;
-        self.start_after = if served < Self::SHORT_RUN { (self.start_after * 2).min(Self::START_AFTER_MAX) } else { Self::START_AFTER };
+        self.start_after = if served < Self::SHORT_RUN {
+            (self.start_after * 2).min(Self::START_AFTER_MAX)
+        } else {
+            Self::START_AFTER
+        };
     }
 }
 
@@ -256,13 +269,20 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// Serves `id` alone until anything else needs the loop (see the module
     /// doc), then hands its socket back to the poll. `timeout` is the
     /// poll's: the run ends by then. Returns the poll's next timeout.
-    pub(super) fn serve_solo(&mut self, id: ConnId, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<Option<Duration>> {
+    pub(super) fn serve_solo(
+        &mut self,
+        id: ConnId,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> io::Result<Option<Duration>> {
         let shared = Arc::clone(&self.shared);
         let deadline = timeout.map(|t| Instant::now() + t);
         let (stream, lane) = {
             let state = shared.state.lock();
             // (A client handed to a thread this turn is no longer polled.)
-            let Some(client) = state.clients.get(&id).filter(|c| !c.wants_write && !c.threaded) else { return Ok(timeout) };
+            let Some(client) = state.clients.get(&id).filter(|c| !c.wants_write && !c.threaded) else {
+                return Ok(timeout);
+            };
             let stream = Arc::clone(&client.stream);
             if let Err(e) = state.registry.deregister(&mut SourceFd(&stream.as_raw_fd())) {
                 tracing::debug!(conn = id.0, "no solo run: {e}");
@@ -308,7 +328,14 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// snapshot, as a client thread answers them (`answer_reads`): every
     /// earlier request of the client is through the core and its output
     /// sent, or the run would have ended.
-    fn solo_turns(&self, shared: &Shared<P>, side: &ClientSide, buf: &mut [u8], deadline: Option<Instant>, served: &mut u64) -> io::Result<End> {
+    fn solo_turns(
+        &self,
+        shared: &Shared<P>,
+        side: &ClientSide,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+        served: &mut u64,
+    ) -> io::Result<End> {
         let id = side.id;
         let mut snapshot = {
             let state = shared.state.lock();
@@ -346,7 +373,9 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             let open = match got {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The receive timeout: a timer is due.
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(End::Loop),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Ok(End::Loop);
+                }
                 Ok(0) => {
                     state.close(id, "end of file");
                     false
@@ -364,7 +393,9 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             }
             let now = Instant::now();
             // A timer sooner than the run's deadline, or the deadline.
-            let sooner = self.poll_timeout(&state).is_some_and(|t| deadline.is_none_or(|d| now + t + Duration::from_millis(1) < d));
+            let sooner = self
+                .poll_timeout(&state)
+                .is_some_and(|t| deadline.is_none_or(|d| now + t + Duration::from_millis(1) < d));
             let backlog = state.clients.get(&id).is_some_and(|c| c.lane.out.lock().backlog);
             if sooner || deadline.is_some_and(|d| now >= d) || backlog || state.loop_needed() {
                 return Ok(End::Loop);

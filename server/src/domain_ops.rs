@@ -7,10 +7,10 @@ use alloc::vec::Vec;
 use engine::{Change, Commit, DomId, Path};
 use wire::{one_arg, parse_lenient_u32, split_args};
 
-use crate::protocol::{Core, parse_domid_arg};
 use crate::domain::{Domain, Platform, features};
 use crate::error::{Error, Result};
 use crate::ops::ok;
+use crate::protocol::{Core, parse_domid_arg};
 use crate::quota::QuotaName;
 
 impl<P: Platform> Core<P> {
@@ -159,9 +159,10 @@ impl<P: Platform> Core<P> {
             Ok(((), mut commit)) => {
                 // Everything is journaled; only removals fire watches.
                 if let Some(j) = self.journal.as_mut()
-                    && !commit.changes.is_empty() {
-                        j.push(crate::protocol::JournalEntry::Commit(commit.clone()));
-                    }
+                    && !commit.changes.is_empty()
+                {
+                    j.push(crate::protocol::JournalEntry::Commit(commit.clone()));
+                }
                 commit.changes.retain(|c| matches!(c, Change::Removed { .. }));
                 commit
             }

@@ -30,16 +30,16 @@ extern crate alloc;
 pub mod access;
 pub mod conn;
 mod control;
-pub mod protocol;
 pub mod domain;
 mod domain_ops;
 pub mod error;
+mod lifecycle;
+pub mod live_update;
 pub mod ops;
+pub mod protocol;
 pub mod quota;
 pub mod reader;
 pub mod ring;
-mod lifecycle;
-pub mod live_update;
 pub mod watch;
 
 #[cfg(feature = "std")]
@@ -49,9 +49,9 @@ pub mod live_update_exec;
 #[cfg(feature = "std")]
 pub mod lu_stream;
 #[cfg(feature = "std")]
-pub mod persistence;
-#[cfg(feature = "std")]
 mod os;
+#[cfg(feature = "std")]
+pub mod persistence;
 #[cfg(feature = "std")]
 pub mod sim;
 #[cfg(feature = "std")]
@@ -59,7 +59,7 @@ pub mod xen;
 
 pub use access::Caller;
 pub use conn::{ConnId, ConnKind, OutQueue};
-pub use reader::Reader;
-pub use protocol::{Config, Core, JournalEntry, ProtocolViolation, initial_snapshot};
 pub use domain::{DomainState, NoRings, Platform};
 pub use error::Error;
+pub use protocol::{Config, Core, JournalEntry, ProtocolViolation, initial_snapshot};
+pub use reader::Reader;

@@ -198,7 +198,14 @@ impl<P: Platform> Core<P> {
         if session.start.is_some() {
             return Ok(Some(text("live-update session already active.")));
         }
-        session.start = Some(Start { req_id: msg.header.req_id, tx_id: msg.header.tx_id, force, timeout, version, started_at: None });
+        session.start = Some(Start {
+            req_id: msg.header.req_id,
+            tx_id: msg.header.tx_id,
+            force,
+            timeout,
+            version,
+            started_at: None,
+        });
         self.logs.push(format!("live-update: requested (timeout {timeout} s{})", if force { ", forced" } else { "" }));
         Ok(None)
     }
@@ -226,18 +233,20 @@ impl<P: Platform> Core<P> {
                     return Ok(text("Not in live-update session."));
                 };
                 let joined = words.join(&b' ');
-                let split = joined
-                    .split(|b| *b == b' ' || *b == b'\t')
-                    .filter(|w| !w.is_empty())
-                    .map(<[u8]>::to_vec)
-                    .collect();
+                let split =
+                    joined.split(|b| *b == b' ' || *b == b'\t').filter(|w| !w.is_empty()).map(<[u8]>::to_vec).collect();
                 session.cmdline = Some(split);
                 Ok(text(OK))
             }
             [b"-a"] => {
                 if let Some(session) = self.live_update.session.take() {
                     if let Some(start) = &session.start {
-                        self.reply_control(session.conn, start.req_id, start.tx_id, &text("Cancellation was requested"));
+                        self.reply_control(
+                            session.conn,
+                            start.req_id,
+                            start.tx_id,
+                            &text("Cancellation was requested"),
+                        );
                     }
                     self.logs.push(String::from("live-update: aborted"));
                     self.live_update_end();
@@ -285,7 +294,8 @@ impl<P: Platform> Core<P> {
             .and_then(|s| s.start.as_mut())
             .map(|s| s.started_at.get_or_insert(now))?;
         // Transaction ages.
-        let busy: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.transactions.is_empty()).map(|(id, _)| *id).collect();
+        let busy: Vec<ConnId> =
+            self.conns.iter().filter(|(_, c)| !c.transactions.is_empty()).map(|(id, _)| *id).collect();
         self.live_update.tx_since.retain(|id, _| busy.contains(id));
         for id in &busy {
             self.live_update.tx_since.entry(*id).or_insert(now);
@@ -363,8 +373,8 @@ impl<P: Platform> Core<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Config;
     use crate::Core;
+    use crate::protocol::Config;
     use alloc::vec;
     use wire::Decoder;
 

@@ -69,7 +69,12 @@ pub fn new_argv(req: &LuRequest, ours: &[OsString]) -> Vec<OsString> {
 /// Writes `$XENSTORED_RUNDIR/state_dump` and `exec`s; returns only on
 /// failure, with C's reply text. The state file is removed again then (a
 /// stale dump must never be restored by a later `-U`).
-pub fn dump_and_exec<P: Platform>(core: &mut Core<P>, req: &LuRequest, listener: RawFd, sockets: BTreeMap<ConnId, RawFd>) -> &'static str {
+pub fn dump_and_exec<P: Platform>(
+    core: &mut Core<P>,
+    req: &LuRequest,
+    listener: RawFd,
+    sockets: BTreeMap<ConnId, RawFd>,
+) -> &'static str {
     dump_and_exec_to(core, req, listener, sockets, &lu_stream::state_file())
 }
 
@@ -124,8 +129,13 @@ fn dump_and_exec_to<P: Platform>(
         return "Dump write error";
     }
     drop(file);
-    let handed: Vec<RawFd> =
-        [listener].into_iter().chain(fds.sockets.values().copied()).chain(pipe).chain(device).filter(|fd| *fd >= 0).collect();
+    let handed: Vec<RawFd> = [listener]
+        .into_iter()
+        .chain(fds.sockets.values().copied())
+        .chain(pipe)
+        .chain(device)
+        .filter(|fd| *fd >= 0)
+        .collect();
     let mut cleared = Vec::new();
     let mut failed = false;
     for &fd in &handed {
@@ -167,7 +177,8 @@ mod tests {
 
     #[test]
     fn argv_keeps_ours_or_takes_the_cmdline_and_adds_u_once() {
-        let mut req = LuRequest { conn: ConnId(1), req_id: 0, tx_id: 0, binary: b"/new".to_vec(), cmdline: None, version: 2 };
+        let mut req =
+            LuRequest { conn: ConnId(1), req_id: 0, tx_id: 0, binary: b"/new".to_vec(), cmdline: None, version: 2 };
         let ours: Vec<OsString> = ["/old", "-N", "--pid-file", "/p"].iter().map(OsString::from).collect();
         assert_eq!(new_argv(&req, &ours), ["/new", "-N", "--pid-file", "/p", "-U"].map(OsString::from));
         let ours_u: Vec<OsString> = ["/old", "-U", "-N"].iter().map(OsString::from).collect();
@@ -211,9 +222,17 @@ mod tests {
         let mut pipe = [-1; 2];
         // SAFETY: pipe2 writes two descriptors into the array we own.
         assert_eq!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        let mut core = Core::with_platform(crate::protocol::Config::default(), Handing { fd: pipe[0], released: 0, reclaimed: 0 });
+        let mut core =
+            Core::with_platform(crate::protocol::Config::default(), Handing { fd: pipe[0], released: 0, reclaimed: 0 });
         let conn = core.connect_socket();
-        let req = LuRequest { conn, req_id: 1, tx_id: 0, binary: b"/nonexistent/rxenstored".to_vec(), cmdline: None, version: 2 };
+        let req = LuRequest {
+            conn,
+            req_id: 1,
+            tx_id: 0,
+            binary: b"/nonexistent/rxenstored".to_vec(),
+            cmdline: None,
+            version: 2,
+        };
         let dir = std::env::temp_dir().join(format!("lu-exec-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("dir");
         let state = dir.join("state_dump");

@@ -37,7 +37,8 @@ use crate::quota::{Quota, QuotaName, QuotaTable};
 /// `$XENSTORED_RUNDIR/state_dump` (default rundir `/var/run/xenstored`),
 /// where C writes and reads it.
 pub fn state_file() -> PathBuf {
-    let rundir = std::env::var_os("XENSTORED_RUNDIR").map_or_else(|| PathBuf::from("/var/run/xenstored"), PathBuf::from);
+    let rundir =
+        std::env::var_os("XENSTORED_RUNDIR").map_or_else(|| PathBuf::from("/var/run/xenstored"), PathBuf::from);
     rundir.join("state_dump")
 }
 
@@ -87,7 +88,8 @@ pub fn export<P: Platform>(core: &mut Core<P>, req: &LuRequest, fds: &Fds) -> Re
         ..model::Snapshot::default()
     };
     if v2 {
-        snap.global_quota = Some(model::GlobalQuota { per_domain: quotas_of(&core.config.quotas), global_only: Vec::new() });
+        snap.global_quota =
+            Some(model::GlobalQuota { per_domain: quotas_of(&core.config.quotas), global_only: Vec::new() });
     }
     let ids: Vec<ConnId> = core.conns.keys().copied().collect();
     let mut next_id = 0u32;
@@ -104,7 +106,11 @@ pub fn export<P: Platform>(core: &mut Core<P>, req: &LuRequest, fds: &Fds) -> Re
                 // one, as C records it; otherwise the port INTRODUCE named.
                 let introduced = core.domains.get(&domid).filter(|d| d.conn == Some(id)).map_or(0, |d| d.port);
                 let port = core.platform.local_port(id).unwrap_or(introduced);
-                model::ConnectionKind::Ring { domid: domid.0, target: conn.caller.target.map_or(DOMID_INVALID, |t| t.0), evtchn: port }
+                model::ConnectionKind::Ring {
+                    domid: domid.0,
+                    target: conn.caller.target.map_or(DOMID_INVALID, |t| t.0),
+                    evtchn: port,
+                }
             }
         };
         let mut input = Vec::new();
@@ -122,13 +128,26 @@ pub fn export<P: Platform>(core: &mut Core<P>, req: &LuRequest, fds: &Fds) -> Re
             wire::encode(Op::Control, req.req_id, req.tx_id, b"OK\0", &mut output);
         }
         next_id += 1;
-        let partial_response_len = u16::try_from(partial_out).map_err(|_| format!("connection {}: partly sent message too long", id.0))?;
-        snap.connections.push(model::Connection { conn_id: next_id, kind, input, output, partial_response_len, unique_id: None });
+        let partial_response_len =
+            u16::try_from(partial_out).map_err(|_| format!("connection {}: partly sent message too long", id.0))?;
+        snap.connections.push(model::Connection {
+            conn_id: next_id,
+            kind,
+            input,
+            output,
+            partial_response_len,
+            unique_id: None,
+        });
         for w in core.watches.of_conn(id) {
             let depth = match (w.depth, v2) {
-                (Some(d), true) => Some(u16::try_from(d).unwrap_or(WATCH_DEPTH_UNLIMITED - 1).min(WATCH_DEPTH_UNLIMITED - 1)),
+                (Some(d), true) => {
+                    Some(u16::try_from(d).unwrap_or(WATCH_DEPTH_UNLIMITED - 1).min(WATCH_DEPTH_UNLIMITED - 1))
+                }
                 (Some(_), false) => {
-                    core.logs.push(format!("live-update: stream version 1 cannot keep the depth of watch {:?}", String::from_utf8_lossy(&w.given)));
+                    core.logs.push(format!(
+                        "live-update: stream version 1 cannot keep the depth of watch {:?}",
+                        String::from_utf8_lossy(&w.given)
+                    ));
                     None
                 }
                 (None, _) => None,
@@ -139,17 +158,31 @@ pub fn export<P: Platform>(core: &mut Core<P>, req: &LuRequest, fds: &Fds) -> Re
     // C 4.17 builds its database when it restores the control domain's
     // ring connection (§6.2): a version-1 stream always has one.
     let priv_domid = core.config.priv_domid;
-    let has_priv_ring = snap.connections.iter().any(|c| matches!(c.kind, model::ConnectionKind::Ring { domid, .. } if domid == priv_domid.0));
+    let has_priv_ring = snap
+        .connections
+        .iter()
+        .any(|c| matches!(c.kind, model::ConnectionKind::Ring { domid, .. } if domid == priv_domid.0));
     if !v2 && !has_priv_ring {
         next_id += 1;
         let kind = model::ConnectionKind::Ring { domid: priv_domid.0, target: DOMID_INVALID, evtchn: 0 };
-        let conn = model::Connection { conn_id: next_id, kind, input: Vec::new(), output: Vec::new(), partial_response_len: 0, unique_id: None };
+        let conn = model::Connection {
+            conn_id: next_id,
+            kind,
+            input: Vec::new(),
+            output: Vec::new(),
+            partial_response_len: 0,
+            unique_id: None,
+        };
         snap.connections.insert(0, conn);
     }
     snap.nodes = engine_conv::from_engine(&core.store.snapshot());
     if v2 {
         for d in core.domains.values() {
-            snap.domains.push(model::DomainData { domid: d.domid.0, features: d.features, quotas: quotas_of(&d.quotas) });
+            snap.domains.push(model::DomainData {
+                domid: d.domid.0,
+                features: d.features,
+                quotas: quotas_of(&d.quotas),
+            });
         }
     }
     Ok(snap)
@@ -240,7 +273,10 @@ fn split_output(c: &model::Connection) -> Result<Output, String> {
     let mut rest = c.output.get(resp..).unwrap_or_default();
     let mut msgs = Vec::new();
     while !rest.is_empty() {
-        let hdr = rest.get(..HEADER_LEN).and_then(|h| <&[u8; HEADER_LEN]>::try_from(h).ok()).ok_or("truncated output message")?;
+        let hdr = rest
+            .get(..HEADER_LEN)
+            .and_then(|h| <&[u8; HEADER_LEN]>::try_from(h).ok())
+            .ok_or("truncated output message")?;
         let header = Header::parse(hdr);
         let total = HEADER_LEN + header.len as usize;
         let bytes = rest.get(..total).ok_or("truncated output message")?;
@@ -329,7 +365,8 @@ pub fn import<P: Platform>(mut config: Config, platform: P, snap: &model::Snapsh
                     }
                     Err(e) => {
                         // As C: kept, ignored, so that its death is still seen.
-                        warnings.push(format!("domain {}: cannot take its ring over ({e}): connection ignored", domid.0));
+                        warnings
+                            .push(format!("domain {}: cannot take its ring over ({e}): connection ignored", domid.0));
                         core.ignore_connection(id);
                     }
                 }
@@ -349,7 +386,11 @@ pub fn import<P: Platform>(mut config: Config, platform: P, snap: &model::Snapsh
     }
     for w in &snap.watches {
         let Some(&id) = ids.get(&w.conn_id) else {
-            warnings.push(format!("watch {:?}: conn-id {} is not restored", String::from_utf8_lossy(&w.path), w.conn_id));
+            warnings.push(format!(
+                "watch {:?}: conn-id {} is not restored",
+                String::from_utf8_lossy(&w.path),
+                w.conn_id
+            ));
             continue;
         };
         let depth = w.depth.filter(|d| *d != WATCH_DEPTH_UNLIMITED).map(u32::from);

@@ -174,9 +174,10 @@ fn checked_length(s: &str) -> usize {
     if let Some(rest) = s.strip_prefix("/local/domain/") {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits > 0
-            && let Some(after) = rest[digits..].strip_prefix('/') {
-                return after.len();
-            }
+            && let Some(after) = rest[digits..].strip_prefix('/')
+        {
+            return after.len();
+        }
     }
     s.len()
 }
@@ -222,14 +223,23 @@ fn one_path<P: Platform>(ctx: &Ctx<'_, P>, payload: &[u8], special: bool) -> Res
 /// it lies in the request. `f` of the node if the caller may read it;
 /// `None` for every other case (a missing node, an invalid path), which
 /// takes the general way.
-fn read_in_place<P: Platform, R>(ctx: &Ctx<'_, P>, tx: &mut impl View, raw: &[u8], f: impl FnOnce(&engine::Node) -> R) -> Option<Result<R>> {
+fn read_in_place<P: Platform, R>(
+    ctx: &Ctx<'_, P>,
+    tx: &mut impl View,
+    raw: &[u8],
+    f: impl FnOnce(&engine::Node) -> R,
+) -> Option<Result<R>> {
     let path = ctx.borrowed(raw)?;
     tx.with_node(path, |node| if_readable(ctx, node, f)).flatten()
 }
 
 /// The checks of [`Ctx::checked`] on a node in hand: `f` of it if the caller
 /// may read it, `Denied` if not; `None` if it is missing.
-fn if_readable<P: Platform, R>(ctx: &Ctx<'_, P>, node: Option<&engine::Node>, f: impl FnOnce(&engine::Node) -> R) -> Option<Result<R>> {
+fn if_readable<P: Platform, R>(
+    ctx: &Ctx<'_, P>,
+    node: Option<&engine::Node>,
+    f: impl FnOnce(&engine::Node) -> R,
+) -> Option<Result<R>> {
     node.map(|n| if ctx.rights(n.perms()).allow(Need::Read) { Ok(f(n)) } else { Err(Error::Denied) })
 }
 

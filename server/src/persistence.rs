@@ -70,7 +70,10 @@ impl Persistence {
             Ok(r) => r,
             Err(e) if discard => {
                 let aside = dir.set_aside().map_err(|io| format!("cannot set the damaged state aside: {io}"))?;
-                tracing::warn!("discarding unusable state ({e}); moved to {}", aside.map_or_else(String::new, |p| p.display().to_string()));
+                tracing::warn!(
+                    "discarding unusable state ({e}); moved to {}",
+                    aside.map_or_else(String::new, |p| p.display().to_string())
+                );
                 None
             }
             Err(e) => return Err(format!("{e}\n(start with --discard-state to set it aside and start empty)")),
@@ -145,7 +148,8 @@ impl Persistence {
             }
         }
         let due = self.since_checkpoint > 0
-            && (self.since_checkpoint >= self.config.every_commits || self.last_checkpoint.elapsed() >= self.config.interval);
+            && (self.since_checkpoint >= self.config.every_commits
+                || self.last_checkpoint.elapsed() >= self.config.interval);
         if !due || self.writing.is_some() {
             return Ok(());
         }
@@ -293,6 +297,8 @@ fn restore_watch<P: Platform>(core: &mut Core<P>, conn: crate::ConnId, w: WatchR
             core.queue_event(conn, event, true);
         }
         Ok(false) => {}
-        Err(e) => tracing::warn!("dropping a saved watch with an invalid path {:?}: {e}", w.path.escape_ascii().to_string()),
+        Err(e) => {
+            tracing::warn!("dropping a saved watch with an invalid path {:?}: {e}", w.path.escape_ascii().to_string())
+        }
     }
 }

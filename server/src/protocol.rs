@@ -14,7 +14,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use engine::{Access, Change, Commit, CommitError, DomId, Path, Perm, Perms, Snapshot, Store, TreeEntry};
-use wire::{FrameError, FrameTracker, Header, Message, Op, PAYLOAD_MAX, encode, encode_error, encode_watch_event, one_arg, split_args};
+use wire::{
+    FrameError, FrameTracker, Header, Message, Op, PAYLOAD_MAX, encode, encode_error, encode_watch_event, one_arg,
+    split_args,
+};
 
 use crate::access::Caller;
 use crate::conn::{Conn, ConnId, ConnKind, OpenTx, OutQueue};
@@ -108,9 +111,14 @@ pub(crate) fn encode_reply(hdr: &Header, result: Result<Vec<u8>>, out: &mut Vec<
 /// The initial tree of C xenstored (§4.5).
 pub fn initial_snapshot(priv_domid: DomId) -> Snapshot {
     let owner = Perms::owned_by(priv_domid);
-    let entry = |p: &str| TreeEntry { path: Path::new(p).expect("static path"), value: Vec::new(), perms: owner.clone(), generation: 0 };
-    let release = Perms::new(&[Perm::new(Access::None, priv_domid), Perm::new(Access::Read, DomId::ANY)])
-        .expect("non-empty");
+    let entry = |p: &str| TreeEntry {
+        path: Path::new(p).expect("static path"),
+        value: Vec::new(),
+        perms: owner.clone(),
+        generation: 0,
+    };
+    let release =
+        Perms::new(&[Perm::new(Access::None, priv_domid), Perm::new(Access::Read, DomId::ANY)]).expect("non-empty");
     let special = |p: &str, perms: Perms| TreeEntry { perms, ..entry(p) };
     Snapshot::from_entries([
         entry("/"),
@@ -279,16 +287,18 @@ impl<P: Platform> Core<P> {
     pub(crate) fn committed(&mut self, commit: Commit) {
         self.fire(&commit);
         if let Some(j) = self.journal.as_mut()
-            && !commit.changes.is_empty() {
-                j.push(JournalEntry::Commit(commit));
-            }
+            && !commit.changes.is_empty()
+        {
+            j.push(JournalEntry::Commit(commit));
+        }
     }
 
     pub(crate) fn journal_domains(&mut self) {
         if let Some(j) = self.journal.as_mut()
-            && !matches!(j.last(), Some(JournalEntry::Domains)) {
-                j.push(JournalEntry::Domains);
-            }
+            && !matches!(j.last(), Some(JournalEntry::Domains))
+        {
+            j.push(JournalEntry::Domains);
+        }
     }
 
     pub(crate) fn push_output(&mut self, id: ConnId, bytes: Vec<u8>, is_event: bool) {
@@ -580,7 +590,13 @@ impl<P: Platform> Core<P> {
     /// under the connection's home), as persistence and live update restore
     /// them; `Ok(false)` if the connection already has it.
     #[cfg_attr(not(feature = "std"), allow(dead_code))]
-    pub(crate) fn add_watch_as_given(&mut self, conn: ConnId, given: &[u8], token: &[u8], depth: Option<u32>) -> core::result::Result<bool, engine::PathError> {
+    pub(crate) fn add_watch_as_given(
+        &mut self,
+        conn: ConnId,
+        given: &[u8],
+        token: &[u8],
+        depth: Option<u32>,
+    ) -> core::result::Result<bool, engine::PathError> {
         let Some(c) = self.conns.get(&conn) else { return Ok(false) };
         let path = ops::absolute(c.caller.domid, given)?;
         if !self.watches.add(conn, path, given.to_vec(), token.to_vec(), depth) {
@@ -687,9 +703,11 @@ impl<P: Platform> Core<P> {
             return;
         }
         if let Some(c) = self.conns.get(&conn)
-            && !special && c.out.has_unsent_event(&event) {
-                return;
-            }
+            && !special
+            && c.out.has_unsent_event(&event)
+        {
+            return;
+        }
         if !self.event_fits(conn, event.len()) {
             return;
         }

@@ -55,7 +55,8 @@ impl Reader {
         let mut used = 0;
         let mut snapshot = None;
         while out.len() < limit
-            && let Some(head) = bytes.get(used..used + HEADER_LEN) {
+            && let Some(head) = bytes.get(used..used + HEADER_LEN)
+        {
             let Ok(head) = <&[u8; HEADER_LEN]>::try_from(head) else { break };
             let header = Header::parse(head);
             let Some(op) = header.op().filter(|_| self.takes(&header)) else { break };
@@ -139,7 +140,11 @@ mod tests {
         encode(Op::Read, 1, 0, b"/\0", &mut bytes);
         encode(Op::Read, 2, 5, b"/\0", &mut bytes);
         let mut out = vec![];
-        assert_eq!(reader.answer_leading(&bytes, &mut out, usize::MAX), bytes.len() / 2, "stops at the transaction's read");
+        assert_eq!(
+            reader.answer_leading(&bytes, &mut out, usize::MAX),
+            bytes.len() / 2,
+            "stops at the transaction's read"
+        );
         bytes.clear();
         encode(Op::Write, 1, 0, b"/x\0y", &mut bytes);
         assert_eq!(reader.answer_leading(&bytes, &mut out, usize::MAX), 0, "writes go to the core");

@@ -111,7 +111,8 @@ impl SimPlatform {
         }
         // SAFETY: a descriptor we just got and own.
         let inotify = unsafe { OwnedFd::from_raw_fd(fd) };
-        let cdir = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let cdir =
+            CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO;
         // SAFETY: a NUL-terminated path and an inotify descriptor.
         if unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), cdir.as_ptr(), mask) } < 0 {
@@ -267,12 +268,13 @@ impl Platform for SimPlatform {
                     dom_exc |= self.drain_inotify();
                     any = true;
                 } else if let Some(sim) = self.rings.get_mut(&ConnId(tag))
-                    && os::drain(&mut sim.to_store) {
-                        any = true;
-                        if !fired.contains(&ConnId(tag)) {
-                            fired.push(ConnId(tag));
-                        }
+                    && os::drain(&mut sim.to_store)
+                {
+                    any = true;
+                    if !fired.contains(&ConnId(tag)) {
+                        fired.push(ConnId(tag));
                     }
+                }
             }
             if !any {
                 return dom_exc;
@@ -308,7 +310,8 @@ impl SimGuest {
         for to in ["store", "guest"] {
             let path = fifo(dir, domid, to);
             let _ = fs::remove_file(&path);
-            let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let c =
+                CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
             // SAFETY: a NUL-terminated path.
             if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
                 return Err(io::Error::last_os_error());
@@ -385,7 +388,10 @@ impl SimGuest {
     fn wait(&mut self, deadline: Instant) -> io::Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("domain {}: no answer from the daemon", self.domid.0)));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("domain {}: no answer from the daemon", self.domid.0),
+            ));
         }
         // Kicks may coalesce: wake at least every 50 ms to look again.
         let ms = left.as_millis().min(50) as i32;
@@ -555,7 +561,9 @@ mod tests {
         .concat();
         assert_eq!(inotify_events(&creation).count(), 5);
         assert!(!inotify_events(&creation).any(|(m, n)| is_dom_exc(m, n)));
-        for (mask, name) in [(libc::IN_DELETE, "7.ring"), (libc::IN_MOVED_FROM, "7.ring"), (libc::IN_CREATE, "7.shutdown")] {
+        for (mask, name) in
+            [(libc::IN_DELETE, "7.ring"), (libc::IN_MOVED_FROM, "7.ring"), (libc::IN_CREATE, "7.shutdown")]
+        {
             let buf = [creation.clone(), event(mask, name)].concat();
             assert!(inotify_events(&buf).any(|(m, n)| is_dom_exc(m, n)), "{name}");
         }

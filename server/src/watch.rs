@@ -32,9 +32,10 @@ impl Watch {
     /// connection's home `home` for relative watches (§6.5).
     pub fn event_path<'a>(&self, modified: &'a str, home: &str) -> &'a str {
         if self.is_relative()
-            && let Some(rest) = modified.strip_prefix(home).and_then(|r| r.strip_prefix('/')) {
-                return rest;
-            }
+            && let Some(rest) = modified.strip_prefix(home).and_then(|r| r.strip_prefix('/'))
+        {
+            return rest;
+        }
         modified
     }
 

@@ -138,7 +138,8 @@ impl HypercallBuf {
             None => (-1, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
         };
         // SAFETY: a fresh mapping; nothing aliases it.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), PAGE_SIZE, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0) };
+        let p =
+            unsafe { libc::mmap(std::ptr::null_mut(), PAGE_SIZE, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0) };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -187,9 +188,12 @@ impl XenPlatform {
         Self::check_xen()?;
         // A predecessor without Xen rings passes a stand-in (a pipe): then
         // start afresh (the stand-in is closed with the restore).
-        let is_device = fd >= 3 && std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|p| p == Path::new("/dev/xen/evtchn"));
+        let is_device = fd >= 3
+            && std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|p| p == Path::new("/dev/xen/evtchn"));
         if !is_device {
-            tracing::warn!("live update: inherited fd {fd} is not /dev/xen/evtchn: binding the guests' ports afresh is not possible");
+            tracing::warn!(
+                "live update: inherited fd {fd} is not /dev/xen/evtchn: binding the guests' ports afresh is not possible"
+            );
             return Self::open(store_domid);
         }
         // SAFETY: the previous process handed this descriptor to us and
@@ -459,9 +463,10 @@ impl Platform for XenPlatform {
                 if port == self.virq_port {
                     dom_exc = true;
                 } else if let Some(&conn) = self.ports.get(&port)
-                    && !fired.contains(&conn) {
-                        fired.push(conn);
-                    }
+                    && !fired.contains(&conn)
+                {
+                    fired.push(conn);
+                }
             }
             // Writing the ports back unmasks them (§10.4).
             let bytes: Vec<u8> = ports.iter().flat_map(|p| p.to_ne_bytes()).collect();

@@ -60,12 +60,9 @@ fn l18_guest_creations_are_owned_by_the_guest() {
 fn l33_to_l36_access_decisions() {
     let mut h = Harness::default();
     let s = h.socket();
-    for (path, perms) in [
-        ("/own", &["n5"][..]),
-        ("/def", &["r0"][..]),
-        ("/ovr", &["b0", "n7"][..]),
-        ("/first", &["n0", "r7", "b7"][..]),
-    ] {
+    for (path, perms) in
+        [("/own", &["n5"][..]), ("/def", &["r0"][..]), ("/ovr", &["b0", "n7"][..]), ("/first", &["n0", "r7", "b7"][..])]
+    {
         h.call(s, Op::Write, 0, format!("{path}\0v").as_bytes()).unwrap();
         let mut a = vec![path];
         a.extend_from_slice(perms);
@@ -286,7 +283,11 @@ fn guest_node_quota_counts_owned_nodes() {
     assert_eq!(h.call(g, Op::Write, 0, b"c\0"), err("ENOSPC"));
     // In a transaction the check happens at commit.
     h.call(s, Op::SetQuota, 0, &args(&["5", "nodes", "6"])).unwrap();
-    let tx: u32 = String::from_utf8(h.call(g, Op::TransactionStart, 0, b"\0").unwrap()).unwrap().trim_end_matches('\0').parse().unwrap();
+    let tx: u32 = String::from_utf8(h.call(g, Op::TransactionStart, 0, b"\0").unwrap())
+        .unwrap()
+        .trim_end_matches('\0')
+        .parse()
+        .unwrap();
     assert_eq!(h.call(g, Op::Write, tx, b"t1\0"), okk());
     h.call(s, Op::Write, 0, b"/local/domain/5/x\0").unwrap();
     h.call(s, Op::SetPerms, 0, &args(&["/local/domain/5/x", "n5"])).unwrap();
@@ -302,7 +303,11 @@ fn transaction_nodes_quota_dooms_the_transaction() {
     h.call(s, Op::SetPerms, 0, &args(&["/local/domain/5", "n5"])).unwrap();
     h.call(s, Op::SetQuota, 0, &args(&["5", "transaction-nodes", "4"])).unwrap();
     let g = h.domu(5);
-    let tx: u32 = String::from_utf8(h.call(g, Op::TransactionStart, 0, b"\0").unwrap()).unwrap().trim_end_matches('\0').parse().unwrap();
+    let tx: u32 = String::from_utf8(h.call(g, Op::TransactionStart, 0, b"\0").unwrap())
+        .unwrap()
+        .trim_end_matches('\0')
+        .parse()
+        .unwrap();
     assert_eq!(h.call(g, Op::Write, tx, b"a\0"), okk());
     assert_eq!(h.call(g, Op::Write, tx, b"b\0"), okk());
     assert_eq!(h.call(g, Op::Write, tx, b"c\0"), err("ENOSPC"));
@@ -316,9 +321,17 @@ fn coalescing_guest_transactions_under_one_parent() {
     let mut h = Harness::default();
     let s = h.socket();
     h.call(s, Op::Mkdir, 0, &args(&["/local/domain"])).unwrap();
-    let t1: u32 = String::from_utf8(h.call(s, Op::TransactionStart, 0, b"\0").unwrap()).unwrap().trim_end_matches('\0').parse().unwrap();
+    let t1: u32 = String::from_utf8(h.call(s, Op::TransactionStart, 0, b"\0").unwrap())
+        .unwrap()
+        .trim_end_matches('\0')
+        .parse()
+        .unwrap();
     let s2 = h.socket();
-    let t2: u32 = String::from_utf8(h.call(s2, Op::TransactionStart, 0, b"\0").unwrap()).unwrap().trim_end_matches('\0').parse().unwrap();
+    let t2: u32 = String::from_utf8(h.call(s2, Op::TransactionStart, 0, b"\0").unwrap())
+        .unwrap()
+        .trim_end_matches('\0')
+        .parse()
+        .unwrap();
     assert_eq!(h.call(s, Op::Write, t1, b"/local/domain/1/name\0a"), okk());
     assert_eq!(h.call(s2, Op::Write, t2, b"/local/domain/2/name\0b"), okk());
     assert_eq!(h.call(s, Op::TransactionEnd, t1, b"T\0"), okk());

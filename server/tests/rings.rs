@@ -27,7 +27,8 @@ struct Daemon {
 impl Daemon {
     fn start(extra: &[&str]) -> Daemon {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!("rxs-rings-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let dir =
+            std::env::temp_dir().join(format!("rxs-rings-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("rings")).expect("test directory");
         let socket = dir.join("socket");
@@ -63,7 +64,10 @@ impl Daemon {
         assert_eq!(dom0.mkdir(&home).expect("io"), Reply::ok_nul());
         assert_eq!(dom0.set_perms(&home, &[&format!("n{domid}")]).expect("io"), Reply::ok_nul());
         let port = format!("{}", 10 + domid);
-        assert_eq!(dom0.request(Op::Introduce, 0, &nul(&[&domid.to_string(), "0", &port])).expect("io"), Reply::ok_nul());
+        assert_eq!(
+            dom0.request(Op::Introduce, 0, &nul(&[&domid.to_string(), "0", &port])).expect("io"),
+            Reply::ok_nul()
+        );
         g.wait_connected(T).expect("INTRODUCE connects the ring");
         g
     }
@@ -231,7 +235,11 @@ fn a_hundred_guests_with_transactions_and_watches_beside_dom0_tools() {
                 for round in 0..5 {
                     loop {
                         let tx = g.request(Op::TransactionStart, 0, b"\0").expect("io");
-                        let tx: u32 = std::str::from_utf8(tx.ok().expect("tx id")).expect("ascii").trim_end_matches('\0').parse().expect("number");
+                        let tx: u32 = std::str::from_utf8(tx.ok().expect("tx id"))
+                            .expect("ascii")
+                            .trim_end_matches('\0')
+                            .parse()
+                            .expect("number");
                         for k in 0..4 {
                             let mut p = nul(&[&format!("data/{k}")]);
                             p.extend_from_slice(format!("{id}-{round}").as_bytes());
@@ -265,8 +273,14 @@ fn a_hundred_guests_with_transactions_and_watches_beside_dom0_tools() {
         t.join().expect("guest thread");
     }
     for i in 1..=N {
-        assert_eq!(dom0.read(format!("/local/domain/{i}/data/0")).expect("io"), Reply::Ok(format!("{i}-4").into_bytes()));
-        assert_eq!(dom0.get_perms(format!("/local/domain/{i}/data/0")).expect("io"), Reply::Ok(format!("n{i}\0").into_bytes()));
+        assert_eq!(
+            dom0.read(format!("/local/domain/{i}/data/0")).expect("io"),
+            Reply::Ok(format!("{i}-4").into_bytes())
+        );
+        assert_eq!(
+            dom0.get_perms(format!("/local/domain/{i}/data/0")).expect("io"),
+            Reply::Ok(format!("n{i}\0").into_bytes())
+        );
     }
     assert!(t0.elapsed() < Duration::from_secs(60));
 }

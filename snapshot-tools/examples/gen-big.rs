@@ -4,8 +4,7 @@
 //! a ring connection and a watch, and the rest as leaf nodes spread over them).
 
 use snapshot_tools::{
-    Connection, ConnectionKind, DOMID_INVALID, GlobalData, Node, Perm, Snapshot, Watch,
-    WriteFormat, write_stream,
+    Connection, ConnectionKind, DOMID_INVALID, GlobalData, Node, Perm, Snapshot, Watch, WriteFormat, write_stream,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,17 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => 1_000_000,
     };
     let domains: u16 = 1000;
-    let mut snap = Snapshot {
-        version: 1,
-        global: Some(GlobalData {
-            socket_fd: 3,
-            evtchn_fd: 4,
-        }),
-        ..Snapshot::default()
-    };
+    let mut snap =
+        Snapshot { version: 1, global: Some(GlobalData { socket_fd: 3, evtchn_fd: 4 }), ..Snapshot::default() };
     let n0 = || vec![Perm::new(b'n', 0)];
-    snap.nodes
-        .push(Node::committed("@introduceDomain", "", n0()));
+    snap.nodes.push(Node::committed("@introduceDomain", "", n0()));
     snap.nodes.push(Node::committed("@releaseDomain", "", n0()));
     snap.nodes.push(Node::committed("/", "", n0()));
     snap.nodes.push(Node::committed("/local", "", n0()));
@@ -36,11 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let conn_id = u32::from(d);
         snap.connections.push(Connection {
             conn_id,
-            kind: ConnectionKind::Ring {
-                domid: d,
-                target: DOMID_INVALID,
-                evtchn: u32::from(d) + 10,
-            },
+            kind: ConnectionKind::Ring { domid: d, target: DOMID_INVALID, evtchn: u32::from(d) + 10 },
             input: Vec::new(),
             output: Vec::new(),
             partial_response_len: 0,
@@ -53,11 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             depth: None,
         });
         let perms = vec![Perm::new(b'n', d)];
-        snap.nodes.push(Node::committed(
-            format!("/local/domain/{d}").as_str(),
-            "",
-            perms.clone(),
-        ));
+        snap.nodes.push(Node::committed(format!("/local/domain/{d}").as_str(), "", perms.clone()));
         for i in 1..per_domain {
             snap.nodes.push(Node::committed(
                 format!("/local/domain/{d}/key{i}").as_str(),

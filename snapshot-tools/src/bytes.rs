@@ -98,9 +98,5 @@ pub fn escape(bytes: &[u8]) -> String {
 
 /// Lowercase hex of bytes, grouped in 4-byte words (`0b000000 01000000`).
 pub fn hex_words(bytes: &[u8]) -> String {
-    bytes
-        .chunks(4)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<String>())
-        .collect::<Vec<_>>()
-        .join(" ")
+    bytes.chunks(4).map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>().join(" ")
 }

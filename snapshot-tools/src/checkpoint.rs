@@ -25,10 +25,7 @@ pub const CHECKPOINT_MAGIC: &[u8; 8] = b"RXSTATE\0";
 pub enum CheckpointError {
     /// Copying the file into a scratch directory failed.
     #[error("{}: cannot stage the checkpoint for loading: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// persist refused the state (names file and byte offset).
     #[error("{0}")]
     Load(#[from] persist::LoadError),
@@ -56,26 +53,12 @@ pub fn is_checkpoint(data: &[u8]) -> bool {
 /// Loads a state directory (newest checkpoint plus the logs after it).
 pub fn load_dir(dir: &Path) -> Result<LoadedState, CheckpointError> {
     // StateDir::open creates a missing directory; callers pass an existing one.
-    let sd = persist::StateDir::open(dir).map_err(|source| CheckpointError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let rec = sd.load()?.ok_or_else(|| CheckpointError::Empty {
-        path: dir.to_path_buf(),
-    })?;
+    let sd = persist::StateDir::open(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
+    let rec = sd.load()?.ok_or_else(|| CheckpointError::Empty { path: dir.to_path_buf() })?;
     let file_len = std::fs::read_dir(dir)
-        .map(|it| {
-            it.filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len() as usize)
-                .sum()
-        })
+        .map(|it| it.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len() as usize).sum())
         .unwrap_or(0);
-    Ok(LoadedState {
-        parsed: parsed_from_state(&rec.state, file_len),
-        seq: rec.seq,
-        warnings: rec.warnings,
-    })
+    Ok(LoadedState { parsed: parsed_from_state(&rec.state, file_len), seq: rec.seq, warnings: rec.warnings })
 }
 
 /// Loads one checkpoint file.
@@ -85,10 +68,7 @@ pub fn load_dir(dir: &Path) -> Result<LoadedState, CheckpointError> {
 /// directory under a checkpoint name and that directory is loaded. Errors
 /// are renamed to name the original file, not the temporary copy.
 pub fn load_file(path: &Path) -> Result<LoadedState, CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
     let scratch = tempfile::tempdir().map_err(io)?;
     // Keep the original name when it already is a checkpoint name (persist
     // picks the newest by the number in it); otherwise sequence 0.
@@ -99,21 +79,13 @@ pub fn load_file(path: &Path) -> Result<LoadedState, CheckpointError> {
         .unwrap_or("checkpoint-0.rxs");
     let staged = scratch.path().join(name);
     std::fs::copy(path, &staged).map_err(io)?;
-    let file_len = std::fs::metadata(path)
-        .map(|m| m.len() as usize)
-        .unwrap_or(0);
+    let file_len = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0);
     let sd = persist::StateDir::open(scratch.path()).map_err(io)?;
     let rec = sd
         .load()
         .map_err(|e| rename_error(e, path))?
-        .ok_or_else(|| CheckpointError::Empty {
-            path: path.to_path_buf(),
-        })?;
-    Ok(LoadedState {
-        parsed: parsed_from_state(&rec.state, file_len),
-        seq: rec.seq,
-        warnings: rec.warnings,
-    })
+        .ok_or_else(|| CheckpointError::Empty { path: path.to_path_buf() })?;
+    Ok(LoadedState { parsed: parsed_from_state(&rec.state, file_len), seq: rec.seq, warnings: rec.warnings })
 }
 
 /// persist's error with the staged copy's path replaced by `original`.
@@ -123,13 +95,7 @@ fn rename_error(e: persist::LoadError, original: &Path) -> persist::LoadError {
     match e {
         E::Io { source, .. } => E::Io { path, source },
         E::Corrupt { problem, .. } => E::Corrupt { path, problem },
-        E::NewerVersion {
-            found, supported, ..
-        } => E::NewerVersion {
-            path,
-            found,
-            supported,
-        },
+        E::NewerVersion { found, supported, .. } => E::NewerVersion { path, found, supported },
         E::Inconsistent { what, .. } => E::Inconsistent { path, what },
         other => other,
     }
@@ -141,46 +107,29 @@ fn quotas(q: &[persist::QuotaValue]) -> Vec<Quota> {
 
 /// A persist [`persist::State`] as the model (version 2, little-endian).
 pub fn snapshot_from_state(state: &persist::State) -> Snapshot {
-    let mut snap = Snapshot {
-        version: 2,
-        nodes: crate::engine_conv::from_engine(&state.snapshot),
-        ..Snapshot::default()
-    };
+    let mut snap =
+        Snapshot { version: 2, nodes: crate::engine_conv::from_engine(&state.snapshot), ..Snapshot::default() };
     if !state.global_quotas.is_empty() {
-        snap.global_quota = Some(GlobalQuota {
-            per_domain: quotas(&state.global_quotas),
-            global_only: Vec::new(),
-        });
+        snap.global_quota = Some(GlobalQuota { per_domain: quotas(&state.global_quotas), global_only: Vec::new() });
     }
     // A DOMAIN_DATA record must follow a reference to its domain (a ring or
     // a node permission, §5.3); a record of a domain that is neither
     // introduced nor named by any node is not shown.
-    let named: std::collections::BTreeSet<u16> = snap
-        .nodes
-        .iter()
-        .flat_map(|n| n.perms.iter().map(|p| p.domid))
-        .collect();
+    let named: std::collections::BTreeSet<u16> =
+        snap.nodes.iter().flat_map(|n| n.perms.iter().map(|p| p.domid)).collect();
     let mut conn_id = 0u32;
     for d in &state.domains {
         if !d.introduced && !named.contains(&d.domid) {
             continue;
         }
-        snap.domains.push(DomainData {
-            domid: d.domid,
-            features: d.features,
-            quotas: quotas(&d.quotas),
-        });
+        snap.domains.push(DomainData { domid: d.domid, features: d.features, quotas: quotas(&d.quotas) });
         if !d.introduced {
             continue;
         }
         conn_id += 1;
         snap.connections.push(Connection {
             conn_id,
-            kind: ConnectionKind::Ring {
-                domid: d.domid,
-                target: d.target.unwrap_or(DOMID_INVALID),
-                evtchn: d.port,
-            },
+            kind: ConnectionKind::Ring { domid: d.domid, target: d.target.unwrap_or(DOMID_INVALID), evtchn: d.port },
             input: Vec::new(),
             output: Vec::new(),
             partial_response_len: 0,
@@ -191,9 +140,7 @@ pub fn snapshot_from_state(state: &persist::State) -> Snapshot {
                 conn_id,
                 path: w.path.clone(),
                 token: w.token.clone(),
-                depth: w
-                    .depth
-                    .map(|x| u16::try_from(x).unwrap_or(WATCH_DEPTH_UNLIMITED)),
+                depth: w.depth.map(|x| u16::try_from(x).unwrap_or(WATCH_DEPTH_UNLIMITED)),
             });
         }
     }
@@ -202,11 +149,5 @@ pub fn snapshot_from_state(state: &persist::State) -> Snapshot {
 
 /// The state as a [`Parsed`] without records or findings.
 pub fn parsed_from_state(state: &persist::State, file_len: usize) -> Parsed {
-    Parsed {
-        file_len,
-        flags: 0,
-        snapshot: snapshot_from_state(state),
-        records: Vec::new(),
-        findings: Vec::new(),
-    }
+    Parsed { file_len, flags: 0, snapshot: snapshot_from_state(state), records: Vec::new(), findings: Vec::new() }
 }

@@ -74,44 +74,18 @@ pub fn check(parsed: &Parsed, version: CVersion) -> CVerdict {
     let snap = &parsed.snapshot;
     let mut breaks = Vec::new();
     let mut dropped = Vec::new();
-    let mut brk = |offset: u64, rule: &'static str, message: String| {
-        breaks.push(RuleBreak {
-            offset,
-            rule,
-            message,
-        })
-    };
-    let mut drop = |offset: u64, rule: &'static str, message: String| {
-        dropped.push(RuleBreak {
-            offset,
-            rule,
-            message,
-        })
-    };
+    let mut brk = |offset: u64, rule: &'static str, message: String| breaks.push(RuleBreak { offset, rule, message });
+    let mut drop = |offset: u64, rule: &'static str, message: String| dropped.push(RuleBreak { offset, rule, message });
 
     let ok_version = match version {
         CVersion::V417 => snap.version == 1,
         _ => (1..=2).contains(&snap.version),
     };
     if !ok_version {
-        brk(
-            8,
-            "1.9",
-            format!(
-                "stream version {} not supported by C {version}",
-                snap.version
-            ),
-        );
+        brk(8, "1.9", format!("stream version {} not supported by C {version}", snap.version));
     }
     if parsed.flags != 0 {
-        brk(
-            12,
-            "1.2",
-            format!(
-                "flags 0x{:x} differ from a little-endian host's 0",
-                parsed.flags
-            ),
-        );
+        brk(12, "1.2", format!("flags 0x{:x} differ from a little-endian host's 0", parsed.flags));
     }
     // Structural damage C does not check for: it reads out of bounds.
     for f in &parsed.findings {
@@ -123,18 +97,10 @@ pub fn check(parsed: &Parsed, version: CVersion) -> CVerdict {
                 | Problem::ConnLengthMismatch { .. }
                 | Problem::BadConnType(_)
         ) {
-            brk(
-                f.offset,
-                "2.2",
-                format!("C reads this record without bounds checks: {}", f.problem),
-            );
+            brk(f.offset, "2.2", format!("C reads this record without bounds checks: {}", f.problem));
         }
         if matches!(f.problem, Problem::MissingEnd) && version != CVersion::V417 {
-            brk(
-                f.offset,
-                "1.7 rule 8",
-                "no END: the sequential reader fails at end of file".into(),
-            );
+            brk(f.offset, "1.7 rule 8", "no END: the sequential reader fails at end of file".into());
         }
     }
 
@@ -149,17 +115,11 @@ pub fn check(parsed: &Parsed, version: CVersion) -> CVerdict {
         match rec.item {
             Item::Global => global_seen = true,
             Item::GlobalQuota => match version {
-                CVersion::V422 if conn_or_node_seen => brk(
-                    at,
-                    "1.7 rule 2",
-                    "GLOBAL_QUOTA_DATA after a CONNECTION or NODE".into(),
-                ),
+                CVersion::V422 if conn_or_node_seen => {
+                    brk(at, "1.7 rule 2", "GLOBAL_QUOTA_DATA after a CONNECTION or NODE".into())
+                }
                 CVersion::V422 => {}
-                _ => drop(
-                    at,
-                    "1.4",
-                    format!("GLOBAL_QUOTA_DATA ignored by C {version}: global quotas lost"),
-                ),
+                _ => drop(at, "1.4", format!("GLOBAL_QUOTA_DATA ignored by C {version}: global quotas lost")),
             },
             Item::Connection(i) => {
                 conn_or_node_seen = true;
@@ -169,11 +129,7 @@ pub fn check(parsed: &Parsed, version: CVersion) -> CVerdict {
                 conns.insert(c.conn_id);
                 if let ConnectionKind::Ring { domid, target, .. } = c.kind {
                     if !global_seen {
-                        brk(
-                            at,
-                            "1.7 rule 1",
-                            format!("ring CONNECTION (domain {domid}) before GLOBAL_DATA"),
-                        );
+                        brk(at, "1.7 rule 1", format!("ring CONNECTION (domain {domid}) before GLOBAL_DATA"));
                     }
                     if domid == 0 {
                         priv_seen = true;
@@ -190,58 +146,29 @@ pub fn check(parsed: &Parsed, version: CVersion) -> CVerdict {
                 };
                 if rec.rtype == rtype::WATCH_EXT {
                     if version != CVersion::V422 {
-                        drop(
-                            at,
-                            "1.9",
-                            format!("WATCH_DATA_EXTENDED skipped by C {version}: watch lost"),
-                        );
+                        drop(at, "1.9", format!("WATCH_DATA_EXTENDED skipped by C {version}: watch lost"));
                         continue;
                     }
                     let how = match layout {
-                        Some(WatchExtLayout::Bug422) => {
-                            "the 4.22 reader takes depth from the path's first bytes"
-                        }
+                        Some(WatchExtLayout::Bug422) => "the 4.22 reader takes depth from the path's first bytes",
                         _ => "the 4.22 reader expects strings at offset 10, not 12",
                     };
-                    brk(
-                        at,
-                        "1.5.5",
-                        format!("WATCH_DATA_EXTENDED would be misread: {how}"),
-                    );
+                    brk(at, "1.5.5", format!("WATCH_DATA_EXTENDED would be misread: {how}"));
                 }
                 if !conns.contains(&w.conn_id) {
-                    brk(
-                        at,
-                        "1.7 rule 4",
-                        format!("WATCH conn-id {} unknown", w.conn_id),
-                    );
+                    brk(at, "1.7 rule 4", format!("WATCH conn-id {} unknown", w.conn_id));
                 }
             }
-            Item::Transaction(_) => drop(
-                at,
-                "1.5.6",
-                "TRANSACTION_DATA ignored by every C reader".into(),
-            ),
+            Item::Transaction(_) => drop(at, "1.5.6", "TRANSACTION_DATA ignored by every C reader".into()),
             Item::Node(i) => {
                 conn_or_node_seen = true;
                 let Some(n) = snap.nodes.get(i) else { continue };
                 if !priv_seen {
-                    brk(
-                        at,
-                        "1.7 rule 3",
-                        "NODE before privileged ring CONNECTION".into(),
-                    );
+                    brk(at, "1.7 rule 3", "NODE before privileged ring CONNECTION".into());
                     priv_seen = true; // report once
                 }
                 if n.conn_id != 0 {
-                    brk(
-                        at,
-                        "1.5.7",
-                        format!(
-                            "transaction NODE {:?} would be applied as committed",
-                            n.path_str()
-                        ),
-                    );
+                    brk(at, "1.5.7", format!("transaction NODE {:?} would be applied as committed", n.path_str()));
                 }
                 if let Some(owner) = n.owner() {
                     domains.insert(owner);
@@ -250,21 +177,13 @@ pub fn check(parsed: &Parsed, version: CVersion) -> CVerdict {
                     continue;
                 }
                 if !paths.insert(&n.path) {
-                    brk(
-                        at,
-                        "1.7 rule 6",
-                        format!("NODE {:?} twice: its children are unlinked", n.path_str()),
-                    );
+                    brk(at, "1.7 rule 6", format!("NODE {:?} twice: its children are unlinked", n.path_str()));
                 }
                 if let Some(parent) = parent_of(&n.path)
                     && parent != b"/"
                     && !paths.contains(parent)
                 {
-                    brk(
-                        at,
-                        "1.7 rule 6",
-                        format!("read parent error restoring node {:?}", n.path_str()),
-                    );
+                    brk(at, "1.7 rule 6", format!("read parent error restoring node {:?}", n.path_str()));
                 }
             }
             Item::Domain(i) => {
@@ -272,54 +191,25 @@ pub fn check(parsed: &Parsed, version: CVersion) -> CVerdict {
                     continue;
                 };
                 if version == CVersion::V417 {
-                    drop(
-                        at,
-                        "1.4",
-                        format!("DOMAIN {} ignored by C 4.17: features/quotas lost", d.domid),
-                    );
+                    drop(at, "1.4", format!("DOMAIN {} ignored by C 4.17: features/quotas lost", d.domid));
                 } else if !domains.contains(&d.domid) {
-                    brk(
-                        at,
-                        "1.7 rule 7",
-                        format!("DOMAIN {} with no prior reference", d.domid),
-                    );
+                    brk(at, "1.7 rule 7", format!("DOMAIN {} with no prior reference", d.domid));
                 } else if version == CVersion::V421 && !d.quotas.is_empty() {
-                    drop(
-                        at,
-                        "1.5.9",
-                        format!("DOMAIN {} quotas ignored by C 4.21", d.domid),
-                    );
+                    drop(at, "1.5.9", format!("DOMAIN {} quotas ignored by C 4.21", d.domid));
                 }
             }
             Item::End => break,
             Item::Skipped => {
                 if rec.rtype > rtype::WATCH_EXT {
-                    drop(
-                        at,
-                        "1.4",
-                        format!("unknown record type {} skipped", rec.rtype),
-                    );
+                    drop(at, "1.4", format!("unknown record type {} skipped", rec.rtype));
                 } else {
-                    brk(
-                        at,
-                        "2.2",
-                        format!("damaged {} record", record_type_name(rec.rtype)),
-                    );
+                    brk(at, "2.2", format!("damaged {} record", record_type_name(rec.rtype)));
                 }
             }
         }
     }
-    if !global_seen
-        && snap
-            .connections
-            .iter()
-            .any(|c| matches!(c.kind, ConnectionKind::Ring { .. }))
-    {
-        brk(
-            16,
-            "1.7 rule 1",
-            "no GLOBAL_DATA: ring connections cannot be restored".into(),
-        );
+    if !global_seen && snap.connections.iter().any(|c| matches!(c.kind, ConnectionKind::Ring { .. })) {
+        brk(16, "1.7 rule 1", "no GLOBAL_DATA: ring connections cannot be restored".into());
     }
     if !snap.nodes.is_empty() && !snap.nodes.iter().any(|n| n.path == b"/") {
         dropped.push(RuleBreak {
@@ -329,10 +219,5 @@ pub fn check(parsed: &Parsed, version: CVersion) -> CVerdict {
         });
     }
     breaks.sort_by_key(|b| b.offset);
-    CVerdict {
-        version,
-        accepted: breaks.is_empty(),
-        breaks,
-        dropped,
-    }
+    CVerdict { version, accepted: breaks.is_empty(), breaks, dropped }
 }

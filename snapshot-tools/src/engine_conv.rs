@@ -31,7 +31,8 @@ fn perms_of(node: &Node) -> Result<Perms, ConvError> {
         .perms
         .iter()
         .map(|p| {
-            let access = Access::from_letter(p.letter).ok_or_else(|| ConvError::Letter { path: path(), letter: p.letter })?;
+            let access =
+                Access::from_letter(p.letter).ok_or_else(|| ConvError::Letter { path: path(), letter: p.letter })?;
             Ok(EnginePerm::new(access, DomId(p.domid)))
         })
         .collect::<Result<Vec<_>, ConvError>>()?;
@@ -48,7 +49,12 @@ pub fn to_engine(nodes: &[Node]) -> Result<Store, ConvError> {
     let root = committed().find(|n| n.path == b"/");
     for (generation, node) in root.into_iter().chain(committed().filter(|n| n.path != b"/")).enumerate() {
         let path = Path::from_bytes(&node.path).map_err(|_| ConvError::Path { path: node.path_str().into_owned() })?;
-        entries.push(TreeEntry { path, value: node.value.clone(), perms: perms_of(node)?, generation: generation as u64 });
+        entries.push(TreeEntry {
+            path,
+            value: node.value.clone(),
+            perms: perms_of(node)?,
+            generation: generation as u64,
+        });
     }
     Ok(Store::from_entries(entries)?)
 }

@@ -37,10 +37,7 @@ impl Header {
     /// Encodes the header in the given byte order.
     pub fn encode(&self, order: ByteOrder) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
-        for (i, v) in [self.msg_type, self.req_id, self.tx_id, self.len]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, v) in [self.msg_type, self.req_id, self.tx_id, self.len].into_iter().enumerate() {
             let bytes = match order {
                 ByteOrder::Little => v.to_le_bytes(),
                 ByteOrder::Big => v.to_be_bytes(),
@@ -58,12 +55,7 @@ impl Header {
                 ByteOrder::Big => u32::from_be_bytes(b),
             })
         };
-        Some(Header {
-            msg_type: word(0)?,
-            req_id: word(1)?,
-            tx_id: word(2)?,
-            len: word(3)?,
-        })
+        Some(Header { msg_type: word(0)?, req_id: word(1)?, tx_id: word(2)?, len: word(3)? })
     }
 }
 
@@ -86,11 +78,7 @@ impl Message {
 
     /// Payload split at NULs, for display: `["/a", "tok"]`.
     pub fn payload_strings(&self) -> Vec<Vec<u8>> {
-        let mut parts: Vec<Vec<u8>> = self
-            .payload
-            .split(|b| *b == 0)
-            .map(<[u8]>::to_vec)
-            .collect();
+        let mut parts: Vec<Vec<u8>> = self.payload.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
         if self.payload.last() == Some(&0) {
             parts.pop();
         }
@@ -144,11 +132,7 @@ pub fn decode_messages(bytes: &[u8], order: ByteOrder) -> Decoded {
     while pos < bytes.len() {
         let rest = &bytes[pos..];
         let Some(header) = Header::decode(rest, order) else {
-            out.partial = Some(Partial {
-                offset: pos,
-                header: None,
-                bytes: rest.to_vec(),
-            });
+            out.partial = Some(Partial { offset: pos, header: None, bytes: rest.to_vec() });
             break;
         };
         if header.len > PAYLOAD_MAX {
@@ -157,19 +141,11 @@ pub fn decode_messages(bytes: &[u8], order: ByteOrder) -> Decoded {
         let end = HEADER_LEN.checked_add(header.len as usize);
         match end.and_then(|end| rest.get(HEADER_LEN..end)) {
             Some(payload) => {
-                out.messages.push(Message {
-                    offset: pos,
-                    header,
-                    payload: payload.to_vec(),
-                });
+                out.messages.push(Message { offset: pos, header, payload: payload.to_vec() });
                 pos += HEADER_LEN + payload.len();
             }
             None => {
-                out.partial = Some(Partial {
-                    offset: pos,
-                    header: Some(header),
-                    bytes: rest.to_vec(),
-                });
+                out.partial = Some(Partial { offset: pos, header: Some(header), bytes: rest.to_vec() });
                 break;
             }
         }
@@ -215,11 +191,7 @@ pub fn type_name(code: u32) -> &'static str {
         "GET_QUOTA",
         "SET_QUOTA",
     ];
-    usize::try_from(code)
-        .ok()
-        .and_then(|i| NAMES.get(i))
-        .copied()
-        .unwrap_or("UNKNOWN")
+    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
 }
 
 #[cfg(test)]
@@ -228,25 +200,9 @@ mod tests {
 
     #[test]
     fn splits_whole_and_partial() {
-        let mut bytes = encode_message(
-            &Header {
-                msg_type: 2,
-                req_id: 7,
-                tx_id: 0,
-                len: 3,
-            },
-            b"/a\0",
-            ByteOrder::Little,
-        );
-        bytes.extend_from_slice(
-            &Header {
-                msg_type: 11,
-                req_id: 1,
-                tx_id: 0,
-                len: 31,
-            }
-            .encode(ByteOrder::Little),
-        );
+        let mut bytes =
+            encode_message(&Header { msg_type: 2, req_id: 7, tx_id: 0, len: 3 }, b"/a\0", ByteOrder::Little);
+        bytes.extend_from_slice(&Header { msg_type: 11, req_id: 1, tx_id: 0, len: 31 }.encode(ByteOrder::Little));
         bytes.extend_from_slice(b"/loca");
         let d = decode_messages(&bytes, ByteOrder::Little);
         assert_eq!(d.messages.len(), 1);

@@ -148,19 +148,8 @@ pub struct Node {
 
 impl Node {
     /// A committed node as C writes it (`conn-id`/`tx-id`/`access` 0).
-    pub fn committed(
-        path: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-        perms: Vec<Perm>,
-    ) -> Self {
-        Node {
-            path: path.into(),
-            value: value.into(),
-            perms,
-            conn_id: 0,
-            tx_id: 0,
-            access: 0,
-        }
+    pub fn committed(path: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, perms: Vec<Perm>) -> Self {
+        Node { path: path.into(), value: value.into(), perms, conn_id: 0, tx_id: 0, access: 0 }
     }
 
     /// True for `@releaseDomain` and friends.
@@ -196,36 +185,20 @@ impl Perm {
 
     /// Entry with no flags.
     pub fn new(letter: u8, domid: u16) -> Self {
-        Perm {
-            letter,
-            flags: 0,
-            domid,
-        }
+        Perm { letter, flags: 0, domid }
     }
 
     /// `n0`, `r5!` (`!` = stale), as `xenstore-ls -p` and §5.2 show it.
     pub fn display(&self) -> String {
-        let letter = if self.letter.is_ascii_graphic() {
-            self.letter as char
-        } else {
-            '?'
-        };
-        let stale = if self.flags & Perm::IGNORE != 0 {
-            "!"
-        } else {
-            ""
-        };
+        let letter = if self.letter.is_ascii_graphic() { self.letter as char } else { '?' };
+        let stale = if self.flags & Perm::IGNORE != 0 { "!" } else { "" };
         format!("{letter}{}{stale}", self.domid)
     }
 }
 
 /// Formats a permission list as `n0,r5`.
 pub fn perms_display(perms: &[Perm]) -> String {
-    perms
-        .iter()
-        .map(Perm::display)
-        .collect::<Vec<_>>()
-        .join(",")
+    perms.iter().map(Perm::display).collect::<Vec<_>>().join(",")
 }
 
 /// One named quota value; 0 means unlimited.
@@ -240,10 +213,7 @@ pub struct Quota {
 impl Quota {
     /// Builds a quota entry from a name.
     pub fn new(name: &str, value: u32) -> Self {
-        Quota {
-            name: name.as_bytes().to_vec(),
-            value,
-        }
+        Quota { name: name.as_bytes().to_vec(), value }
     }
 }
 
@@ -269,19 +239,10 @@ pub struct DomainData {
 
 /// Names of the server feature bits (`docs/misc/xenstore-ring.txt`).
 pub fn feature_names(features: u32) -> Vec<String> {
-    const NAMES: [&str; 4] = [
-        "reconnection",
-        "error-indicator",
-        "watch-depth",
-        "domid-any",
-    ];
+    const NAMES: [&str; 4] = ["reconnection", "error-indicator", "watch-depth", "domid-any"];
     (0..32)
         .filter(|bit| features & (1 << bit) != 0)
-        .map(|bit| {
-            NAMES
-                .get(bit)
-                .map_or_else(|| format!("unknown-bit-{bit}"), |n| (*n).to_string())
-        })
+        .map(|bit| NAMES.get(bit).map_or_else(|| format!("unknown-bit-{bit}"), |n| (*n).to_string()))
         .collect()
 }
 

@@ -41,10 +41,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
 }
 
 fn parse_perms(raw: &[u8]) -> Option<Vec<Perm>> {
@@ -59,32 +56,19 @@ fn parse_perms(raw: &[u8]) -> Option<Vec<Perm>> {
 
 /// Reads a dump, also returning the values the model has no room for.
 pub fn read_dump_full(data: &[u8]) -> Result<(Parsed, OxExtras), OxError> {
-    let mut snap = Snapshot {
-        version: 1,
-        ..Snapshot::default()
-    };
+    let mut snap = Snapshot { version: 1, ..Snapshot::default() };
     let mut extras = OxExtras::default();
     let mut findings = Vec::new();
     let mut offset = 0usize;
-    let mut global = GlobalData {
-        socket_fd: -1,
-        evtchn_fd: -1,
-    };
+    let mut global = GlobalData { socket_fd: -1, evtchn_fd: -1 };
     let mut have_global = false;
     for (i, raw_line) in data.split(|b| *b == b'\n').enumerate() {
         let line_no = i + 1;
         let at = offset as u64;
         offset += raw_line.len() + 1;
         let mut bad = |message: String| {
-            let problem = Problem::OxLine {
-                line: line_no,
-                message,
-            };
-            findings.push(Finding {
-                offset: at,
-                severity: problem.severity(),
-                problem,
-            });
+            let problem = Problem::OxLine { line: line_no, message };
+            findings.push(Finding { offset: at, severity: problem.severity(), problem });
         };
         let Ok(line) = std::str::from_utf8(raw_line) else {
             bad("not UTF-8".into());
@@ -125,11 +109,7 @@ pub fn read_dump_full(data: &[u8]) -> Result<(Parsed, OxExtras), OxError> {
                     extras.domains.push((domid, mfn, remote, local));
                     snap.connections.push(Connection {
                         conn_id: next_id,
-                        kind: ConnectionKind::Ring {
-                            domid,
-                            target: DOMID_INVALID,
-                            evtchn: local.unwrap_or(remote),
-                        },
+                        kind: ConnectionKind::Ring { domid, target: DOMID_INVALID, evtchn: local.unwrap_or(remote) },
                         input: Vec::new(),
                         output: Vec::new(),
                         partial_response_len: 0,
@@ -150,11 +130,9 @@ pub fn read_dump_full(data: &[u8]) -> Result<(Parsed, OxExtras), OxError> {
                 None => bad("bad socket line".into()),
             },
             Some("watch") => {
-                let (Some(id), Some(path), Some(token)) = (
-                    num(1),
-                    f.get(2).and_then(|s| unhex(s)),
-                    f.get(3).and_then(|s| unhex(s)),
-                ) else {
+                let (Some(id), Some(path), Some(token)) =
+                    (num(1), f.get(2).and_then(|s| unhex(s)), f.get(3).and_then(|s| unhex(s)))
+                else {
                     bad("bad watch line".into());
                     continue;
                 };
@@ -163,21 +141,14 @@ pub fn read_dump_full(data: &[u8]) -> Result<(Parsed, OxExtras), OxError> {
                     ConnectionKind::Socket { fd } => id < 0 && i64::from(fd) == -id,
                 });
                 match owner {
-                    Some(c) => snap.watches.push(Watch {
-                        conn_id: c.conn_id,
-                        path,
-                        token,
-                        depth: None,
-                    }),
+                    Some(c) => snap.watches.push(Watch { conn_id: c.conn_id, path, token, depth: None }),
                     None => bad(format!("watch for unknown connection {id}")),
                 }
             }
             Some("store") => {
-                let (Some(path), Some(perms), Some(value)) = (
-                    f.get(1).and_then(|s| unhex(s)),
-                    f.get(2).and_then(|s| unhex(s)),
-                    f.get(3).and_then(|s| unhex(s)),
-                ) else {
+                let (Some(path), Some(perms), Some(value)) =
+                    (f.get(1).and_then(|s| unhex(s)), f.get(2).and_then(|s| unhex(s)), f.get(3).and_then(|s| unhex(s)))
+                else {
                     bad("bad store line".into());
                     continue;
                 };
@@ -191,22 +162,14 @@ pub fn read_dump_full(data: &[u8]) -> Result<(Parsed, OxExtras), OxError> {
                 };
                 snap.nodes.push(Node::committed(path, value, perms));
             }
-            Some(other) => bad(format!(
-                "unknown line kind {other:?} (skipped, as oxenstored does)"
-            )),
+            Some(other) => bad(format!("unknown line kind {other:?} (skipped, as oxenstored does)")),
             None => {}
         }
     }
     if have_global {
         snap.global = Some(global);
     }
-    let parsed = Parsed {
-        file_len: data.len(),
-        flags: 0,
-        snapshot: snap,
-        records: Vec::new(),
-        findings,
-    };
+    let parsed = Parsed { file_len: data.len(), flags: 0, snapshot: snap, records: Vec::new(), findings };
     Ok((parsed, extras))
 }
 
@@ -247,22 +210,9 @@ pub fn write_dump(snap: &Snapshot, extras: &OxExtras) -> String {
         }
     }
     for n in &snap.nodes {
-        let path = if n.is_special() {
-            [b"/".as_slice(), &n.path].concat()
-        } else {
-            n.path.clone()
-        };
-        let perms: Vec<String> = n
-            .perms
-            .iter()
-            .map(|p| format!("{}{}", p.letter as char, p.domid))
-            .collect();
-        o += &format!(
-            "store,{},{},{}\n",
-            hex(&path),
-            hex(perms.join("\0").as_bytes()),
-            hex(&n.value)
-        );
+        let path = if n.is_special() { [b"/".as_slice(), &n.path].concat() } else { n.path.clone() };
+        let perms: Vec<String> = n.perms.iter().map(|p| format!("{}{}", p.letter as char, p.domid)).collect();
+        o += &format!("store,{},{},{}\n", hex(&path), hex(perms.join("\0").as_bytes()), hex(&n.value));
     }
     o
 }

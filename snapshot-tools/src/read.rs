@@ -104,17 +104,9 @@ pub enum Problem {
     #[error("{name} length {length} is not a multiple of 8")]
     UnalignedLength { name: &'static str, length: u32 },
     #[error("{name} length {length} is smaller than its fixed part ({min} bytes)")]
-    LengthTooSmall {
-        name: &'static str,
-        length: u32,
-        min: usize,
-    },
+    LengthTooSmall { name: &'static str, length: u32, min: usize },
     #[error("{name} length {length} runs past end of file ({available} bytes left)")]
-    PastEndOfFile {
-        name: &'static str,
-        length: u32,
-        available: usize,
-    },
+    PastEndOfFile { name: &'static str, length: u32, available: usize },
     #[error("{name}: non-zero padding or reserved bytes")]
     NonZeroPadding { name: &'static str },
     #[error("unknown record type {0}")]
@@ -138,22 +130,13 @@ pub enum Problem {
     #[error("CONNECTION unique-id trailer on a socket connection")]
     SocketUniqueId,
     #[error("CONNECTION length {length}, expected {expected} from in={input} out={output}")]
-    ConnLengthMismatch {
-        length: u32,
-        expected: usize,
-        input: u16,
-        output: u32,
-    },
+    ConnLengthMismatch { length: u32, expected: usize, input: u16, output: u32 },
     #[error("CONNECTION out-resp-len {resp} > out-data-len {out}")]
     RespLenTooBig { resp: u16, out: u32 },
     #[error("CONNECTION {part} data does not split into whole messages ({bytes} trailing bytes)")]
     PendingNotWhole { part: &'static str, bytes: usize },
     #[error("CONNECTION {part} message at data offset {at} has len {len} > 4096")]
-    OversizedMessage {
-        part: &'static str,
-        at: usize,
-        len: u32,
-    },
+    OversizedMessage { part: &'static str, at: usize, len: u32 },
     #[error("ring CONNECTION domid 0x{0:x} is reserved (>= 0x7ff0)")]
     ReservedDomid(u16),
     #[error("ring CONNECTION tdomid equals domid {0}")]
@@ -161,19 +144,14 @@ pub enum Problem {
     #[error("{name}: string lengths overflow the record")]
     StringOverflow { name: &'static str },
     #[error("{name}: {what} is not NUL-terminated or contains a NUL")]
-    BadTerminator {
-        name: &'static str,
-        what: &'static str,
-    },
+    BadTerminator { name: &'static str, what: &'static str },
     #[error("{name} conn-id {conn_id} unknown")]
     UnknownConn { name: &'static str, conn_id: u32 },
     #[error("{name} conn-id {conn_id} refers to a CONNECTION that comes later")]
     ConnLater { name: &'static str, conn_id: u32 },
     #[error("WATCH_DATA_EXTENDED in a version 1 stream")]
     WatchExtInV1,
-    #[error(
-        "WATCH_DATA_EXTENDED only parses under the 4.22 writer-bug layout (strings at 8, no depth)"
-    )]
+    #[error("WATCH_DATA_EXTENDED only parses under the 4.22 writer-bug layout (strings at 8, no depth)")]
     WatchExtBugLayout,
     #[error("WATCH for conn-id {0} in a migration stream whose connection is {1}")]
     MigrationWatchOtherConn(u32, u32),
@@ -195,14 +173,8 @@ pub enum Problem {
     ParentMissing(String),
     #[error("NODE {0:?}: parent comes later in the stream")]
     ParentLater(String),
-    #[error(
-        "NODE {path:?} in transaction (conn {conn_id}, tx {tx_id}) without a TRANSACTION_DATA before it"
-    )]
-    NodeWithoutTransaction {
-        path: String,
-        conn_id: u32,
-        tx_id: u32,
-    },
+    #[error("NODE {path:?} in transaction (conn {conn_id}, tx {tx_id}) without a TRANSACTION_DATA before it")]
+    NodeWithoutTransaction { path: String, conn_id: u32, tx_id: u32 },
     #[error("{name}: quota value count and name list do not match")]
     QuotaNamesMismatch { name: &'static str },
     #[error("{name}: unknown quota name {quota:?}")]
@@ -223,9 +195,7 @@ impl Problem {
     pub fn severity(&self) -> Severity {
         use Problem::*;
         match self {
-            TrailingData(_) | UnalignedLength { .. } | NonZeroPadding { .. } | EndWithBody(_) => {
-                Severity::Warning
-            }
+            TrailingData(_) | UnalignedLength { .. } | NonZeroPadding { .. } | EndWithBody(_) => Severity::Warning,
             UnknownFeatures { .. } | MigrationWatchOtherConn(..) => Severity::Warning,
             UnknownQuota { .. } => Severity::Info,
             _ => Severity::Error,
@@ -329,10 +299,7 @@ impl Parsed {
 
     /// Offset of the given record kind's `i`th item (for reports).
     pub fn offset_of(&self, item: Item) -> Option<u64> {
-        self.records
-            .iter()
-            .find(|r| r.item == item)
-            .map(|r| r.offset)
+        self.records.iter().find(|r| r.item == item).map(|r| r.offset)
     }
 }
 
@@ -348,22 +315,14 @@ pub fn read_stream(buf: &[u8]) -> Result<Parsed, ReadError> {
     }
     let version = u32_at(buf, 8, ByteOrder::Big).unwrap_or(0);
     let flags = u32_at(buf, 12, ByteOrder::Big).unwrap_or(0);
-    let order = if flags & 1 != 0 {
-        ByteOrder::Big
-    } else {
-        ByteOrder::Little
-    };
+    let order = if flags & 1 != 0 { ByteOrder::Big } else { ByteOrder::Little };
     let mut r = Reader {
         buf,
         order,
         parsed: Parsed {
             file_len: buf.len(),
             flags,
-            snapshot: Snapshot {
-                version,
-                byte_order: order,
-                ..Snapshot::default()
-            },
+            snapshot: Snapshot { version, byte_order: order, ..Snapshot::default() },
             records: Vec::new(),
             findings: Vec::new(),
         },
@@ -413,11 +372,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn find(&mut self, offset: u64, problem: Problem) {
         let severity = problem.severity();
-        self.parsed.findings.push(Finding {
-            offset,
-            severity,
-            problem,
-        });
+        self.parsed.findings.push(Finding { offset, severity, problem });
     }
 
     /// Sizes the per-record tables from a pass over the record headers
@@ -427,10 +382,7 @@ impl<'a> Reader<'a> {
     fn reserve(&mut self) {
         let (mut records, mut nodes) = (0usize, 0usize);
         let mut pos = PREAMBLE_LEN;
-        while let (Some(t), Some(length)) = (
-            u32_at(self.buf, pos, self.order),
-            u32_at(self.buf, pos + 4, self.order),
-        ) {
+        while let (Some(t), Some(length)) = (u32_at(self.buf, pos, self.order), u32_at(self.buf, pos + 4, self.order)) {
             records += 1;
             if t == rtype::NODE {
                 nodes += 1;
@@ -458,10 +410,8 @@ impl<'a> Reader<'a> {
                 self.find(self.buf.len() as u64, Problem::MissingEnd);
                 return;
             }
-            let (Some(t), Some(length)) = (
-                u32_at(self.buf, pos, self.order),
-                u32_at(self.buf, pos + 4, self.order),
-            ) else {
+            let (Some(t), Some(length)) = (u32_at(self.buf, pos, self.order), u32_at(self.buf, pos + 4, self.order))
+            else {
                 return;
             };
             let at = pos as u64;
@@ -472,31 +422,14 @@ impl<'a> Reader<'a> {
             let body_start = pos + 8;
             let available = self.buf.len() - body_start;
             if length as usize > available {
-                self.find(
-                    at,
-                    Problem::PastEndOfFile {
-                        name,
-                        length,
-                        available,
-                    },
-                );
-                self.parsed.records.push(RecordInfo {
-                    offset: at,
-                    rtype: t,
-                    length,
-                    item: Item::Skipped,
-                });
+                self.find(at, Problem::PastEndOfFile { name, length, available });
+                self.parsed.records.push(RecordInfo { offset: at, rtype: t, length, item: Item::Skipped });
                 self.find(self.buf.len() as u64, Problem::MissingEnd);
                 return;
             }
             let body = &self.buf[body_start..body_start + length as usize];
             let item = self.record(at, t, length, body);
-            self.parsed.records.push(RecordInfo {
-                offset: at,
-                rtype: t,
-                length,
-                item,
-            });
+            self.parsed.records.push(RecordInfo { offset: at, rtype: t, length, item });
             if t == rtype::END {
                 if length != 0 {
                     self.find(at, Problem::EndWithBody(length));
@@ -514,10 +447,7 @@ impl<'a> Reader<'a> {
                 && let Some(w) = self.parsed.snapshot.watches.get(i)
             {
                 let written = body_start + roundup8(8 + w.path.len() + 1 + w.token.len() + 1);
-                if written != next
-                    && self.plausible_record_at(written)
-                    && !self.plausible_record_at(next)
-                {
+                if written != next && self.plausible_record_at(written) && !self.plausible_record_at(next) {
                     next = written;
                 }
             }
@@ -526,13 +456,8 @@ impl<'a> Reader<'a> {
     }
 
     fn plausible_record_at(&self, pos: usize) -> bool {
-        match (
-            u32_at(self.buf, pos, self.order),
-            u32_at(self.buf, pos + 4, self.order),
-        ) {
-            (Some(t), Some(len)) => {
-                t <= 8 && len % 8 == 0 && (len as usize) <= self.buf.len().saturating_sub(pos + 8)
-            }
+        match (u32_at(self.buf, pos, self.order), u32_at(self.buf, pos + 4, self.order)) {
+            (Some(t), Some(len)) => t <= 8 && len % 8 == 0 && (len as usize) <= self.buf.len().saturating_sub(pos + 8),
             _ => false,
         }
     }
@@ -585,10 +510,7 @@ impl<'a> Reader<'a> {
         let socket_fd = u32_at(body, 0, self.order).unwrap_or(0) as i32;
         let evtchn_fd = u32_at(body, 4, self.order).unwrap_or(0) as i32;
         self.check_padding(at, NAME, body.get(8..).unwrap_or(&[]));
-        self.parsed.snapshot.global = Some(GlobalData {
-            socket_fd,
-            evtchn_fd,
-        });
+        self.parsed.snapshot.global = Some(GlobalData { socket_fd, evtchn_fd });
         Item::Global
     }
 
@@ -615,11 +537,7 @@ impl<'a> Reader<'a> {
                 if target == domid {
                     self.find(at, Problem::SelfTarget(domid));
                 }
-                ConnectionKind::Ring {
-                    domid,
-                    target,
-                    evtchn,
-                }
+                ConnectionKind::Ring { domid, target, evtchn }
             }
             1 => {
                 let fd = u32_at(body, 8, o).unwrap_or(0) as i32;
@@ -644,42 +562,20 @@ impl<'a> Reader<'a> {
         let data_end = 24usize + in_len as usize + out_len as usize;
         let expected = roundup8(data_end) + if has_trailer { 8 } else { 0 };
         if expected != length as usize {
-            self.find(
-                at,
-                Problem::ConnLengthMismatch {
-                    length,
-                    expected,
-                    input: in_len,
-                    output: out_len,
-                },
-            );
+            self.find(at, Problem::ConnLengthMismatch { length, expected, input: in_len, output: out_len });
         }
         let Some(data) = body.get(24..data_end) else {
             return Item::Skipped;
         };
         let (input, output) = data.split_at(in_len as usize);
-        let unique_id = if has_trailer {
-            u64_at(body, roundup8(data_end), o)
-        } else {
-            None
-        };
+        let unique_id = if has_trailer { u64_at(body, roundup8(data_end), o) } else { None };
         if has_trailer && unique_id.is_none() {
             return Item::Skipped;
         }
-        let pad_end = if has_trailer {
-            roundup8(data_end)
-        } else {
-            body.len()
-        };
+        let pad_end = if has_trailer { roundup8(data_end) } else { body.len() };
         self.check_padding(at, NAME, body.get(data_end..pad_end).unwrap_or(&[]));
         if resp_len as u32 > out_len {
-            self.find(
-                at,
-                Problem::RespLenTooBig {
-                    resp: resp_len,
-                    out: out_len,
-                },
-            );
+            self.find(at, Problem::RespLenTooBig { resp: resp_len, out: out_len });
         }
         self.check_pending(at, input, output, resp_len);
         if conn_id != 0 && self.conn_index.contains_key(&conn_id) {
@@ -709,36 +605,16 @@ impl<'a> Reader<'a> {
         let d = decode_messages(input, self.order);
         for off in d.oversized {
             let len = u32_at(input, off + 12, self.order).unwrap_or(0);
-            self.find(
-                at,
-                Problem::OversizedMessage {
-                    part: "input",
-                    at: off,
-                    len,
-                },
-            );
+            self.find(at, Problem::OversizedMessage { part: "input", at: off, len });
         }
         let queued = output.get(resp_len as usize..).unwrap_or(&[]);
         let d = decode_messages(queued, self.order);
         for off in d.oversized {
             let len = u32_at(queued, off + 12, self.order).unwrap_or(0);
-            self.find(
-                at,
-                Problem::OversizedMessage {
-                    part: "output",
-                    at: off + resp_len as usize,
-                    len,
-                },
-            );
+            self.find(at, Problem::OversizedMessage { part: "output", at: off + resp_len as usize, len });
         }
         if let Some(p) = d.partial {
-            self.find(
-                at,
-                Problem::PendingNotWhole {
-                    part: "output",
-                    bytes: p.bytes.len(),
-                },
-            );
+            self.find(at, Problem::PendingNotWhole { part: "output", bytes: p.bytes.len() });
         }
     }
 
@@ -765,9 +641,7 @@ impl<'a> Reader<'a> {
             let design = strings_ok(12).filter(|(p, t)| terminated(p) && terminated(t));
             let bug = strings_ok(8).filter(|(p, t)| terminated(p) && terminated(t));
             match (design, bug) {
-                (Some(_), _) | (None, None) => {
-                    (12, u16_at(body, 8, o), Some(WatchExtLayout::Design))
-                }
+                (Some(_), _) | (None, None) => (12, u16_at(body, 8, o), Some(WatchExtLayout::Design)),
                 (None, Some(_)) => {
                     self.find(at, Problem::WatchExtBugLayout);
                     (8, Some(WATCH_DEPTH_UNLIMITED), Some(WatchExtLayout::Bug422))
@@ -787,25 +661,14 @@ impl<'a> Reader<'a> {
             self.find(at, Problem::BadTerminator { name, what: "path" });
         }
         if !terminated(token) {
-            self.find(
-                at,
-                Problem::BadTerminator {
-                    name,
-                    what: "token",
-                },
-            );
+            self.find(at, Problem::BadTerminator { name, what: "token" });
         }
         if layout != Some(WatchExtLayout::Bug422) {
             self.check_padding(at, name, body.get(start + plen + tlen..).unwrap_or(&[]));
         }
         self.check_conn_ref(at, name, conn_id);
         let strip = |s: &[u8]| s.strip_suffix(&[0]).unwrap_or(s).to_vec();
-        let w = Watch {
-            conn_id,
-            path: strip(path),
-            token: strip(token),
-            depth,
-        };
+        let w = Watch { conn_id, path: strip(path), token: strip(token), depth };
         let idx = self.parsed.snapshot.watches.len();
         self.parsed.snapshot.watches.push(w);
         Item::Watch(idx, layout)
@@ -829,10 +692,7 @@ impl<'a> Reader<'a> {
         self.check_conn_ref(at, NAME, conn_id);
         self.transactions.insert((conn_id, tx_id));
         let idx = self.parsed.snapshot.transactions.len();
-        self.parsed
-            .snapshot
-            .transactions
-            .push(Transaction { conn_id, tx_id });
+        self.parsed.snapshot.transactions.push(Transaction { conn_id, tx_id });
         Item::Transaction(idx)
     }
 
@@ -870,20 +730,10 @@ impl<'a> Reader<'a> {
             self.find(at, Problem::StringOverflow { name: NAME });
             return Item::Skipped;
         };
-        self.check_padding(
-            at,
-            NAME,
-            body.get(path_start + plen + vlen..).unwrap_or(&[]),
-        );
+        self.check_padding(at, NAME, body.get(path_start + plen + vlen..).unwrap_or(&[]));
         let terminated = path.last() == Some(&0) && !path[..path.len() - 1].contains(&0);
         if !terminated {
-            self.find(
-                at,
-                Problem::BadTerminator {
-                    name: NAME,
-                    what: "path",
-                },
-            );
+            self.find(at, Problem::BadTerminator { name: NAME, what: "path" });
         }
         let path: &'a [u8] = path.strip_suffix(&[0]).unwrap_or(path);
         // Only built when a finding needs it: most nodes have none.
@@ -895,40 +745,18 @@ impl<'a> Reader<'a> {
             self.find(at, Problem::PathTooLong(shown()));
         }
         if value.len() > PAYLOAD_MAX as usize {
-            self.find(
-                at,
-                Problem::ValueTooLong {
-                    path: shown(),
-                    len: value.len(),
-                },
-            );
+            self.find(at, Problem::ValueTooLong { path: shown(), len: value.len() });
         }
         let perms: Vec<Perm> = perm_bytes
             .chunks_exact(4)
-            .map(|c| Perm {
-                letter: c[0],
-                flags: c[1],
-                domid: u16_at(c, 2, o).unwrap_or(0),
-            })
+            .map(|c| Perm { letter: c[0], flags: c[1], domid: u16_at(c, 2, o).unwrap_or(0) })
             .collect();
         for p in &perms {
             if !matches!(p.letter, b'n' | b'r' | b'w' | b'b') {
-                self.find(
-                    at,
-                    Problem::BadPermLetter {
-                        path: shown(),
-                        letter: p.letter,
-                    },
-                );
+                self.find(at, Problem::BadPermLetter { path: shown(), letter: p.letter });
             }
             if p.flags & !Perm::IGNORE != 0 {
-                self.find(
-                    at,
-                    Problem::BadPermFlags {
-                        path: shown(),
-                        flags: p.flags,
-                    },
-                );
+                self.find(at, Problem::BadPermFlags { path: shown(), flags: p.flags });
             }
         }
         if conn_id == 0 {
@@ -951,37 +779,16 @@ impl<'a> Reader<'a> {
                 self.domids_seen.insert(owner.domid);
             }
         } else if !self.transactions.contains(&(conn_id, tx_id)) {
-            self.find(
-                at,
-                Problem::NodeWithoutTransaction {
-                    path: shown(),
-                    conn_id,
-                    tx_id,
-                },
-            );
+            self.find(at, Problem::NodeWithoutTransaction { path: shown(), conn_id, tx_id });
         }
-        let node = Node {
-            path: path.to_vec(),
-            value: value.to_vec(),
-            perms,
-            conn_id,
-            tx_id,
-            access,
-        };
+        let node = Node { path: path.to_vec(), value: value.to_vec(), perms, conn_id, tx_id, access };
         let idx = self.parsed.snapshot.nodes.len();
         self.parsed.snapshot.nodes.push(node);
         Item::Node(idx)
     }
 
     /// Parses `count` u32 values at `vals_at` then `count` NUL-terminated names.
-    fn quotas(
-        &mut self,
-        at: u64,
-        name: &'static str,
-        body: &[u8],
-        vals_at: usize,
-        count: usize,
-    ) -> Option<Vec<Quota>> {
+    fn quotas(&mut self, at: u64, name: &'static str, body: &[u8], vals_at: usize, count: usize) -> Option<Vec<Quota>> {
         let names_at = vals_at + 4 * count;
         let Some(vals) = body.get(vals_at..names_at) else {
             self.find(at, Problem::StringOverflow { name });
@@ -1025,10 +832,7 @@ impl<'a> Reader<'a> {
             return Item::Skipped;
         };
         let global_only = all.split_off(d);
-        self.parsed.snapshot.global_quota = Some(GlobalQuota {
-            per_domain: all,
-            global_only,
-        });
+        self.parsed.snapshot.global_quota = Some(GlobalQuota { per_domain: all, global_only });
         Item::GlobalQuota
     }
 
@@ -1047,23 +851,13 @@ impl<'a> Reader<'a> {
             self.find(at, Problem::FeaturesInV1(domid));
         }
         if features & !0xF != 0 {
-            self.find(
-                at,
-                Problem::UnknownFeatures {
-                    domid,
-                    bits: features & !0xF,
-                },
-            );
+            self.find(at, Problem::UnknownFeatures { domid, bits: features & !0xF });
         }
         let Some(quotas) = self.quotas(at, NAME, body, 8, n) else {
             return Item::Skipped;
         };
         let idx = self.parsed.snapshot.domains.len();
-        self.parsed.snapshot.domains.push(DomainData {
-            domid,
-            features,
-            quotas,
-        });
+        self.parsed.snapshot.domains.push(DomainData { domid, features, quotas });
         Item::Domain(idx)
     }
 

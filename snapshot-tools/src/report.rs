@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 
 use crate::bytes::{escape, hex_words};
-use crate::message::{
-    Decoded, Message, XS_TRANSACTION_START, XS_WATCH_EVENT, decode_messages, type_name,
-};
+use crate::message::{Decoded, Message, XS_TRANSACTION_START, XS_WATCH_EVENT, decode_messages, type_name};
 use crate::model::*;
 use crate::read::{Item, Parsed, Severity, WatchExtLayout, record_type_name};
 
@@ -38,20 +36,10 @@ impl RecordLine {
     /// Text as in §6.4 (first line plus pending lines).
     pub fn text(&self) -> String {
         let head = match self.code {
-            5 | 0 => format!(
-                "@0x{:04x} {:<9} len={}",
-                self.offset, self.type_name, self.length
-            ),
-            _ => format!(
-                "@0x{:04x} {:<18} len={}",
-                self.offset, self.type_name, self.length
-            ),
+            5 | 0 => format!("@0x{:04x} {:<9} len={}", self.offset, self.type_name, self.length),
+            _ => format!("@0x{:04x} {:<18} len={}", self.offset, self.type_name, self.length),
         };
-        let mut s = if self.decode.is_empty() {
-            head
-        } else {
-            format!("{head} {}", self.decode)
-        };
+        let mut s = if self.decode.is_empty() { head } else { format!("{head} {}", self.decode) };
         for p in &self.pending {
             s.push('\n');
             s.push_str(p);
@@ -66,10 +54,7 @@ pub fn header_line(p: &Parsed) -> String {
         ByteOrder::Little => "little-endian",
         ByteOrder::Big => "big-endian",
     };
-    format!(
-        "header: version={} flags=0x{:x} ({order}) size={}",
-        p.snapshot.version, p.flags, p.file_len
-    )
+    format!("header: version={} flags=0x{:x} ({order}) size={}", p.snapshot.version, p.flags, p.file_len)
 }
 
 /// Lists every record with its offset and decode.
@@ -88,11 +73,7 @@ pub fn record_lines(p: &Parsed) -> Vec<RecordLine> {
                     .global_quota
                     .as_ref()
                     .map(|q| {
-                        format!(
-                            "per-domain=[{}] global=[{}]",
-                            quotas_text(&q.per_domain),
-                            quotas_text(&q.global_only)
-                        )
+                        format!("per-domain=[{}] global=[{}]", quotas_text(&q.per_domain), quotas_text(&q.global_only))
                     })
                     .unwrap_or_default(),
                 Item::Connection(i) => match s.connections.get(i) {
@@ -131,12 +112,7 @@ pub fn record_lines(p: &Parsed) -> Vec<RecordLine> {
                     .domains
                     .get(i)
                     .map(|d| {
-                        format!(
-                            "domid={} features=0x{:x} quotas=[{}]",
-                            d.domid,
-                            d.features,
-                            quotas_text(&d.quotas)
-                        )
+                        format!("domid={} features=0x{:x} quotas=[{}]", d.domid, d.features, quotas_text(&d.quotas))
                     })
                     .unwrap_or_default(),
                 Item::End => String::new(),
@@ -155,20 +131,13 @@ pub fn record_lines(p: &Parsed) -> Vec<RecordLine> {
 }
 
 fn quotas_text(q: &[Quota]) -> String {
-    q.iter()
-        .map(|q| format!("{}={}", escape(&q.name), q.value))
-        .collect::<Vec<_>>()
-        .join(" ")
+    q.iter().map(|q| format!("{}={}", escape(&q.name), q.value)).collect::<Vec<_>>().join(" ")
 }
 
 fn connection_decode(c: &Connection) -> String {
     let fields = if c.unique_id.is_some() { 1 } else { 0 };
     let kind = match c.kind {
-        ConnectionKind::Ring {
-            domid,
-            target,
-            evtchn,
-        } => {
+        ConnectionKind::Ring { domid, target, evtchn } => {
             format!("ring dom={domid} tdom=0x{target:x} evtchn={evtchn}")
         }
         ConnectionKind::Socket { fd } => format!("socket fd={fd}"),
@@ -187,28 +156,18 @@ fn connection_decode(c: &Connection) -> String {
 }
 
 fn node_decode(n: &Node) -> String {
-    let mut s = format!(
-        "perms={:<10}path='{}'",
-        perms_display(&n.perms),
-        escape(&n.path)
-    );
+    let mut s = format!("perms={:<10}path='{}'", perms_display(&n.perms), escape(&n.path));
     if !n.value.is_empty() {
         s.push_str(&format!(" value='{}'", escape(&n.value)));
     }
     if n.conn_id != 0 {
-        s.push_str(&format!(
-            " conn_id={} tx_id={} access={}",
-            n.conn_id, n.tx_id, n.access
-        ));
+        s.push_str(&format!(" conn_id={} tx_id={} access={}", n.conn_id, n.tx_id, n.access));
     }
     s
 }
 
 fn message_line(dir: &str, bytes: &[u8], payload: &[u8], desc: &str) -> String {
-    let mut left = format!(
-        "      {dir}: {}",
-        hex_words(bytes.get(..16).unwrap_or(bytes))
-    );
+    let mut left = format!("      {dir}: {}", hex_words(bytes.get(..16).unwrap_or(bytes)));
     if bytes.len() >= 16 {
         let shown = payload.get(..32).unwrap_or(payload);
         let more = if payload.len() > 32 { "..." } else { "" };
@@ -254,16 +213,8 @@ fn pending_lines(c: &Connection, order: ByteOrder) -> Vec<String> {
     let (input, partial_resp, output) = pending_of(c, order);
     let mut out = Vec::new();
     for m in &input.messages {
-        let bytes = c
-            .input
-            .get(m.offset..m.offset + 16 + m.payload.len())
-            .unwrap_or(&[]);
-        out.push(message_line(
-            "in ",
-            bytes,
-            &m.payload,
-            &describe_message(m, true),
-        ));
+        let bytes = c.input.get(m.offset..m.offset + 16 + m.payload.len()).unwrap_or(&[]);
+        out.push(message_line("in ", bytes, &m.payload, &describe_message(m, true)));
     }
     if let Some(p) = &input.partial {
         let desc = match p.header {
@@ -281,56 +232,28 @@ fn pending_lines(c: &Connection, order: ByteOrder) -> Vec<String> {
                     Some(t) => format!(
                         "{} bytes of a{} {t} header",
                         p.bytes.len(),
-                        if t.starts_with(['A', 'E', 'I', 'O', 'U']) {
-                            "n"
-                        } else {
-                            ""
-                        }
+                        if t.starts_with(['A', 'E', 'I', 'O', 'U']) { "n" } else { "" }
                     ),
                     None => format!("{} bytes of a header", p.bytes.len()),
                 }
             }
         };
-        out.push(message_line(
-            "in ",
-            &p.bytes,
-            p.bytes.get(16..).unwrap_or(&[]),
-            &desc,
-        ));
+        out.push(message_line("in ", &p.bytes, p.bytes.get(16..).unwrap_or(&[]), &desc));
     }
     if !partial_resp.is_empty() {
-        let desc = format!(
-            "rest of a partly sent response, {} bytes",
-            partial_resp.len()
-        );
+        let desc = format!("rest of a partly sent response, {} bytes", partial_resp.len());
         out.push(format!(
             "{:<58} ({desc})",
-            format!(
-                "      out: {}",
-                hex_words(partial_resp.get(..16).unwrap_or(&partial_resp))
-            )
+            format!("      out: {}", hex_words(partial_resp.get(..16).unwrap_or(&partial_resp)))
         ));
     }
     for m in &output.messages {
         let start = m.offset + partial_resp.len();
-        let bytes = c
-            .output
-            .get(start..start + 16 + m.payload.len())
-            .unwrap_or(&[]);
-        out.push(message_line(
-            "out",
-            bytes,
-            &m.payload,
-            &describe_message(m, false),
-        ));
+        let bytes = c.output.get(start..start + 16 + m.payload.len()).unwrap_or(&[]);
+        out.push(message_line("out", bytes, &m.payload, &describe_message(m, false)));
     }
     if let Some(p) = &output.partial {
-        out.push(message_line(
-            "out",
-            &p.bytes,
-            &[],
-            &format!("{} bytes that are not a whole message", p.bytes.len()),
-        ));
+        out.push(message_line("out", &p.bytes, &[], &format!("{} bytes that are not a whole message", p.bytes.len())));
     }
     out
 }
@@ -355,13 +278,7 @@ pub struct TreeEntry {
 impl TreeEntry {
     /// `xenstore-ls -p` style line: ` name = "value"  (n0)`.
     pub fn text(&self) -> String {
-        format!(
-            "{}{} = \"{}\"  ({})",
-            " ".repeat(self.depth),
-            self.name,
-            self.value,
-            self.perms
-        )
+        format!("{}{} = \"{}\"  ({})", " ".repeat(self.depth), self.name, self.value, self.perms)
     }
 }
 
@@ -376,11 +293,7 @@ impl<'a> Tree<'a> {
     /// Builds the tree from committed non-special nodes (first record wins).
     pub fn build(snap: &'a Snapshot) -> Self {
         let mut t = Tree::default();
-        for n in snap
-            .nodes
-            .iter()
-            .filter(|n| n.conn_id == 0 && !n.is_special())
-        {
+        for n in snap.nodes.iter().filter(|n| n.conn_id == 0 && !n.is_special()) {
             if t.by_path.contains_key(n.path.as_slice()) {
                 continue;
             }
@@ -573,9 +486,7 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
     let order = s.byte_order;
     let mut record_counts = BTreeMap::new();
     for r in &p.records {
-        *record_counts
-            .entry(record_type_name(r.rtype).to_string())
-            .or_insert(0) += 1;
+        *record_counts.entry(record_type_name(r.rtype).to_string()).or_insert(0) += 1;
     }
     let (producer, evidence) = guess_producer(p);
 
@@ -590,10 +501,7 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
             if m.header.msg_type == XS_TRANSACTION_START {
                 delayed_ts += 1;
             }
-            pending.push(PendingMessage {
-                kind: "delayed",
-                text: describe_message(m, true),
-            });
+            pending.push(PendingMessage { kind: "delayed", text: describe_message(m, true) });
         }
         if let Some(part) = &input.partial {
             let text = match (part.header, part.missing_payload()) {
@@ -606,10 +514,7 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
                 ),
                 _ => format!("partial header: {} of 16 bytes", part.bytes.len()),
             };
-            pending.push(PendingMessage {
-                kind: "partial-request",
-                text,
-            });
+            pending.push(PendingMessage { kind: "partial-request", text });
         }
         if !partial_resp.is_empty() {
             pending.push(PendingMessage {
@@ -629,43 +534,24 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
                 non_event += 1;
                 "queued"
             };
-            pending.push(PendingMessage {
-                kind,
-                text: describe_message(m, false),
-            });
+            pending.push(PendingMessage { kind, text: describe_message(m, false) });
         }
         let watches = s
             .watches
             .iter()
             .filter(|w| w.conn_id == c.conn_id)
             .map(|w| {
-                let rel = if w.path.first().is_some_and(|b| *b != b'/' && *b != b'@') {
-                    " (relative)"
-                } else {
-                    ""
-                };
+                let rel = if w.path.first().is_some_and(|b| *b != b'/' && *b != b'@') { " (relative)" } else { "" };
                 match w.depth {
-                    Some(d) => format!(
-                        "'{}' token '{}' depth {d}{rel}",
-                        escape(&w.path),
-                        escape(&w.token)
-                    ),
+                    Some(d) => format!("'{}' token '{}' depth {d}{rel}", escape(&w.path), escape(&w.token)),
                     None => format!("'{}' token '{}'{rel}", escape(&w.path), escape(&w.token)),
                 }
             })
             .collect();
         let (kind, domid, target, evtchn, fd) = match c.kind {
-            ConnectionKind::Ring {
-                domid,
-                target,
-                evtchn,
-            } => (
-                "ring",
-                Some(domid),
-                (target != DOMID_INVALID).then_some(target),
-                Some(evtchn),
-                None,
-            ),
+            ConnectionKind::Ring { domid, target, evtchn } => {
+                ("ring", Some(domid), (target != DOMID_INVALID).then_some(target), Some(evtchn), None)
+            }
             ConnectionKind::Socket { fd } => ("socket", None, None, None, Some(fd)),
         };
         connections.push(ConnSummary {
@@ -694,19 +580,11 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
         }
         d.into_iter().collect()
     };
-    let duplicate_evtchns = dups(
-        connections
-            .iter()
-            .filter_map(|c| c.evtchn.map(i64::from))
-            .collect(),
-    )
-    .into_iter()
-    .map(|v| v as u32)
-    .collect();
-    let mut fds: Vec<i64> = connections
-        .iter()
-        .filter_map(|c| c.fd.map(i64::from))
+    let duplicate_evtchns = dups(connections.iter().filter_map(|c| c.evtchn.map(i64::from)).collect())
+        .into_iter()
+        .map(|v| v as u32)
         .collect();
+    let mut fds: Vec<i64> = connections.iter().filter_map(|c| c.fd.map(i64::from)).collect();
     if let Some(g) = s.global
         && g.socket_fd >= 0
     {
@@ -724,10 +602,7 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
     let effective_defaults: BTreeMap<String, u32> = if s.global_quota.is_some() {
         global_quotas.clone()
     } else {
-        C_DEFAULT_QUOTAS
-            .iter()
-            .map(|(n, v)| ((*n).to_string(), *v))
-            .collect()
+        C_DEFAULT_QUOTAS.iter().map(|(n, v)| ((*n).to_string(), *v)).collect()
     };
 
     // Domains.
@@ -805,9 +680,7 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
                 target: conns.iter().find_map(|c| c.target),
                 has_domain_record: record.is_some(),
                 referenced_only: conns.is_empty(),
-                features: record
-                    .map(|r| feature_names(r.features))
-                    .unwrap_or_default(),
+                features: record.map(|r| feature_names(r.features)).unwrap_or_default(),
                 nodes,
                 watches,
                 quotas,
@@ -815,16 +688,10 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
             }
         })
         .collect::<Vec<_>>();
-    let stubdom_targets = connections
-        .iter()
-        .filter_map(|c| Some((c.domid?, c.target?)))
-        .collect();
+    let stubdom_targets = connections.iter().filter_map(|c| Some((c.domid?, c.target?))).collect();
 
-    let mut transactions: Vec<String> = s
-        .transactions
-        .iter()
-        .map(|t| format!("TRANSACTION_DATA conn {} tx {}", t.conn_id, t.tx_id))
-        .collect();
+    let mut transactions: Vec<String> =
+        s.transactions.iter().map(|t| format!("TRANSACTION_DATA conn {} tx {}", t.conn_id, t.tx_id)).collect();
     let mut tx_nodes: BTreeMap<(u32, u32), Vec<String>> = BTreeMap::new();
     for n in s.nodes.iter().filter(|n| n.conn_id != 0) {
         let how = match n.access {
@@ -834,32 +701,21 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
             3 => "read+written",
             _ => "access?",
         };
-        tx_nodes
-            .entry((n.conn_id, n.tx_id))
-            .or_default()
-            .push(format!("{} {how}", escape(&n.path)));
+        tx_nodes.entry((n.conn_id, n.tx_id)).or_default().push(format!("{} {how}", escape(&n.path)));
     }
     for ((c, t), nodes) in tx_nodes {
         transactions.push(format!("conn {c} tx {t}: {}", nodes.join(", ")));
     }
 
     let max_by = |f: &dyn Fn(&Node) -> usize| {
-        committed
-            .iter()
-            .map(|n| (f(n), n))
-            .max_by_key(|(k, _)| *k)
-            .map(|(k, n)| (k, escape(&n.path)))
+        committed.iter().map(|n| (f(n), n)).max_by_key(|(k, _)| *k).map(|(k, n)| (k, escape(&n.path)))
     };
     Summary {
         file: file.to_string(),
         kind: "binary stream".into(),
         size: p.file_len,
         version: s.version,
-        byte_order: if order == ByteOrder::Little {
-            "little-endian"
-        } else {
-            "big-endian"
-        },
+        byte_order: if order == ByteOrder::Little { "little-endian" } else { "big-endian" },
         preamble_ok_c417: s.version == 1 && p.flags == 0,
         preamble_ok_c421: (1..=2).contains(&s.version) && p.flags == 0,
         producer,
@@ -868,11 +724,7 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
         findings: p
             .findings
             .iter()
-            .map(|f| FindingLine {
-                offset: f.offset,
-                severity: f.severity,
-                message: f.problem.to_string(),
-            })
+            .map(|f| FindingLine { offset: f.offset, severity: f.severity, message: f.problem.to_string() })
             .collect(),
         global: s.global.map(|g| (g.socket_fd, g.evtchn_fd)),
         domains,
@@ -887,11 +739,7 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
         longest_path: max_by(&|n| n.path.len()),
         max_perms: max_by(&|n| n.perms.len()),
         has_root: committed.iter().any(|n| n.path == b"/"),
-        special_nodes: committed
-            .iter()
-            .filter(|n| n.is_special())
-            .map(|n| escape(&n.path))
-            .collect(),
+        special_nodes: committed.iter().filter(|n| n.is_special()).map(|n| escape(&n.path)).collect(),
         global_quotas,
     }
 }
@@ -902,10 +750,8 @@ pub fn guess_producer(p: &Parsed) -> (String, Vec<String>) {
     let mut ev = Vec::new();
     ev.push(format!("version {}", s.version));
     let trailer = s.connections.iter().any(|c| c.unique_id.is_some());
-    let ring_without = s
-        .connections
-        .iter()
-        .any(|c| matches!(c.kind, ConnectionKind::Ring { .. }) && c.unique_id.is_none());
+    let ring_without =
+        s.connections.iter().any(|c| matches!(c.kind, ConnectionKind::Ring { .. }) && c.unique_id.is_none());
     if trailer {
         ev.push("unique-id trailer on ring connections (4.21+)".into());
     } else if ring_without {
@@ -955,11 +801,7 @@ pub struct Style {
 
 impl Style {
     fn paint(&self, code: &str, s: &str) -> String {
-        if self.colour {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
+        if self.colour { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
     }
     /// Section heading.
     pub fn head(&self, s: &str) -> String {
@@ -985,10 +827,7 @@ impl Summary {
         let mut o = String::new();
         let yes = |b: bool| if b { "yes" } else { "no" };
         o += &format!("{}\n", st.head(&format!("== {} ==", self.file)));
-        o += &format!(
-            "kind: {}, {} bytes, version {}, {}\n",
-            self.kind, self.size, self.version, self.byte_order
-        );
+        o += &format!("kind: {}, {} bytes, version {}, {}\n", self.kind, self.size, self.version, self.byte_order);
         if self.kind == "binary stream" {
             o += &format!(
                 "preamble accepted by C 4.17-4.20: {}, by C 4.21+: {}\n",
@@ -1000,29 +839,15 @@ impl Summary {
         for e in &self.evidence {
             o += &format!("  - {e}\n");
         }
-        let counts: Vec<String> = self
-            .record_counts
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let counts: Vec<String> = self.record_counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
         o += &format!("records: {}\n", counts.join(" "));
         if self.findings.is_empty() {
             o += &format!("{}\n", st.ok("findings: none"));
         } else {
-            o += &format!(
-                "{}\n",
-                st.head(&format!("findings ({}):", self.findings.len()))
-            );
+            o += &format!("{}\n", st.head(&format!("findings ({}):", self.findings.len())));
             for f in &self.findings {
                 let line = format!("  @0x{:04x} {:?}: {}", f.offset, f.severity, f.message);
-                o += &format!(
-                    "{}\n",
-                    if f.severity == Severity::Error {
-                        st.err(&line)
-                    } else {
-                        st.warn(&line)
-                    }
-                );
+                o += &format!("{}\n", if f.severity == Severity::Error { st.err(&line) } else { st.warn(&line) });
             }
         }
         if let Some((sock, ev)) = self.global {
@@ -1045,9 +870,7 @@ impl Summary {
             }
             o += &line;
             o += "\n";
-            if self.global_quotas.len() + usize::from(d.has_domain_record) > 0
-                && !d.quotas.is_empty()
-            {
+            if self.global_quotas.len() + usize::from(d.has_domain_record) > 0 && !d.quotas.is_empty() {
                 let q: Vec<String> = d.quotas.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 o += &format!("    quotas: {}\n", q.join(" "));
             }
@@ -1059,19 +882,10 @@ impl Summary {
             o += &format!("stub domain: dom{d} acts for dom{t}\n");
         }
         if !self.duplicate_evtchns.is_empty() {
-            o += &format!(
-                "{}\n",
-                st.warn(&format!(
-                    "duplicate event channels: {:?}",
-                    self.duplicate_evtchns
-                ))
-            );
+            o += &format!("{}\n", st.warn(&format!("duplicate event channels: {:?}", self.duplicate_evtchns)));
         }
         if !self.duplicate_fds.is_empty() {
-            o += &format!(
-                "{}\n",
-                st.warn(&format!("duplicate socket fds: {:?}", self.duplicate_fds))
-            );
+            o += &format!("{}\n", st.warn(&format!("duplicate socket fds: {:?}", self.duplicate_fds)));
         }
         o += &format!("{}\n", st.head("connections:"));
         for c in &self.connections {
@@ -1080,17 +894,11 @@ impl Summary {
                     "ring dom{} evtchn {}{}",
                     c.domid.unwrap_or_default(),
                     c.evtchn.unwrap_or_default(),
-                    c.target
-                        .map(|t| format!(" target dom{t}"))
-                        .unwrap_or_default()
+                    c.target.map(|t| format!(" target dom{t}")).unwrap_or_default()
                 ),
                 _ => format!("socket fd {}", c.fd.unwrap_or_default()),
             };
-            let uid = c
-                .unique_id
-                .as_ref()
-                .map(|u| format!(" unique-id {u}"))
-                .unwrap_or_default();
+            let uid = c.unique_id.as_ref().map(|u| format!(" unique-id {u}")).unwrap_or_default();
             o += &format!("  conn {}: {what}{uid}\n", c.conn_id);
             for m in &c.pending {
                 o += &format!("    {}: {}\n", m.kind, m.text);
@@ -1108,12 +916,7 @@ impl Summary {
         match self.lu_requesters.as_slice() {
             [] => o += "live update requested by: unknown (no \"OK\" reply queued)\n",
             [one] => o += &format!("live update requested by: conn {one}\n"),
-            many => {
-                o += &format!(
-                    "{}\n",
-                    st.warn(&format!("several LU replies queued: conns {many:?}"))
-                )
-            }
+            many => o += &format!("{}\n", st.warn(&format!("several LU replies queued: conns {many:?}"))),
         }
         if self.transactions.is_empty() {
             o += "open transactions: none\n";
@@ -1141,11 +944,7 @@ impl Summary {
         if self.global_quotas.is_empty() {
             o += "global quotas: not in stream (new binary's command line applies)\n";
         } else {
-            let q: Vec<String> = self
-                .global_quotas
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let q: Vec<String> = self.global_quotas.iter().map(|(k, v)| format!("{k}={v}")).collect();
             o += &format!("global quotas: {}\n", q.join(" "));
         }
         o
@@ -1170,10 +969,7 @@ pub struct Diff {
 impl Diff {
     /// True when nothing differs.
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-            && self.connections.is_empty()
-            && self.watches.is_empty()
-            && self.other.is_empty()
+        self.nodes.is_empty() && self.connections.is_empty() && self.watches.is_empty() && self.other.is_empty()
     }
 }
 
@@ -1188,11 +984,7 @@ fn conn_key(c: &Connection) -> String {
 pub fn diff(a: &Snapshot, b: &Snapshot) -> Diff {
     let mut d = Diff::default();
     let nodes = |s: &Snapshot| -> BTreeMap<Vec<u8>, Node> {
-        s.nodes
-            .iter()
-            .filter(|n| n.conn_id == 0)
-            .map(|n| (n.path.clone(), n.clone()))
-            .collect()
+        s.nodes.iter().filter(|n| n.conn_id == 0).map(|n| (n.path.clone(), n.clone())).collect()
     };
     let (na, nb) = (nodes(a), nodes(b));
     for (p, n) in &na {
@@ -1200,12 +992,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Diff {
             None => d.nodes.push(format!("- {}", escape(p))),
             Some(m) => {
                 if n.value != m.value {
-                    d.nodes.push(format!(
-                        "~ {} value '{}' -> '{}'",
-                        escape(p),
-                        escape(&n.value),
-                        escape(&m.value)
-                    ));
+                    d.nodes.push(format!("~ {} value '{}' -> '{}'", escape(p), escape(&n.value), escape(&m.value)));
                 }
                 if n.perms != m.perms {
                     d.nodes.push(format!(
@@ -1222,10 +1009,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Diff {
         d.nodes.push(format!("+ {}", escape(p)));
     }
     let conns = |s: &Snapshot| -> BTreeMap<String, Connection> {
-        s.connections
-            .iter()
-            .map(|c| (conn_key(c), c.clone()))
-            .collect()
+        s.connections.iter().map(|c| (conn_key(c), c.clone())).collect()
     };
     let (ca, cb) = (conns(a), conns(b));
     for (k, c) in &ca {
@@ -1233,30 +1017,18 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Diff {
             None => d.connections.push(format!("- {k}")),
             Some(e) => {
                 if let (
-                    ConnectionKind::Ring {
-                        target: t1,
-                        evtchn: e1,
-                        ..
-                    },
-                    ConnectionKind::Ring {
-                        target: t2,
-                        evtchn: e2,
-                        ..
-                    },
+                    ConnectionKind::Ring { target: t1, evtchn: e1, .. },
+                    ConnectionKind::Ring { target: t2, evtchn: e2, .. },
                 ) = (c.kind, e.kind)
                 {
                     if t1 != t2 {
-                        d.connections
-                            .push(format!("~ {k} target 0x{t1:x} -> 0x{t2:x}"));
+                        d.connections.push(format!("~ {k} target 0x{t1:x} -> 0x{t2:x}"));
                     }
                     if e1 != e2 {
                         d.connections.push(format!("~ {k} evtchn {e1} -> {e2}"));
                     }
                 }
-                if c.input != e.input
-                    || c.output != e.output
-                    || c.partial_response_len != e.partial_response_len
-                {
+                if c.input != e.input || c.output != e.output || c.partial_response_len != e.partial_response_len {
                     d.connections.push(format!(
                         "~ {k} pending in {}->{} out {}->{} bytes",
                         c.input.len(),
@@ -1266,10 +1038,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Diff {
                     ));
                 }
                 if c.unique_id != e.unique_id {
-                    d.connections.push(format!(
-                        "~ {k} unique-id {:?} -> {:?}",
-                        c.unique_id, e.unique_id
-                    ));
+                    d.connections.push(format!("~ {k} unique-id {:?} -> {:?}", c.unique_id, e.unique_id));
                 }
             }
         }
@@ -1278,42 +1047,26 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Diff {
         d.connections.push(format!("+ {k}"));
     }
     let watches = |s: &Snapshot| -> BTreeSet<String> {
-        let by_id: HashMap<u32, String> = s
-            .connections
-            .iter()
-            .map(|c| (c.conn_id, conn_key(c)))
-            .collect();
+        let by_id: HashMap<u32, String> = s.connections.iter().map(|c| (c.conn_id, conn_key(c))).collect();
         s.watches
             .iter()
             .map(|w| {
-                let owner = by_id
-                    .get(&w.conn_id)
-                    .cloned()
-                    .unwrap_or_else(|| format!("conn-id {}", w.conn_id));
+                let owner = by_id.get(&w.conn_id).cloned().unwrap_or_else(|| format!("conn-id {}", w.conn_id));
                 let depth = w.depth.map(|d| format!(" depth {d}")).unwrap_or_default();
-                format!(
-                    "{owner}: '{}' token '{}'{depth}",
-                    escape(&w.path),
-                    escape(&w.token)
-                )
+                format!("{owner}: '{}' token '{}'{depth}", escape(&w.path), escape(&w.token))
             })
             .collect()
     };
     let (wa, wb) = (watches(a), watches(b));
-    d.watches
-        .extend(wa.difference(&wb).map(|w| format!("- {w}")));
-    d.watches
-        .extend(wb.difference(&wa).map(|w| format!("+ {w}")));
+    d.watches.extend(wa.difference(&wb).map(|w| format!("- {w}")));
+    d.watches.extend(wb.difference(&wa).map(|w| format!("+ {w}")));
     if a.version != b.version {
-        d.other
-            .push(format!("~ version {} -> {}", a.version, b.version));
+        d.other.push(format!("~ version {} -> {}", a.version, b.version));
     }
     if a.global_quota != b.global_quota {
         d.other.push("~ GLOBAL_QUOTA_DATA differs".into());
     }
-    let doms = |s: &Snapshot| -> BTreeMap<u16, DomainData> {
-        s.domains.iter().map(|x| (x.domid, x.clone())).collect()
-    };
+    let doms = |s: &Snapshot| -> BTreeMap<u16, DomainData> { s.domains.iter().map(|x| (x.domid, x.clone())).collect() };
     let (da, db) = (doms(a), doms(b));
     for (id, x) in &da {
         match db.get(id) {

@@ -54,31 +54,15 @@ pub struct WriteFormat {
 
 impl WriteFormat {
     /// Version 1 as Xen 4.17 writes it.
-    pub const C417: WriteFormat = WriteFormat {
-        version: 1,
-        special_nodes: SpecialNodes::BeforeTree,
-    };
+    pub const C417: WriteFormat = WriteFormat { version: 1, special_nodes: SpecialNodes::BeforeTree };
     /// Version 2 as HEAD (4.22) writes it.
-    pub const HEAD: WriteFormat = WriteFormat {
-        version: 2,
-        special_nodes: SpecialNodes::AfterTree,
-    };
+    pub const HEAD: WriteFormat = WriteFormat { version: 2, special_nodes: SpecialNodes::AfterTree };
     /// Version 1 as a 4.18+ writer produces it (`-v 1` on 4.21+).
-    pub const HEAD_V1: WriteFormat = WriteFormat {
-        version: 1,
-        special_nodes: SpecialNodes::AfterTree,
-    };
+    pub const HEAD_V1: WriteFormat = WriteFormat { version: 1, special_nodes: SpecialNodes::AfterTree };
 
     /// The format a version is normally written in: v1 as 4.17, v2 as HEAD.
     pub fn for_version(version: u32) -> WriteFormat {
-        if version == 1 {
-            WriteFormat::C417
-        } else {
-            WriteFormat {
-                version,
-                ..WriteFormat::HEAD
-            }
-        }
+        if version == 1 { WriteFormat::C417 } else { WriteFormat { version, ..WriteFormat::HEAD } }
     }
 
     /// The format that reproduces `snap` as read: its version, with the
@@ -91,10 +75,7 @@ impl WriteFormat {
             (Some(_), Some(_)) => SpecialNodes::AfterTree,
             _ => WriteFormat::for_version(snap.version).special_nodes,
         };
-        WriteFormat {
-            version: snap.version,
-            special_nodes,
-        }
+        WriteFormat { version: snap.version, special_nodes }
     }
 }
 
@@ -111,19 +92,10 @@ pub fn write_stream(snap: &Snapshot, format: WriteFormat) -> Result<Vec<u8>, Wri
     if !(1..=2).contains(&format.version) {
         return Err(WriteError::BadVersion(format.version));
     }
-    let mut w = Writer {
-        out: Out {
-            buf: Vec::new(),
-            order: snap.byte_order,
-        },
-    };
+    let mut w = Writer { out: Out { buf: Vec::new(), order: snap.byte_order } };
     w.out.buf.extend_from_slice(IDENT);
     w.out.buf.extend_from_slice(&format.version.to_be_bytes());
-    let flags: u32 = if snap.byte_order == ByteOrder::Big {
-        1
-    } else {
-        0
-    };
+    let flags: u32 = if snap.byte_order == ByteOrder::Big { 1 } else { 0 };
     w.out.buf.extend_from_slice(&flags.to_be_bytes());
 
     if let Some(g) = snap.global {
@@ -143,10 +115,7 @@ pub fn write_stream(snap: &Snapshot, format: WriteFormat) -> Result<Vec<u8>, Wri
     }
     for w_ in &snap.watches {
         if !snap.connections.iter().any(|c| c.conn_id == w_.conn_id) {
-            return Err(WriteError::UnknownConn {
-                what: "watch",
-                conn_id: w_.conn_id,
-            });
+            return Err(WriteError::UnknownConn { what: "watch", conn_id: w_.conn_id });
         }
     }
     for c in &snap.connections {
@@ -203,11 +172,7 @@ struct Writer {
 impl Writer {
     /// Writes a record header, the body produced by `body`, and padding,
     /// then patches `length` to the padded body size.
-    fn record(
-        &mut self,
-        t: u32,
-        body: impl FnOnce(&mut Out) -> Result<(), WriteError>,
-    ) -> Result<(), WriteError> {
+    fn record(&mut self, t: u32, body: impl FnOnce(&mut Out) -> Result<(), WriteError>) -> Result<(), WriteError> {
         self.out.u32(t);
         let len_at = self.out.buf.len();
         self.out.u32(0);
@@ -237,11 +202,7 @@ impl Writer {
             }
             o.u16(if c.unique_id.is_some() { 1 } else { 0 });
             match c.kind {
-                ConnectionKind::Ring {
-                    domid,
-                    target,
-                    evtchn,
-                } => {
+                ConnectionKind::Ring { domid, target, evtchn } => {
                     o.u16(domid);
                     o.u16(target);
                     o.u32(evtchn);

@@ -20,32 +20,16 @@ fn nodes() -> Vec<Node> {
         Node::committed("/", "", n0()),
         Node::committed("/local", "", n0()),
         Node::committed("/local/domain", "", n0()),
-        Node::committed(
-            "/local/domain/1",
-            "",
-            vec![Perm::new(b'n', 1), Perm::new(b'r', 2)],
-        ),
-        Node::committed(
-            "/local/domain/1/name",
-            "guest1",
-            vec![Perm::new(b'b', 1), Perm::new(b'r', 2)],
-        ),
-        Node::committed(
-            "/local/domain/1/blob",
-            "a\0\u{7f}",
-            vec![Perm::new(b'n', 1)],
-        ),
+        Node::committed("/local/domain/1", "", vec![Perm::new(b'n', 1), Perm::new(b'r', 2)]),
+        Node::committed("/local/domain/1/name", "guest1", vec![Perm::new(b'b', 1), Perm::new(b'r', 2)]),
+        Node::committed("/local/domain/1/blob", "a\0\u{7f}", vec![Perm::new(b'n', 1)]),
         Node::committed("/local/domain/2", "", vec![Perm::new(b'n', 2)]),
         Node::committed("@introduceDomain", "", n0()),
     ]
 }
 
 fn quota(name: &str, value: u32) -> persist::QuotaValue {
-    persist::QuotaValue {
-        name: name.into(),
-        value,
-        soft: false,
-    }
+    persist::QuotaValue { name: name.into(), value, soft: false }
 }
 
 fn state() -> persist::State {
@@ -75,11 +59,7 @@ fn state() -> persist::State {
                 target: Some(1),
                 ..Default::default()
             },
-            persist::DomainRecord {
-                domid: 5,
-                introduced: false,
-                ..Default::default()
-            },
+            persist::DomainRecord { domid: 5, introduced: false, ..Default::default() },
         ],
         global_quotas: vec![quota("nodes", 1000)],
     }
@@ -105,15 +85,9 @@ fn library_loads_file_and_directory_alike() {
     // from_engine order: the tree in pre-order, then special nodes.
     assert_eq!(snap.nodes, nodes());
     // dom5: neither introduced nor named by a node, so no DOMAIN_DATA.
-    assert_eq!(
-        snap.domains.iter().map(|d| d.domid).collect::<Vec<_>>(),
-        [1, 2]
-    );
+    assert_eq!(snap.domains.iter().map(|d| d.domid).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(snap.domains[0].features, 1);
-    assert_eq!(
-        snap.domains[0].quotas,
-        vec![snapshot_tools::Quota::new("nodes", 500)]
-    );
+    assert_eq!(snap.domains[0].quotas, vec![snapshot_tools::Quota::new("nodes", 500)]);
     // Only introduced domains have a ring.
     assert_eq!(snap.connections.len(), 2);
     assert_eq!(snap.watches.len(), 1);
@@ -136,11 +110,7 @@ fn summary_and_tree_of_a_checkpoint_file_and_a_state_dir() {
         assert_eq!(v["stubdom_targets"], serde_json::json!([[2, 1]]));
         let o = run(&["tree", target, "/local/domain/1"]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        assert_eq!(
-            stdout(&o),
-            "name = \"guest1\"  (b1,r2)\nblob = \"a\\0\\x7f\"  (n1)\n",
-            "{target}"
-        );
+        assert_eq!(stdout(&o), "name = \"guest1\"  (b1,r2)\nblob = \"a\\0\\x7f\"  (n1)\n", "{target}");
         let o = run(&["get", target, "/local/domain/1/name"]);
         assert_eq!(stdout(&o), "/local/domain/1/name = \"guest1\"  (b1,r2)\n");
     }
@@ -165,19 +135,12 @@ fn checkpoint_converts_to_a_clean_v2_stream() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("no GLOBAL_DATA"), "{}", stdout(&o));
     let o = run(&["tree", s(&v2), "/local/domain/1"]);
-    assert_eq!(
-        stdout(&o),
-        "name = \"guest1\"  (b1,r2)\nblob = \"a\\0\\x7f\"  (n1)\n"
-    );
+    assert_eq!(stdout(&o), "name = \"guest1\"  (b1,r2)\nblob = \"a\\0\\x7f\"  (n1)\n");
     // v1 cannot hold domain features: a clear refusal, nothing written.
     let v1 = out.path().join("v1.state");
     let o = run(&["convert", "--to", "v1", s(&file), s(&v1)]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("cannot be written as a version 1 stream: domain 1 has features"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("cannot be written as a version 1 stream: domain 1 has features"), "{}", stderr(&o));
     assert!(!v1.exists());
 }
 

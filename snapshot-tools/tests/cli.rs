@@ -17,14 +17,8 @@ fn records_prints_the_golden_decode() {
     let o = run(&["records", &data("lu1-basic-4.17.state")]);
     assert_eq!(o.status.code(), Some(0));
     let want = std::fs::read_to_string(data("lu1-basic-4.17.records.golden")).expect("golden");
-    assert_eq!(
-        stdout(&o).lines().collect::<Vec<_>>(),
-        want.lines().collect::<Vec<_>>()
-    );
-    assert!(
-        !stdout(&o).contains('\x1b'),
-        "no colour when not a terminal"
-    );
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), want.lines().collect::<Vec<_>>());
+    assert!(!stdout(&o).contains('\x1b'), "no colour when not a terminal");
 }
 
 #[test]
@@ -68,30 +62,15 @@ fn summary_text_and_json() {
 fn summary_of_generated_busy_file() {
     let v = json(&run(&["--json", "summary", &data("lu2-busy-4.17.state")]));
     let conns = v["connections"].as_array().expect("conns");
-    let watcher = conns
-        .iter()
-        .find(|c| c["watches"].as_array().is_some_and(|w| w.len() == 3))
-        .expect("watcher");
-    assert!(
-        watcher["watches"][1]
-            .as_str()
-            .is_some_and(|w| w.contains("(relative)"))
-    );
+    let watcher = conns.iter().find(|c| c["watches"].as_array().is_some_and(|w| w.len() == 3)).expect("watcher");
+    assert!(watcher["watches"][1].as_str().is_some_and(|w| w.contains("(relative)")));
     let events = watcher["pending"].as_array().expect("pending");
     assert!(events.len() > 100 && events.iter().all(|e| e["kind"] == "watch-event"));
     assert!(conns.iter().any(|c| c["delayed_transaction_starts"] == 1));
     assert_eq!(v["stubdom_targets"], serde_json::json!([[3, 1]]));
-    let v = json(&run(&[
-        "--json",
-        "summary",
-        &data("lu4-many-delayed-4.17.state"),
-    ]));
-    let delayed: u64 = v["connections"]
-        .as_array()
-        .expect("c")
-        .iter()
-        .filter_map(|c| c["delayed_transaction_starts"].as_u64())
-        .sum();
+    let v = json(&run(&["--json", "summary", &data("lu4-many-delayed-4.17.state")]));
+    let delayed: u64 =
+        v["connections"].as_array().expect("c").iter().filter_map(|c| c["delayed_transaction_starts"].as_u64()).sum();
     assert_eq!(delayed, 4);
 }
 
@@ -100,37 +79,19 @@ fn tree_and_get() {
     let f = data("lu1-basic-4.17.state");
     let o = run(&["tree", &f, "/local/domain/1"]);
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(
-        stdout(&o),
-        "name = \"guest1\"  (b1,r2,w0)\ndata = \"\"  (n0)\n blob = \"bin\\0ary\\xff\\x01\"  (n0)\n"
-    );
+    assert_eq!(stdout(&o), "name = \"guest1\"  (b1,r2,w0)\ndata = \"\"  (n0)\n blob = \"bin\\0ary\\xff\\x01\"  (n0)\n");
     let o = run(&["get", &f, "/local/domain/2/name"]);
-    assert_eq!(
-        stdout(&o),
-        "/local/domain/2/name = \"stubdom-for-1\"  (n0)  @0x0468\n"
-    );
+    assert_eq!(stdout(&o), "/local/domain/2/name = \"stubdom-for-1\"  (n0)  @0x0468\n");
     let v = json(&run(&["get", "--json", &f, "/local/domain/1/data/blob"]));
-    assert_eq!(
-        v["value_bytes"],
-        serde_json::json!([98, 105, 110, 0, 97, 114, 121, 255, 1])
-    );
+    assert_eq!(v["value_bytes"], serde_json::json!([98, 105, 110, 0, 97, 114, 121, 255, 1]));
     let o = run(&["get", &f, "/nope"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("lu1-basic-4.17.state: no node \"/nope\""),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("lu1-basic-4.17.state: no node \"/nope\""), "{}", stderr(&o));
 }
 
 #[test]
 fn validate_exit_codes() {
-    for f in [
-        "lu1-basic-4.17.state",
-        "lu2-busy-4.17.state",
-        "lu3-restored-4.17.state",
-        "lu4-many-delayed-4.17.state",
-    ] {
+    for f in ["lu1-basic-4.17.state", "lu2-busy-4.17.state", "lu3-restored-4.17.state", "lu4-many-delayed-4.17.state"] {
         for v in ["4.17", "4.21", "4.22"] {
             let o = run(&["validate", &data(f), "--as-c", v]);
             assert_eq!(o.status.code(), Some(0), "{f} as {v}: {}", stdout(&o));
@@ -145,47 +106,27 @@ fn validate_exit_codes() {
     let o = run(&["validate", cut.to_str().expect("path"), "--as-c", "4.21"]);
     assert_eq!(o.status.code(), Some(1));
     let t = stdout(&o);
-    assert!(
-        t.contains("@0x0380 error: NODE_DATA length 56 runs past end of file"),
-        "{t}"
-    );
-    assert!(
-        t.contains("would NOT restore this file: first rule broken"),
-        "{t}"
-    );
+    assert!(t.contains("@0x0380 error: NODE_DATA length 56 runs past end of file"), "{t}");
+    assert!(t.contains("would NOT restore this file: first rule broken"), "{t}");
     // Not a stream at all.
     let junk = dir.path().join("junk");
     std::fs::write(&junk, b"hello world, not xenstore").expect("write");
     let o = run(&["validate", junk.to_str().expect("path")]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("junk: offset 0x0: bad ident"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("junk: offset 0x0: bad ident"), "{}", stderr(&o));
     // Missing file.
     let o = run(&["summary", "/nonexistent/state_dump"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/nonexistent/state_dump: cannot read"));
     // JSON verdict.
-    let v = json(&run(&[
-        "--json",
-        "validate",
-        cut.to_str().expect("path"),
-        "--as-c",
-        "4.17",
-    ]));
+    let v = json(&run(&["--json", "validate", cut.to_str().expect("path"), "--as-c", "4.17"]));
     assert_eq!(v["clean"], false);
     assert_eq!(v["c"]["version"], "4.17");
 }
 
 #[test]
 fn diff_shows_tree_and_connection_changes() {
-    let o = run(&[
-        "diff",
-        &data("lu2-busy-4.17.state"),
-        &data("lu3-restored-4.17.state"),
-    ]);
+    let o = run(&["diff", &data("lu2-busy-4.17.state"), &data("lu3-restored-4.17.state")]);
     assert_eq!(o.status.code(), Some(1));
     let t = stdout(&o);
     assert!(t.contains("+ /partial"), "{t}");
@@ -194,12 +135,7 @@ fn diff_shows_tree_and_connection_changes() {
     let o = run(&["diff", &f, &f]);
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("no differences"));
-    let v = json(&run(&[
-        "--json",
-        "diff",
-        &f,
-        &data("lu4-many-delayed-4.17.state"),
-    ]));
+    let v = json(&run(&["--json", "diff", &f, &data("lu4-many-delayed-4.17.state")]));
     assert_eq!(v["same"], false);
 }
 
@@ -225,30 +161,17 @@ fn bad_arguments_are_rejected_cleanly() {
     assert!(stderr(&o).contains("unknown C version"));
 }
 
-const STREAMS: [&str; 4] = [
-    "lu1-basic-4.17.state",
-    "lu2-busy-4.17.state",
-    "lu3-restored-4.17.state",
-    "lu4-many-delayed-4.17.state",
-];
+const STREAMS: [&str; 4] =
+    ["lu1-basic-4.17.state", "lu2-busy-4.17.state", "lu3-restored-4.17.state", "lu4-many-delayed-4.17.state"];
 
 /// `diff --json` of two files: only the version may differ.
 fn assert_same_content(a: &str, b: &str) {
     let v = json(&run(&["--json", "diff", a, b]));
     for k in ["nodes", "connections", "watches"] {
-        assert_eq!(
-            v["diff"][k],
-            serde_json::json!([]),
-            "{a} vs {b}: {k} differ: {v}"
-        );
+        assert_eq!(v["diff"][k], serde_json::json!([]), "{a} vs {b}: {k} differ: {v}");
     }
     let other = v["diff"]["other"].as_array().expect("other");
-    assert!(
-        other
-            .iter()
-            .all(|l| l.as_str().is_some_and(|l| l.contains("version"))),
-        "{a} vs {b}: {v}"
-    );
+    assert!(other.iter().all(|l| l.as_str().is_some_and(|l| l.contains("version"))), "{a} vs {b}: {v}");
 }
 
 fn p(path: &std::path::Path) -> &str {
@@ -265,16 +188,9 @@ fn convert_to_own_version_is_byte_identical_on_every_real_file() {
         let outp = dir.path().join(format!("{f}.same"));
         let o = run(&["convert", "--to", &to, &data(f), p(&outp)]);
         assert_eq!(o.status.code(), Some(0), "{f}: {}", stderr(&o));
-        assert!(
-            stdout(&o).contains(&format!("version {version} stream, {} bytes", input.len())),
-            "{}",
-            stdout(&o)
-        );
+        assert!(stdout(&o).contains(&format!("version {version} stream, {} bytes", input.len())), "{}", stdout(&o));
         let written = std::fs::read(&outp).expect("output");
-        assert!(
-            written == input,
-            "{f}: converting to {to} changed the bytes"
-        );
+        assert!(written == input, "{f}: converting to {to} changed the bytes");
     }
 }
 
@@ -292,14 +208,9 @@ fn convert_v1_to_v2_and_back() {
         assert_same_content(&data(f), p(&v2));
         let v = json(&run(&["--json", "records", p(&v2)]));
         let recs = v["records"].as_array().expect("records");
-        let first_node = recs
-            .iter()
-            .find(|r| r["type"] == "NODE_DATA")
-            .expect("a node");
+        let first_node = recs.iter().find(|r| r["type"] == "NODE_DATA").expect("a node");
         assert!(
-            first_node["decode"]
-                .as_str()
-                .is_some_and(|t| t.ends_with("path='/'")),
+            first_node["decode"].as_str().is_some_and(|t| t.ends_with("path='/'")),
             "{f}: first node in v2 should be the root: {first_node}"
         );
         let o = run(&["validate", p(&v2), "--as-c", "4.22"]);
@@ -309,10 +220,7 @@ fn convert_v1_to_v2_and_back() {
         let o = run(&["--json", "convert", "--to", "v1", p(&v2), p(&v1)]);
         assert_eq!(o.status.code(), Some(0), "{f}: {}", stderr(&o));
         assert_eq!(json(&o)["input_version"], 2);
-        assert!(
-            std::fs::read(&v1).expect("v1") == input,
-            "{f}: v1 -> v2 -> v1 changed the bytes"
-        );
+        assert!(std::fs::read(&v1).expect("v1") == input, "{f}: v1 -> v2 -> v1 changed the bytes");
     }
 }
 
@@ -342,10 +250,7 @@ fn convert_errors_name_the_file_and_offset() {
     let o = run(&["convert", "--to", "v2", p(&cut), p(&outp)]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(
-        e.contains("cut.state: offset 0x0380: NODE_DATA length 56 runs past end of file"),
-        "{e}"
-    );
+    assert!(e.contains("cut.state: offset 0x0380: NODE_DATA length 56 runs past end of file"), "{e}");
     assert!(!e.contains("panicked"), "{e}");
     assert!(!outp.exists(), "nothing written for a damaged input");
     // Not a stream.
@@ -353,33 +258,13 @@ fn convert_errors_name_the_file_and_offset() {
     std::fs::write(&junk, b"hello world, not xenstore").expect("write");
     let o = run(&["convert", "--to", "v1", p(&junk), p(&outp)]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("junk: offset 0x0: bad ident"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("junk: offset 0x0: bad ident"), "{}", stderr(&o));
     // Unwritable output.
-    let o = run(&[
-        "convert",
-        "--to",
-        "v1",
-        &data("lu1-basic-4.17.state"),
-        "/nonexistent-dir/out.state",
-    ]);
+    let o = run(&["convert", "--to", "v1", &data("lu1-basic-4.17.state"), "/nonexistent-dir/out.state"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("/nonexistent-dir/out.state: cannot write"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("/nonexistent-dir/out.state: cannot write"), "{}", stderr(&o));
     // Bad version.
-    let o = run(&[
-        "convert",
-        "--to",
-        "v3",
-        &data("lu1-basic-4.17.state"),
-        p(&outp),
-    ]);
+    let o = run(&["convert", "--to", "v3", &data("lu1-basic-4.17.state"), p(&outp)]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("v3"), "{}", stderr(&o));
 }

@@ -31,56 +31,25 @@ fn model_content() {
     assert!(p.findings.is_empty(), "{:?}", p.findings);
     let s = &p.snapshot;
     assert_eq!(s.version, 1);
-    assert_eq!(
-        s.global,
-        Some(GlobalData {
-            socket_fd: 4,
-            evtchn_fd: 7
-        })
-    );
+    assert_eq!(s.global, Some(GlobalData { socket_fd: 4, evtchn_fd: 7 }));
     assert_eq!(s.connections.len(), 7);
-    assert_eq!(
-        s.connections[2].kind,
-        ConnectionKind::Ring {
-            domid: 2,
-            target: 1,
-            evtchn: 12
-        }
-    );
+    assert_eq!(s.connections[2].kind, ConnectionKind::Ring { domid: 2, target: 1, evtchn: 12 });
     assert_eq!(s.connections[3].kind, ConnectionKind::Socket { fd: 9 });
     assert_eq!(s.connections[4].input.len(), 21);
     assert_eq!(s.connections[5].input, [2, 0, 0, 0, 1, 0]);
-    assert_eq!(
-        s.connections[6].output,
-        b"\0\0\0\0\0\0\0\0\0\0\0\0\x03\0\0\0OK\0"
-    );
+    assert_eq!(s.connections[6].output, b"\0\0\0\0\0\0\0\0\0\0\0\0\x03\0\0\0OK\0");
     assert!(s.connections.iter().all(|c| c.unique_id.is_none()));
     assert_eq!(s.watches.len(), 3);
-    assert!(
-        s.watches
-            .iter()
-            .all(|w| w.conn_id == 4 && w.depth.is_none())
-    );
+    assert!(s.watches.iter().all(|w| w.conn_id == 4 && w.depth.is_none()));
     assert_eq!(s.watches[1].path, b"@releaseDomain");
     assert_eq!(s.watches[2].token, b"intro");
     assert_eq!(s.nodes.len(), 18);
     assert_eq!(s.nodes[0].path, b"@releaseDomain");
     assert_eq!(s.nodes[2].path, b"/");
-    let blob = s
-        .nodes
-        .iter()
-        .find(|n| n.path == b"/local/domain/1/data/blob")
-        .expect("blob");
+    let blob = s.nodes.iter().find(|n| n.path == b"/local/domain/1/data/blob").expect("blob");
     assert_eq!(blob.value, b"bin\0ary\xff\x01");
-    let name1 = s
-        .nodes
-        .iter()
-        .find(|n| n.path == b"/local/domain/1/name")
-        .expect("name");
-    assert_eq!(
-        name1.perms,
-        vec![Perm::new(b'b', 1), Perm::new(b'r', 2), Perm::new(b'w', 0)]
-    );
+    let name1 = s.nodes.iter().find(|n| n.path == b"/local/domain/1/name").expect("name");
+    assert_eq!(name1.perms, vec![Perm::new(b'b', 1), Perm::new(b'r', 2), Perm::new(b'w', 0)]);
     assert!(s.transactions.is_empty() && s.domains.is_empty() && s.global_quota.is_none());
     assert_eq!(p.records.len(), 30);
     assert_eq!(p.records.last().map(|r| r.offset), Some(0x528));
@@ -99,15 +68,8 @@ fn summary_answers() {
     let c5 = &s.connections[4];
     assert_eq!(c5.pending.len(), 1);
     assert_eq!(c5.pending[0].kind, "partial-request");
-    assert!(
-        c5.pending[0]
-            .text
-            .contains("WRITE req 1, len 31: 26 payload bytes missing")
-    );
-    assert_eq!(
-        s.connections[5].pending[0].text,
-        "partial header: 6 of 16 bytes"
-    );
+    assert!(c5.pending[0].text.contains("WRITE req 1, len 31: 26 payload bytes missing"));
+    assert_eq!(s.connections[5].pending[0].text, "partial header: 6 of 16 bytes");
     assert_eq!(s.connections[3].watches.len(), 3);
     assert!(s.transactions.is_empty());
     assert!(s.has_root);
@@ -121,18 +83,10 @@ fn summary_answers() {
 fn tree_like_xenstore_ls() {
     let p = lu1();
     let tree = Tree::build(&p.snapshot);
-    let lines: Vec<String> = tree
-        .list(b"/local/domain/1")
-        .iter()
-        .map(|e| e.text())
-        .collect();
+    let lines: Vec<String> = tree.list(b"/local/domain/1").iter().map(|e| e.text()).collect();
     assert_eq!(
         lines,
-        vec![
-            "name = \"guest1\"  (b1,r2,w0)",
-            "data = \"\"  (n0)",
-            " blob = \"bin\\0ary\\xff\\x01\"  (n0)",
-        ]
+        vec!["name = \"guest1\"  (b1,r2,w0)", "data = \"\"  (n0)", " blob = \"bin\\0ary\\xff\\x01\"  (n0)",]
     );
     assert_eq!(tree.list(b"/").len(), 15);
 }
@@ -140,11 +94,7 @@ fn tree_like_xenstore_ls() {
 #[test]
 fn c_versions_accept_it() {
     let p = lu1();
-    for v in [
-        cver::CVersion::V417,
-        cver::CVersion::V421,
-        cver::CVersion::V422,
-    ] {
+    for v in [cver::CVersion::V417, cver::CVersion::V421, cver::CVersion::V422] {
         let verdict = cver::check(&p, v);
         assert!(verdict.accepted, "{v}: {:?}", verdict.breaks);
     }

@@ -15,16 +15,11 @@ fn bytes_no_nul(max: usize) -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn perm() -> impl Strategy<Value = Perm> {
-    (
-        prop::sample::select(b"nrwb".to_vec()),
-        0u8..=1,
-        any::<u16>(),
-    )
-        .prop_map(|(letter, flags, domid)| Perm {
-            letter,
-            flags,
-            domid,
-        })
+    (prop::sample::select(b"nrwb".to_vec()), 0u8..=1, any::<u16>()).prop_map(|(letter, flags, domid)| Perm {
+        letter,
+        flags,
+        domid,
+    })
 }
 
 fn quota() -> impl Strategy<Value = Quota> {
@@ -33,13 +28,8 @@ fn quota() -> impl Strategy<Value = Quota> {
 
 fn connection(conn_id: u32) -> impl Strategy<Value = Connection> {
     let kind = prop_oneof![
-        (any::<u16>(), any::<u16>(), any::<u32>()).prop_map(|(domid, target, evtchn)| {
-            ConnectionKind::Ring {
-                domid,
-                target,
-                evtchn,
-            }
-        }),
+        (any::<u16>(), any::<u16>(), any::<u32>())
+            .prop_map(|(domid, target, evtchn)| { ConnectionKind::Ring { domid, target, evtchn } }),
         any::<i32>().prop_map(|fd| ConnectionKind::Socket { fd }),
     ];
     (
@@ -50,19 +40,8 @@ fn connection(conn_id: u32) -> impl Strategy<Value = Connection> {
         prop::option::of(any::<u64>()),
     )
         .prop_map(move |(kind, input, output, resp, unique_id)| {
-            let partial_response_len = if output.is_empty() {
-                0
-            } else {
-                resp % (output.len() as u16 + 1)
-            };
-            Connection {
-                conn_id,
-                kind,
-                input,
-                output,
-                partial_response_len,
-                unique_id,
-            }
+            let partial_response_len = if output.is_empty() { 0 } else { resp % (output.len() as u16 + 1) };
+            Connection { conn_id, kind, input, output, partial_response_len, unique_id }
         })
 }
 
@@ -77,14 +56,7 @@ fn node(special: bool) -> impl Strategy<Value = Node> {
     )
         .prop_map(move |(mut path, value, perms, conn_id, tx_id, access)| {
             path.insert(0, if special { b'@' } else { b'/' });
-            Node {
-                path,
-                value,
-                perms,
-                conn_id,
-                tx_id,
-                access,
-            }
+            Node { path, value, perms, conn_id, tx_id, access }
         })
 }
 
@@ -95,29 +67,15 @@ fn snapshot() -> impl Strategy<Value = (Snapshot, WriteFormat)> {
         .prop_flat_map(|(v2, big, nconn)| {
             let conns: Vec<_> = (1..=nconn as u32).map(connection).collect();
             let watches = prop::collection::vec(
-                (
-                    0..nconn.max(1),
-                    bytes_no_nul(20),
-                    bytes_no_nul(20),
-                    prop::option::of(any::<u16>()),
-                ),
+                (0..nconn.max(1), bytes_no_nul(20), bytes_no_nul(20), prop::option::of(any::<u16>())),
                 0..6,
             );
-            let domains = prop::collection::vec(
-                (
-                    any::<u16>(),
-                    any::<u32>(),
-                    prop::collection::vec(quota(), 0..4),
-                ),
-                0..4,
-            );
+            let domains =
+                prop::collection::vec((any::<u16>(), any::<u32>(), prop::collection::vec(quota(), 0..4)), 0..4);
             (
                 Just((v2, big, nconn)),
                 prop::option::of((any::<i32>(), any::<i32>())),
-                prop::option::of((
-                    prop::collection::vec(quota(), 0..4),
-                    prop::collection::vec(quota(), 0..3),
-                )),
+                prop::option::of((prop::collection::vec(quota(), 0..4), prop::collection::vec(quota(), 0..3))),
                 conns,
                 watches,
                 prop::collection::vec((any::<u32>(), any::<u32>()), 0..3),
@@ -126,60 +84,45 @@ fn snapshot() -> impl Strategy<Value = (Snapshot, WriteFormat)> {
                 domains,
             )
         })
-        .prop_map(
-            |((v2, big, nconn), global, gq, connections, watches, txs, tree, special, domains)| {
-                let version = if v2 { 2 } else { 1 };
-                let format = WriteFormat::for_version(version);
-                // The writer emits watches grouped by connection, in connection order.
-                let mut ws: Vec<Watch> = watches
+        .prop_map(|((v2, big, nconn), global, gq, connections, watches, txs, tree, special, domains)| {
+            let version = if v2 { 2 } else { 1 };
+            let format = WriteFormat::for_version(version);
+            // The writer emits watches grouped by connection, in connection order.
+            let mut ws: Vec<Watch> = watches
+                .into_iter()
+                .filter(|_| nconn > 0)
+                .map(|(c, path, token, depth)| Watch {
+                    conn_id: c as u32 + 1,
+                    path,
+                    token,
+                    depth: if v2 { depth } else { None },
+                })
+                .collect();
+            ws.sort_by_key(|w| w.conn_id);
+            let nodes = match format.special_nodes {
+                SpecialNodes::BeforeTree => special.into_iter().chain(tree).collect(),
+                SpecialNodes::AfterTree => tree.into_iter().chain(special).collect(),
+            };
+            let snap = Snapshot {
+                version,
+                byte_order: if big { ByteOrder::Big } else { ByteOrder::Little },
+                global: global.map(|(socket_fd, evtchn_fd)| GlobalData { socket_fd, evtchn_fd }),
+                global_quota: gq.map(|(per_domain, global_only)| GlobalQuota { per_domain, global_only }),
+                connections,
+                watches: ws,
+                transactions: txs.into_iter().map(|(conn_id, tx_id)| Transaction { conn_id, tx_id }).collect(),
+                nodes,
+                domains: domains
                     .into_iter()
-                    .filter(|_| nconn > 0)
-                    .map(|(c, path, token, depth)| Watch {
-                        conn_id: c as u32 + 1,
-                        path,
-                        token,
-                        depth: if v2 { depth } else { None },
+                    .map(|(domid, features, quotas)| DomainData {
+                        domid,
+                        features: if v2 { features } else { 0 },
+                        quotas,
                     })
-                    .collect();
-                ws.sort_by_key(|w| w.conn_id);
-                let nodes = match format.special_nodes {
-                    SpecialNodes::BeforeTree => special.into_iter().chain(tree).collect(),
-                    SpecialNodes::AfterTree => tree.into_iter().chain(special).collect(),
-                };
-                let snap = Snapshot {
-                    version,
-                    byte_order: if big {
-                        ByteOrder::Big
-                    } else {
-                        ByteOrder::Little
-                    },
-                    global: global.map(|(socket_fd, evtchn_fd)| GlobalData {
-                        socket_fd,
-                        evtchn_fd,
-                    }),
-                    global_quota: gq.map(|(per_domain, global_only)| GlobalQuota {
-                        per_domain,
-                        global_only,
-                    }),
-                    connections,
-                    watches: ws,
-                    transactions: txs
-                        .into_iter()
-                        .map(|(conn_id, tx_id)| Transaction { conn_id, tx_id })
-                        .collect(),
-                    nodes,
-                    domains: domains
-                        .into_iter()
-                        .map(|(domid, features, quotas)| DomainData {
-                            domid,
-                            features: if v2 { features } else { 0 },
-                            quotas,
-                        })
-                        .collect(),
-                };
-                (snap, format)
-            },
-        )
+                    .collect(),
+            };
+            (snap, format)
+        })
 }
 
 fn real_files() -> Vec<Vec<u8>> {
@@ -191,10 +134,7 @@ fn real_files() -> Vec<Vec<u8>> {
         .filter(|n| n.ends_with(".state"))
         .collect();
     names.sort();
-    names
-        .iter()
-        .map(|n| std::fs::read(format!("{dir}/{n}")).expect("read"))
-        .collect()
+    names.iter().map(|n| std::fs::read(format!("{dir}/{n}")).expect("read")).collect()
 }
 
 /// Runs everything the inspector would run on a parsed file.
@@ -205,11 +145,7 @@ fn exercise(p: &Parsed) {
     let _ = report::summarize("x", p).text(report::Style { colour: true });
     let tree = report::Tree::build(&p.snapshot);
     let _ = tree.list(b"/");
-    for v in [
-        cver::CVersion::V417,
-        cver::CVersion::V421,
-        cver::CVersion::V422,
-    ] {
+    for v in [cver::CVersion::V417, cver::CVersion::V421, cver::CVersion::V422] {
         let _ = cver::check(p, v);
     }
     let _ = report::diff(&p.snapshot, &Snapshot::default());

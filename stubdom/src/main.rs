@@ -58,7 +58,10 @@ pub extern "C" fn stub_main(start_info: u32) -> ! {
     println!("rxenstored stubdom {} (no_std engine + protocol core, PVH image)", env!("CARGO_PKG_VERSION"));
     let info = start_info::read(start_info);
     match &info {
-        Some(i) => println!("stubdom: PVH start info v{} at {start_info:#x}, {} memory map entries", i.version, i.memmap_entries),
+        Some(i) => println!(
+            "stubdom: PVH start info v{} at {start_info:#x}, {} memory map entries",
+            i.version, i.memmap_entries
+        ),
         None => println!("stubdom: no PVH start info at {start_info:#x}"),
     }
     #[cfg(feature = "xen")]
@@ -93,7 +96,8 @@ pub extern "C" fn stub_main(start_info: u32) -> ! {
     }
     // SAFETY: the BAR is identity-mapped (below 4 GiB), decoding is on,
     // and nothing else in the image touches it.
-    let shm = unsafe { frontend::Shm::new(NonNull::new(bar.base as *mut u8).expect("non-zero BAR"), bar.size as usize) };
+    let shm =
+        unsafe { frontend::Shm::new(NonNull::new(bar.base as *mut u8).expect("non-zero BAR"), bar.size as usize) };
 
     let mut fe = frontend::Frontend::new(Config::default(), shm);
     fe.announce_ready();

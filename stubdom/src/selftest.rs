@@ -68,14 +68,20 @@ impl Check {
         (req_id, msgs)
     }
 
-    fn expect(&mut self, what: &str, conn: ConnId, msg_type: u32, tx_id: u32, payload: &[u8], want: &[(u32, &[u8])]) -> Vec<Message> {
+    fn expect(
+        &mut self,
+        what: &str,
+        conn: ConnId,
+        msg_type: u32,
+        tx_id: u32,
+        payload: &[u8],
+        want: &[(u32, &[u8])],
+    ) -> Vec<Message> {
         let (req_id, got) = self.send(conn, msg_type, tx_id, payload);
         self.checks += 1;
         let ok = got.len() == want.len()
             && got.iter().zip(want).all(|(m, (t, p))| {
-                m.header.msg_type == *t
-                    && m.payload == *p
-                    && (*t == WATCH_EVENT || m.header.req_id == req_id)
+                m.header.msg_type == *t && m.payload == *p && (*t == WATCH_EVENT || m.header.req_id == req_id)
             });
         if ok {
             println!("selftest: {what}: ok");
@@ -83,7 +89,12 @@ impl Check {
             self.failures += 1;
             println!("selftest: {what}: FAILED");
             for m in &got {
-                println!("  got type {} req {} payload {:?}", m.header.msg_type, m.header.req_id, core::str::from_utf8(&m.payload));
+                println!(
+                    "  got type {} req {} payload {:?}",
+                    m.header.msg_type,
+                    m.header.req_id,
+                    core::str::from_utf8(&m.payload)
+                );
             }
         }
         got
@@ -143,15 +154,15 @@ pub fn run() -> bool {
             println!("selftest: TRANSACTION_START gave no id: FAILED");
         }
     }
+    c.expect("dom0 WRITE fires guest watch", dom0, WRITE, 0, b"/local/domain/1/data/x\0bye", &[(WRITE, b"OK\0")]);
     c.expect(
-        "dom0 WRITE fires guest watch",
-        dom0,
-        WRITE,
+        "guest sees event",
+        guest,
+        READ,
         0,
-        b"/local/domain/1/data/x\0bye",
-        &[(WRITE, b"OK\0")],
+        b"data/x\0",
+        &[(WATCH_EVENT, b"/local/domain/1/data/x\0tok\0"), (READ, b"bye")],
     );
-    c.expect("guest sees event", guest, READ, 0, b"data/x\0", &[(WATCH_EVENT, b"/local/domain/1/data/x\0tok\0"), (READ, b"bye")]);
 
     println!("selftest: {} checks, {} failed", c.checks, c.failures);
     c.failures == 0

@@ -27,8 +27,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use xen_sys::{
     __HYPERVISOR_event_channel_op, __HYPERVISOR_grant_table_op, __HYPERVISOR_hvm_op, __HYPERVISOR_sched_op,
-    EVTCHNOP_bind_interdomain, EVTCHNOP_send, SCHEDOP_shutdown, evtchn_bind_interdomain, evtchn_send,
-    hypercall_2, hypercall_3,
+    EVTCHNOP_bind_interdomain, EVTCHNOP_send, SCHEDOP_shutdown, evtchn_bind_interdomain, evtchn_send, hypercall_2,
+    hypercall_3,
 };
 
 // The page Xen fills with one 32-byte call stub per hypercall; `xen-sys`
@@ -183,7 +183,8 @@ pub fn map_guest_ring(domid: u16, frame: u64) -> Result<u32, i16> {
 pub fn bind_interdomain(domid: u16, remote_port: u32) -> Option<u32> {
     let mut op = evtchn_bind_interdomain { remote_dom: domid, remote_port, local_port: 0 };
     // SAFETY: a valid argument structure.
-    let rc = unsafe { hypercall_2(__HYPERVISOR_event_channel_op, u64::from(EVTCHNOP_bind_interdomain), &raw mut op as u64) };
+    let rc =
+        unsafe { hypercall_2(__HYPERVISOR_event_channel_op, u64::from(EVTCHNOP_bind_interdomain), &raw mut op as u64) };
     (rc == 0).then_some(op.local_port)
 }
 

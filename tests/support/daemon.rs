@@ -99,11 +99,7 @@ pub fn rxenstored_bin() -> Option<PathBuf> {
     }
     let exe = std::env::current_exe().ok()?;
     let deps = exe.parent()?;
-    let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") {
-        deps.parent()?
-    } else {
-        deps
-    };
+    let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") { deps.parent()? } else { deps };
     Some(profile_dir.join("rxenstored"))
 }
 
@@ -132,8 +128,7 @@ impl Daemon {
 
     /// Starts rxenstored with extra command-line arguments.
     pub fn start_rx(args: &[&str]) -> Result<Daemon, Unavailable> {
-        let bin = rxenstored_bin()
-            .ok_or_else(|| Unavailable("cannot locate the target directory".into()))?;
+        let bin = rxenstored_bin().ok_or_else(|| Unavailable("cannot locate the target directory".into()))?;
         if !bin.is_file() {
             return Err(Unavailable(format!(
                 "{} does not exist (build it with `cargo build -p server`, or set RXENSTORED_BIN)",
@@ -143,9 +138,7 @@ impl Daemon {
         let rundir = new_rundir(Kind::Rxenstored)?;
         let log = std::fs::File::create(rundir.path().join("daemon.log"))
             .map_err(|e| Unavailable(format!("cannot create daemon.log: {e}")))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| Unavailable(format!("cannot dup daemon.log: {e}")))?;
+        let log2 = log.try_clone().map_err(|e| Unavailable(format!("cannot dup daemon.log: {e}")))?;
         let child = Command::new(&bin)
             .arg("--no-fork")
             .args(args)
@@ -162,13 +155,7 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
         let pid = i32::try_from(child.id()).expect("pid fits in i32");
         let socket = rundir.path().join("socket");
-        let mut d = Daemon {
-            kind: Kind::Rxenstored,
-            pid,
-            child: Some(child),
-            socket,
-            rundir,
-        };
+        let mut d = Daemon { kind: Kind::Rxenstored, pid, child: Some(child), socket, rundir };
         d.wait_ready(Duration::from_secs(10));
         Ok(d)
     }
@@ -176,10 +163,7 @@ impl Daemon {
     fn start_peer(kind: Kind) -> Result<Daemon, Unavailable> {
         let script = shared_dir().join("peers/start-peer");
         if !script.is_file() {
-            return Err(Unavailable(format!(
-                "{} not found (set XS_SHARED_DIR)",
-                script.display()
-            )));
+            return Err(Unavailable(format!("{} not found (set XS_SHARED_DIR)", script.display())));
         }
         let rundir = new_rundir(kind)?;
         let out = {
@@ -193,10 +177,7 @@ impl Daemon {
                 .map_err(|e| Unavailable(format!("cannot run {}: {e}", script.display())))?
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let pid = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("PEER_PID="))
-            .and_then(|p| p.trim().parse::<i32>().ok());
+        let pid = stdout.lines().find_map(|l| l.strip_prefix("PEER_PID=")).and_then(|p| p.trim().parse::<i32>().ok());
         let pid = match (out.status.success(), pid) {
             (true, Some(pid)) => pid,
             _ => {
@@ -209,13 +190,7 @@ impl Daemon {
             }
         };
         let socket = rundir.path().join("socket");
-        let mut d = Daemon {
-            kind,
-            pid,
-            child: None,
-            socket,
-            rundir,
-        };
+        let mut d = Daemon { kind, pid, child: None, socket, rundir };
         d.wait_ready(Duration::from_secs(10));
         Ok(d)
     }
@@ -229,12 +204,7 @@ impl Daemon {
                 return;
             }
             if !self.is_alive() {
-                panic!(
-                    "{} exited before serving {}; log:\n{}",
-                    self.kind,
-                    self.socket.display(),
-                    self.log()
-                );
+                panic!("{} exited before serving {}; log:\n{}", self.kind, self.socket.display(), self.log());
             }
             if Instant::now() >= deadline {
                 panic!(
@@ -328,15 +298,12 @@ impl Drop for Daemon {
 fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
         Err(_) => false,
     }
 }
 
 /// Whether `pid`'s command name is one of the peer daemons'.
 fn pid_is_xenstored(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|c| matches!(c.trim(), "xenstored" | "oxenstored"))
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| matches!(c.trim(), "xenstored" | "oxenstored"))
 }

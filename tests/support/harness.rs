@@ -117,11 +117,7 @@ pub fn err(name: &str) -> Reply {
 pub fn expect(got: io::Result<Reply>, want: Reply, what: impl fmt::Display) {
     match got {
         Ok(r) if r == want => {}
-        Ok(r) => panic!(
-            "{what}: expected {}, got {}",
-            show_reply(&want),
-            show_reply(&r)
-        ),
+        Ok(r) => panic!("{what}: expected {}, got {}", show_reply(&want), show_reply(&r)),
         Err(e) => panic!("{what}: expected {}, got I/O error {e}", show_reply(&want)),
     }
 }
@@ -138,10 +134,7 @@ pub fn expect_ok(got: io::Result<Reply>, what: impl fmt::Display) -> Vec<u8> {
 
 /// Events as readable `path token` strings.
 pub fn show_events(events: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
-    events
-        .iter()
-        .map(|(p, t)| format!("{} {}", show(p), show(t)))
-        .collect()
+    events.iter().map(|(p, t)| format!("{} {}", show(p), show(t))).collect()
 }
 
 /// One expected event.

@@ -126,13 +126,7 @@ impl Client {
 
     /// Sends a request of any type with the given ids and returns the whole
     /// reply message (the first non-event message carrying `req_id`).
-    pub fn request_msg(
-        &mut self,
-        msg_type: u32,
-        req_id: u32,
-        tx_id: u32,
-        payload: &[u8],
-    ) -> io::Result<Message> {
+    pub fn request_msg(&mut self, msg_type: u32, req_id: u32, tx_id: u32, payload: &[u8]) -> io::Result<Message> {
         let mut bytes = Vec::new();
         encode(msg_type, req_id, tx_id, payload, &mut bytes);
         self.send_raw(&bytes)?;
@@ -142,14 +136,8 @@ impl Client {
     /// Waits for the reply carrying `req_id` (after a [`send_raw`]
     /// (Self::send_raw)), keeping other messages in the backlog.
     pub fn wait_reply(&mut self, req_id: u32) -> io::Result<Message> {
-        let is_reply =
-            |m: &Message| m.header.msg_type != Op::WatchEvent.code() && m.header.req_id == req_id;
-        if let Some(m) = self
-            .backlog
-            .iter()
-            .position(is_reply)
-            .and_then(|i| self.backlog.remove(i))
-        {
+        let is_reply = |m: &Message| m.header.msg_type != Op::WatchEvent.code() && m.header.req_id == req_id;
+        if let Some(m) = self.backlog.iter().position(is_reply).and_then(|i| self.backlog.remove(i)) {
             return Ok(m);
         }
         let deadline = Instant::now() + self.reply_timeout;
@@ -160,10 +148,7 @@ impl Client {
                 None => {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        std::format!(
-                            "no reply to req_id {req_id} within {:?}",
-                            self.reply_timeout
-                        ),
+                        std::format!("no reply to req_id {req_id} within {:?}", self.reply_timeout),
                     ));
                 }
             }
@@ -207,20 +192,16 @@ impl Client {
     /// this connection this is everything the daemon queued before that
     /// reply ([C] and [R] keep one ordered output queue per connection).
     pub fn take_events(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let (events, rest): (VecDeque<Message>, VecDeque<Message>) = self
-            .backlog
-            .drain(..)
-            .partition(|m| m.header.msg_type == Op::WatchEvent.code());
+        let (events, rest): (VecDeque<Message>, VecDeque<Message>) =
+            self.backlog.drain(..).partition(|m| m.header.msg_type == Op::WatchEvent.code());
         self.backlog = rest;
         events.iter().map(|m| split_event(&m.payload)).collect()
     }
 
     /// The watch event messages already received, whole (to check headers).
     pub fn take_event_messages(&mut self) -> Vec<Message> {
-        let (events, rest): (VecDeque<Message>, VecDeque<Message>) = self
-            .backlog
-            .drain(..)
-            .partition(|m| m.header.msg_type == Op::WatchEvent.code());
+        let (events, rest): (VecDeque<Message>, VecDeque<Message>) =
+            self.backlog.drain(..).partition(|m| m.header.msg_type == Op::WatchEvent.code());
         self.backlog = rest;
         events.into()
     }
@@ -253,18 +234,10 @@ impl Client {
             self.stream.set_read_timeout(Some(deadline - now))?;
             match self.stream.read(&mut buf) {
                 Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "daemon closed the connection",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "daemon closed the connection"));
                 }
                 Ok(n) => self.decoder.push(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                     return Ok(None);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -278,10 +251,7 @@ impl Client {
 /// token is whatever follows the first NUL, minus one trailing NUL).
 fn split_event(payload: &[u8]) -> (Vec<u8>, Vec<u8>) {
     match crate::split_first(payload) {
-        Some((path, rest)) => (
-            path.to_vec(),
-            rest.strip_suffix(b"\0").unwrap_or(rest).to_vec(),
-        ),
+        Some((path, rest)) => (path.to_vec(), rest.strip_suffix(b"\0").unwrap_or(rest).to_vec()),
         None => (payload.to_vec(), Vec::new()),
     }
 }
@@ -309,12 +279,7 @@ impl Client {
         self.write_tx(0, path, value)
     }
     /// WRITE in transaction `tx`.
-    pub fn write_tx(
-        &mut self,
-        tx: u32,
-        path: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
-    ) -> io::Result<Reply> {
+    pub fn write_tx(&mut self, tx: u32, path: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> io::Result<Reply> {
         let mut p = nul(path.as_ref());
         p.extend_from_slice(value.as_ref());
         self.request(Op::Write, tx, &p)
@@ -356,12 +321,7 @@ impl Client {
         self.set_perms_tx(0, path, perms)
     }
     /// SET_PERMS in transaction `tx`.
-    pub fn set_perms_tx(
-        &mut self,
-        tx: u32,
-        path: impl AsRef<[u8]>,
-        perms: &[&str],
-    ) -> io::Result<Reply> {
+    pub fn set_perms_tx(&mut self, tx: u32, path: impl AsRef<[u8]>, perms: &[&str]) -> io::Result<Reply> {
         let mut p = nul(path.as_ref());
         for perm in perms {
             p.extend_from_slice(perm.as_bytes());
@@ -376,11 +336,7 @@ impl Client {
         self.request(Op::Watch, 0, &p)
     }
     /// UNWATCH `path`/`token`.
-    pub fn unwatch(
-        &mut self,
-        path: impl AsRef<[u8]>,
-        token: impl AsRef<[u8]>,
-    ) -> io::Result<Reply> {
+    pub fn unwatch(&mut self, path: impl AsRef<[u8]>, token: impl AsRef<[u8]>) -> io::Result<Reply> {
         let mut p = nul(path.as_ref());
         p.extend_from_slice(&nul(token.as_ref()));
         self.request(Op::Unwatch, 0, &p)
@@ -396,9 +352,7 @@ impl Client {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| io::Error::other(std::format!("bad transaction id {p:?}"))),
-            Reply::Err(e) => Err(io::Error::other(std::format!(
-                "TRANSACTION_START failed: {e}"
-            ))),
+            Reply::Err(e) => Err(io::Error::other(std::format!("TRANSACTION_START failed: {e}"))),
         }
     }
     /// TRANSACTION_END: commit if `commit`, else abort.

@@ -29,10 +29,7 @@ impl core::fmt::Display for FrameError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             FrameError::PayloadTooLong { len } => {
-                write!(
-                    f,
-                    "payload length {len} exceeds the maximum of {PAYLOAD_MAX}"
-                )
+                write!(f, "payload length {len} exceeds the maximum of {PAYLOAD_MAX}")
             }
         }
     }
@@ -287,29 +284,15 @@ mod tests {
         let mut bytes = vec![];
         encode(Op::Write, 1, 0, &[7u8; PAYLOAD_MAX], &mut bytes);
         d.push(&bytes);
-        assert_eq!(
-            d.next_message().expect("ok").map(|m| m.payload.len()),
-            Some(PAYLOAD_MAX)
-        );
+        assert_eq!(d.next_message().expect("ok").map(|m| m.payload.len()), Some(PAYLOAD_MAX));
 
-        let h = Header {
-            msg_type: 2,
-            req_id: 0,
-            tx_id: 0,
-            len: 4097,
-        };
+        let h = Header { msg_type: 2, req_id: 0, tx_id: 0, len: 4097 };
         d.push(&h.to_bytes());
         assert_eq!(d.bytes_needed(), 0);
-        assert_eq!(
-            d.next_message(),
-            Err(FrameError::PayloadTooLong { len: 4097 })
-        );
+        assert_eq!(d.next_message(), Err(FrameError::PayloadTooLong { len: 4097 }));
         assert!(d.is_poisoned());
         d.push(b"more");
-        assert_eq!(
-            d.next_message(),
-            Err(FrameError::PayloadTooLong { len: 4097 })
-        );
+        assert_eq!(d.next_message(), Err(FrameError::PayloadTooLong { len: 4097 }));
         d.reset();
         assert_eq!(d.next_message(), Ok(None));
     }

@@ -21,14 +21,8 @@ pub struct Header {
 impl Header {
     /// Decodes a header.
     pub fn parse(bytes: &[u8; HEADER_LEN]) -> Header {
-        let word =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        Header {
-            msg_type: word(0),
-            req_id: word(4),
-            tx_id: word(8),
-            len: word(12),
-        }
+        let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        Header { msg_type: word(0), req_id: word(4), tx_id: word(8), len: word(12) }
     }
 
     /// Encodes the header.
@@ -53,19 +47,8 @@ impl Header {
 /// that must respect it (the server) check before, and tests may want to
 /// send oversize messages. A payload longer than `u32::MAX` is announced
 /// with a truncated length (it cannot be sent meaningfully anyway).
-pub fn encode(
-    msg_type: impl Into<u32>,
-    req_id: u32,
-    tx_id: u32,
-    payload: &[u8],
-    out: &mut Vec<u8>,
-) {
-    let header = Header {
-        msg_type: msg_type.into(),
-        req_id,
-        tx_id,
-        len: payload.len() as u32,
-    };
+pub fn encode(msg_type: impl Into<u32>, req_id: u32, tx_id: u32, payload: &[u8], out: &mut Vec<u8>) {
+    let header = Header { msg_type: msg_type.into(), req_id, tx_id, len: payload.len() as u32 };
     out.reserve(HEADER_LEN + payload.len());
     out.extend_from_slice(&header.to_bytes());
     out.extend_from_slice(payload);
@@ -74,12 +57,7 @@ pub fn encode(
 /// Appends an error reply: type `ERROR`, payload `NAME\0` (§1.5).
 pub fn encode_error(errno: Errno, req_id: u32, tx_id: u32, out: &mut Vec<u8>) {
     let name = errno.name().as_bytes();
-    let header = Header {
-        msg_type: Op::Error.code(),
-        req_id,
-        tx_id,
-        len: name.len() as u32 + 1,
-    };
+    let header = Header { msg_type: Op::Error.code(), req_id, tx_id, len: name.len() as u32 + 1 };
     out.extend_from_slice(&header.to_bytes());
     out.extend_from_slice(name);
     out.push(0);
@@ -88,12 +66,8 @@ pub fn encode_error(errno: Errno, req_id: u32, tx_id: u32, out: &mut Vec<u8>) {
 /// Appends a watch event: type `WATCH_EVENT`, ids 0, payload
 /// `path\0token\0` (§6.5).
 pub fn encode_watch_event(path: &[u8], token: &[u8], out: &mut Vec<u8>) {
-    let header = Header {
-        msg_type: Op::WatchEvent.code(),
-        req_id: 0,
-        tx_id: 0,
-        len: (path.len() + token.len() + 2) as u32,
-    };
+    let header =
+        Header { msg_type: Op::WatchEvent.code(), req_id: 0, tx_id: 0, len: (path.len() + token.len() + 2) as u32 };
     out.extend_from_slice(&header.to_bytes());
     out.extend_from_slice(path);
     out.push(0);
@@ -108,17 +82,9 @@ mod tests {
 
     #[test]
     fn header_round_trip_le() {
-        let h = Header {
-            msg_type: 2,
-            req_id: 0xDEAD_BEEF,
-            tx_id: 7,
-            len: 0x0102_0304,
-        };
+        let h = Header { msg_type: 2, req_id: 0xDEAD_BEEF, tx_id: 7, len: 0x0102_0304 };
         let b = h.to_bytes();
-        assert_eq!(
-            b,
-            [2, 0, 0, 0, 0xEF, 0xBE, 0xAD, 0xDE, 7, 0, 0, 0, 4, 3, 2, 1]
-        );
+        assert_eq!(b, [2, 0, 0, 0, 0xEF, 0xBE, 0xAD, 0xDE, 7, 0, 0, 0, 4, 3, 2, 1]);
         assert_eq!(Header::parse(&b), h);
         assert_eq!(h.op(), Some(Op::Read));
     }
@@ -127,33 +93,12 @@ mod tests {
     fn encodes() {
         let mut out = vec![];
         encode(Op::Read, 1, 2, b"/a\0", &mut out);
-        assert_eq!(
-            out,
-            [
-                &[2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0][..],
-                b"/a\0"
-            ]
-            .concat()
-        );
+        assert_eq!(out, [&[2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0][..], b"/a\0"].concat());
         out.clear();
         encode_error(Errno::Enoent, 5, 6, &mut out);
-        assert_eq!(
-            out,
-            [
-                &[16, 0, 0, 0, 5, 0, 0, 0, 6, 0, 0, 0, 7, 0, 0, 0][..],
-                b"ENOENT\0"
-            ]
-            .concat()
-        );
+        assert_eq!(out, [&[16, 0, 0, 0, 5, 0, 0, 0, 6, 0, 0, 0, 7, 0, 0, 0][..], b"ENOENT\0"].concat());
         out.clear();
         encode_watch_event(b"/w", b"tok", &mut out);
-        assert_eq!(
-            out,
-            [
-                &[15, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0][..],
-                b"/w\0tok\0"
-            ]
-            .concat()
-        );
+        assert_eq!(out, [&[15, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0][..], b"/w\0tok\0"].concat());
     }
 }

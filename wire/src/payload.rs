@@ -8,11 +8,7 @@
 /// give `None`.
 pub fn one_arg(payload: &[u8]) -> Option<&[u8]> {
     let (last, rest) = payload.split_last()?;
-    if *last == 0 && !rest.contains(&0) {
-        Some(rest)
-    } else {
-        None
-    }
+    if *last == 0 && !rest.contains(&0) { Some(rest) } else { None }
 }
 
 /// The NUL-terminated strings of a payload, scanning from the start;
@@ -100,10 +96,7 @@ pub fn parse_lenient_u32(s: &[u8]) -> u32 {
         if !b.is_ascii_digit() {
             break;
         }
-        match value
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(u64::from(b - b'0')))
-        {
+        match value.checked_mul(10).and_then(|v| v.checked_add(u64::from(b - b'0'))) {
             Some(v) => value = v,
             None => {
                 saturated = true;

@@ -7,33 +7,18 @@ use proptest::prelude::*;
 use wire::{Decoder, FrameError, Header, Message, PAYLOAD_MAX, encode};
 
 fn arb_message() -> impl Strategy<Value = Message> {
-    (
-        any::<u32>(),
-        any::<u32>(),
-        any::<u32>(),
-        prop::collection::vec(any::<u8>(), 0..300),
-    )
-        .prop_map(|(msg_type, req_id, tx_id, payload)| Message {
-            header: Header {
-                msg_type,
-                req_id,
-                tx_id,
-                len: payload.len() as u32,
-            },
+    (any::<u32>(), any::<u32>(), any::<u32>(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(
+        |(msg_type, req_id, tx_id, payload)| Message {
+            header: Header { msg_type, req_id, tx_id, len: payload.len() as u32 },
             payload,
-        })
+        },
+    )
 }
 
 fn encode_all(msgs: &[Message]) -> Vec<u8> {
     let mut out = Vec::new();
     for m in msgs {
-        encode(
-            m.header.msg_type,
-            m.header.req_id,
-            m.header.tx_id,
-            &m.payload,
-            &mut out,
-        );
+        encode(m.header.msg_type, m.header.req_id, m.header.tx_id, &m.payload, &mut out);
     }
     out
 }
@@ -41,10 +26,7 @@ fn encode_all(msgs: &[Message]) -> Vec<u8> {
 /// Feeds `bytes` in pieces cut at `cuts` (positions taken modulo the length)
 /// and collects every message, stopping at the first error.
 fn decode_split(bytes: &[u8], cuts: &[usize]) -> (Vec<Message>, Option<FrameError>) {
-    let mut points: Vec<usize> = cuts
-        .iter()
-        .map(|c| if bytes.is_empty() { 0 } else { c % bytes.len() })
-        .collect();
+    let mut points: Vec<usize> = cuts.iter().map(|c| if bytes.is_empty() { 0 } else { c % bytes.len() }).collect();
     points.push(0);
     points.push(bytes.len());
     points.sort_unstable();

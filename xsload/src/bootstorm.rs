@@ -95,11 +95,7 @@ struct CreatorStats {
 pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     let mut setup = Conn::connect(socket, b.reply_timeout)?;
     for dir in ["vif", "vbd"] {
-        setup.call_ok(
-            Op::Mkdir,
-            0,
-            &[format!("{BACKEND}/{dir}").as_bytes(), b"\0"],
-        )?;
+        setup.call_ok(Op::Mkdir, 0, &[format!("{BACKEND}/{dir}").as_bytes(), b"\0"])?;
     }
     setup.write(0, CONFIG.as_bytes(), CONFIG_VALUE.as_bytes())?;
 
@@ -108,8 +104,7 @@ pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut watchers = Vec::new();
     for w in 0..b.watchers {
-        let mut client = Client::connect(socket)
-            .map_err(|e| Fail::Wrong(format!("watcher {w}: connect: {e}")))?;
+        let mut client = Client::connect(socket).map_err(|e| Fail::Wrong(format!("watcher {w}: connect: {e}")))?;
         client.set_reply_timeout(b.reply_timeout);
         let token = format!("xsload-w{w}");
         match client.watch(BACKEND, &token)? {
@@ -119,10 +114,7 @@ pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
         match client.next_event(b.reply_timeout) {
             Some((path, _)) if path == BACKEND.as_bytes() => {}
             Some((path, _)) => {
-                return Err(Fail::Wrong(format!(
-                    "watcher {w}: initial event for {}",
-                    show(&path)
-                )));
+                return Err(Fail::Wrong(format!("watcher {w}: initial event for {}", show(&path))));
             }
             None => return Err(Fail::Stalled(format!("watcher {w}: no initial event"))),
         }
@@ -184,12 +176,8 @@ pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     };
     let mut wrong = None;
     for h in creators {
-        let (stats, r) = h.join().unwrap_or_else(|_| {
-            (
-                CreatorStats::default(),
-                Err(Fail::Wrong("creator thread panicked".into())),
-            )
-        });
+        let (stats, r) =
+            h.join().unwrap_or_else(|_| (CreatorStats::default(), Err(Fail::Wrong("creator thread panicked".into()))));
         res.requests += stats.requests;
         res.domains_done += stats.domains;
         res.retries += stats.retries;
@@ -224,10 +212,7 @@ pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     }
     abandon.store(true, Ordering::Relaxed);
     for h in watchers {
-        let w = h.join().unwrap_or(Watcher {
-            events: 0,
-            stalled: true,
-        });
+        let w = h.join().unwrap_or(Watcher { events: 0, stalled: true });
         res.watchers.push(w);
     }
     match wrong {
@@ -242,35 +227,18 @@ fn watch_loop(mut client: Client, abandon: &AtomicBool, done: &mpsc::Sender<()>)
         if let Some((path, _)) = client.next_event(Duration::from_millis(200)) {
             if path == SENTINEL.as_bytes() {
                 let _ = done.send(());
-                return Watcher {
-                    events,
-                    stalled: false,
-                };
+                return Watcher { events, stalled: false };
             }
             events += 1;
         }
     }
-    Watcher {
-        events,
-        stalled: true,
-    }
+    Watcher { events, stalled: true }
 }
 
 /// Eight (key, value) pairs of a device's frontend directory (without
 /// `state`, written after the commit) and eight of its backend directory.
-pub fn device_keys(
-    kind: &str,
-    d: u32,
-    n: u32,
-    fe: &str,
-    be: &str,
-) -> [[(&'static str, String); 8]; 2] {
-    let mac = format!(
-        "00:16:3e:{:02x}:{:02x}:{:02x}",
-        (d >> 8) & 0xff,
-        d & 0xff,
-        n
-    );
+pub fn device_keys(kind: &str, d: u32, n: u32, fe: &str, be: &str) -> [[(&'static str, String); 8]; 2] {
+    let mac = format!("00:16:3e:{:02x}:{:02x}:{:02x}", (d >> 8) & 0xff, d & 0xff, n);
     if kind == "vif" {
         [
             [
@@ -312,10 +280,7 @@ pub fn device_keys(
                 ("frontend-id", d.to_string()),
                 ("online", "1".into()),
                 ("state", "1".into()),
-                (
-                    "params",
-                    format!("/var/lib/xen/images/guest{d}-disk{n}.img"),
-                ),
+                ("params", format!("/var/lib/xen/images/guest{d}-disk{n}.img")),
                 ("type", "phy".into()),
                 ("mode", "w".into()),
                 ("dev", format!("xvd{}", char::from(b'a' + n as u8))),
@@ -398,28 +363,16 @@ fn body(conn: &mut Conn, tx: u32, d: u32, devices: Devices, requests: &mut u64) 
         }
         .map_err(Some)
     };
-    req(
-        Op::Read,
-        &[CONFIG.as_bytes(), b"\0"],
-        Some(CONFIG_VALUE.as_bytes()),
-    )?;
+    req(Op::Read, &[CONFIG.as_bytes(), b"\0"], Some(CONFIG_VALUE.as_bytes()))?;
     let dom = format!("/local/domain/{d}");
     req(Op::Mkdir, &[dom.as_bytes(), b"\0"], None)?;
     // The domain's home and its backend directories: dom0's, readable by
     // the domain; its frontend directories: the domain's, readable by dom0.
     let (dom_perms, fe_perms) = (format!("n0\0r{d}\0"), format!("n{d}\0r0\0"));
     let be_perms = &dom_perms;
-    req(
-        Op::SetPerms,
-        &[dom.as_bytes(), b"\0", dom_perms.as_bytes()],
-        None,
-    )?;
+    req(Op::SetPerms, &[dom.as_bytes(), b"\0", dom_perms.as_bytes()], None)?;
     let vm = format!("/vm/00000000-0000-4000-8000-{d:012}");
-    for (key, value) in [
-        ("name", format!("xsload-guest-{d}")),
-        ("vm", vm),
-        ("domid", d.to_string()),
-    ] {
+    for (key, value) in [("name", format!("xsload-guest-{d}")), ("vm", vm), ("domid", d.to_string())] {
         let path = format!("{dom}/{key}");
         req(Op::Write, &[path.as_bytes(), b"\0", value.as_bytes()], None)?;
     }
@@ -430,11 +383,7 @@ fn body(conn: &mut Conn, tx: u32, d: u32, devices: Devices, requests: &mut u64) 
         for (dir, perms, keys) in [(&fe, &fe_perms, front), (&be, be_perms, back)] {
             if devices == Devices::GuestAccess {
                 req(Op::Mkdir, &[dir.as_bytes(), b"\0"], None)?;
-                req(
-                    Op::SetPerms,
-                    &[dir.as_bytes(), b"\0", perms.as_bytes()],
-                    None,
-                )?;
+                req(Op::SetPerms, &[dir.as_bytes(), b"\0", perms.as_bytes()], None)?;
             }
             for (key, value) in keys {
                 let path = format!("{dir}/{key}");

@@ -51,9 +51,7 @@ impl fmt::Display for Fail {
 impl From<io::Error> for Fail {
     fn from(e: io::Error) -> Fail {
         match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                Fail::Stalled(format!("no reply: {e}"))
-            }
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Fail::Stalled(format!("no reply: {e}")),
             _ => Fail::Wrong(format!("connection: {e}")),
         }
     }
@@ -65,17 +63,12 @@ pub type Res<T> = Result<T, Fail>;
 /// Shows a payload for messages.
 pub fn show(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
-    if s.len() > 60 {
-        format!("{:?}…", &s[..s.floor_char_boundary(60)])
-    } else {
-        format!("{s:?}")
-    }
+    if s.len() > 60 { format!("{:?}…", &s[..s.floor_char_boundary(60)]) } else { format!("{s:?}") }
 }
 
 /// The error name of an `ERROR` reply, if `msg` is one.
 pub fn error_name(msg: &Message) -> Option<&[u8]> {
-    (msg.header.msg_type == Op::Error.code())
-        .then(|| msg.payload.strip_suffix(b"\0").unwrap_or(&msg.payload))
+    (msg.header.msg_type == Op::Error.code()).then(|| msg.payload.strip_suffix(b"\0").unwrap_or(&msg.payload))
 }
 
 /// One connection.
@@ -91,8 +84,8 @@ pub struct Conn {
 impl Conn {
     /// Connects; every read and write waits at most `timeout`.
     pub fn connect(socket: &Path, timeout: Duration) -> Res<Conn> {
-        let stream = UnixStream::connect(socket)
-            .map_err(|e| Fail::Wrong(format!("connect {}: {e}", socket.display())))?;
+        let stream =
+            UnixStream::connect(socket).map_err(|e| Fail::Wrong(format!("connect {}: {e}", socket.display())))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         Ok(Conn {
@@ -110,12 +103,7 @@ impl Conn {
         let req_id = self.next_req_id;
         self.next_req_id = self.next_req_id.wrapping_add(1);
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let header = Header {
-            msg_type: op.code(),
-            req_id,
-            tx_id,
-            len: len as u32,
-        };
+        let header = Header { msg_type: op.code(), req_id, tx_id, len: len as u32 };
         self.out.extend_from_slice(&header.to_bytes());
         for p in parts {
             self.out.extend_from_slice(p);
@@ -155,9 +143,7 @@ impl Conn {
     /// which must carry `req_id` (this connection has no watches).
     pub fn reply(&mut self, op: Op, req_id: u32) -> Res<Message> {
         let m = self.recv()?;
-        if m.header.req_id != req_id
-            || (m.header.msg_type != op.code() && m.header.msg_type != Op::Error.code())
-        {
+        if m.header.req_id != req_id || (m.header.msg_type != op.code() && m.header.msg_type != Op::Error.code()) {
             return Err(Fail::Wrong(format!(
                 "{} req {req_id}: got a message of type {} for req {}: {}",
                 op.name(),
@@ -208,12 +194,7 @@ impl Conn {
     /// Sends `writes` pipelined, `window` requests per write(2), checking
     /// every reply; returns how many were sent. With a deadline, stops
     /// (between batches) once it has passed.
-    pub fn pipelined_writes<I>(
-        &mut self,
-        writes: I,
-        window: usize,
-        deadline: Option<std::time::Instant>,
-    ) -> Res<u64>
+    pub fn pipelined_writes<I>(&mut self, writes: I, window: usize, deadline: Option<std::time::Instant>) -> Res<u64>
     where
         I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
     {
@@ -251,11 +232,7 @@ pub fn expect_ok(m: &Message, op: Op, parts: &[&[u8]]) -> Res<()> {
         "{} {}: expected OK, got {}{}",
         op.name(),
         show(parts.first().copied().unwrap_or_default()),
-        if error_name(m).is_some() {
-            "error "
-        } else {
-            ""
-        },
+        if error_name(m).is_some() { "error " } else { "" },
         show(&m.payload)
     )))
 }
@@ -269,11 +246,7 @@ pub fn expect_value(m: &Message, path: &[u8], value: &[u8]) -> Res<()> {
         "READ {}: expected {}, got {}{}",
         show(path),
         show(value),
-        if error_name(m).is_some() {
-            "error "
-        } else {
-            ""
-        },
+        if error_name(m).is_some() { "error " } else { "" },
         show(&m.payload)
     )))
 }

@@ -37,13 +37,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 5] = [
-        Kind::Rxenstored,
-        Kind::RxThreads,
-        Kind::Cxenstored,
-        Kind::Oxenstored,
-        Kind::Floor,
-    ];
+    pub const ALL: [Kind; 5] = [Kind::Rxenstored, Kind::RxThreads, Kind::Cxenstored, Kind::Oxenstored, Kind::Floor];
 
     /// The name used on the command line and in the table.
     pub fn name(self) -> &'static str {
@@ -130,11 +124,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn new_rundir(kind: Kind) -> Result<(PathBuf, u64), StartError> {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let dir = PathBuf::from(format!(
-        "/tmp/xsload.{}.{}.{id}",
-        std::process::id(),
-        kind.name()
-    ));
+    let dir = PathBuf::from(format!("/tmp/xsload.{}.{}.{id}", std::process::id(), kind.name()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)
         .map_err(|e| StartError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
@@ -155,11 +145,7 @@ fn with_cpu(cpu: Option<usize>, program: &Path) -> Command {
 impl Daemon {
     /// Starts a fresh server of `kind`, pinned to `cpu` if given.
     pub fn start(kind: Kind, progs: &Programs, cpu: Option<usize>) -> Result<Daemon, StartError> {
-        if kind.is_peer() {
-            Daemon::start_peer(kind, progs, cpu)
-        } else {
-            Daemon::start_child(kind, progs, cpu, false)
-        }
+        if kind.is_peer() { Daemon::start_peer(kind, progs, cpu) } else { Daemon::start_child(kind, progs, cpu, false) }
     }
 
     /// Starts a fresh rxenstored serving simulated guests in
@@ -169,12 +155,7 @@ impl Daemon {
         Daemon::start_child(Kind::Rxenstored, progs, cpu, true)
     }
 
-    fn start_child(
-        kind: Kind,
-        progs: &Programs,
-        cpu: Option<usize>,
-        sim_rings: bool,
-    ) -> Result<Daemon, StartError> {
+    fn start_child(kind: Kind, progs: &Programs, cpu: Option<usize>, sim_rings: bool) -> Result<Daemon, StartError> {
         let (rundir, reg_id) = new_rundir(kind)?;
         let socket = rundir.join("socket");
         let rings = sim_rings.then(|| rundir.join("rings"));
@@ -193,9 +174,7 @@ impl Daemon {
                     )));
                 }
                 let mut c = with_cpu(cpu, &progs.rxenstored);
-                c.arg("--no-fork")
-                    .env("XENSTORED_RUNDIR", &rundir)
-                    .env_remove("XENSTORED_PATH");
+                c.arg("--no-fork").env("XENSTORED_RUNDIR", &rundir).env_remove("XENSTORED_PATH");
                 if kind == Kind::RxThreads {
                     c.arg("--socket-threads");
                 }
@@ -214,18 +193,8 @@ impl Daemon {
             .stderr(log.1)
             .spawn()
             .map_err(|e| StartError::Failed(format!("cannot run {kind}: {e}")))?;
-        let pid = i32::try_from(child.id())
-            .map_err(|_| StartError::Failed("pid does not fit in i32".into()))?;
-        let d = Daemon {
-            kind,
-            pid,
-            child: Some(child),
-            rundir,
-            socket,
-            reg_id,
-            shared: progs.shared.clone(),
-            rings,
-        };
+        let pid = i32::try_from(child.id()).map_err(|_| StartError::Failed("pid does not fit in i32".into()))?;
+        let d = Daemon { kind, pid, child: Some(child), rundir, socket, reg_id, shared: progs.shared.clone(), rings };
         d.register();
         d.wait_ready(Duration::from_secs(10))
     }
@@ -233,10 +202,7 @@ impl Daemon {
     fn start_peer(kind: Kind, progs: &Programs, cpu: Option<usize>) -> Result<Daemon, StartError> {
         let script = progs.shared.join("peers/start-peer");
         if !script.is_file() {
-            return Err(StartError::Unavailable(format!(
-                "{} not found (pass --shared)",
-                script.display()
-            )));
+            return Err(StartError::Unavailable(format!("{} not found (pass --shared)", script.display())));
         }
         let (rundir, reg_id) = new_rundir(kind)?;
         let out = with_cpu(cpu, &script)
@@ -249,17 +215,11 @@ impl Daemon {
             Ok(o) => o,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&rundir);
-                return Err(StartError::Unavailable(format!(
-                    "cannot run {}: {e}",
-                    script.display()
-                )));
+                return Err(StartError::Unavailable(format!("cannot run {}: {e}", script.display())));
             }
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let pid = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("PEER_PID="))
-            .and_then(|p| p.trim().parse::<i32>().ok());
+        let pid = stdout.lines().find_map(|l| l.strip_prefix("PEER_PID=")).and_then(|p| p.trim().parse::<i32>().ok());
         let Some(pid) = pid.filter(|_| out.status.success()) else {
             let _ = std::fs::remove_dir_all(&rundir);
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -286,20 +246,12 @@ impl Daemon {
 
     /// Lets the signal thread stop this daemon.
     fn register(&self) {
-        let (kind, pid, rundir, shared) = (
-            self.kind,
-            self.pid,
-            self.rundir.clone(),
-            self.shared.clone(),
-        );
+        let (kind, pid, rundir, shared) = (self.kind, self.pid, self.rundir.clone(), self.shared.clone());
         let stop: sys::StopFn = Box::new(move || {
             stop_process(kind, pid, &rundir, &shared);
             let _ = std::fs::remove_dir_all(&rundir);
         });
-        sys::RUNNING
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((self.reg_id, stop));
+        sys::RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push((self.reg_id, stop));
     }
 
     fn wait_ready(mut self, timeout: Duration) -> Result<Daemon, StartError> {
@@ -386,12 +338,7 @@ fn stop_process(kind: Kind, pid: i32, rundir: &Path, shared: &Path) {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        if !stopped
-            && sys::pid_alive(pid)
-            && matches!(
-                sys::exe_name(pid).as_deref(),
-                Some("xenstored" | "oxenstored")
-            )
+        if !stopped && sys::pid_alive(pid) && matches!(sys::exe_name(pid).as_deref(), Some("xenstored" | "oxenstored"))
         {
             sys::kill(pid, libc::SIGKILL);
         }

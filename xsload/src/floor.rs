@@ -24,12 +24,10 @@ pub fn serve(socket: &Path) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        std::thread::Builder::new()
-            .name("floor-conn".into())
-            .spawn(move || {
-                // A broken client only ends its own connection.
-                let _ = serve_conn(stream);
-            })?;
+        std::thread::Builder::new().name("floor-conn".into()).spawn(move || {
+            // A broken client only ends its own connection.
+            let _ = serve_conn(stream);
+        })?;
     }
     Ok(())
 }

@@ -50,10 +50,7 @@ impl LargeResult {
 }
 
 fn leaf(d: u64, n: u64) -> (Vec<u8>, Vec<u8>) {
-    (
-        format!("/big/d{d}/n{n}").into_bytes(),
-        format!("{:08}", d * 1_000_000 + n).into_bytes(),
-    )
+    (format!("/big/d{d}/n{n}").into_bytes(), format!("{:08}", d * 1_000_000 + n).into_bytes())
 }
 
 /// Loads the tree into the daemon serving `socket`, whose pid is `pid`.
@@ -61,9 +58,7 @@ pub fn run(socket: &Path, pid: i32, l: &Large) -> Res<LargeResult> {
     let mut conn = Conn::connect(socket, l.timeout)?;
     // One round trip so that the connection exists before the baseline.
     conn.call(Op::GetDomainPath, 0, &[b"0\0"])?;
-    let mem = |f: &str| {
-        sys::proc_status_kb(pid, f).map_err(|e| Fail::Wrong(format!("{f} of pid {pid}: {e}")))
-    };
+    let mem = |f: &str| sys::proc_status_kb(pid, f).map_err(|e| Fail::Wrong(format!("{f} of pid {pid}: {e}")));
     let rss_before = mem("VmRSS")?;
     let t = Instant::now();
     let (dirs, per_dir) = (l.dirs, l.per_dir);

@@ -60,11 +60,7 @@ struct Cli {
     only: Vec<String>,
     /// Servers to compare: rxenstored (default mode), rx-threads (rxenstored
     /// --socket-threads), cxenstored, oxenstored, floor (comma-separated).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "rxenstored,rx-threads,cxenstored,oxenstored,floor"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "rxenstored,rx-threads,cxenstored,oxenstored,floor")]
     daemons: Vec<String>,
     /// Also run `pairs` with the daemon (`taskset -c CPU`) and the client
     /// threads (sched_setaffinity) pinned to this CPU, as peers/README.md's
@@ -180,21 +176,17 @@ impl Sizes {
             s.rh_duration = Duration::from_secs_f64(d);
         }
         if let Some(shape) = &cli.large {
-            let parsed = shape.split_once('/').and_then(|(d, l)| {
-                Some((d.trim().parse::<u64>().ok()?, l.trim().parse::<u64>().ok()?))
-            });
+            let parsed = shape
+                .split_once('/')
+                .and_then(|(d, l)| Some((d.trim().parse::<u64>().ok()?, l.trim().parse::<u64>().ok()?)));
             match parsed {
                 Some((d, l)) if d > 0 && l > 0 => (s.large_dirs, s.large_per_dir) = (d, l),
                 _ => return Err(format!("--large {shape}: expected DIRS/LEAVES_PER_DIR")),
             }
         }
         if !cli.bootstorm.is_empty() {
-            s.boot = parse_cases(&cli.bootstorm, u32::MAX).map_err(|()| {
-                format!(
-                    "--bootstorm {:?}: expected DOMAINS/CLIENTS (1..=256 clients)",
-                    cli.bootstorm
-                )
-            })?;
+            s.boot = parse_cases(&cli.bootstorm, u32::MAX)
+                .map_err(|()| format!("--bootstorm {:?}: expected DOMAINS/CLIENTS (1..=256 clients)", cli.bootstorm))?;
         }
         if !cli.bootstorm_ring.is_empty() {
             s.ring_boot = parse_cases(&cli.bootstorm_ring, 30_000).map_err(|()| {
@@ -216,9 +208,7 @@ fn parse_cases(cases: &[String], max_domains: u32) -> Result<Vec<(u32, usize)>, 
             let (d, n) = c.split_once('/').ok_or(())?;
             let (d, n) = (d.trim().parse::<u32>(), n.trim().parse::<usize>());
             match (d, n) {
-                (Ok(d), Ok(n)) if (1..=max_domains).contains(&d) && (1..=256).contains(&n) => {
-                    Ok((d, n))
-                }
+                (Ok(d), Ok(n)) if (1..=max_domains).contains(&d) && (1..=256).contains(&n) => Ok((d, n)),
                 _ => Err(()),
             }
         })
@@ -281,10 +271,7 @@ impl Runner {
             self.sheet.note(format!("{case}: {kind} {e}"));
         } else {
             self.sheet.failures += 1;
-            self.sheet.note(format!(
-                "{case}: {kind} FAILED: {e} (daemon log: {})",
-                d.log_tail()
-            ));
+            self.sheet.note(format!("{case}: {kind} FAILED: {e} (daemon log: {})", d.log_tail()));
         }
     }
 
@@ -292,17 +279,12 @@ impl Runner {
     fn check_alive(&mut self, d: &mut Daemon, case: &str) {
         if !d.is_alive() {
             self.sheet.failures += 1;
-            self.sheet
-                .note(format!("{case}: {} died (log: {})", d.kind(), d.log_tail()));
+            self.sheet.note(format!("{case}: {} died (log: {})", d.kind(), d.log_tail()));
         }
     }
 
     fn skip(&mut self, metrics: &[Metric<'_>], kind: Kind) {
-        let text = if self.unavailable.contains_key(&kind) {
-            "skipped"
-        } else {
-            "no start"
-        };
+        let text = if self.unavailable.contains_key(&kind) { "skipped" } else { "no start" };
         for m in metrics {
             self.sheet.set(*m, kind, Cell::Text(text.into()));
         }
@@ -325,12 +307,7 @@ fn run_pairs(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>) {
                 if conns == 1 { "" } else { "s" },
                 cpu.map_or(String::new(), |c| format!(" pinned cpu{c}"))
             );
-            let m = Metric {
-                case: &case,
-                metric: "req/s",
-                unit: Unit::PerSec,
-                better: Better::Higher,
-            };
+            let m = Metric { case: &case, metric: "req/s", unit: Unit::PerSec, better: Better::Higher };
             let p = pairs::Pairs {
                 conns,
                 pairs_per_conn: (s.pairs_requests / 2 / conns as u64).max(1),
@@ -371,10 +348,7 @@ fn run_pairs(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>) {
                             kind,
                             &format!(
                                 "{median:.0} req/s (runs: {})",
-                                runs.iter()
-                                    .map(|v| format!("{v:.0}"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
+                                runs.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ")
                             ),
                         );
                         r.sheet.set(m, kind, Cell::Num(median));
@@ -390,23 +364,13 @@ fn run_pairs(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>) {
 fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     for &(domains, clients) in &s.boot {
         let case = format!("bootstorm {domains} dom/{clients} cl");
-        let metric = |metric, unit, better| Metric {
-            case: &case,
-            metric,
-            unit,
-            better,
-        };
+        let metric = |metric, unit, better| Metric { case: &case, metric, unit, better };
         let elapsed = metric("elapsed", Unit::Secs, Better::Lower);
         let reqs = metric("req/s", Unit::PerSec, Better::Higher);
         let doms = metric("domains/s", Unit::PerSec, Better::Higher);
         let retries = metric("EAGAIN retries", Unit::Count, Better::Lower);
-        let watcher_names: Vec<String> = (1..=s.watchers)
-            .map(|w| format!("events, watcher {w}"))
-            .collect();
-        let watchers: Vec<Metric<'_>> = watcher_names
-            .iter()
-            .map(|n| metric(n, Unit::Count, Better::Neither))
-            .collect();
+        let watcher_names: Vec<String> = (1..=s.watchers).map(|w| format!("events, watcher {w}")).collect();
+        let watchers: Vec<Metric<'_>> = watcher_names.iter().map(|n| metric(n, Unit::Count, Better::Neither)).collect();
         let hwm = metric("peak RSS (VmHWM)", Unit::Bytes, Better::Lower);
         let cpu_user = metric("daemon CPU, user", Unit::Secs, Better::Lower);
         let cpu_sys = metric("daemon CPU, system", Unit::Secs, Better::Lower);
@@ -435,11 +399,7 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                         kind,
                         &format!(
                             "{} domains in {:.2} s, {} retries, {} stalled clients, watchers {:?}",
-                            res.domains_done,
-                            res.elapsed,
-                            res.retries,
-                            res.stalled_clients,
-                            res.watchers
+                            res.domains_done, res.elapsed, res.retries, res.stalled_clients, res.watchers
                         ),
                     );
                     if res.stalled_clients > 0 {
@@ -455,31 +415,17 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                         ));
                     } else if res.timed_out {
                         let t = format!("(timeout {}/{domains})", res.domains_done);
-                        r.sheet
-                            .set(elapsed, kind, Cell::Text(format!(">{:.0} s", res.elapsed)));
-                        r.sheet.set(
-                            reqs,
-                            kind,
-                            Cell::NumNote(res.requests as f64 / res.elapsed, t.clone()),
-                        );
-                        r.sheet.set(
-                            doms,
-                            kind,
-                            Cell::NumNote(res.domains_done as f64 / res.elapsed, t),
-                        );
+                        r.sheet.set(elapsed, kind, Cell::Text(format!(">{:.0} s", res.elapsed)));
+                        r.sheet.set(reqs, kind, Cell::NumNote(res.requests as f64 / res.elapsed, t.clone()));
+                        r.sheet.set(doms, kind, Cell::NumNote(res.domains_done as f64 / res.elapsed, t));
                         r.sheet.note(format!(
                             "{case}: {kind}: deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
                             s.boot_deadline, res.domains_done
                         ));
                     } else {
                         r.sheet.set(elapsed, kind, Cell::Num(res.elapsed));
-                        r.sheet
-                            .set(reqs, kind, Cell::Num(res.requests as f64 / res.elapsed));
-                        r.sheet.set(
-                            doms,
-                            kind,
-                            Cell::Num(f64::from(res.domains_done) / res.elapsed),
-                        );
+                        r.sheet.set(reqs, kind, Cell::Num(res.requests as f64 / res.elapsed));
+                        r.sheet.set(doms, kind, Cell::Num(f64::from(res.domains_done) / res.elapsed));
                     }
                     r.sheet.set(retries, kind, Cell::Num(res.retries as f64));
                     for (m, w) in watchers.iter().zip(&res.watchers) {
@@ -527,17 +473,10 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
 
 fn run_read_heavy(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>) {
     let one_cpu = pin.unwrap_or(0);
-    let cases = [
-        (format!("read-heavy 1 core (cpu{one_cpu})"), Some(one_cpu)),
-        ("read-heavy 2 cores".to_string(), None),
-    ];
+    let cases =
+        [(format!("read-heavy 1 core (cpu{one_cpu})"), Some(one_cpu)), ("read-heavy 2 cores".to_string(), None)];
     for (case, cpu) in &cases {
-        let metric = |metric, unit, better| Metric {
-            case,
-            metric,
-            unit,
-            better,
-        };
+        let metric = |metric, unit, better| Metric { case, metric, unit, better };
         let reads = metric("reads/s", Unit::PerSec, Better::Higher);
         let p50 = metric("read p50", Unit::Micros, Better::Lower);
         let p99 = metric("read p99", Unit::Micros, Better::Lower);
@@ -562,11 +501,7 @@ fn run_read_heavy(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>)
                         kind,
                         &format!(
                             "{:.0} reads/s, p99 {:.0} µs, {:.0} commits/s ({} EAGAIN); populated at {:.0} writes/s",
-                            res.reads_per_s,
-                            res.p99_us,
-                            res.commits_per_s,
-                            res.retries,
-                            res.populate_per_s
+                            res.reads_per_s, res.p99_us, res.commits_per_s, res.retries, res.populate_per_s
                         ),
                     );
                     r.sheet.set(reads, kind, Cell::Num(res.reads_per_s));
@@ -578,12 +513,8 @@ fn run_read_heavy(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>)
             r.check_alive(&mut d, case);
         }
     }
-    let scaling = Metric {
-        case: "read-heavy 2 cores ÷ 1 core",
-        metric: "reads/s",
-        unit: Unit::Ratio,
-        better: Better::Higher,
-    };
+    let scaling =
+        Metric { case: "read-heavy 2 cores ÷ 1 core", metric: "reads/s", unit: Unit::Ratio, better: Better::Higher };
     for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
         let one = r.sheet.get(&cases[0].0, "reads/s", kind);
         let two = r.sheet.get(&cases[1].0, "reads/s", kind);
@@ -602,12 +533,7 @@ fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     } else {
         format!("large tree {}k nodes", n / 1000)
     };
-    let metric = |metric, unit, better| Metric {
-        case: &case,
-        metric,
-        unit,
-        better,
-    };
+    let metric = |metric, unit, better| Metric { case: &case, metric, unit, better };
     let per_node = metric("RSS per node", Unit::SmallBytes, Better::Lower);
     let rss = metric("RSS after load", Unit::Bytes, Better::Lower);
     let load = metric("load writes/s (pipelined)", Unit::PerSec, Better::Higher);
@@ -641,10 +567,8 @@ fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                 );
                 if res.partial {
                     let t = format!("({}k loaded)", res.nodes / 1000);
-                    r.sheet
-                        .set(per_node, kind, Cell::NumNote(res.per_node(), t.clone()));
-                    r.sheet
-                        .set(rss, kind, Cell::NumNote(res.rss_after as f64, t));
+                    r.sheet.set(per_node, kind, Cell::NumNote(res.per_node(), t.clone()));
+                    r.sheet.set(rss, kind, Cell::NumNote(res.rss_after as f64, t));
                     r.sheet.note(format!(
                         "{case}: {kind}: loading stopped at the {:?} budget after {} nodes ({:.0} writes/s); RSS per node is over those",
                         s.large_budget, res.nodes, res.load_per_s
@@ -669,10 +593,7 @@ fn ring_fail(r: &mut Runner, case: &str, e: &Fail, d: &Daemon) -> String {
         "stalled".into()
     } else {
         r.sheet.failures += 1;
-        r.sheet.note(format!(
-            "{case}: {kind} FAILED: {e} (daemon log: {})",
-            d.log_tail()
-        ));
+        r.sheet.note(format!("{case}: {kind} FAILED: {e} (daemon log: {})", d.log_tail()));
         "ERROR".into()
     }
 }
@@ -680,29 +601,18 @@ fn ring_fail(r: &mut Runner, case: &str, e: &Fail, d: &Daemon) -> String {
 /// Sets a "ring ÷ socket" row from two figures already in the sheet.
 fn ring_ratio(r: &mut Runner, case: &str, metric: &str, ring: &str, socket: &str) {
     let kind = Kind::Rxenstored;
-    let cell = match (
-        r.sheet.get(case, ring, kind),
-        r.sheet.get(case, socket, kind),
-    ) {
+    let cell = match (r.sheet.get(case, ring, kind), r.sheet.get(case, socket, kind)) {
         (Some(a), Some(b)) if b > 0.0 => Cell::Num(a / b),
         _ => Cell::Text("–".into()),
     };
-    let m = Metric {
-        case,
-        metric,
-        unit: Unit::Ratio,
-        better: Better::Higher,
-    };
+    let m = Metric { case, metric, unit: Unit::Ratio, better: Better::Higher };
     r.sheet.set(m, kind, cell);
 }
 
 fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
     let kind = Kind::Rxenstored;
     for &guests in &s.pairs_conns {
-        let case = format!(
-            "pairs-ring {guests} guest{}",
-            if guests == 1 { "" } else { "s" }
-        );
+        let case = format!("pairs-ring {guests} guest{}", if guests == 1 { "" } else { "s" });
         let per = (s.pairs_requests / 2 / guests as u64).max(1);
         let mut cells = Vec::new();
         for t in rings::Transport::BOTH {
@@ -726,9 +636,7 @@ fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
                         };
                         rings::pairs(d.socket(), dir, &p)
                     }
-                    (rings::Transport::Ring, None) => {
-                        Err(Fail::Wrong("the daemon has no rings directory".into()))
-                    }
+                    (rings::Transport::Ring, None) => Err(Fail::Wrong("the daemon has no rings directory".into())),
                     (rings::Transport::Socket, _) => {
                         let p = pairs::Pairs {
                             conns: guests,
@@ -760,10 +668,7 @@ fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
                         &format!(
                             "over {}: {median:.0} req/s (runs: {})",
                             t.name(),
-                            runs.iter()
-                                .map(|v| format!("{v:.0}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            runs.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ")
                         ),
                     );
                     cells.push(Cell::Num(median));
@@ -773,12 +678,7 @@ fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
         }
         let names = ["req/s over rings", "req/s over the socket"];
         for (name, cell) in names.iter().zip(cells) {
-            let m = Metric {
-                case: &case,
-                metric: name,
-                unit: Unit::PerSec,
-                better: Better::Higher,
-            };
+            let m = Metric { case: &case, metric: name, unit: Unit::PerSec, better: Better::Higher };
             r.sheet.set(m, kind, cell);
         }
         ring_ratio(r, &case, "req/s ring ÷ socket", names[0], names[1]);
@@ -853,27 +753,13 @@ fn run_bootstorm_ring(r: &mut Runner, s: &Sizes) {
         }
         type Figure = fn(&rings::BootRingResult) -> Cell;
         let rate = |v: f64, res: &rings::BootRingResult| {
-            if res.timed_out {
-                Cell::NumNote(v, "(timeout)".into())
-            } else {
-                Cell::Num(v)
-            }
+            if res.timed_out { Cell::NumNote(v, "(timeout)".into()) } else { Cell::Num(v) }
         };
         let rows: [(&str, Unit, Better, Option<Figure>); 7] = [
-            (
-                "elapsed",
-                Unit::Secs,
-                Better::Lower,
-                Some(|res| Cell::Num(res.elapsed)),
-            ),
+            ("elapsed", Unit::Secs, Better::Lower, Some(|res| Cell::Num(res.elapsed))),
             ("domains/s", Unit::PerSec, Better::Higher, None),
             ("req/s", Unit::PerSec, Better::Higher, None),
-            (
-                "EAGAIN retries",
-                Unit::Count,
-                Better::Lower,
-                Some(|res| Cell::Num(res.retries as f64)),
-            ),
+            ("EAGAIN retries", Unit::Count, Better::Lower, Some(|res| Cell::Num(res.retries as f64))),
             (
                 "events, watcher",
                 Unit::Count,
@@ -886,12 +772,7 @@ fn run_bootstorm_ring(r: &mut Runner, s: &Sizes) {
                     }
                 }),
             ),
-            (
-                "of which guests' state",
-                Unit::Count,
-                Better::Neither,
-                Some(|res| Cell::Num(res.state_events as f64)),
-            ),
+            ("of which guests' state", Unit::Count, Better::Neither, Some(|res| Cell::Num(res.state_events as f64))),
             ("peak RSS (VmHWM)", Unit::Bytes, Better::Lower, None),
         ];
         for (name, unit, better, figure) in rows {
@@ -907,23 +788,12 @@ fn run_bootstorm_ring(r: &mut Runner, s: &Sizes) {
                         _ => hwm.clone(),
                     },
                 };
-                let m = Metric {
-                    case: &case,
-                    metric: &metric,
-                    unit,
-                    better,
-                };
+                let m = Metric { case: &case, metric: &metric, unit, better };
                 r.sheet.set(m, kind, cell);
                 names.push(metric);
             }
             if matches!(name, "domains/s" | "req/s") && names.len() == 2 {
-                ring_ratio(
-                    r,
-                    &case,
-                    &format!("{name} ring ÷ socket"),
-                    &names[0],
-                    &names[1],
-                );
+                ring_ratio(r, &case, &format!("{name} ring ÷ socket"), &names[0], &names[1]);
             }
         }
     }
@@ -973,21 +843,12 @@ fn main() -> ExitCode {
             Some(k) if !kinds.contains(&k) => kinds.push(k),
             Some(_) => {}
             None => {
-                eprintln!(
-                    "xsload: unknown daemon {name:?} (rxenstored, rx-threads, cxenstored, oxenstored, floor)"
-                );
+                eprintln!("xsload: unknown daemon {name:?} (rxenstored, rx-threads, cxenstored, oxenstored, floor)");
                 return ExitCode::from(2);
             }
         }
     }
-    const WORKLOADS: [&str; 6] = [
-        "pairs",
-        "bootstorm",
-        "read-heavy",
-        "large-tree",
-        "pairs-ring",
-        "bootstorm-ring",
-    ];
+    const WORKLOADS: [&str; 6] = ["pairs", "bootstorm", "read-heavy", "large-tree", "pairs-ring", "bootstorm-ring"];
     for w in &cli.only {
         if !WORKLOADS.contains(&w.trim()) {
             eprintln!("xsload: unknown workload {w:?} ({})", WORKLOADS.join(", "));
@@ -1003,24 +864,14 @@ fn main() -> ExitCode {
         }
     };
     let progs = Programs {
-        rxenstored: cli
-            .rxenstored
-            .clone()
-            .unwrap_or_else(|| default_rxenstored(&this_exe)),
-        shared: cli
-            .shared
-            .clone()
-            .unwrap_or_else(|| match std::env::var_os("XS_SHARED_DIR") {
-                Some(d) => PathBuf::from(d),
-                None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")),
-            }),
+        rxenstored: cli.rxenstored.clone().unwrap_or_else(|| default_rxenstored(&this_exe)),
+        shared: cli.shared.clone().unwrap_or_else(|| match std::env::var_os("XS_SHARED_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")),
+        }),
         this_exe,
     };
-    let mut r = Runner {
-        progs,
-        sheet: Sheet::default(),
-        unavailable: BTreeMap::new(),
-    };
+    let mut r = Runner { progs, sheet: Sheet::default(), unavailable: BTreeMap::new() };
     let started = std::time::Instant::now();
     if wants("pairs") {
         run_pairs(&mut r, &kinds, &sizes, cli.pin);
@@ -1038,8 +889,7 @@ fn main() -> ExitCode {
     // serve simulated rings).
     let ring_workloads = wants("pairs-ring") || wants("bootstorm-ring");
     if ring_workloads && !kinds.contains(&Kind::Rxenstored) {
-        r.sheet
-            .note("pairs-ring, bootstorm-ring skipped: rxenstored is not among --daemons");
+        r.sheet.note("pairs-ring, bootstorm-ring skipped: rxenstored is not among --daemons");
     } else {
         if wants("pairs-ring") {
             run_pairs_ring(&mut r, &sizes);
@@ -1050,11 +900,7 @@ fn main() -> ExitCode {
     }
     let took = started.elapsed().as_secs_f64();
     // Columns: the daemons asked for (the floor only if pairs ran).
-    let columns: Vec<Kind> = kinds
-        .iter()
-        .copied()
-        .filter(|k| *k != Kind::Floor || wants("pairs"))
-        .collect();
+    let columns: Vec<Kind> = kinds.iter().copied().filter(|k| *k != Kind::Floor || wants("pairs")).collect();
     if cli.json {
         let meta = json!({
             "command": std::env::args().collect::<Vec<_>>(),

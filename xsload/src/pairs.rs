@@ -63,9 +63,7 @@ fn prepare(socket: &Path, p: &Pairs) -> Res<Conn> {
 }
 
 fn worker(mut conn: Conn, c: usize, p: &Pairs) -> Res<()> {
-    let keys: Vec<Vec<u8>> = (0..p.keys)
-        .map(|k| format!("/bench/c{c}/k{k}").into_bytes())
-        .collect();
+    let keys: Vec<Vec<u8>> = (0..p.keys).map(|k| format!("/bench/c{c}/k{k}").into_bytes()).collect();
     let mut value = vec![b'a'; p.value_bytes];
     for i in 0..p.pairs_per_conn {
         let path = &keys[(i % p.keys) as usize];

@@ -106,9 +106,7 @@ pub fn run(socket: &Path, r: &ReadHeavy) -> Res<RhResult> {
     let t0 = Instant::now();
     let joined = join_all(readers, "reader");
     let secs = t0.elapsed().as_secs_f64();
-    let w = writer
-        .join()
-        .unwrap_or_else(|_| Err(Fail::Wrong("writer panicked".into())));
+    let w = writer.join().unwrap_or_else(|_| Err(Fail::Wrong("writer panicked".into())));
     let wsecs = t0.elapsed().as_secs_f64();
     let mut lat: Vec<u32> = joined?.into_iter().flatten().collect();
     let (commits, retries) = w?;
@@ -161,11 +159,7 @@ fn tx_writer(mut conn: Conn, r: &ReadHeavy) -> Res<(u64, u64)> {
         let i = rng.below(r.nodes);
         conn.read_expect(tx, &path(i), &value(i))?;
         let n = commits.to_string();
-        conn.write(
-            tx,
-            format!("/rh-tx/k{}", commits % 64).as_bytes(),
-            n.as_bytes(),
-        )?;
+        conn.write(tx, format!("/rh-tx/k{}", commits % 64).as_bytes(), n.as_bytes())?;
         conn.write(tx, b"/rh-tx/last", n.as_bytes())?;
         let m = conn.call(Op::TransactionEnd, tx, &[b"T\0"])?;
         if error_name(&m) == Some(b"EAGAIN") {

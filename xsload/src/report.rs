@@ -105,18 +105,16 @@ impl Row {
             return None;
         }
         let rx = self.cells.get(&ours)?.num()?;
-        let best = self
-            .cells
-            .iter()
-            .filter(|(k, _)| k.is_reference())
-            .filter_map(|(k, c)| Some((c.num()?, *k)))
-            .reduce(|a, b| {
-                let b_better = match self.better {
-                    Better::Higher => b.0 > a.0,
-                    _ => b.0 < a.0,
-                };
-                if b_better { b } else { a }
-            })?;
+        let best =
+            self.cells.iter().filter(|(k, _)| k.is_reference()).filter_map(|(k, c)| Some((c.num()?, *k))).reduce(
+                |a, b| {
+                    let b_better = match self.better {
+                        Better::Higher => b.0 > a.0,
+                        _ => b.0 < a.0,
+                    };
+                    if b_better { b } else { a }
+                },
+            )?;
         (best.0 > 0.0).then(|| (rx / best.0, best.1))
     }
 
@@ -157,11 +155,7 @@ pub struct Metric<'a> {
 impl Sheet {
     /// Sets one cell, creating the row if needed.
     pub fn set(&mut self, m: Metric<'_>, kind: Kind, cell: Cell) {
-        let row = match self
-            .rows
-            .iter_mut()
-            .position(|r| r.case == m.case && r.metric == m.metric)
-        {
+        let row = match self.rows.iter_mut().position(|r| r.case == m.case && r.metric == m.metric) {
             Some(i) => &mut self.rows[i],
             None => {
                 self.rows.push(Row {
@@ -191,12 +185,7 @@ impl Sheet {
 
     /// A number of a cell, if set.
     pub fn get(&self, case: &str, metric: &str, kind: Kind) -> Option<f64> {
-        self.rows
-            .iter()
-            .find(|r| r.case == case && r.metric == metric)?
-            .cells
-            .get(&kind)?
-            .num()
+        self.rows.iter().find(|r| r.case == case && r.metric == metric)?.cells.get(&kind)?.num()
     }
 
     /// Adds a note printed under the table.
@@ -252,15 +241,8 @@ impl Sheet {
             lines.push(line);
         }
         let cols = lines[0].len();
-        let width: Vec<usize> = (0..cols)
-            .map(|c| {
-                lines
-                    .iter()
-                    .map(|l| l[c].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
+        let width: Vec<usize> =
+            (0..cols).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
         let mut out = String::new();
         for (i, l) in lines.iter().enumerate() {
             for (c, cell) in l.iter().enumerate() {

@@ -84,23 +84,14 @@ trait GuestIo {
 
 impl GuestIo for SimGuest {
     fn read_expect(&mut self, path: &str, value: &[u8]) -> Res<()> {
-        match self
-            .read(path)
-            .map_err(io_fail(format_args!("READ {path}")))?
-        {
+        match self.read(path).map_err(io_fail(format_args!("READ {path}")))? {
             Reply::Ok(v) if v == value => Ok(()),
-            r => Err(Fail::Wrong(format!(
-                "READ {path}: expected {}, got {r:?}",
-                show(value)
-            ))),
+            r => Err(Fail::Wrong(format!("READ {path}: expected {}, got {r:?}", show(value)))),
         }
     }
 
     fn write_ok(&mut self, path: &str, value: &[u8]) -> Res<()> {
-        match self
-            .write(path, value)
-            .map_err(io_fail(format_args!("WRITE {path}")))?
-        {
+        match self.write(path, value).map_err(io_fail(format_args!("WRITE {path}")))? {
             r if r == Reply::ok_nul() => Ok(()),
             r => Err(Fail::Wrong(format!("WRITE {path}: expected OK, got {r:?}"))),
         }
@@ -133,8 +124,7 @@ fn introduce(dom0: &mut Conn, g: &mut SimGuest, timeout: Duration) -> Res<()> {
     dom0.call_ok(Op::SetPerms, 0, &[home.as_bytes(), b"\0", perms.as_bytes()])?;
     dom0.call_ok(Op::Introduce, 0, &[&introduce_args(u32::from(d))])
         .map_err(|e| e.context(format_args!("INTRODUCE {d}")))?;
-    g.wait_connected(timeout)
-        .map_err(io_fail(format_args!("domain {d}: ring never connected")))
+    g.wait_connected(timeout).map_err(io_fail(format_args!("domain {d}: ring never connected")))
 }
 
 /// Parameters of one `pairs-ring` run.
@@ -165,8 +155,7 @@ pub fn pairs(socket: &Path, rings: &Path, p: &PairsRing) -> Res<f64> {
             .and_then(|i| p.first.checked_add(i))
             .filter(|d| *d > 0 && *d < 0x7ff0)
             .ok_or_else(|| Fail::Wrong("guest domain ids out of range".into()))?;
-        let mut g =
-            SimGuest::create(rings, d).map_err(io_fail(format_args!("domain {d}: files")))?;
+        let mut g = SimGuest::create(rings, d).map_err(io_fail(format_args!("domain {d}: files")))?;
         g.set_timeout(p.timeout);
         introduce(&mut dom0, &mut g, p.timeout)?;
         guests.push(g);
@@ -266,38 +255,25 @@ type Handoff = (u32, Option<SimGuest>);
 /// Prepares the store, starts the watcher, the creators and the guests.
 pub fn bootstorm(socket: &Path, b: &BootRing) -> Res<BootRingResult> {
     if b.domains == 0 || b.domains > 30_000 {
-        return Err(Fail::Wrong(format!(
-            "{} domains: expected 1..=30000",
-            b.domains
-        )));
+        return Err(Fail::Wrong(format!("{} domains: expected 1..=30000", b.domains)));
     }
     let mut setup = Conn::connect(socket, b.reply_timeout)?;
     for dir in ["vif", "vbd"] {
-        setup.call_ok(
-            Op::Mkdir,
-            0,
-            &[format!("{BACKEND}/{dir}").as_bytes(), b"\0"],
-        )?;
+        setup.call_ok(Op::Mkdir, 0, &[format!("{BACKEND}/{dir}").as_bytes(), b"\0"])?;
     }
     setup.write(0, CONFIG.as_bytes(), CONFIG_VALUE.as_bytes())?;
 
     // The watcher, past its initial event before timing.
     let mut client = Client::connect(socket).map_err(io_fail("watcher: connect"))?;
     client.set_reply_timeout(b.reply_timeout);
-    match client
-        .watch(WATCHED, "xsload-ring")
-        .map_err(io_fail("watcher: WATCH"))?
-    {
+    match client.watch(WATCHED, "xsload-ring").map_err(io_fail("watcher: WATCH"))? {
         Reply::Ok(_) => {}
         Reply::Err(e) => return Err(Fail::Wrong(format!("watcher: WATCH: {e}"))),
     }
     match client.next_event(b.reply_timeout) {
         Some((path, _)) if path == WATCHED.as_bytes() => {}
         Some((path, _)) => {
-            return Err(Fail::Wrong(format!(
-                "watcher: initial event for {}",
-                show(&path)
-            )));
+            return Err(Fail::Wrong(format!("watcher: initial event for {}", show(&path))));
         }
         None => return Err(Fail::Stalled("watcher: no initial event".into())),
     }
@@ -328,9 +304,8 @@ pub fn bootstorm(socket: &Path, b: &BootRing) -> Res<BootRingResult> {
                             .wait_connected(b2.reply_timeout)
                             .map_err(io_fail("ring never connected"))
                             .and_then(|()| guest_boot(&mut g, "", d, &mut stats)),
-                        None => Conn::connect(&socket, b2.reply_timeout).and_then(|mut c| {
-                            guest_boot(&mut c, &format!("/local/domain/{d}/"), d, &mut stats)
-                        }),
+                        None => Conn::connect(&socket, b2.reply_timeout)
+                            .and_then(|mut c| guest_boot(&mut c, &format!("/local/domain/{d}/"), d, &mut stats)),
                     };
                     if let Err(e) = r {
                         break Err(e.context(format_args!("guest {d}")));
@@ -348,8 +323,7 @@ pub fn bootstorm(socket: &Path, b: &BootRing) -> Res<BootRingResult> {
     let start = Arc::new(Barrier::new(b.clients + 1));
     let mut creators = Vec::new();
     for c in 0..b.clients {
-        let (next, timed_out, start, tx) =
-            (next.clone(), timed_out.clone(), start.clone(), tx.clone());
+        let (next, timed_out, start, tx) = (next.clone(), timed_out.clone(), start.clone(), tx.clone());
         let (b2, socket) = (b.clone(), socket.to_path_buf());
         let h = std::thread::Builder::new()
             .name(format!("creator-{c}"))
@@ -387,18 +361,13 @@ pub fn bootstorm(socket: &Path, b: &BootRing) -> Res<BootRingResult> {
     let mut res = BootRingResult::default();
     let mut first_err: Option<Fail> = None;
     for h in creators.into_iter().chain(guests) {
-        let (stats, r) = h
-            .join()
-            .unwrap_or_else(|_| (Stats::default(), Err(Fail::Wrong("thread panicked".into()))));
+        let (stats, r) = h.join().unwrap_or_else(|_| (Stats::default(), Err(Fail::Wrong("thread panicked".into()))));
         res.requests += stats.requests;
         res.domains_done += stats.domains;
         res.retries += stats.retries;
         if let Err(e) = r {
             // A wrong reply says more than a stall it may have caused.
-            if first_err
-                .as_ref()
-                .is_none_or(|f| f.is_stall() && !e.is_stall())
-            {
+            if first_err.as_ref().is_none_or(|f| f.is_stall() && !e.is_stall()) {
                 first_err = Some(e);
             }
         }
@@ -413,11 +382,7 @@ pub fn bootstorm(socket: &Path, b: &BootRing) -> Res<BootRingResult> {
         std::thread::sleep(Duration::from_millis(5));
     }
     abandon.store(true, Ordering::Relaxed);
-    let w = watcher.join().unwrap_or(WatchCount {
-        events: 0,
-        state_events: 0,
-        stalled: true,
-    });
+    let w = watcher.join().unwrap_or(WatchCount { events: 0, state_events: 0, stalled: true });
     (res.events, res.state_events, res.watcher_stalled) = (w.events, w.state_events, w.stalled);
     if let Some(e) = first_err {
         return Err(e);
@@ -440,11 +405,7 @@ struct WatchCount {
 }
 
 fn watch_loop(mut client: Client, abandon: &AtomicBool) -> WatchCount {
-    let mut w = WatchCount {
-        events: 0,
-        state_events: 0,
-        stalled: true,
-    };
+    let mut w = WatchCount { events: 0, state_events: 0, stalled: true };
     while !abandon.load(Ordering::Relaxed) {
         if let Some((path, _)) = client.next_event(Duration::from_millis(200)) {
             if path == SENTINEL.as_bytes() {
@@ -487,13 +448,7 @@ fn guest_boot(g: &mut impl GuestIo, prefix: &str, d: u32, stats: &mut Stats) -> 
 /// Creates domain `d`: its guest's files (the domain then exists for the
 /// daemon, which lets it own nodes), the transaction (retried on
 /// `EAGAIN`), then, on the ring transport, INTRODUCE.
-fn create_domain(
-    conn: &mut Conn,
-    rings: &Path,
-    d: u32,
-    b: &BootRing,
-    stats: &mut Stats,
-) -> Res<Option<SimGuest>> {
+fn create_domain(conn: &mut Conn, rings: &Path, d: u32, b: &BootRing, stats: &mut Stats) -> Res<Option<SimGuest>> {
     let id = u16::try_from(d).map_err(|_| Fail::Wrong("domain id out of range".into()))?;
     let mut g = SimGuest::create(rings, id).map_err(io_fail("guest files"))?;
     g.set_timeout(b.reply_timeout);
@@ -512,8 +467,7 @@ fn create_domain(
     // The guest thread waits for the ring to connect.
     if guest.is_some() {
         stats.requests += 1;
-        conn.call_ok(Op::Introduce, 0, &[&introduce_args(d)])
-            .map_err(|e| e.context("INTRODUCE"))?;
+        conn.call_ok(Op::Introduce, 0, &[&introduce_args(d)]).map_err(|e| e.context("INTRODUCE"))?;
     }
     Ok(guest)
 }

@@ -20,11 +20,7 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Reads one `kB` field (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, in bytes.
@@ -67,9 +63,7 @@ pub fn cpu_times(pid: i32) -> io::Result<(f64, f64)> {
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
         Err(_) => false,
     }
 }
@@ -105,13 +99,7 @@ static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 extern "C" fn on_signal(sig: libc::c_int) {
     let byte = sig as u8;
     // SAFETY: write(2) is async-signal-safe; the buffer is one valid byte.
-    unsafe {
-        libc::write(
-            SIGNAL_PIPE.load(Ordering::Relaxed),
-            (&raw const byte).cast(),
-            1,
-        )
-    };
+    unsafe { libc::write(SIGNAL_PIPE.load(Ordering::Relaxed), (&raw const byte).cast(), 1) };
 }
 
 /// Catches SIGINT, SIGTERM and SIGHUP with a handler that only writes the
@@ -128,29 +116,27 @@ pub fn install_signal_thread() -> io::Result<()> {
     }
     let [read_fd, write_fd] = fds;
     SIGNAL_PIPE.store(write_fd, Ordering::Relaxed);
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut byte = 0u8;
-            loop {
-                // SAFETY: reads one byte into a valid one-byte buffer.
-                let n = unsafe { libc::read(read_fd, (&raw mut byte).cast(), 1) };
-                if n == 1 {
-                    break;
-                }
-                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut byte = 0u8;
+        loop {
+            // SAFETY: reads one byte into a valid one-byte buffer.
+            let n = unsafe { libc::read(read_fd, (&raw mut byte).cast(), 1) };
+            if n == 1 {
+                break;
             }
-            let sig = i32::from(byte);
-            eprintln!("xsload: signal {sig}: stopping the daemons");
-            let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-            for (_, stop) in running.iter_mut() {
-                stop();
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-            std::process::exit(128 + sig);
-        })?;
+            return;
+        }
+        let sig = i32::from(byte);
+        eprintln!("xsload: signal {sig}: stopping the daemons");
+        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, stop) in running.iter_mut() {
+            stop();
+        }
+        std::process::exit(128 + sig);
+    })?;
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: `sa` is zero-initialised plain data (an empty mask, no
         // flags) before the fields are set; `on_signal` has the signature

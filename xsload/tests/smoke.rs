@@ -33,10 +33,7 @@ const RING_ROWS: [(&str, &str); 6] = [
     ("pairs-ring 16 guests", "req/s ring ÷ socket"),
     ("bootstorm-ring 10 dom/2 cl", "domains/s (ring)"),
     ("bootstorm-ring 10 dom/2 cl", "domains/s ring ÷ socket"),
-    (
-        "bootstorm-ring 10 dom/2 cl",
-        "of which guests' state (ring)",
-    ),
+    ("bootstorm-ring 10 dom/2 cl", "of which guests' state (ring)"),
     ("bootstorm-ring 10 dom/2 cl", "peak RSS (VmHWM) (ring)"),
 ];
 
@@ -50,10 +47,7 @@ fn required() -> Vec<String> {
 }
 
 fn xsload(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xsload"))
-        .args(args)
-        .output()
-        .expect("run xsload");
+    let out = Command::new(env!("CARGO_BIN_EXE_xsload")).args(args).output().expect("run xsload");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -63,30 +57,20 @@ fn xsload(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn quick_run_all_daemons_json() {
-    let (ok, stdout, stderr) = xsload(&[
-        "--quick",
-        "--json",
-        "--daemons",
-        "rxenstored,rx-threads,cxenstored,oxenstored,floor",
-    ]);
+    let (ok, stdout, stderr) =
+        xsload(&["--quick", "--json", "--daemons", "rxenstored,rx-threads,cxenstored,oxenstored,floor"]);
     assert!(ok, "xsload failed:\n{stderr}\n{stdout}");
     let doc: Value = serde_json::from_str(&stdout).expect("JSON output");
     assert_eq!(doc["failures"], 0, "{stderr}");
-    let unavailable = doc["meta"]["unavailable"]
-        .as_object()
-        .expect("unavailable map");
+    let unavailable = doc["meta"]["unavailable"].as_object().expect("unavailable map");
     for (kind, why) in unavailable {
         eprintln!("smoke: {kind} skipped by xsload: {why}");
-        assert!(
-            !required().contains(kind),
-            "{kind} is required (XS_REQUIRE) but unavailable: {why}"
-        );
+        assert!(!required().contains(kind), "{kind} is required (XS_REQUIRE) but unavailable: {why}");
     }
     let rows = doc["rows"].as_array().expect("rows");
     for case in CASES {
         assert!(
-            rows.iter()
-                .any(|r| r["case"].as_str().is_some_and(|c| c.starts_with(case))),
+            rows.iter().any(|r| r["case"].as_str().is_some_and(|c| c.starts_with(case))),
             "no row for {case}:\n{stdout}"
         );
     }
@@ -96,17 +80,11 @@ fn quick_run_all_daemons_json() {
                 .iter()
                 .find(|r| r["case"] == case && r["metric"] == metric)
                 .unwrap_or_else(|| panic!("no row {case} / {metric}:\n{stdout}"));
-            assert!(
-                row["values"]["rxenstored"].is_number(),
-                "{case} / {metric}: {row}"
-            );
+            assert!(row["values"]["rxenstored"].is_number(), "{case} / {metric}: {row}");
         }
         let state = rows
             .iter()
-            .find(|r| {
-                r["case"] == "bootstorm-ring 10 dom/2 cl"
-                    && r["metric"] == "of which guests' state (ring)"
-            })
+            .find(|r| r["case"] == "bootstorm-ring 10 dom/2 cl" && r["metric"] == "of which guests' state (ring)")
             .and_then(|r| r["values"]["rxenstored"].as_f64());
         assert_eq!(state, Some(40.0), "4 frontend state events per guest");
     }
@@ -119,16 +97,15 @@ fn quick_run_all_daemons_json() {
             }
             // Every daemon that ran has a figure, nothing stalled at these
             // sizes (oxenstored stalls only with 16 creators and watchers).
-            assert!(
-                v.is_number(),
-                "{case} / {}: {kind} has {v} instead of a figure\n{stderr}",
-                r["metric"]
-            );
+            assert!(v.is_number(), "{case} / {}: {kind} has {v} instead of a figure\n{stderr}", r["metric"]);
         }
         let applies_to_floor = case.starts_with("pairs ");
         let ring = case.contains("-ring");
         for kind in ["rxenstored", "rx-threads", "floor"] {
-            if unavailable.contains_key(kind) || (kind == "floor" && !applies_to_floor) || (kind == "rx-threads" && ring) {
+            if unavailable.contains_key(kind)
+                || (kind == "floor" && !applies_to_floor)
+                || (kind == "rx-threads" && ring)
+            {
                 continue;
             }
             assert!(values.contains_key(kind), "{case}: no {kind} value");
@@ -144,8 +121,5 @@ fn quick_run_table_names_every_workload() {
         assert!(stdout.contains(case), "no {case} in the table:\n{stdout}");
     }
     assert!(stdout.contains("rx ÷ floor"), "{stdout}");
-    assert!(
-        !stdout.contains("ERROR") && !stdout.contains("stalled"),
-        "{stdout}"
-    );
+    assert!(!stdout.contains("ERROR") && !stdout.contains("stalled"), "{stdout}");
 }

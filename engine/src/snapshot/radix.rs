@@ -76,7 +76,11 @@ impl<T: Clone> Radix<T> {
     /// where it is shared, and returns what replaces it, if anything: a
     /// copy made with the change, instead of a copy and then the change.
     /// `None` if out of range.
-    pub(crate) fn update<R>(&mut self, index: usize, f: impl FnOnce(Result<&mut T, &T>) -> (Option<T>, R)) -> Option<R> {
+    pub(crate) fn update<R>(
+        &mut self,
+        index: usize,
+        f: impl FnOnce(Result<&mut T, &T>) -> (Option<T>, R),
+    ) -> Option<R> {
         let slot = self.slot_mut(index)?;
         let (replacement, r) = if slot.is_unique() { f(Ok(Arc::get_mut(slot)?)) } else { f(Err(&**slot)) };
         if let Some(new) = replacement {

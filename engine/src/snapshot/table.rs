@@ -197,7 +197,8 @@ impl Bucket {
     /// A copy of this bucket without node `i`, and that node.
     fn without(&self, i: usize) -> Option<(Bucket, Node)> {
         let removed = self.nodes.get(i)?.clone();
-        let bytes = self.paths.len() - self.nodes.len() - self.entries().nth(i).map_or(0, |(start, end, _)| end - start);
+        let bytes =
+            self.paths.len() - self.nodes.len() - self.entries().nth(i).map_or(0, |(start, end, _)| end - start);
         let mut copy = Builder::with_room(self.nodes.len() - 1, bytes);
         for (j, (((_, _, path), node), &t)) in self.entries().zip(self.nodes.iter()).zip(self.tags()).enumerate() {
             if j != i {

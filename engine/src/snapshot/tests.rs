@@ -203,7 +203,8 @@ fn entries_round_trip_through_from_entries() {
 
 #[test]
 fn from_entries_rejects_non_trees() {
-    let e = |path: &str| TreeEntry { path: p(path), value: Vec::new(), perms: Perms::owned_by(DomId(0)), generation: 0 };
+    let e =
+        |path: &str| TreeEntry { path: p(path), value: Vec::new(), perms: Perms::owned_by(DomId(0)), generation: 0 };
     assert!(Snapshot::from_entries::<Vec<u8>, _>([]).is_err());
     assert!(Snapshot::from_entries([e("/a")]).is_err());
     assert!(Snapshot::from_entries([e("/"), e("/a/b")]).is_err());
@@ -239,7 +240,12 @@ fn restore_primitives_replay_exact_states() {
 
 #[test]
 fn from_entries_accepts_any_parent_first_order() {
-    let e = |path: &str| TreeEntry { path: p(path), value: path.as_bytes().to_vec(), perms: Perms::owned_by(DomId(3)), generation: 2 };
+    let e = |path: &str| TreeEntry {
+        path: p(path),
+        value: path.as_bytes().to_vec(),
+        perms: Perms::owned_by(DomId(3)),
+        generation: 2,
+    };
     // Breadth-first rather than pre-order.
     let snap = Snapshot::from_entries([e("/"), e("/a"), e("/b"), e("/a/x"), e("/b/y"), e("/a/z")]).unwrap();
     snap.check_consistent().unwrap();

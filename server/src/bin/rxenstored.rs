@@ -206,7 +206,8 @@ fn parse_quota(spec: &str) -> Result<(Quota, u32), String> {
 }
 
 fn config(args: &Args) -> Result<Config, String> {
-    let mut config = Config { priv_domid: DomId(args.priv_domid), keep_orphans: args.keep_orphans, ..Config::default() };
+    let mut config =
+        Config { priv_domid: DomId(args.priv_domid), keep_orphans: args.keep_orphans, ..Config::default() };
     let mut set = |q: Quota, v: u32| config.quotas.set(QuotaName { quota: q, soft: false }, v);
     for spec in &args.quota {
         let (q, v) = parse_quota(spec)?;
@@ -240,9 +241,14 @@ fn config(args: &Args) -> Result<Config, String> {
 /// After a live update (`inherited_evtchn`: GLOBAL_DATA's `evtchn-fd`) Xen's
 /// event-channel device is the one the previous process left open, with the
 /// guests' ports still bound on it.
-fn platform(args: &Args, config: &Config, inherited_evtchn: Option<i32>) -> Result<(Box<dyn Platform + Send>, Option<u32>), String> {
+fn platform(
+    args: &Args,
+    config: &Config,
+    inherited_evtchn: Option<i32>,
+) -> Result<(Box<dyn Platform + Send>, Option<u32>), String> {
     if let Some(dir) = &args.sim_rings {
-        let sim = SimPlatform::new(dir, config.priv_domid).map_err(|e| format!("cannot use {} for simulated rings: {e}", dir.display()))?;
+        let sim = SimPlatform::new(dir, config.priv_domid)
+            .map_err(|e| format!("cannot use {} for simulated rings: {e}", dir.display()))?;
         tracing::info!("serving simulated guests in {}", dir.display());
         return Ok((Box::new(sim), None));
     }
@@ -324,18 +330,24 @@ fn c_compatible_args(argv: Vec<OsString>) -> (Vec<OsString>, Vec<String>) {
         }
         let found = C_ONLY_OPTIONS.iter().find(|(short, long, _)| {
             s.strip_prefix("--").is_some_and(|l| l == *long || l.starts_with(&format!("{long}=")))
-                || short.is_some_and(|c| s == format!("-{c}") || (s.len() > 2 && s.starts_with(&format!("-{c}")) && !s.starts_with("--")))
+                || short.is_some_and(|c| {
+                    s == format!("-{c}") || (s.len() > 2 && s.starts_with(&format!("-{c}")) && !s.starts_with("--"))
+                })
         });
         match found {
             Some((short, long, takes_value)) => {
-                let inline = s.contains('=') || short.is_some_and(|c| s.len() > 2 && s.starts_with(&format!("-{c}")) && !s.starts_with("--"));
+                let inline = s.contains('=')
+                    || short.is_some_and(|c| s.len() > 2 && s.starts_with(&format!("-{c}")) && !s.starts_with("--"));
                 let mut dropped = s.clone();
-                if *takes_value && !inline
-                    && let Some(v) = it.next() {
-                        dropped.push(' ');
-                        dropped.push_str(&v.to_string_lossy());
-                    }
-                warnings.push(format!("ignoring C xenstored option '{dropped}' (--{long}): rxenstored has no equivalent"));
+                if *takes_value
+                    && !inline
+                    && let Some(v) = it.next()
+                {
+                    dropped.push(' ');
+                    dropped.push_str(&v.to_string_lossy());
+                }
+                warnings
+                    .push(format!("ignoring C xenstored option '{dropped}' (--{long}): rxenstored has no equivalent"));
             }
             None => out.push(arg),
         }
@@ -346,7 +358,8 @@ fn c_compatible_args(argv: Vec<OsString>) -> (Vec<OsString>, Vec<String>) {
 /// The state a live update left: the file's bytes checked and decoded.
 fn load_live_update_state() -> Result<(PathBuf, snapshot_tools::model::Snapshot), String> {
     let path = lu_stream::state_file();
-    let bytes = fs::read(&path).map_err(|e| format!("live update: cannot read the state file {}: {e}", path.display()))?;
+    let bytes =
+        fs::read(&path).map_err(|e| format!("live update: cannot read the state file {}: {e}", path.display()))?;
     let snap = lu_stream::load(&bytes).map_err(|e| {
         format!(
             "live update: the state file {} is unusable: {e}\n(kept for inspection: xenstore-inspect {})",
@@ -369,7 +382,11 @@ fn run(args: Args) -> Result<(), String> {
         (Some((path, snap)), Some(platform)) => {
             let t = std::time::Instant::now();
             let r = lu_stream::import(config.clone(), platform, snap).map_err(|e| {
-                format!("live update: cannot restore {}: {e}\n(kept for inspection: xenstore-inspect {})", path.display(), path.display())
+                format!(
+                    "live update: cannot restore {}: {e}\n(kept for inspection: xenstore-inspect {})",
+                    path.display(),
+                    path.display()
+                )
             })?;
             for w in &r.warnings {
                 tracing::warn!("live update: {w}");
@@ -414,7 +431,8 @@ fn run(args: Args) -> Result<(), String> {
         daemonize().map_err(|e| format!("cannot detach: {e}"))?;
     }
     if let Some(p) = &args.pid_file {
-        fs::write(p, format!("{}\n", std::process::id())).map_err(|e| format!("cannot write pid file {}: {e}", p.display()))?;
+        fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write pid file {}: {e}", p.display()))?;
     }
     let mut sockets = Vec::new();
     let restored_core = restored.map(|r| {
@@ -437,7 +455,12 @@ fn run(args: Args) -> Result<(), String> {
                     for w in &r.warnings {
                         tracing::warn!("{w}");
                     }
-                    tracing::info!("restored state of commit {} from {} ({} nodes)", r.seq, dir.display(), r.state.snapshot.len());
+                    tracing::info!(
+                        "restored state of commit {} from {} ({} nodes)",
+                        r.seq,
+                        dir.display(),
+                        r.state.snapshot.len()
+                    );
                     persistence::restore(config, platform, r.state)
                 }
                 (None, None, Some(platform)) => Core::with_platform(config, platform),

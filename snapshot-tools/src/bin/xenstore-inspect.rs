@@ -18,9 +18,7 @@ use snapshot_tools::checkpoint::{self, CheckpointError};
 use snapshot_tools::cver::{self, CVersion};
 use snapshot_tools::read::Item;
 use snapshot_tools::report::{self, Style};
-use snapshot_tools::{
-    Parsed, ReadError, Severity, WriteError, WriteFormat, oxenstored, read_stream, write_stream,
-};
+use snapshot_tools::{Parsed, ReadError, Severity, WriteError, WriteFormat, oxenstored, read_stream, write_stream};
 
 /// Inspect xenstore migration streams and oxenstored dumps.
 #[derive(Debug, Parser)]
@@ -96,42 +94,23 @@ const KIND_STATE_DIR: &str = "rxenstored state directory";
 #[derive(Debug, thiserror::Error)]
 enum InspectError {
     #[error("{file}: cannot read: {source}")]
-    Io {
-        file: String,
-        source: std::io::Error,
-    },
+    Io { file: String, source: std::io::Error },
     #[error("{file}: {source}")]
     Stream { file: String, source: ReadError },
     #[error("{file}: {source}")]
-    Oxenstored {
-        file: String,
-        source: oxenstored::OxError,
-    },
-    #[error(
-        "{file}: offset 0x0: oxenstored persistent-store text, not a live-update dump (not supported)"
-    )]
+    Oxenstored { file: String, source: oxenstored::OxError },
+    #[error("{file}: offset 0x0: oxenstored persistent-store text, not a live-update dump (not supported)")]
     Persistent { file: String },
     #[error("{0}")]
     State(CheckpointError),
     #[error(
         "{file}: offset 0x{offset:04x}: {problem}; not converted (a damaged file cannot be reproduced, see `validate`)"
     )]
-    Damaged {
-        file: String,
-        offset: u64,
-        problem: String,
-    },
+    Damaged { file: String, offset: u64, problem: String },
     #[error("{file}: cannot be written as a version {version} stream: {source}")]
-    Unwritable {
-        file: String,
-        version: u32,
-        source: WriteError,
-    },
+    Unwritable { file: String, version: u32, source: WriteError },
     #[error("{file}: cannot write: {source}")]
-    WriteOut {
-        file: String,
-        source: std::io::Error,
-    },
+    WriteOut { file: String, source: std::io::Error },
     #[error("{file}: internal error: the converted stream does not read back cleanly: {what}")]
     NotReadBack { file: String, what: String },
     #[error("{file}: no node {path:?}")]
@@ -153,52 +132,24 @@ fn load(path: &Path) -> Result<Loaded, InspectError> {
     let name = path.display().to_string();
     if path.is_dir() {
         let st = checkpoint::load_dir(path).map_err(InspectError::State)?;
-        return Ok(Loaded {
-            name,
-            kind: KIND_STATE_DIR,
-            state_note: Some(state_note(&st)),
-            parsed: st.parsed,
-        });
+        return Ok(Loaded { name, kind: KIND_STATE_DIR, state_note: Some(state_note(&st)), parsed: st.parsed });
     }
-    let data = std::fs::read(path).map_err(|source| InspectError::Io {
-        file: name.clone(),
-        source,
-    })?;
+    let data = std::fs::read(path).map_err(|source| InspectError::Io { file: name.clone(), source })?;
     if checkpoint::is_checkpoint(&data) {
         drop(data);
         let st = checkpoint::load_file(path).map_err(InspectError::State)?;
-        return Ok(Loaded {
-            name,
-            kind: KIND_CHECKPOINT,
-            state_note: Some(state_note(&st)),
-            parsed: st.parsed,
-        });
+        return Ok(Loaded { name, kind: KIND_CHECKPOINT, state_note: Some(state_note(&st)), parsed: st.parsed });
     }
     if data.starts_with(oxenstored::HEADER.as_bytes()) {
-        let parsed = oxenstored::read_dump(&data).map_err(|source| InspectError::Oxenstored {
-            file: name.clone(),
-            source,
-        })?;
-        return Ok(Loaded {
-            name,
-            kind: KIND_OX,
-            parsed,
-            state_note: None,
-        });
+        let parsed =
+            oxenstored::read_dump(&data).map_err(|source| InspectError::Oxenstored { file: name.clone(), source })?;
+        return Ok(Loaded { name, kind: KIND_OX, parsed, state_note: None });
     }
     if data.starts_with(b"/") && data.contains(&b'{') {
         return Err(InspectError::Persistent { file: name });
     }
-    let parsed = read_stream(&data).map_err(|source| InspectError::Stream {
-        file: name.clone(),
-        source,
-    })?;
-    Ok(Loaded {
-        name,
-        kind: KIND_STREAM,
-        parsed,
-        state_note: None,
-    })
+    let parsed = read_stream(&data).map_err(|source| InspectError::Stream { file: name.clone(), source })?;
+    Ok(Loaded { name, kind: KIND_STREAM, parsed, state_note: None })
 }
 
 fn state_note(st: &checkpoint::LoadedState) -> String {
@@ -214,14 +165,10 @@ fn state_note(st: &checkpoint::LoadedState) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let style = Style {
-        colour: !cli.json && std::io::stdout().is_terminal(),
-    };
+    let style = Style { colour: !cli.json && std::io::stdout().is_terminal() };
     match run(&cli, style) {
         Ok(code) => code,
-        Err(InspectError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            ExitCode::SUCCESS
-        }
+        Err(InspectError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xenstore-inspect: {e}");
             ExitCode::from(2)
@@ -251,10 +198,7 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
             if l.kind != KIND_STREAM {
                 s.producer = match &l.state_note {
                     Some(note) => note.clone(),
-                    None => {
-                        "oxenstored (text dump; no pending data, transactions, targets or quotas)"
-                            .into()
-                    }
+                    None => "oxenstored (text dump; no pending data, transactions, targets or quotas)".into(),
                 };
                 s.evidence.clear();
                 s.preamble_ok_c417 = false;
@@ -274,10 +218,7 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
             let tree = report::Tree::build(&l.parsed.snapshot);
             let root = path.as_deref().unwrap_or("/");
             if root != "/" && tree.get(root.as_bytes()).is_none() {
-                return Err(InspectError::NoNode {
-                    file: l.name,
-                    path: root.into(),
-                });
+                return Err(InspectError::NoNode { file: l.name, path: root.into() });
             }
             let entries = tree.list(root.as_bytes());
             if cli.json {
@@ -290,16 +231,10 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
         Cmd::Get { file, path } => {
             let l = load(file)?;
             let snap = &l.parsed.snapshot;
-            let Some((i, node)) = snap
-                .nodes
-                .iter()
-                .enumerate()
-                .find(|(_, n)| n.conn_id == 0 && n.path == path.as_bytes())
+            let Some((i, node)) =
+                snap.nodes.iter().enumerate().find(|(_, n)| n.conn_id == 0 && n.path == path.as_bytes())
             else {
-                return Err(InspectError::NoNode {
-                    file: l.name,
-                    path: path.clone(),
-                });
+                return Err(InspectError::NoNode { file: l.name, path: path.clone() });
             };
             let offset = l.parsed.offset_of(Item::Node(i));
             let perms = snapshot_tools::perms_display(&node.perms);
@@ -310,27 +245,17 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                 }))?;
             } else {
                 let at = offset.map(|o| format!("  @0x{o:04x}")).unwrap_or_default();
-                out(&format!(
-                    "{path} = \"{}\"  ({perms}){at}",
-                    escape(&node.value)
-                ))?;
+                out(&format!("{path} = \"{}\"  ({perms}){at}", escape(&node.value)))?;
             }
         }
         Cmd::Records { file, hex } => {
             let l = load(file)?;
             if l.kind != KIND_STREAM {
-                out(&format!(
-                    "{}: {} has no binary records; use summary or tree",
-                    l.name, l.kind
-                ))?;
+                out(&format!("{}: {} has no binary records; use summary or tree", l.name, l.kind))?;
                 return Ok(ExitCode::SUCCESS);
             }
             let lines = report::record_lines(&l.parsed);
-            let data = if *hex {
-                std::fs::read(file).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
+            let data = if *hex { std::fs::read(file).unwrap_or_default() } else { Vec::new() };
             if cli.json {
                 let recs: Vec<serde_json::Value> = lines
                     .iter()
@@ -360,12 +285,7 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
         }
         Cmd::Validate { file, as_c } => {
             let l = load(file)?;
-            let errors = l
-                .parsed
-                .findings
-                .iter()
-                .filter(|f| f.severity == Severity::Error)
-                .count();
+            let errors = l.parsed.findings.iter().filter(|f| f.severity == Severity::Error).count();
             let verdict = as_c.map(|v| {
                 let mut verdict = cver::check(&l.parsed, v);
                 if l.kind != KIND_STREAM {
@@ -396,18 +316,9 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                 let mut t = String::new();
                 for f in &l.parsed.findings {
                     let line = format!("{}: {f}", l.name);
-                    t += &(if f.severity == Severity::Error {
-                        st.err(&line)
-                    } else {
-                        st.warn(&line)
-                    } + "\n");
+                    t += &(if f.severity == Severity::Error { st.err(&line) } else { st.warn(&line) } + "\n");
                 }
-                t += &format!(
-                    "{}: {} error(s), {} finding(s)\n",
-                    l.name,
-                    errors,
-                    l.parsed.findings.len()
-                );
+                t += &format!("{}: {} error(s), {} finding(s)\n", l.name, errors, l.parsed.findings.len());
                 if let Some(v) = &verdict {
                     match v.breaks.first() {
                         None => t += &st.ok(&format!("C {}: would restore this file\n", v.version)),
@@ -417,32 +328,18 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                                 v.version, b.rule, b.offset, b.message
                             ));
                             for b in &v.breaks[1..] {
-                                t += &format!(
-                                    "  also ({}) @0x{:04x}: {}\n",
-                                    b.rule, b.offset, b.message
-                                );
+                                t += &format!("  also ({}) @0x{:04x}: {}\n", b.rule, b.offset, b.message);
                             }
                         }
                     }
                     for d in &v.dropped {
-                        t += &format!(
-                            "  C {} drops ({}) @0x{:04x}: {}\n",
-                            v.version, d.rule, d.offset, d.message
-                        );
+                        t += &format!("  C {} drops ({}) @0x{:04x}: {}\n", v.version, d.rule, d.offset, d.message);
                     }
                 }
-                t += &(if clean {
-                    st.ok("result: clean")
-                } else {
-                    st.err("result: NOT clean")
-                });
+                t += &(if clean { st.ok("result: clean") } else { st.err("result: NOT clean") });
                 out(&t)?;
             }
-            return Ok(if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
+            return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
         Cmd::Diff { file_a, file_b } => {
             let (a, b) = (load(file_a)?, load(file_b)?);
@@ -453,12 +350,9 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                 out(&format!("{} and {}: no differences", a.name, b.name))?;
             } else {
                 let mut t = format!("--- {}\n+++ {}\n", a.name, b.name);
-                for (title, lines) in [
-                    ("nodes", &d.nodes),
-                    ("connections", &d.connections),
-                    ("watches", &d.watches),
-                    ("other", &d.other),
-                ] {
+                for (title, lines) in
+                    [("nodes", &d.nodes), ("connections", &d.connections), ("watches", &d.watches), ("other", &d.other)]
+                {
                     if !lines.is_empty() {
                         t += &format!("{}\n", st.head(&format!("{title}:")));
                         for l in lines {
@@ -468,11 +362,7 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
                 }
                 out(&t)?;
             }
-            return Ok(if d.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
+            return Ok(if d.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
         Cmd::Convert { to, input, output } => {
             let l = load(input)?;
@@ -486,11 +376,7 @@ fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
 /// `output` only once it is known to be writable and to read back cleanly.
 fn convert(l: Loaded, to: StreamVersion, output: &Path, json: bool) -> Result<(), InspectError> {
     if let Some(f) = l.parsed.first_error() {
-        return Err(InspectError::Damaged {
-            file: l.name,
-            offset: f.offset,
-            problem: f.problem.to_string(),
-        });
+        return Err(InspectError::Damaged { file: l.name, offset: f.offset, problem: f.problem.to_string() });
     }
     let version = to.number();
     let from_version = l.parsed.snapshot.version;
@@ -510,20 +396,12 @@ fn convert(l: Loaded, to: StreamVersion, output: &Path, json: bool) -> Result<()
         source,
     })?;
     let out_name = output.display().to_string();
-    let back = read_stream(&bytes).map_err(|e| InspectError::NotReadBack {
-        file: out_name.clone(),
-        what: e.to_string(),
-    })?;
+    let back =
+        read_stream(&bytes).map_err(|e| InspectError::NotReadBack { file: out_name.clone(), what: e.to_string() })?;
     if let Some(f) = back.first_error() {
-        return Err(InspectError::NotReadBack {
-            file: out_name,
-            what: f.to_string(),
-        });
+        return Err(InspectError::NotReadBack { file: out_name, what: f.to_string() });
     }
-    std::fs::write(output, &bytes).map_err(|source| InspectError::WriteOut {
-        file: out_name.clone(),
-        source,
-    })?;
+    std::fs::write(output, &bytes).map_err(|source| InspectError::WriteOut { file: out_name.clone(), source })?;
     if json {
         json_out(&json!({
             "input": l.name, "input_kind": l.kind, "input_version": from_version,
@@ -544,28 +422,14 @@ fn convert(l: Loaded, to: StreamVersion, output: &Path, json: bool) -> Result<()
 
 /// Hex dump lines of one record (header included), bounded by the file.
 fn record_hex(data: &[u8], offset: u64, length: u32) -> Vec<String> {
-    let start = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(data.len());
-    let end = start
-        .saturating_add(8)
-        .saturating_add(length as usize)
-        .min(data.len());
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+    let end = start.saturating_add(8).saturating_add(length as usize).min(data.len());
     data[start..end]
         .chunks(16)
         .enumerate()
         .map(|(i, c)| {
             let hex: Vec<String> = c.iter().map(|b| format!("{b:02x}")).collect();
-            let ascii: String = c
-                .iter()
-                .map(|b| {
-                    if b.is_ascii_graphic() {
-                        *b as char
-                    } else {
-                        '.'
-                    }
-                })
-                .collect();
+            let ascii: String = c.iter().map(|b| if b.is_ascii_graphic() { *b as char } else { '.' }).collect();
             format!("    {:04x}: {:<47}  {ascii}", start + i * 16, hex.join(" "))
         })
         .collect()

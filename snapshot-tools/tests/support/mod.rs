@@ -5,10 +5,7 @@ use std::process::{Command, Output};
 pub const BIN: &str = env!("CARGO_BIN_EXE_xenstore-inspect");
 
 pub fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run xenstore-inspect")
+    Command::new(BIN).args(args).output().expect("run xenstore-inspect")
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -87,7 +87,14 @@ impl Region {
         // SAFETY: mapping a file we opened read-write; the mapping outlives
         // the descriptor, which is fine for MAP_SHARED.
         let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
         };
         if base == libc::MAP_FAILED {
             return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
@@ -133,7 +140,13 @@ impl GuestRing {
         assert!((page + 1) * PAGE <= region.len);
         // SAFETY: in the mapping (checked).
         let base = std::ptr::NonNull::new(unsafe { region.base.add(page * PAGE) }).expect("mapped");
-        GuestRing { region, page, inner: server::ring::GuestRing::new(HostPage(base)), events: Vec::new(), next_req: 0x100 }
+        GuestRing {
+            region,
+            page,
+            inner: server::ring::GuestRing::new(HostPage(base)),
+            events: Vec::new(),
+            next_req: 0x100,
+        }
     }
 
     fn w(&self, field: usize) -> &AtomicU32 {
@@ -172,7 +185,11 @@ impl GuestRing {
             }
             if self.inner.pull().map_err(|e| format!("page {}: {e:?}", self.page))? == 0 {
                 if Instant::now() > deadline {
-                    return Err(format!("page {}: no reply within {TIMEOUT:?} (error field {})", self.page, self.error_field()));
+                    return Err(format!(
+                        "page {}: no reply within {TIMEOUT:?} (error field {})",
+                        self.page,
+                        self.error_field()
+                    ));
                 }
                 spins += 1;
                 if spins > 1000 {
@@ -296,89 +313,127 @@ fn conformance(r: &mut Report, c: &mut GuestRing) {
         if f & 2 != 0 { Ok(()) } else { Err(format!("server_features {f:#x} lacks ERROR (2)")) }
     });
     r.check("READ missing node: ENOENT", err(c.request(READ, 0, b"/rxs/none\0"), "ENOENT"));
-    r.check("WRITE then READ", ok(c.request(WRITE, 0, b"/rxs/a\0value-a"), WRITE).and_then(|()| {
-        expect(c.request(READ, 0, b"/rxs/a\0"), READ, b"value-a").map(|_| ())
-    }));
-    r.check("MKDIR and DIRECTORY in creation order", ok(c.request(MKDIR, 0, b"/rxs/d\0"), MKDIR).and_then(|()| {
-        expect(c.request(DIRECTORY, 0, b"/rxs\0"), DIRECTORY, b"a\0d\0").map(|_| ())
-    }));
+    r.check(
+        "WRITE then READ",
+        ok(c.request(WRITE, 0, b"/rxs/a\0value-a"), WRITE)
+            .and_then(|()| expect(c.request(READ, 0, b"/rxs/a\0"), READ, b"value-a").map(|_| ())),
+    );
+    r.check(
+        "MKDIR and DIRECTORY in creation order",
+        ok(c.request(MKDIR, 0, b"/rxs/d\0"), MKDIR)
+            .and_then(|()| expect(c.request(DIRECTORY, 0, b"/rxs\0"), DIRECTORY, b"a\0d\0").map(|_| ())),
+    );
     r.check("MKDIR existing node: OK", ok(c.request(MKDIR, 0, b"/rxs/d\0"), MKDIR));
     r.check("GET_PERMS default", expect(c.request(GET_PERMS, 0, b"/rxs/a\0"), GET_PERMS, b"n0\0").map(|_| ()));
-    r.check("SET_PERMS then GET_PERMS", ok(c.request(SET_PERMS, 0, b"/rxs/a\0n0\0r5\0"), SET_PERMS).and_then(|()| {
-        expect(c.request(GET_PERMS, 0, b"/rxs/a\0"), GET_PERMS, b"n0\0r5\0").map(|_| ())
-    }));
-    r.check("RM then DIRECTORY", ok(c.request(RM, 0, b"/rxs/d\0"), RM).and_then(|()| {
-        expect(c.request(DIRECTORY, 0, b"/rxs\0"), DIRECTORY, b"a\0").map(|_| ())
-    }));
+    r.check(
+        "SET_PERMS then GET_PERMS",
+        ok(c.request(SET_PERMS, 0, b"/rxs/a\0n0\0r5\0"), SET_PERMS)
+            .and_then(|()| expect(c.request(GET_PERMS, 0, b"/rxs/a\0"), GET_PERMS, b"n0\0r5\0").map(|_| ())),
+    );
+    r.check(
+        "RM then DIRECTORY",
+        ok(c.request(RM, 0, b"/rxs/d\0"), RM)
+            .and_then(|()| expect(c.request(DIRECTORY, 0, b"/rxs\0"), DIRECTORY, b"a\0").map(|_| ())),
+    );
     r.check("RM missing node: ENOENT", err(c.request(RM, 0, b"/rxs/none/deeper\0"), "ENOENT"));
-    r.check("GET_DOMAIN_PATH", expect(c.request(GET_DOMAIN_PATH, 0, b"7\0"), GET_DOMAIN_PATH, b"/local/domain/7\0").map(|_| ()));
+    r.check(
+        "GET_DOMAIN_PATH",
+        expect(c.request(GET_DOMAIN_PATH, 0, b"7\0"), GET_DOMAIN_PATH, b"/local/domain/7\0").map(|_| ()),
+    );
     r.check("unknown operation: ENOSYS", err(c.request(99, 0, b""), "ENOSYS"));
     r.check("WATCH_EVENT as a request: ENOSYS", err(c.request(WATCH_EVENT, 0, b""), "ENOSYS"));
     r.check("unknown transaction: ENOENT", err(c.request(READ, 4242, b"/rxs/a\0"), "ENOENT"));
     r.check("invalid path: EINVAL", err(c.request(WRITE, 0, b"/rxs/bad//path\0x"), "EINVAL"));
-    r.check("IS_DOMAIN_INTRODUCED 0", expect(c.request(IS_DOMAIN_INTRODUCED, 0, b"0\0"), IS_DOMAIN_INTRODUCED, b"T\0").map(|_| ()));
+    r.check(
+        "IS_DOMAIN_INTRODUCED 0",
+        expect(c.request(IS_DOMAIN_INTRODUCED, 0, b"0\0"), IS_DOMAIN_INTRODUCED, b"T\0").map(|_| ()),
+    );
 
-    r.check("WATCH: OK, then the initial event", (|| {
-        ok(c.request(WATCH, 0, b"/rxs\0w1\0"), WATCH)?;
-        expect_event(c, "/rxs", "w1")
-    })());
-    r.check("WRITE fires the watch before its reply", (|| {
-        let id = c.send_only(WRITE, 0, b"/rxs/b\0x")?;
-        expect(c.next(), WATCH_EVENT, b"/rxs/b\0w1\0")?;
-        expect(c.reply_to(id), WRITE, b"OK\0").map(|_| ())
-    })());
+    r.check(
+        "WATCH: OK, then the initial event",
+        (|| {
+            ok(c.request(WATCH, 0, b"/rxs\0w1\0"), WATCH)?;
+            expect_event(c, "/rxs", "w1")
+        })(),
+    );
+    r.check(
+        "WRITE fires the watch before its reply",
+        (|| {
+            let id = c.send_only(WRITE, 0, b"/rxs/b\0x")?;
+            expect(c.next(), WATCH_EVENT, b"/rxs/b\0w1\0")?;
+            expect(c.reply_to(id), WRITE, b"OK\0").map(|_| ())
+        })(),
+    );
 
-    r.check("transaction commit: invisible outside until END", (|| {
-        let tx = tx_start(c)?;
-        ok(c.request(WRITE, tx, b"/rxs/t\0in"), WRITE)?;
-        expect(c.request(READ, tx, b"/rxs/t\0"), READ, b"in")?;
-        err(c.request(READ, 0, b"/rxs/t\0"), "ENOENT")?;
-        ok(c.request(TRANSACTION_END, tx, b"T\0"), TRANSACTION_END)?;
-        expect_event(c, "/rxs/t", "w1")?;
-        expect(c.request(READ, 0, b"/rxs/t\0"), READ, b"in").map(|_| ())
-    })());
-    r.check("transaction abort: nothing published", (|| {
-        let tx = tx_start(c)?;
-        ok(c.request(WRITE, tx, b"/rxs/u\0no"), WRITE)?;
-        ok(c.request(TRANSACTION_END, tx, b"F\0"), TRANSACTION_END)?;
-        err(c.request(READ, 0, b"/rxs/u\0"), "ENOENT")?;
-        err(c.request(READ, tx, b"/rxs/u\0"), "ENOENT")
-    })());
+    r.check(
+        "transaction commit: invisible outside until END",
+        (|| {
+            let tx = tx_start(c)?;
+            ok(c.request(WRITE, tx, b"/rxs/t\0in"), WRITE)?;
+            expect(c.request(READ, tx, b"/rxs/t\0"), READ, b"in")?;
+            err(c.request(READ, 0, b"/rxs/t\0"), "ENOENT")?;
+            ok(c.request(TRANSACTION_END, tx, b"T\0"), TRANSACTION_END)?;
+            expect_event(c, "/rxs/t", "w1")?;
+            expect(c.request(READ, 0, b"/rxs/t\0"), READ, b"in").map(|_| ())
+        })(),
+    );
+    r.check(
+        "transaction abort: nothing published",
+        (|| {
+            let tx = tx_start(c)?;
+            ok(c.request(WRITE, tx, b"/rxs/u\0no"), WRITE)?;
+            ok(c.request(TRANSACTION_END, tx, b"F\0"), TRANSACTION_END)?;
+            err(c.request(READ, 0, b"/rxs/u\0"), "ENOENT")?;
+            err(c.request(READ, tx, b"/rxs/u\0"), "ENOENT")
+        })(),
+    );
     r.check("UNWATCH", ok(c.request(UNWATCH, 0, b"/rxs\0w1\0"), UNWATCH));
-    r.check("SET_PERMS inside a transaction is committed", (|| {
-        let tx = tx_start(c)?;
-        ok(c.request(MKDIR, tx, b"/rxs/tp\0"), MKDIR)?;
-        ok(c.request(SET_PERMS, tx, b"/rxs/tp\0n3\0r0\0"), SET_PERMS)?;
-        expect(c.request(GET_PERMS, tx, b"/rxs/tp\0"), GET_PERMS, b"n3\0r0\0")?;
-        ok(c.request(WRITE, tx, b"/rxs/tp/child\0v"), WRITE)?;
-        ok(c.request(TRANSACTION_END, tx, b"T\0"), TRANSACTION_END)?;
-        expect(c.request(GET_PERMS, 0, b"/rxs/tp\0"), GET_PERMS, b"n3\0r0\0")?;
-        expect(c.request(GET_PERMS, 0, b"/rxs/tp/child\0"), GET_PERMS, b"n3\0r0\0").map(|_| ())
-    })());
+    r.check(
+        "SET_PERMS inside a transaction is committed",
+        (|| {
+            let tx = tx_start(c)?;
+            ok(c.request(MKDIR, tx, b"/rxs/tp\0"), MKDIR)?;
+            ok(c.request(SET_PERMS, tx, b"/rxs/tp\0n3\0r0\0"), SET_PERMS)?;
+            expect(c.request(GET_PERMS, tx, b"/rxs/tp\0"), GET_PERMS, b"n3\0r0\0")?;
+            ok(c.request(WRITE, tx, b"/rxs/tp/child\0v"), WRITE)?;
+            ok(c.request(TRANSACTION_END, tx, b"T\0"), TRANSACTION_END)?;
+            expect(c.request(GET_PERMS, 0, b"/rxs/tp\0"), GET_PERMS, b"n3\0r0\0")?;
+            expect(c.request(GET_PERMS, 0, b"/rxs/tp/child\0"), GET_PERMS, b"n3\0r0\0").map(|_| ())
+        })(),
+    );
 
-    r.check("4096-byte payload, reply four times the ring size", (|| {
-        let mut value = Vec::new();
-        let path = b"/rxs/big\0";
-        while value.len() + path.len() < 4096 {
-            value.push(b'a' + (value.len() % 26) as u8);
-        }
-        let mut payload = path.to_vec();
-        payload.extend_from_slice(&value);
-        ok(c.request(WRITE, 0, &payload), WRITE)?;
-        expect(c.request(READ, 0, b"/rxs/big\0"), READ, &value).map(|_| ())
-    })());
-    r.check("300 pipelined requests, indexes wrap", (|| {
-        let mut ids = Vec::new();
-        for i in 0..300 {
-            let payload = format!("/rxs/p/{}\0{}", i % 10, i);
-            ids.push(c.send_only(WRITE, 0, payload.as_bytes())?);
-        }
-        for id in ids {
-            expect(c.reply_to(id), WRITE, b"OK\0")?;
-        }
-        expect(c.request(READ, 0, b"/rxs/p/9\0"), READ, b"299").map(|_| ())
-    })());
-    r.check("RM subtree", ok(c.request(RM, 0, b"/rxs\0"), RM).and_then(|()| err(c.request(READ, 0, b"/rxs/a\0"), "ENOENT")));
+    r.check(
+        "4096-byte payload, reply four times the ring size",
+        (|| {
+            let mut value = Vec::new();
+            let path = b"/rxs/big\0";
+            while value.len() + path.len() < 4096 {
+                value.push(b'a' + (value.len() % 26) as u8);
+            }
+            let mut payload = path.to_vec();
+            payload.extend_from_slice(&value);
+            ok(c.request(WRITE, 0, &payload), WRITE)?;
+            expect(c.request(READ, 0, b"/rxs/big\0"), READ, &value).map(|_| ())
+        })(),
+    );
+    r.check(
+        "300 pipelined requests, indexes wrap",
+        (|| {
+            let mut ids = Vec::new();
+            for i in 0..300 {
+                let payload = format!("/rxs/p/{}\0{}", i % 10, i);
+                ids.push(c.send_only(WRITE, 0, payload.as_bytes())?);
+            }
+            for id in ids {
+                expect(c.reply_to(id), WRITE, b"OK\0")?;
+            }
+            expect(c.request(READ, 0, b"/rxs/p/9\0"), READ, b"299").map(|_| ())
+        })(),
+    );
+    r.check(
+        "RM subtree",
+        ok(c.request(RM, 0, b"/rxs\0"), RM).and_then(|()| err(c.request(READ, 0, b"/rxs/a\0"), "ENOENT")),
+    );
 }
 
 /// Pages for guest domains: page = base + domid.
@@ -395,45 +450,73 @@ fn guest_lifecycle(r: &mut Report, region: Region, c: &mut GuestRing, first_gues
     let domid = 200u32;
     let page = guest_page(first_guest, domid);
     let home = format!("/local/domain/{domid}");
-    r.check("toolstack sets up a guest's home", (|| {
-        ok(c.request(WATCH, 0, b"@introduceDomain\0intro\0"), WATCH)?;
-        expect_event(c, "@introduceDomain", "intro")?;
-        ok(c.request(WATCH, 0, b"@releaseDomain\0rel\0"), WATCH)?;
-        expect_event(c, "@releaseDomain", "rel")?;
-        ok(c.request(MKDIR, 0, format!("{home}\0").as_bytes()), MKDIR)?;
-        ok(c.request(SET_PERMS, 0, format!("{home}\0n{domid}\0").as_bytes()), SET_PERMS)?;
-        ok(c.request(WRITE, 0, format!("{home}/name\0guest-{domid}").as_bytes()), WRITE)
-    })());
-    r.check("INTRODUCE fires @introduceDomain", (|| {
-        introduce(c, domid, page)?;
-        expect_event(c, "@introduceDomain", "intro")?;
-        expect(c.request(IS_DOMAIN_INTRODUCED, 0, format!("{domid}\0").as_bytes()), IS_DOMAIN_INTRODUCED, b"T\0").map(|_| ())
-    })());
+    r.check(
+        "toolstack sets up a guest's home",
+        (|| {
+            ok(c.request(WATCH, 0, b"@introduceDomain\0intro\0"), WATCH)?;
+            expect_event(c, "@introduceDomain", "intro")?;
+            ok(c.request(WATCH, 0, b"@releaseDomain\0rel\0"), WATCH)?;
+            expect_event(c, "@releaseDomain", "rel")?;
+            ok(c.request(MKDIR, 0, format!("{home}\0").as_bytes()), MKDIR)?;
+            ok(c.request(SET_PERMS, 0, format!("{home}\0n{domid}\0").as_bytes()), SET_PERMS)?;
+            ok(c.request(WRITE, 0, format!("{home}/name\0guest-{domid}").as_bytes()), WRITE)
+        })(),
+    );
+    r.check(
+        "INTRODUCE fires @introduceDomain",
+        (|| {
+            introduce(c, domid, page)?;
+            expect_event(c, "@introduceDomain", "intro")?;
+            expect(c.request(IS_DOMAIN_INTRODUCED, 0, format!("{domid}\0").as_bytes()), IS_DOMAIN_INTRODUCED, b"T\0")
+                .map(|_| ())
+        })(),
+    );
     let mut g = GuestRing::new(region, page);
-    r.check("guest reads its name (relative path)", expect(g.request(READ, 0, b"name\0"), READ, format!("guest-{domid}").as_bytes()).map(|_| ()));
+    r.check(
+        "guest reads its name (relative path)",
+        expect(g.request(READ, 0, b"name\0"), READ, format!("guest-{domid}").as_bytes()).map(|_| ()),
+    );
     r.check("guest writes in its home", ok(g.request(WRITE, 0, b"device/vif/0/state\04"), WRITE));
-    r.check("guest may not write outside its home: EACCES", err(g.request(WRITE, 0, b"/local/domain/0/x\0y"), "EACCES"));
+    r.check(
+        "guest may not write outside its home: EACCES",
+        err(g.request(WRITE, 0, b"/local/domain/0/x\0y"), "EACCES"),
+    );
     r.check("guest may not INTRODUCE: EACCES", err(g.request(INTRODUCE, 0, b"9\09\09\0"), "EACCES"));
-    r.check("guest watch fires on the toolstack's write", (|| {
-        ok(g.request(WATCH, 0, b"control\0ctl\0"), WATCH)?;
-        expect_event(&mut g, "control", "ctl")?;
-        ok(c.request(WRITE, 0, format!("{home}/control/shutdown\0poweroff").as_bytes()), WRITE)?;
-        expect_event(&mut g, "control/shutdown", "ctl")
-    })());
-    r.check("toolstack reads what the guest wrote", expect(c.request(READ, 0, format!("{home}/device/vif/0/state\0").as_bytes()), READ, b"4").map(|_| ()));
-    r.check("RELEASE fires @releaseDomain and removes the guest's nodes", (|| {
-        ok(c.request(RELEASE, 0, format!("{domid}\0").as_bytes()), RELEASE)?;
-        expect_event(c, "@releaseDomain", "rel")?;
-        err(c.request(READ, 0, format!("{home}/name\0").as_bytes()), "ENOENT")?;
-        expect(c.request(IS_DOMAIN_INTRODUCED, 0, format!("{domid}\0").as_bytes()), IS_DOMAIN_INTRODUCED, b"F\0")?;
-        ok(c.request(UNWATCH, 0, b"@introduceDomain\0intro\0"), UNWATCH)?;
-        ok(c.request(UNWATCH, 0, b"@releaseDomain\0rel\0"), UNWATCH)
-    })());
+    r.check(
+        "guest watch fires on the toolstack's write",
+        (|| {
+            ok(g.request(WATCH, 0, b"control\0ctl\0"), WATCH)?;
+            expect_event(&mut g, "control", "ctl")?;
+            ok(c.request(WRITE, 0, format!("{home}/control/shutdown\0poweroff").as_bytes()), WRITE)?;
+            expect_event(&mut g, "control/shutdown", "ctl")
+        })(),
+    );
+    r.check(
+        "toolstack reads what the guest wrote",
+        expect(c.request(READ, 0, format!("{home}/device/vif/0/state\0").as_bytes()), READ, b"4").map(|_| ()),
+    );
+    r.check(
+        "RELEASE fires @releaseDomain and removes the guest's nodes",
+        (|| {
+            ok(c.request(RELEASE, 0, format!("{domid}\0").as_bytes()), RELEASE)?;
+            expect_event(c, "@releaseDomain", "rel")?;
+            err(c.request(READ, 0, format!("{home}/name\0").as_bytes()), "ENOENT")?;
+            expect(c.request(IS_DOMAIN_INTRODUCED, 0, format!("{domid}\0").as_bytes()), IS_DOMAIN_INTRODUCED, b"F\0")?;
+            ok(c.request(UNWATCH, 0, b"@introduceDomain\0intro\0"), UNWATCH)?;
+            ok(c.request(UNWATCH, 0, b"@releaseDomain\0rel\0"), UNWATCH)
+        })(),
+    );
 }
 
 /// One toolstack of the bootstorm: creates `per` domains, all commits of a
 /// round at the same moment across toolstacks.
-fn toolstack(region: Region, ring_page: usize, first_guest: usize, ids: Vec<u32>, barrier: Arc<Barrier>) -> Result<u32, String> {
+fn toolstack(
+    region: Region,
+    ring_page: usize,
+    first_guest: usize,
+    ids: Vec<u32>,
+    barrier: Arc<Barrier>,
+) -> Result<u32, String> {
     let mut c = GuestRing::new(region, ring_page);
     let mut eagain = 0;
     for &domid in &ids {
@@ -456,7 +539,10 @@ fn toolstack(region: Region, ring_page: usize, first_guest: usize, ids: Vec<u32>
         w(format!("/local/domain/0/backend/vif/{domid}/0/state"), "1")?;
         w(format!("/vm/storm-{domid}/uuid"), &format!("{domid:08x}"))?;
         // The guest must be able to read the backend's state to see its events (§6.7).
-        ok(c.request(SET_PERMS, tx, format!("/local/domain/0/backend/vif/{domid}/0/state\0n0\0r{domid}\0").as_bytes()), SET_PERMS)?;
+        ok(
+            c.request(SET_PERMS, tx, format!("/local/domain/0/backend/vif/{domid}/0/state\0n0\0r{domid}\0").as_bytes()),
+            SET_PERMS,
+        )?;
         barrier.wait();
         let m = c.request(TRANSACTION_END, tx, b"T\0")?;
         if m.header.msg_type == ERROR && m.payload == b"EAGAIN\0" {
@@ -511,10 +597,16 @@ fn bootstorm(r: &mut Report, region: Region, control: &[usize], first_guest: usi
     let total = per * control.len() as u32;
     let elapsed = start.elapsed();
     r.check(
-        &format!("bootstorm: {} toolstacks x {per} domains, concurrent commits, guests connect, all released", control.len()),
+        &format!(
+            "bootstorm: {} toolstacks x {per} domains, concurrent commits, guests connect, all released",
+            control.len()
+        ),
         if errors.is_empty() { Ok(()) } else { Err(errors) },
     );
-    r.check("bootstorm: no transaction failed with EAGAIN", if eagain == 0 { Ok(()) } else { Err(format!("{eagain} EAGAIN")) });
+    r.check(
+        "bootstorm: no transaction failed with EAGAIN",
+        if eagain == 0 { Ok(()) } else { Err(format!("{eagain} EAGAIN")) },
+    );
     println!(
         "bootstorm: {total} domains in {:.2} s ({:.1} domains/s under QEMU TCG)",
         elapsed.as_secs_f64(),
@@ -523,48 +615,62 @@ fn bootstorm(r: &mut Report, region: Region, control: &[usize], first_guest: usi
 }
 
 fn introduce_burst(r: &mut Report, region: Region, c: &mut GuestRing, first_guest: usize) {
-    r.check("three INTRODUCEs in one burst: every ring is served", (|| {
-        let domids = [210u32, 211, 212];
-        let mut ids = Vec::new();
-        for d in domids {
-            ids.push(c.send_only(INTRODUCE, 0, format!("{d}\0{}\0{}\0", guest_page(first_guest, d), 1000 + d).as_bytes())?);
-        }
-        for id in ids {
-            expect(c.reply_to(id), INTRODUCE, b"OK\0")?;
-        }
-        for d in domids {
-            let mut g = GuestRing::new(region, guest_page(first_guest, d));
-            expect(g.request(GET_DOMAIN_PATH, 0, format!("{d}\0").as_bytes()), GET_DOMAIN_PATH, format!("/local/domain/{d}\0").as_bytes())?;
-        }
-        for d in domids {
-            ok(c.request(RELEASE, 0, format!("{d}\0").as_bytes()), RELEASE)?;
-        }
-        Ok(())
-    })());
+    r.check(
+        "three INTRODUCEs in one burst: every ring is served",
+        (|| {
+            let domids = [210u32, 211, 212];
+            let mut ids = Vec::new();
+            for d in domids {
+                ids.push(c.send_only(
+                    INTRODUCE,
+                    0,
+                    format!("{d}\0{}\0{}\0", guest_page(first_guest, d), 1000 + d).as_bytes(),
+                )?);
+            }
+            for id in ids {
+                expect(c.reply_to(id), INTRODUCE, b"OK\0")?;
+            }
+            for d in domids {
+                let mut g = GuestRing::new(region, guest_page(first_guest, d));
+                expect(
+                    g.request(GET_DOMAIN_PATH, 0, format!("{d}\0").as_bytes()),
+                    GET_DOMAIN_PATH,
+                    format!("/local/domain/{d}\0").as_bytes(),
+                )?;
+            }
+            for d in domids {
+                ok(c.request(RELEASE, 0, format!("{d}\0").as_bytes()), RELEASE)?;
+            }
+            Ok(())
+        })(),
+    );
 }
 
 fn broken_guest(r: &mut Report, region: Region, c: &mut GuestRing, first_guest: usize) {
     let domid = 250u32;
     let page = guest_page(first_guest, domid);
-    r.check("broken guest: oversize length sets error 3, others unaffected", (|| {
-        introduce(c, domid, page)?;
-        let mut g = GuestRing::new(region, page);
-        err(g.request(WRITE, 0, b"/tool/x\0y"), "EACCES")?;
-        let mut bad = Vec::new();
-        for word in [READ, 1, 0, 4097] {
-            bad.extend_from_slice(&u32::to_le_bytes(word));
-        }
-        g.send(&bad)?;
-        let deadline = Instant::now() + TIMEOUT;
-        while g.error_field() != 3 {
-            if Instant::now() > deadline {
-                return Err(format!("error field {}", g.error_field()));
+    r.check(
+        "broken guest: oversize length sets error 3, others unaffected",
+        (|| {
+            introduce(c, domid, page)?;
+            let mut g = GuestRing::new(region, page);
+            err(g.request(WRITE, 0, b"/tool/x\0y"), "EACCES")?;
+            let mut bad = Vec::new();
+            for word in [READ, 1, 0, 4097] {
+                bad.extend_from_slice(&u32::to_le_bytes(word));
             }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        expect(c.request(GET_DOMAIN_PATH, 0, b"1\0"), GET_DOMAIN_PATH, b"/local/domain/1\0")?;
-        ok(c.request(RELEASE, 0, format!("{domid}\0").as_bytes()), RELEASE)
-    })());
+            g.send(&bad)?;
+            let deadline = Instant::now() + TIMEOUT;
+            while g.error_field() != 3 {
+                if Instant::now() > deadline {
+                    return Err(format!("error field {}", g.error_field()));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            expect(c.request(GET_DOMAIN_PATH, 0, b"1\0"), GET_DOMAIN_PATH, b"/local/domain/1\0")?;
+            ok(c.request(RELEASE, 0, format!("{domid}\0").as_bytes()), RELEASE)
+        })(),
+    );
 }
 
 fn main() {
@@ -595,7 +701,9 @@ fn main() {
         }
     };
     let deadline = Instant::now() + TIMEOUT;
-    while region.word(INFO_MAGIC).load(Ordering::Acquire) != MAGIC || region.word(INFO_STATE).load(Ordering::Acquire) != 1 {
+    while region.word(INFO_MAGIC).load(Ordering::Acquire) != MAGIC
+        || region.word(INFO_STATE).load(Ordering::Acquire) != 1
+    {
         if Instant::now() > deadline {
             eprintln!("stubdom-ring-test: the stub domain never marked the region ready");
             std::process::exit(1);
