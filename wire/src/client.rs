@@ -1,6 +1,8 @@
-//! A blocking Unix-socket client, for tests and tools (feature `std`).
+//! A blocking client, for tests and tools (feature `std`).
 //!
-//! One [`Client`] is one xenstore connection. Requests are sent with an
+//! One [`Client`] is one xenstore connection: a Unix socket by default, or
+//! any other byte stream through [`Transport`] (the Xen test harness uses
+//! Linux's `/dev/xen/xenbus`). Requests are sent with an
 //! incrementing `req_id`; while waiting for a reply, every other message
 //! (watch events, stray replies) is kept in a backlog, so nothing is lost.
 //! Watch events are read with [`Client::next_event`], raw messages with
@@ -85,10 +87,49 @@ fn error_name(payload: &[u8]) -> String {
     }
 }
 
-/// One blocking connection to a xenstore daemon's Unix socket.
+/// A byte stream to a xenstore daemon.
+pub trait Transport {
+    /// Writes all of `bytes`.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Reads what is there, waiting at most `timeout`: `Ok(None)` if
+    /// nothing came in time, `Ok(Some(0))` at end of stream.
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>>;
+}
+
+impl Transport for UnixStream {
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        self.set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
+        loop {
+            match self.read(buf) {
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for std::boxed::Box<T> {
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        (**self).send(bytes)
+    }
+
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        (**self).recv(buf, timeout)
+    }
+}
+
+/// One blocking connection to a xenstore daemon.
 #[derive(Debug)]
-pub struct Client {
-    stream: UnixStream,
+pub struct Client<T = UnixStream> {
+    stream: T,
     decoder: Decoder,
     backlog: VecDeque<Message>,
     next_req_id: u32,
@@ -98,23 +139,30 @@ pub struct Client {
 impl Client {
     /// Connects to the socket at `path`.
     pub fn connect(path: impl AsRef<Path>) -> io::Result<Client> {
-        Ok(Client {
-            stream: UnixStream::connect(path)?,
-            decoder: Decoder::new(),
-            backlog: VecDeque::new(),
-            next_req_id: 1,
-            reply_timeout: DEFAULT_REPLY_TIMEOUT,
-        })
-    }
-
-    /// Changes how long [`request`](Self::request) waits for a reply.
-    pub fn set_reply_timeout(&mut self, timeout: Duration) {
-        self.reply_timeout = timeout;
+        Ok(Client::over(UnixStream::connect(path)?))
     }
 
     /// The socket (e.g. to shut it down).
     pub fn stream(&self) -> &UnixStream {
         &self.stream
+    }
+}
+
+impl<T: Transport> Client<T> {
+    /// A client speaking over `stream`.
+    pub fn over(stream: T) -> Client<T> {
+        Client {
+            stream,
+            decoder: Decoder::new(),
+            backlog: VecDeque::new(),
+            next_req_id: 1,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
+        }
+    }
+
+    /// Changes how long [`request`](Self::request) waits for a reply.
+    pub fn set_reply_timeout(&mut self, timeout: Duration) {
+        self.reply_timeout = timeout;
     }
 
     /// Sends a request with the next `req_id` and waits for its reply.
@@ -157,7 +205,7 @@ impl Client {
 
     /// Writes bytes to the socket as they are.
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)
+        self.stream.send(bytes)
     }
 
     /// The next message of any kind (backlog first), or `None` if nothing
@@ -231,17 +279,12 @@ impl Client {
             if now >= deadline {
                 return Ok(None);
             }
-            self.stream.set_read_timeout(Some(deadline - now))?;
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
+            match self.stream.recv(&mut buf, deadline - now)? {
+                None => return Ok(None),
+                Some(0) => {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "daemon closed the connection"));
                 }
-                Ok(n) => self.decoder.push(&buf[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    return Ok(None);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Some(n) => self.decoder.push(&buf[..n]),
             }
         }
     }
@@ -265,7 +308,7 @@ fn nul(s: &[u8]) -> Vec<u8> {
 
 /// Convenience requests. Paths and values are any byte strings; the
 /// `_tx` forms take a transaction id.
-impl Client {
+impl<T: Transport> Client<T> {
     /// READ `path`.
     pub fn read(&mut self, path: impl AsRef<[u8]>) -> io::Result<Reply> {
         self.read_tx(0, path)
