@@ -32,6 +32,19 @@ pub enum DomainState {
     Gone,
 }
 
+/// How [`Platform::attach`] takes up a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingStart {
+    /// INTRODUCE: the ring starts afresh, its indexes zeroed (§8.1 step 3).
+    Reset,
+    /// The ring is taken as it is and the other side is notified: what it
+    /// queued before is served. The store domain's own ring at start-up
+    /// (its kernel may have queued requests before the daemon ran, and
+    /// waits for a notification to probe its devices, as C does), and a
+    /// guest's ring after a restart.
+    Resume,
+}
+
 /// What the core and the event loop ask of the hypervisor: map a guest's
 /// ring, bind and notify its event channel, report pending ports and
 /// domain state. The daemon implements it over Xen's devices
@@ -39,11 +52,13 @@ pub enum DomainState {
 /// stands in where no ring can exist. Everything after `domain_exists` has
 /// a default for ring-less platforms.
 pub trait Platform {
-    /// INTRODUCE of a new domain: map its ring page (grant reference 1, or
-    /// the daemon's own page for the store domain), bind `port` (unless the
-    /// page names another, §8.1), reset the ring advertising `features`;
-    /// `conn` is the connection that will carry its traffic.
-    fn attach(&mut self, conn: ConnId, domid: DomId, gfn: u64, port: u32, features: u32) -> Result<(), Error>;
+    /// A new domain's ring: map its page (grant reference 1, or the
+    /// daemon's own page for the store domain), bind `port` (unless the
+    /// page names another, §8.1), advertise `features` and take the ring
+    /// up as `start` says; `conn` is the connection that will carry its
+    /// traffic.
+    fn attach(&mut self, conn: ConnId, domid: DomId, gfn: u64, port: u32, features: u32, start: RingStart)
+    -> Result<(), Error>;
     /// INTRODUCE of an introduced domain: rebind its event channel to
     /// `port` and reset its ring (§8.1 steps 2–4).
     fn rebind(&mut self, conn: ConnId, domid: DomId, port: u32) -> Result<(), Error>;
@@ -110,8 +125,16 @@ pub trait Platform {
 
 /// A platform chosen at run time (the daemon's command line).
 impl<T: Platform + ?Sized> Platform for alloc::boxed::Box<T> {
-    fn attach(&mut self, conn: ConnId, domid: DomId, gfn: u64, port: u32, features: u32) -> Result<(), Error> {
-        (**self).attach(conn, domid, gfn, port, features)
+    fn attach(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        gfn: u64,
+        port: u32,
+        features: u32,
+        start: RingStart,
+    ) -> Result<(), Error> {
+        (**self).attach(conn, domid, gfn, port, features, start)
     }
     fn rebind(&mut self, conn: ConnId, domid: DomId, port: u32) -> Result<(), Error> {
         (**self).rebind(conn, domid, port)
@@ -164,7 +187,7 @@ impl<T: Platform + ?Sized> Platform for alloc::boxed::Box<T> {
 pub struct NoRings;
 
 impl Platform for NoRings {
-    fn attach(&mut self, _: ConnId, _: DomId, _: u64, _: u32, _: u32) -> Result<(), Error> {
+    fn attach(&mut self, _: ConnId, _: DomId, _: u64, _: u32, _: u32, _: RingStart) -> Result<(), Error> {
         Ok(())
     }
     fn rebind(&mut self, _: ConnId, _: DomId, _: u32) -> Result<(), Error> {

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use engine::{Change, Commit, DomId, Path};
 use wire::{one_arg, parse_lenient_u32, split_args};
 
-use crate::domain::{Domain, Platform, features};
+use crate::domain::{Domain, Platform, RingStart, features};
 use crate::error::{Error, Result};
 use crate::ops::ok;
 use crate::protocol::{Core, parse_domid_arg};
@@ -53,7 +53,7 @@ impl<P: Platform> Core<P> {
             }
             return Ok(ok());
         }
-        self.attach_domain(domid, gfn, port)?;
+        self.attach_domain(domid, gfn, port, RingStart::Reset)?;
         if domid != self.config.priv_domid {
             self.fire_special("@introduceDomain", domid);
         }
@@ -63,10 +63,16 @@ impl<P: Platform> Core<P> {
     /// Gives `domid` a ring connection through the platform and records
     /// it as introduced (INTRODUCE of a new domain; the store domain's own
     /// ring at start-up).
-    pub(crate) fn attach_domain(&mut self, domid: DomId, gfn: u64, port: u32) -> Result<crate::conn::ConnId> {
+    pub(crate) fn attach_domain(
+        &mut self,
+        domid: DomId,
+        gfn: u64,
+        port: u32,
+        start: RingStart,
+    ) -> Result<crate::conn::ConnId> {
         let conn = self.connect_domain(domid);
         let features = self.conns.get(&conn).map_or(features::DEFAULT, |c| c.features);
-        if let Err(e) = self.platform.attach(conn, domid, gfn, port, features) {
+        if let Err(e) = self.platform.attach(conn, domid, gfn, port, features, start) {
             self.disconnect(conn);
             return Err(e);
         }

@@ -59,7 +59,7 @@ pub mod xen;
 
 pub use access::Caller;
 pub use conn::{ConnId, ConnKind, OutQueue};
-pub use domain::{DomainState, NoRings, Platform};
+pub use domain::{DomainState, NoRings, Platform, RingStart};
 pub use error::Error;
 pub use protocol::{Config, Core, JournalEntry, ProtocolViolation, initial_snapshot};
 pub use reader::Reader;

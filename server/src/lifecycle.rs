@@ -61,9 +61,12 @@ impl<P: Platform> Core<P> {
 
     /// Connects the store domain's own ring (its kernel's xenbus, §10.6),
     /// as C does at start-up before any INTRODUCE: the platform maps the
-    /// page itself (`gfn` is unused for this domain).
+    /// page itself (`gfn` is unused for this domain). The ring is resumed,
+    /// not reset: what the kernel queued before the daemon ran is served,
+    /// and the notification wakes its xenbus (which then probes dom0's
+    /// backends).
     pub fn attach_own_ring(&mut self, port: u32) -> Result<ConnId, Error> {
-        self.attach_domain(self.config.store_domid, 0, port)
+        self.attach_domain(self.config.store_domid, 0, port, crate::domain::RingStart::Resume)
     }
 
     /// The `outstanding` quota of a ring connection (§9.1): the event loop

@@ -22,21 +22,28 @@ impl MappedPage {
     /// Maps `PAGE_SIZE` bytes of `fd` at `offset`, shared, read/write.
     pub fn map(fd: BorrowedFd<'_>, offset: u64) -> io::Result<MappedPage> {
         let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: a fresh mapping chosen by the kernel; no Rust object
-        // aliases it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                offset,
-            )
+        let p = loop {
+            // SAFETY: a fresh mapping chosen by the kernel; no Rust object
+            // aliases it.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    PAGE_SIZE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    offset,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                break p;
+            }
+            // A signal (see `xen::ioctl`) is no reason to fail.
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         NonNull::new(p.cast::<u8>()).map(|ptr| MappedPage { ptr }).ok_or_else(|| io::Error::other("mmap gave NULL"))
     }
 }

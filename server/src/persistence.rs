@@ -24,7 +24,7 @@ use engine::{DomId, Store};
 use persist::{DomainRecord, LogRecord, QuotaValue, Recovered, State, StateDir, WatchRecord};
 use wire::encode_watch_event;
 
-use crate::domain::{Domain, Platform};
+use crate::domain::{Domain, Platform, RingStart};
 use crate::protocol::{Core, JournalEntry};
 use crate::quota::{Quota, QuotaName, QuotaTable};
 
@@ -261,7 +261,9 @@ pub fn restore<P: Platform>(mut config: crate::Config, platform: P, state: State
         if rec.introduced && !is_priv {
             core.domains.insert(domid, d);
             let conn = core.connect_domain(domid);
-            if let Err(e) = core.platform.attach(conn, domid, rec.gfn, rec.port, rec.features) {
+            // Resumed: a request the guest queued while the daemon was
+            // down, or that the crash left unanswered, is served now.
+            if let Err(e) = core.platform.attach(conn, domid, rec.gfn, rec.port, rec.features, RingStart::Resume) {
                 // The guest went away while the daemon was down.
                 tracing::warn!("domain {domid}: cannot re-attach its ring ({e}); releasing it");
                 core.destroy_domain(domid, conn);

@@ -281,6 +281,30 @@ impl<P: RingPage> Ring<P> {
         false
     }
 
+    /// Takes the ring up as the other side left it (the store domain's own
+    /// ring at start-up, a guest's after a restart): indexes and queued
+    /// bytes carry on, the features are advertised and the error cleared.
+    /// Inconsistent indexes make the ring bad at once; a pending
+    /// reconnection request is honoured with a [`reset`](Ring::reset).
+    /// The other side must be notified afterwards: it may be waiting.
+    pub fn resume(&mut self) {
+        if load(&self.page, layout::CONNECTION) == connection::RECONNECT {
+            self.reset();
+            return;
+        }
+        self.partial.clear();
+        self.bad = None;
+        store(&self.page, layout::SERVER_FEATURES, self.features);
+        store(&self.page, layout::ERROR, error_code::NONE);
+        fence(Ordering::SeqCst);
+        for half in [REQ, RSP] {
+            let used = load(&self.page, half.prod).wrapping_sub(load(&self.page, half.cons));
+            if used > RING_SIZE {
+                self.fail(RingError::BadIndex);
+            }
+        }
+    }
+
     /// The port the domain builder left in the page (0: none, §8.1).
     pub fn evtchn_port(&self) -> u32 {
         load(&self.page, layout::EVTCHN_PORT)

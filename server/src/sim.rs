@@ -42,7 +42,7 @@ use wire::Op;
 use wire::client::Reply;
 
 use crate::conn::ConnId;
-use crate::domain::{DomainState, Platform};
+use crate::domain::{DomainState, Platform, RingStart};
 use crate::error::Error;
 use crate::os::{self, Epoll, MappedPage};
 use crate::ring::{self, GuestRing, Ring, RingIo, layout};
@@ -173,7 +173,15 @@ fn is_dom_exc(mask: u32, name: &[u8]) -> bool {
 }
 
 impl Platform for SimPlatform {
-    fn attach(&mut self, conn: ConnId, domid: DomId, _gfn: u64, _port: u32, features: u32) -> Result<(), Error> {
+    fn attach(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        _gfn: u64,
+        _port: u32,
+        features: u32,
+        start: RingStart,
+    ) -> Result<(), Error> {
         let open = || -> io::Result<SimRing> {
             let page = map_file(&ring_file(&self.dir, domid))?;
             let to_store = open_fifo(&fifo(&self.dir, domid, "store"))?;
@@ -183,8 +191,12 @@ impl Platform for SimPlatform {
         // C turns mapping failures into EINVAL (§8.1).
         let mut sim = open().map_err(|_| Error::BadRequest)?;
         self.epoll.add(sim.to_store.as_raw_fd(), conn.0).map_err(|_| Error::BadRequest)?;
-        sim.ring.reset();
-        // Always kick: the guest may wait for `connection` to become 0.
+        match start {
+            RingStart::Reset => drop(sim.ring.reset()),
+            RingStart::Resume => sim.ring.resume(),
+        }
+        // Always kick: the guest may wait for `connection` to become 0, or
+        // for an answer to what it queued.
         os::kick(&sim.to_guest);
         self.rings.insert(conn, sim);
         Ok(())

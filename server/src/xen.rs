@@ -23,7 +23,7 @@ use std::ptr::NonNull;
 use engine::DomId;
 
 use crate::conn::ConnId;
-use crate::domain::{DomainState, Platform};
+use crate::domain::{DomainState, Platform, RingStart};
 use crate::error::Error;
 use crate::os::MappedPage;
 use crate::ring::{PAGE_SIZE, Ring, RingIo, RingPage};
@@ -60,11 +60,21 @@ const DOMCTL_SIZE: usize = 16 + 128;
 /// EACCES); the first accepted one is kept. 0x12 ≈ Xen 4.13 … 0x18 ≈ 4.22.
 const DOMCTL_VERSIONS: std::ops::RangeInclusive<u32> = 0x12..=0x1f;
 
+/// An ioctl, tried again when a signal interrupted it (the event loop's
+/// helper thread signals the main thread to end a solo run).
 fn ioctl<T>(fd: &File, request: libc::c_ulong, arg: &mut T) -> io::Result<i32> {
-    // SAFETY: `arg` is the structure the request expects (layouts above),
-    // valid and exclusively borrowed for the call.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg as *mut T) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    loop {
+        // SAFETY: `arg` is the structure the request expects (layouts
+        // above), valid and exclusively borrowed for the call.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg as *mut T) };
+        if r >= 0 {
+            return Ok(r);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 fn open_dev(path: &str) -> io::Result<File> {
@@ -342,7 +352,15 @@ impl XenPlatform {
 }
 
 impl Platform for XenPlatform {
-    fn attach(&mut self, conn: ConnId, domid: DomId, _gfn: u64, port: u32, features: u32) -> Result<(), Error> {
+    fn attach(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        _gfn: u64,
+        port: u32,
+        features: u32,
+        start: RingStart,
+    ) -> Result<(), Error> {
         let mut ring = Ring::new(self.map_ring(domid)?, features);
         let port = match ring.evtchn_port() {
             0 => port,
@@ -352,7 +370,13 @@ impl Platform for XenPlatform {
             tracing::warn!("domain {}: cannot bind port {port}: {e}", domid.0);
             Error::BadRequest
         })?;
-        let notify = ring.reset();
+        let notify = match start {
+            RingStart::Reset => ring.reset(),
+            RingStart::Resume => {
+                ring.resume();
+                true
+            }
+        };
         self.ports.insert(local, conn);
         self.rings.insert(conn, XenRing { ring, local_port: local });
         if notify {

@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use engine::DomId;
 use server::domain::features;
 use server::ring::{PAGE_SIZE, Ring, RingError, RingIo, RingPage};
-use server::{ConnId, Core, Error, Platform};
+use server::{ConnId, Core, Error, Platform, RingStart};
 
 use crate::println;
 
@@ -112,9 +112,12 @@ pub struct ShmPlatform {
 }
 
 impl ShmPlatform {
-    fn add(&mut self, conn: ConnId, index: usize, domid: Option<DomId>, features: u32) {
+    fn add(&mut self, conn: ConnId, index: usize, domid: Option<DomId>, features: u32, start: RingStart) {
         let mut ring = Ring::new(self.shm.page(index), features);
-        ring.reset();
+        match start {
+            RingStart::Reset => drop(ring.reset()),
+            RingStart::Resume => ring.resume(),
+        }
         if let Some(d) = domid {
             println!("stubdom: serving {d} on page {index}");
         }
@@ -123,7 +126,15 @@ impl ShmPlatform {
 }
 
 impl Platform for ShmPlatform {
-    fn attach(&mut self, conn: ConnId, domid: DomId, gfn: u64, _port: u32, features: u32) -> Result<(), Error> {
+    fn attach(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        gfn: u64,
+        _port: u32,
+        features: u32,
+        start: RingStart,
+    ) -> Result<(), Error> {
         let index = usize::try_from(gfn).unwrap_or(usize::MAX);
         if index < FIRST_GUEST_PAGE || index >= self.shm.pages() {
             return Err(Error::Platform("gfn is not a guest page of the shared region"));
@@ -131,7 +142,7 @@ impl Platform for ShmPlatform {
         if self.rings.values().any(|r| r.page_index == index) {
             return Err(Error::Platform("page already serves a ring"));
         }
-        self.add(conn, index, Some(domid), features);
+        self.add(conn, index, Some(domid), features, start);
         Ok(())
     }
 
@@ -182,7 +193,7 @@ impl Frontend {
         let controls = CONTROL_RINGS.min(shm.pages().saturating_sub(1));
         for index in 1..=controls {
             let conn = core.connect_domain(priv_domid);
-            core.platform().add(conn, index, None, features::DEFAULT);
+            core.platform().add(conn, index, None, features::DEFAULT, RingStart::Reset);
         }
         shm.info(info::VERSION).store(info::LAYOUT_VERSION, Ordering::Relaxed);
         shm.info(info::PAGES).store(shm.pages() as u32, Ordering::Relaxed);
