@@ -37,8 +37,14 @@ pub const DEFAULT_VERSION: u32 = 2;
 /// reads (4.17's `xenstore-control` cannot send `-v`, and 4.17 refuses
 /// version 2).
 pub fn default_version(binary: &[u8]) -> u32 {
+    if is_rxenstored(binary) { DEFAULT_VERSION } else { 1 }
+}
+
+/// Whether the live update's new binary is rxenstored (its file name says
+/// so); anything else is taken for a C xenstored.
+pub fn is_rxenstored(binary: &[u8]) -> bool {
     let name = binary.rsplit(|b| *b == b'/').next().unwrap_or(binary);
-    if name.windows(10).any(|w| w == b"rxenstored") { DEFAULT_VERSION } else { 1 }
+    name.windows(10).any(|w| w == b"rxenstored")
 }
 
 /// What `-s` asked for, once accepted.

@@ -51,14 +51,66 @@ fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// rxenstored's options that C xenstored does not know, and whether each
+/// takes a value: a C successor would refuse to start with them.
+/// (The daemon's test `every_option_is_c_s_or_known_to_be_ours_alone`
+/// keeps this list whole.)
+pub const RXENSTORED_ONLY_OPTIONS: [(&str, bool); 11] = [
+    ("xen", false),
+    ("sim-rings", true),
+    ("no-rings", false),
+    ("socket-threads", false),
+    ("state-dir", true),
+    ("durability", true),
+    ("checkpoint-interval", true),
+    ("checkpoint-commits", true),
+    ("discard-state", false),
+    ("log-level", true),
+    ("log-file", true),
+];
+
+/// Our command line as C xenstored reads it: our own options dropped,
+/// `--priv-domid N` and `--keep-orphans` in C's short forms.
+pub fn args_for_c(ours: &[OsString]) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(ours.len());
+    let mut it = ours.iter();
+    while let Some(arg) = it.next() {
+        let s = arg.to_string_lossy();
+        let Some(long) = s.strip_prefix("--") else {
+            out.push(arg.clone());
+            continue;
+        };
+        let (name, inline_value) = match long.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (long, None),
+        };
+        match (name, inline_value) {
+            ("priv-domid", Some(v)) => out.extend(["-p".into(), OsString::from(v)]),
+            ("priv-domid", None) => out.push("-p".into()),
+            ("keep-orphans", _) => out.push("-K".into()),
+            _ => match RXENSTORED_ONLY_OPTIONS.iter().find(|(n, _)| *n == name) {
+                Some((_, takes_value)) => {
+                    if *takes_value && inline_value.is_none() {
+                        it.next();
+                    }
+                }
+                None => out.push(arg.clone()),
+            },
+        }
+    }
+    out
+}
+
 /// The new process's argv: `[binary, -c words..., -U]`, or ours with
-/// argv[0] replaced and `-U` added if missing (as C builds it).
+/// argv[0] replaced and `-U` added if missing (as C builds it); for a C
+/// successor, ours without the options only rxenstored has.
 pub fn new_argv(req: &LuRequest, ours: &[OsString]) -> Vec<OsString> {
     let binary = OsString::from_vec(req.binary.clone());
     let mut argv = vec![binary];
     match &req.cmdline {
         Some(words) => argv.extend(words.iter().map(|w| OsString::from_vec(w.clone()))),
-        None => argv.extend(ours.iter().skip(1).cloned()),
+        None if crate::live_update::is_rxenstored(&req.binary) => argv.extend(ours.iter().skip(1).cloned()),
+        None => argv.extend(args_for_c(ours.get(1..).unwrap_or_default())),
     }
     if !argv.iter().skip(1).any(|a| a == "-U" || a == "--live-update") {
         argv.push(OsString::from("-U"));
@@ -187,6 +239,44 @@ mod tests {
         assert_eq!(new_argv(&req, &ours), ["/new", "-N", "-T", "/t", "-U"].map(OsString::from));
     }
 
+    #[test]
+    fn a_c_successor_gets_only_options_c_knows() {
+        let req = LuRequest {
+            conn: ConnId(1),
+            req_id: 0,
+            tx_id: 0,
+            binary: b"/usr/lib/xen-4.17/bin/xenstored".to_vec(),
+            cmdline: None,
+            version: 1,
+        };
+        let ours: Vec<OsString> = [
+            "/usr/sbin/rxenstored",
+            "--pid-file",
+            "/p",
+            "--state-dir",
+            "/s",
+            "--durability=commit",
+            "--xen",
+            "--priv-domid",
+            "7",
+            "--keep-orphans",
+            "-E",
+            "100",
+            "--log-file",
+            "/l",
+            "-T",
+            "/t",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        assert_eq!(
+            new_argv(&req, &ours),
+            ["/usr/lib/xen-4.17/bin/xenstored", "--pid-file", "/p", "-p", "7", "-K", "-E", "100", "-T", "/t", "-U"]
+                .map(OsString::from)
+        );
+    }
+
     /// A platform with an event-channel device to hand over (a pipe here)
     /// that counts what the live update asks of it.
     struct Handing {
@@ -196,7 +286,15 @@ mod tests {
     }
 
     impl Platform for Handing {
-        fn attach(&mut self, _: ConnId, _: engine::DomId, _: u64, _: u32, _: u32) -> Result<(), crate::error::Error> {
+        fn attach(
+            &mut self,
+            _: ConnId,
+            _: engine::DomId,
+            _: u64,
+            _: u32,
+            _: u32,
+            _: crate::domain::RingStart,
+        ) -> Result<(), crate::error::Error> {
             Ok(())
         }
         fn rebind(&mut self, _: ConnId, _: engine::DomId, _: u32) -> Result<(), crate::error::Error> {
