@@ -145,6 +145,7 @@ impl<P: Platform> State<P> {
             let queued = self.core.output(id).map_or(0, |o| o.len());
             if limit.is_some_and(|l| queued >= l) {
                 // Wait for the guest to consume: it notifies us.
+                tracing::debug!(conn = id.0, queued, "ring: waiting for the guest to take its replies");
                 break;
             }
             let Some(ring) = self.core.platform().ring(id) else { return false };
@@ -160,6 +161,11 @@ impl<P: Platform> State<P> {
                     }
                 }
                 Err(e) => return self.abandon(id, e),
+            }
+            if tracing::enabled!(tracing::Level::TRACE)
+                && let Some(h) = self.rings.buf.first_chunk::<{ wire::HEADER_LEN }>()
+            {
+                tracing::trace!(conn = id.0, header = ?wire::Header::parse(h), "ring: request");
             }
             if let Err(v) = self.core.receive(id, &self.rings.buf) {
                 return self.abandon(id, RingError::Protocol { len: v.len });
@@ -184,6 +190,7 @@ impl<P: Platform> State<P> {
             match ring.write(front) {
                 Ok(0) => break,
                 Ok(n) => {
+                    tracing::trace!(conn = id.0, bytes = n, "ring: output");
                     out.advance(n);
                     wrote = true;
                 }
