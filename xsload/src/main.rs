@@ -8,7 +8,8 @@
 //! * `daemons`: starting (fresh, per case) and stopping the servers.
 //! * `conn`: the lean blocking connection of the timed loops, on `wire`'s
 //!   codec; the `Fail` type (stalled vs wrong).
-//! * `pairs`, `bootstorm`, `readheavy`, `large`: the workloads.
+//! * `pairs`, `bootstorm` (also from a fresh tree), `readheavy`, `large`:
+//!   the workloads.
 //! * `rings`: `pairs-ring` and `bootstorm-ring`, rxenstored only: the
 //!   guests on simulated shared rings (`--sim-rings`), against the same
 //!   workload over the socket (ring ÷ socket).
@@ -49,14 +50,11 @@ struct Cli {
     /// Tiny sizes (a smoke test of the tool, a few seconds per daemon).
     #[arg(long)]
     quick: bool,
-    /// Workloads to run: pairs, bootstorm, read-heavy, large-tree,
-    /// pairs-ring, bootstorm-ring (comma-separated). The ring variants run
-    /// rxenstored only, over simulated rings and over the socket.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "pairs,bootstorm,read-heavy,large-tree,pairs-ring,bootstorm-ring"
-    )]
+    /// Workloads to run: pairs, bootstorm, bootstorm-fresh, read-heavy,
+    /// large-tree, pairs-ring, bootstorm-ring (comma-separated). The ring
+    /// variants run rxenstored only, over simulated rings and over the
+    /// socket.
+    #[arg(long, value_delimiter = ',', default_values = WORKLOADS)]
     only: Vec<String>,
     /// Servers to compare: rxenstored (default mode), rx-threads (rxenstored
     /// --socket-threads), cxenstored, oxenstored, floor (comma-separated).
@@ -80,6 +78,10 @@ struct Cli {
     /// Bootstorm cases as DOMAINS/CLIENTS (comma-separated) [default: 200/1,200/8,1000/16; quick: 20/4].
     #[arg(long, value_delimiter = ',', value_name = "D/C")]
     bootstorm: Vec<String>,
+    /// bootstorm-fresh cases (the backend directories and the domains
+    /// removed first) as DOMAINS/CLIENTS [default: 200/8; quick: 20/4].
+    #[arg(long, value_delimiter = ',', value_name = "D/C")]
+    bootstorm_fresh: Vec<String>,
     /// bootstorm-ring cases as DOMAINS/CLIENTS [default: 100/4,1000/8; quick: 10/2].
     #[arg(long, value_delimiter = ',', value_name = "D/C")]
     bootstorm_ring: Vec<String>,
@@ -111,6 +113,7 @@ struct Sizes {
     pairs_conns: Vec<usize>,
     pairs_reps: usize,
     boot: Vec<(u32, usize)>,
+    boot_fresh: Vec<(u32, usize)>,
     ring_boot: Vec<(u32, usize)>,
     ring_guest_threads: usize,
     watchers: usize,
@@ -133,6 +136,7 @@ impl Sizes {
                 pairs_conns: vec![1, 16],
                 pairs_reps: 1,
                 boot: vec![(20, 4)],
+                boot_fresh: vec![(20, 4)],
                 ring_boot: vec![(10, 2)],
                 ring_guest_threads: 2,
                 watchers: 2,
@@ -152,6 +156,7 @@ impl Sizes {
                 pairs_conns: vec![1, 16],
                 pairs_reps: 3,
                 boot: vec![(200, 1), (200, 8), (1000, 16)],
+                boot_fresh: vec![(200, 8)],
                 ring_boot: vec![(100, 4), (1000, 8)],
                 ring_guest_threads: 4,
                 watchers: 2,
@@ -188,6 +193,11 @@ impl Sizes {
             s.boot = parse_cases(&cli.bootstorm, u32::MAX)
                 .map_err(|()| format!("--bootstorm {:?}: expected DOMAINS/CLIENTS (1..=256 clients)", cli.bootstorm))?;
         }
+        if !cli.bootstorm_fresh.is_empty() {
+            s.boot_fresh = parse_cases(&cli.bootstorm_fresh, u32::MAX).map_err(|()| {
+                format!("--bootstorm-fresh {:?}: expected DOMAINS/CLIENTS (1..=256 clients)", cli.bootstorm_fresh)
+            })?;
+        }
         if !cli.bootstorm_ring.is_empty() {
             s.ring_boot = parse_cases(&cli.bootstorm_ring, 30_000).map_err(|()| {
                 format!(
@@ -199,6 +209,10 @@ impl Sizes {
         Ok(s)
     }
 }
+
+/// Every workload, in the order they run.
+const WORKLOADS: [&str; 7] =
+    ["pairs", "bootstorm", "bootstorm-fresh", "read-heavy", "large-tree", "pairs-ring", "bootstorm-ring"];
 
 /// Parses `DOMAINS/CLIENTS` cases (1..=`max_domains`, 1..=256 clients).
 fn parse_cases(cases: &[String], max_domains: u32) -> Result<Vec<(u32, usize)>, ()> {
@@ -361,9 +375,9 @@ fn run_pairs(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>) {
     }
 }
 
-fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
-    for &(domains, clients) in &s.boot {
-        let case = format!("bootstorm {domains} dom/{clients} cl");
+fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes, cases: &[(u32, usize)], fresh: bool) {
+    for &(domains, clients) in cases {
+        let case = format!("bootstorm{} {domains} dom/{clients} cl", if fresh { " fresh" } else { "" });
         let metric = |metric, unit, better| Metric { case: &case, metric, unit, better };
         let elapsed = metric("elapsed", Unit::Secs, Better::Lower);
         let reqs = metric("req/s", Unit::PerSec, Better::Higher);
@@ -389,6 +403,7 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                 reply_timeout: s.reply_timeout,
                 deadline: s.boot_deadline,
                 grace: s.boot_grace,
+                fresh,
             };
             let cpu_before = d.cpu_times();
             match bootstorm::run(d.socket(), &b) {
@@ -440,6 +455,13 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                         r.sheet.note(format!(
                             "{case}: {kind}: a watcher did not get the final event within {:?} after the last domain",
                             s.boot_grace
+                        ));
+                    }
+                    let expected = bootstorm::EVENTS_PER_DOMAIN * u64::from(res.domains_done);
+                    if let Some(w) = res.watchers.iter().find(|w| !w.stalled && w.events != expected) {
+                        r.sheet.note(format!(
+                            "{case}: {kind}: a watcher got {} events for {expected} backend keys written",
+                            w.events
                         ));
                     }
                     match d.hwm() {
@@ -848,7 +870,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    const WORKLOADS: [&str; 6] = ["pairs", "bootstorm", "read-heavy", "large-tree", "pairs-ring", "bootstorm-ring"];
     for w in &cli.only {
         if !WORKLOADS.contains(&w.trim()) {
             eprintln!("xsload: unknown workload {w:?} ({})", WORKLOADS.join(", "));
@@ -877,7 +898,10 @@ fn main() -> ExitCode {
         run_pairs(&mut r, &kinds, &sizes, cli.pin);
     }
     if wants("bootstorm") {
-        run_bootstorm(&mut r, &kinds, &sizes);
+        run_bootstorm(&mut r, &kinds, &sizes, &sizes.boot, false);
+    }
+    if wants("bootstorm-fresh") {
+        run_bootstorm(&mut r, &kinds, &sizes, &sizes.boot_fresh, true);
     }
     if wants("read-heavy") {
         run_read_heavy(&mut r, &kinds, &sizes, cli.pin);
