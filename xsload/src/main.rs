@@ -10,6 +10,11 @@
 //!   codec; the `Fail` type (stalled vs wrong).
 //! * `pairs`, `bootstorm` (also from a fresh tree), `readheavy`, `large`:
 //!   the workloads.
+//! * `idle`, `watchroot`, `lstree`: cases users meet, with the daemon and
+//!   the client pinned to CPUs of their own (`--cpus`) and every figure
+//!   also given as a ratio to C xenstored's: one active connection among
+//!   many idle ones, a watcher on `/` while domains are written, and
+//!   `xenstore-ls` of a large tree.
 //! * `rings`: `pairs-ring` and `bootstorm-ring`, rxenstored only: the
 //!   guests on simulated shared rings (`--sim-rings`), against the same
 //!   workload over the socket (ring ÷ socket).
@@ -24,12 +29,15 @@ mod bootstorm;
 mod conn;
 mod daemons;
 mod floor;
+mod idle;
 mod large;
+mod lstree;
 mod pairs;
 mod readheavy;
 mod report;
 mod rings;
 mod sys;
+mod watchroot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,9 +59,9 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Workloads to run: pairs, bootstorm, bootstorm-fresh, read-heavy,
-    /// large-tree, pairs-ring, bootstorm-ring (comma-separated). The ring
-    /// variants run rxenstored only, over simulated rings and over the
-    /// socket.
+    /// large-tree, idle-conns, watch-root, ls-tree, pairs-ring,
+    /// bootstorm-ring (comma-separated). The ring variants run rxenstored
+    /// only, over simulated rings and over the socket.
     #[arg(long, value_delimiter = ',', default_values = WORKLOADS)]
     only: Vec<String>,
     /// Servers to compare: rxenstored (default mode), rx-threads (rxenstored
@@ -82,6 +90,22 @@ struct Cli {
     /// removed first) as DOMAINS/CLIENTS [default: 200/8; quick: 20/4].
     #[arg(long, value_delimiter = ',', value_name = "D/C")]
     bootstorm_fresh: Vec<String>,
+    /// The CPUs of the daemon and of the client in idle-conns, watch-root
+    /// and ls-tree, as DAEMON,CLIENT [default: 1,0; unpinned on a machine
+    /// with one CPU].
+    #[arg(long, value_delimiter = ',', value_name = "D,C", num_args = 2)]
+    cpus: Vec<usize>,
+    /// Idle connections of the idle-conns cases (comma-separated)
+    /// [default: 0,500,1000,5000; quick: 0,50].
+    #[arg(long, value_delimiter = ',', value_name = "N")]
+    idle: Vec<usize>,
+    /// Domains written in watch-root [default: 1000; quick: 20].
+    #[arg(long, value_name = "N")]
+    watch_domains: Option<u32>,
+    /// Shape of the ls-tree tree as DIRS/LEAVES_PER_DIR, DIRS ≤ 1000
+    /// [default: 1000/99 (100,000 nodes); quick: 20/49].
+    #[arg(long, value_name = "D/L")]
+    ls: Option<String>,
     /// bootstorm-ring cases as DOMAINS/CLIENTS [default: 100/4,1000/8; quick: 10/2].
     #[arg(long, value_delimiter = ',', value_name = "D/C")]
     bootstorm_ring: Vec<String>,
@@ -125,6 +149,13 @@ struct Sizes {
     large_dirs: u64,
     large_per_dir: u64,
     large_budget: Duration,
+    idle: Vec<usize>,
+    idle_duration: Duration,
+    watch_domains: u32,
+    ls_dirs: u64,
+    ls_per_dir: u64,
+    /// The daemon's and the client's CPU in the pinned cases.
+    split_cpus: Option<(usize, usize)>,
     reply_timeout: Duration,
 }
 
@@ -148,6 +179,12 @@ impl Sizes {
                 large_dirs: 20,
                 large_per_dir: 500,
                 large_budget: Duration::from_secs(30),
+                idle: vec![0, 50],
+                idle_duration: Duration::from_millis(300),
+                watch_domains: 20,
+                ls_dirs: 20,
+                ls_per_dir: 49,
+                split_cpus: None,
                 reply_timeout: Duration::from_secs(10),
             }
         } else {
@@ -168,6 +205,12 @@ impl Sizes {
                 large_dirs: 1000,
                 large_per_dir: 1000,
                 large_budget: Duration::from_secs(45),
+                idle: vec![0, 500, 1000, 5000],
+                idle_duration: Duration::from_secs(2),
+                watch_domains: 1000,
+                ls_dirs: 1000,
+                ls_per_dir: 99,
+                split_cpus: None,
                 reply_timeout: Duration::from_secs(10),
             }
         };
@@ -198,6 +241,39 @@ impl Sizes {
                 format!("--bootstorm-fresh {:?}: expected DOMAINS/CLIENTS (1..=256 clients)", cli.bootstorm_fresh)
             })?;
         }
+        if !cli.idle.is_empty() {
+            if cli.idle.iter().any(|&n| n > 100_000) {
+                return Err(format!("--idle {:?}: at most 100000 connections", cli.idle));
+            }
+            s.idle = cli.idle.clone();
+        }
+        if let Some(n) = cli.watch_domains {
+            if !(1..=100_000).contains(&n) {
+                return Err(format!("--watch-domains {n}: expected 1..=100000"));
+            }
+            s.watch_domains = n;
+        }
+        if let Some(shape) = &cli.ls {
+            let parsed = shape
+                .split_once('/')
+                .and_then(|(d, l)| Some((d.trim().parse::<u64>().ok()?, l.trim().parse::<u64>().ok()?)));
+            match parsed {
+                // /ls's list of names "0".."999" fits in one reply.
+                Some((d, l)) if (1..=1000).contains(&d) && (1..=10_000).contains(&l) => {
+                    (s.ls_dirs, s.ls_per_dir) = (d, l)
+                }
+                _ => {
+                    return Err(format!("--ls {shape}: expected DIRS/LEAVES_PER_DIR, 1..=1000 dirs, 1..=10000 leaves"));
+                }
+            }
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        s.split_cpus = match cli.cpus.as_slice() {
+            [] if cpus >= 2 => Some((1, 0)),
+            [] => None,
+            &[d, c] if d != c && d < libc::CPU_SETSIZE as usize && c < libc::CPU_SETSIZE as usize => Some((d, c)),
+            other => return Err(format!("--cpus {other:?}: expected two different CPUs, DAEMON,CLIENT")),
+        };
         if !cli.bootstorm_ring.is_empty() {
             s.ring_boot = parse_cases(&cli.bootstorm_ring, 30_000).map_err(|()| {
                 format!(
@@ -211,8 +287,18 @@ impl Sizes {
 }
 
 /// Every workload, in the order they run.
-const WORKLOADS: [&str; 7] =
-    ["pairs", "bootstorm", "bootstorm-fresh", "read-heavy", "large-tree", "pairs-ring", "bootstorm-ring"];
+const WORKLOADS: [&str; 10] = [
+    "pairs",
+    "bootstorm",
+    "bootstorm-fresh",
+    "read-heavy",
+    "large-tree",
+    "idle-conns",
+    "watch-root",
+    "ls-tree",
+    "pairs-ring",
+    "bootstorm-ring",
+];
 
 /// Parses `DOMAINS/CLIENTS` cases (1..=`max_domains`, 1..=256 clients).
 fn parse_cases(cases: &[String], max_domains: u32) -> Result<Vec<(u32, usize)>, ()> {
@@ -606,6 +692,210 @@ fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     }
 }
 
+/// Adds a row "`metric` ÷ C" to `case`: each daemon's figure divided by
+/// C xenstored's, from the same run.
+fn ratio_to_c(r: &mut Runner, case: &str, metric: &str, kinds: &[Kind]) {
+    let Some(c) = r.sheet.get(case, metric, Kind::Cxenstored).filter(|c| *c > 0.0) else { return };
+    let name = format!("{metric} ÷ C");
+    let m = Metric { case, metric: &name, unit: Unit::Ratio, better: Better::Neither };
+    for &kind in kinds {
+        let cell = match r.sheet.get(case, metric, kind) {
+            Some(v) => Cell::Num(v / c),
+            None => Cell::Text("–".into()),
+        };
+        r.sheet.set(m, kind, cell);
+    }
+}
+
+/// The daemons of the cases users meet: not the floor, which is no store.
+fn store_kinds(kinds: &[Kind]) -> Vec<Kind> {
+    kinds.iter().copied().filter(|k| *k != Kind::Floor).collect()
+}
+
+fn run_idle(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
+    let kinds = store_kinds(kinds);
+    let (daemon_cpu, client_cpu) = (s.split_cpus.map(|c| c.0), s.split_cpus.map(|c| c.1));
+    for &n in &s.idle {
+        let case = format!("idle conns {n}");
+        let m = Metric { case: &case, metric: "req/s", unit: Unit::PerSec, better: Better::Higher };
+        // Every daemon up at once, the repetitions in rounds (as `pairs`);
+        // each measurement opens its own idle connections and closes them.
+        let mut entrants = Vec::new();
+        for &kind in &kinds {
+            match r.start(kind, daemon_cpu, &case) {
+                Some(d) => entrants.push((kind, d, Vec::new(), None)),
+                None => r.skip(&[m], kind),
+            }
+        }
+        let p = idle::Idle { idle: n, duration: s.idle_duration, client_cpu, timeout: s.reply_timeout };
+        for _ in 0..s.pairs_reps {
+            for (_, d, runs, failed) in &mut entrants {
+                if failed.is_none() {
+                    match idle::run(d.socket(), &p) {
+                        Ok(v) => runs.push(v),
+                        Err(e) => *failed = Some(e),
+                    }
+                }
+            }
+        }
+        for (kind, mut d, mut runs, failed) in entrants {
+            match failed {
+                Some(e) => r.fail(&[m], kind, &e, &d),
+                None => {
+                    runs.sort_by(f64::total_cmp);
+                    let median = runs[runs.len() / 2];
+                    let all: Vec<String> = runs.iter().map(|v| format!("{v:.0}")).collect();
+                    progress(&case, kind, &format!("{median:.0} req/s (runs: {})", all.join(", ")));
+                    r.sheet.set(m, kind, Cell::Num(median));
+                }
+            }
+            r.check_alive(&mut d, &case);
+        }
+        ratio_to_c(r, &case, "req/s", &kinds);
+    }
+    // How flat: each daemon's figure with the most idle connections ÷ with none.
+    if let (Some(&first), Some(&last)) = (s.idle.first(), s.idle.last())
+        && first != last
+    {
+        let name = format!("idle conns {last} ÷ {first}");
+        let m = Metric { case: &name, metric: "req/s", unit: Unit::Ratio, better: Better::Higher };
+        for &kind in &kinds {
+            let a = r.sheet.get(&format!("idle conns {last}"), "req/s", kind);
+            let b = r.sheet.get(&format!("idle conns {first}"), "req/s", kind);
+            let cell = match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Cell::Num(a / b),
+                _ => Cell::Text("–".into()),
+            };
+            r.sheet.set(m, kind, cell);
+        }
+    }
+}
+
+fn run_watch_root(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
+    let kinds = store_kinds(kinds);
+    let (daemon_cpu, client_cpu) = (s.split_cpus.map(|c| c.0), s.split_cpus.map(|c| c.1));
+    let case = format!("watch / while {} domains written", s.watch_domains);
+    let metric = |metric, unit, better| Metric { case: &case, metric, unit, better };
+    let plain = metric("writes/s, no watcher", Unit::PerSec, Better::Higher);
+    let watched = metric("writes/s, watcher on /", Unit::PerSec, Better::Higher);
+    let events = metric("events to the watcher", Unit::Count, Better::Neither);
+    let lag = metric("watcher's lag after the last reply", Unit::Secs, Better::Lower);
+    for (watch, rows) in [(false, vec![plain]), (true, vec![watched, events, lag])] {
+        for &kind in &kinds {
+            let Some(mut d) = r.start(kind, daemon_cpu, &case) else {
+                r.skip(&rows, kind);
+                continue;
+            };
+            let p = watchroot::WatchRoot {
+                domains: s.watch_domains,
+                watch,
+                client_cpu,
+                timeout: s.reply_timeout,
+                grace: s.boot_grace,
+            };
+            match watchroot::run(d.socket(), &p) {
+                Err(e) => r.fail(&rows, kind, &e, &d),
+                Ok(res) => {
+                    let rate = res.writes as f64 / res.elapsed;
+                    progress(
+                        &case,
+                        kind,
+                        &format!(
+                            "{} writes in {:.2} s ({rate:.0}/s){}",
+                            res.writes,
+                            res.elapsed,
+                            if watch {
+                                format!(", {} events, lag {:.3} s", res.events, res.lag)
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    );
+                    r.sheet.set(rows[0], kind, Cell::Num(rate));
+                    if watch {
+                        r.sheet.set(events, kind, Cell::Num(res.events as f64));
+                        r.sheet.set(lag, kind, Cell::Num(res.lag));
+                        if res.events != res.writes {
+                            r.sheet.note(format!("{case}: {kind}: {} events for {} writes", res.events, res.writes));
+                        }
+                    }
+                }
+            }
+            r.check_alive(&mut d, &case);
+        }
+    }
+    for m in ["writes/s, no watcher", "writes/s, watcher on /"] {
+        ratio_to_c(r, &case, m, &kinds);
+    }
+}
+
+fn run_ls_tree(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
+    let kinds = store_kinds(kinds);
+    let (daemon_cpu, client_cpu) = (s.split_cpus.map(|c| c.0), s.split_cpus.map(|c| c.1));
+    let nodes = s.ls_dirs + s.ls_dirs * s.ls_per_dir;
+    let case = if nodes >= 1000 { format!("ls {}k-node tree", nodes / 1000) } else { format!("ls {nodes}-node tree") };
+    let metric = |metric, unit, better| Metric { case: &case, metric, unit, better };
+    let walk = metric("walk (DIRECTORY+READ), nodes/s", Unit::PerSec, Better::Higher);
+    let tool = metric("xenstore-ls, nodes/s", Unit::PerSec, Better::Higher);
+    let tool_secs = metric("xenstore-ls, time", Unit::Secs, Better::Lower);
+    let all = [walk, tool, tool_secs];
+    // Debian's client tools are there once start-peer has unpacked them.
+    let cache = std::env::var_os("XS_PEERS_CACHE").map_or_else(|| PathBuf::from("/tmp/xs-peers-cache"), PathBuf::from);
+    let xen_tool =
+        Some(r.progs.shared.join("peers/xen-tool")).filter(|p| p.is_file() && cache.join("root/.unpacked").exists());
+    if xen_tool.is_none() {
+        r.sheet.note(format!("{case}: Debian's xenstore-ls is not unpacked here (peers/start-peer does it): not run"));
+    }
+    for &kind in &kinds {
+        let Some(mut d) = r.start(kind, daemon_cpu, &case) else {
+            let rows: &[Metric<'_>] = if xen_tool.is_some() { &all } else { &all[..1] };
+            r.skip(rows, kind);
+            continue;
+        };
+        let l = lstree::LsTree {
+            dirs: s.ls_dirs,
+            per_dir: s.ls_per_dir,
+            client_cpu,
+            timeout: s.reply_timeout,
+            xen_tool: xen_tool.clone(),
+        };
+        match lstree::run(d.socket(), &l) {
+            Err(e) => r.fail(&all, kind, &e, &d),
+            Ok(res) => {
+                let tool_text = match &res.tool_secs {
+                    Ok(t) => format!("{t:.2} s"),
+                    Err(e) => e.clone(),
+                };
+                progress(
+                    &case,
+                    kind,
+                    &format!(
+                        "{} nodes loaded at {:.0} writes/s; walk {:.2} s; xenstore-ls {tool_text}",
+                        res.nodes, res.load_per_s, res.walk_secs
+                    ),
+                );
+                r.sheet.set(walk, kind, Cell::Num(res.nodes as f64 / res.walk_secs));
+                match res.tool_secs {
+                    Ok(t) => {
+                        r.sheet.set(tool, kind, Cell::Num(res.nodes as f64 / t));
+                        r.sheet.set(tool_secs, kind, Cell::Num(t));
+                    }
+                    Err(_) if l.xen_tool.is_none() => {}
+                    Err(e) => {
+                        r.sheet.set(tool, kind, Cell::Text("not run".into()));
+                        r.sheet.set(tool_secs, kind, Cell::Text("not run".into()));
+                        r.sheet.note(format!("{case}: {kind}: xenstore-ls not measured: {e}"));
+                    }
+                }
+            }
+        }
+        r.check_alive(&mut d, &case);
+    }
+    for m in ["walk (DIRECTORY+READ), nodes/s", "xenstore-ls, nodes/s"] {
+        ratio_to_c(r, &case, m, &kinds);
+    }
+}
+
 /// Notes a failed ring case (a stall, or a failure of the run) and
 /// returns the text of its cells.
 fn ring_fail(r: &mut Runner, case: &str, e: &Fail, d: &Daemon) -> String {
@@ -908,6 +1198,18 @@ fn main() -> ExitCode {
     }
     if wants("large-tree") {
         run_large(&mut r, &kinds, &sizes);
+    }
+    if sizes.split_cpus.is_none() && (wants("idle-conns") || wants("watch-root") || wants("ls-tree")) {
+        r.sheet.note("idle-conns, watch-root, ls-tree: one CPU only, so daemon and client are not pinned");
+    }
+    if wants("idle-conns") {
+        run_idle(&mut r, &kinds, &sizes);
+    }
+    if wants("watch-root") {
+        run_watch_root(&mut r, &kinds, &sizes);
+    }
+    if wants("ls-tree") {
+        run_ls_tree(&mut r, &kinds, &sizes);
     }
     // The ring variants: rxenstored only (the reference daemons cannot
     // serve simulated rings).

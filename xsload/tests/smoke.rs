@@ -15,7 +15,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const CASES: [&str; 10] = [
+const CASES: [&str; 14] = [
     "pairs 1 conn",
     "pairs 16 conns",
     "bootstorm 20 dom/4 cl",
@@ -23,6 +23,10 @@ const CASES: [&str; 10] = [
     "read-heavy 1 core",
     "read-heavy 2 cores",
     "large tree",
+    "idle conns 0",
+    "idle conns 50",
+    "watch / while 20 domains written",
+    "ls 1k-node tree",
     "pairs-ring 1 guest",
     "pairs-ring 16 guests",
     "bootstorm-ring 10 dom/2 cl",
