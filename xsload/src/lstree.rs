@@ -3,8 +3,8 @@
 //! children, one request at a time, depth first. The tree
 //! (`/ls/<d>/k<n>`, 8-byte values; `D` directories of `L` leaves, D ≤
 //! 1000 so that `/ls`'s list fits in one reply) is loaded beforehand with
-//! pipelined WRITEs, untimed. The daemon and the client are pinned to CPUs
-//! of their own.
+//! pipelined WRITEs, untimed, and may be listed several times. The daemon
+//! and the client are pinned to CPUs of their own.
 //!
 //! Two listings: the walk above, done by this tool over its lean
 //! connection (every reply checked), and Debian's own `xenstore-ls /ls`
@@ -35,13 +35,9 @@ pub struct LsTree {
     pub xen_tool: Option<PathBuf>,
 }
 
-/// The outcome.
+/// One listing of the tree, both ways.
 #[derive(Debug, Clone)]
-pub struct LsResult {
-    /// Nodes below `/ls` (each listed once).
-    pub nodes: u64,
-    /// WRITEs per second while loading (pipelined).
-    pub load_per_s: f64,
+pub struct Listing {
     /// Seconds for the walk.
     pub walk_secs: f64,
     /// Seconds for Debian's `xenstore-ls`, or why it did not run.
@@ -52,17 +48,27 @@ fn leaf_value(d: u64, n: u64) -> Vec<u8> {
     format!("{:08}", d * 10_000 + n).into_bytes()
 }
 
-/// Loads the tree, then lists it both ways.
-pub fn run(socket: &Path, l: &LsTree) -> Res<LsResult> {
+impl LsTree {
+    /// Nodes below `/ls`.
+    pub fn nodes(&self) -> u64 {
+        self.dirs + self.dirs * self.per_dir
+    }
+}
+
+/// Loads the tree (pipelined WRITEs); WRITEs per second.
+pub fn load(socket: &Path, l: &LsTree) -> Res<f64> {
     let mut conn = Conn::connect(socket, l.timeout)?;
     let t = Instant::now();
     let (dirs, per_dir) = (l.dirs, l.per_dir);
     let writes = (0..dirs)
         .flat_map(move |d| (0..per_dir).map(move |n| (format!("/ls/{d}/k{n}").into_bytes(), leaf_value(d, n))));
     let sent = conn.pipelined_writes(writes, 256, None)?;
-    let load_per_s = sent as f64 / t.elapsed().as_secs_f64();
-    let nodes = dirs + dirs * per_dir;
+    Ok(sent as f64 / t.elapsed().as_secs_f64())
+}
 
+/// Lists the loaded tree both ways.
+pub fn list(socket: &Path, l: &LsTree) -> Res<Listing> {
+    let nodes = l.nodes();
     let (socket2, l2) = (socket.to_path_buf(), l.clone());
     let (walk_secs, listed) = sys::on_cpu(l.client_cpu, "ls-walk", move || {
         let mut conn = Conn::connect(&socket2, l2.timeout)?;
@@ -78,7 +84,7 @@ pub fn run(socket: &Path, l: &LsTree) -> Res<LsResult> {
         None => Err("no peers/xen-tool".to_string()),
         Some(tool) => xenstore_ls(tool, socket, l.client_cpu, nodes),
     };
-    Ok(LsResult { nodes, load_per_s, walk_secs, tool_secs })
+    Ok(Listing { walk_secs, tool_secs })
 }
 
 /// The names in a DIRECTORY reply's payload.

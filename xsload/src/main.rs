@@ -742,10 +742,7 @@ fn run_idle(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
             match failed {
                 Some(e) => r.fail(&[m], kind, &e, &d),
                 None => {
-                    runs.sort_by(f64::total_cmp);
-                    let median = runs[runs.len() / 2];
-                    let all: Vec<String> = runs.iter().map(|v| format!("{v:.0}")).collect();
-                    progress(&case, kind, &format!("{median:.0} req/s (runs: {})", all.join(", ")));
+                    let median = median_of(&case, kind, "req/s", &mut runs);
                     r.sheet.set(m, kind, Cell::Num(median));
                 }
             }
@@ -771,6 +768,15 @@ fn run_idle(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     }
 }
 
+/// The median of `runs` (not empty), after noting them all.
+fn median_of(case: &str, kind: Kind, what: &str, runs: &mut [f64]) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    let all: Vec<String> = runs.iter().map(|v| format!("{v:.0}")).collect();
+    let median = runs[runs.len() / 2];
+    progress(case, kind, &format!("{what} {median:.0} (runs: {})", all.join(", ")));
+    median
+}
+
 fn run_watch_root(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     let kinds = store_kinds(kinds);
     let (daemon_cpu, client_cpu) = (s.split_cpus.map(|c| c.0), s.split_cpus.map(|c| c.1));
@@ -780,49 +786,79 @@ fn run_watch_root(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     let watched = metric("writes/s, watcher on /", Unit::PerSec, Better::Higher);
     let events = metric("events to the watcher", Unit::Count, Better::Neither);
     let lag = metric("watcher's lag after the last reply", Unit::Secs, Better::Lower);
-    for (watch, rows) in [(false, vec![plain]), (true, vec![watched, events, lag])] {
-        for &kind in &kinds {
-            let Some(mut d) = r.start(kind, daemon_cpu, &case) else {
-                r.skip(&rows, kind);
-                continue;
-            };
-            let p = watchroot::WatchRoot {
-                domains: s.watch_domains,
-                watch,
-                client_cpu,
-                timeout: s.reply_timeout,
-                grace: s.boot_grace,
-            };
-            match watchroot::run(d.socket(), &p) {
-                Err(e) => r.fail(&rows, kind, &e, &d),
-                Ok(res) => {
-                    let rate = res.writes as f64 / res.elapsed;
-                    progress(
-                        &case,
-                        kind,
-                        &format!(
-                            "{} writes in {:.2} s ({rate:.0}/s){}",
-                            res.writes,
-                            res.elapsed,
-                            if watch {
-                                format!(", {} events, lag {:.3} s", res.events, res.lag)
-                            } else {
-                                String::new()
-                            }
-                        ),
-                    );
-                    r.sheet.set(rows[0], kind, Cell::Num(rate));
-                    if watch {
-                        r.sheet.set(events, kind, Cell::Num(res.events as f64));
-                        r.sheet.set(lag, kind, Cell::Num(res.lag));
+    let all = [plain, watched, events, lag];
+    // Every daemon up at once; in each round, each writes the domains
+    // without and then with the watcher (and removes them after each).
+    struct Entrant {
+        kind: Kind,
+        d: Daemon,
+        plain: Vec<f64>,
+        watched: Vec<f64>,
+        events: u64,
+        lag: f64,
+        failed: Option<Fail>,
+    }
+    let mut entrants = Vec::new();
+    for &kind in &kinds {
+        match r.start(kind, daemon_cpu, &case) {
+            Some(d) => entrants.push(Entrant {
+                kind,
+                d,
+                plain: Vec::new(),
+                watched: Vec::new(),
+                events: 0,
+                lag: 0.0,
+                failed: None,
+            }),
+            None => r.skip(&all, kind),
+        }
+    }
+    for _ in 0..s.pairs_reps {
+        for e in &mut entrants {
+            for watch in [false, true] {
+                if e.failed.is_some() {
+                    continue;
+                }
+                let p = watchroot::WatchRoot {
+                    domains: s.watch_domains,
+                    watch,
+                    client_cpu,
+                    timeout: s.reply_timeout,
+                    grace: s.boot_grace,
+                };
+                match watchroot::run(e.d.socket(), &p) {
+                    Err(f) => e.failed = Some(f),
+                    Ok(res) => {
+                        let rate = res.writes as f64 / res.elapsed;
+                        if !watch {
+                            e.plain.push(rate);
+                            continue;
+                        }
+                        e.watched.push(rate);
+                        e.lag = e.lag.max(res.lag);
+                        e.events = res.events;
                         if res.events != res.writes {
-                            r.sheet.note(format!("{case}: {kind}: {} events for {} writes", res.events, res.writes));
+                            r.sheet
+                                .note(format!("{case}: {}: {} events for {} writes", e.kind, res.events, res.writes));
                         }
                     }
                 }
             }
-            r.check_alive(&mut d, &case);
         }
+    }
+    for mut e in entrants {
+        match e.failed {
+            Some(f) => r.fail(&all, e.kind, &f, &e.d),
+            None => {
+                let v = median_of(&case, e.kind, "writes/s, no watcher:", &mut e.plain);
+                r.sheet.set(plain, e.kind, Cell::Num(v));
+                let v = median_of(&case, e.kind, "writes/s, watcher on /:", &mut e.watched);
+                r.sheet.set(watched, e.kind, Cell::Num(v));
+                r.sheet.set(events, e.kind, Cell::Num(e.events as f64));
+                r.sheet.set(lag, e.kind, Cell::Num(e.lag));
+            }
+        }
+        r.check_alive(&mut e.d, &case);
     }
     for m in ["writes/s, no watcher", "writes/s, watcher on /"] {
         ratio_to_c(r, &case, m, &kinds);
@@ -838,54 +874,67 @@ fn run_ls_tree(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     let walk = metric("walk (DIRECTORY+READ), nodes/s", Unit::PerSec, Better::Higher);
     let tool = metric("xenstore-ls, nodes/s", Unit::PerSec, Better::Higher);
     let tool_secs = metric("xenstore-ls, time", Unit::Secs, Better::Lower);
-    let all = [walk, tool, tool_secs];
     // Debian's client tools are there once start-peer has unpacked them.
     let cache = std::env::var_os("XS_PEERS_CACHE").map_or_else(|| PathBuf::from("/tmp/xs-peers-cache"), PathBuf::from);
     let xen_tool =
         Some(r.progs.shared.join("peers/xen-tool")).filter(|p| p.is_file() && cache.join("root/.unpacked").exists());
+    let all: &[Metric<'_>] = if xen_tool.is_some() { &[walk, tool, tool_secs] } else { &[walk] };
     if xen_tool.is_none() {
         r.sheet.note(format!("{case}: Debian's xenstore-ls is not unpacked here (peers/start-peer does it): not run"));
     }
+    let l = lstree::LsTree {
+        dirs: s.ls_dirs,
+        per_dir: s.ls_per_dir,
+        client_cpu,
+        timeout: s.reply_timeout,
+        xen_tool: xen_tool.clone(),
+    };
+    // Every daemon up and loaded at once; the listings in rounds.
+    let mut entrants = Vec::new();
     for &kind in &kinds {
-        let Some(mut d) = r.start(kind, daemon_cpu, &case) else {
-            let rows: &[Metric<'_>] = if xen_tool.is_some() { &all } else { &all[..1] };
-            r.skip(rows, kind);
+        let Some(d) = r.start(kind, daemon_cpu, &case) else {
+            r.skip(all, kind);
             continue;
         };
-        let l = lstree::LsTree {
-            dirs: s.ls_dirs,
-            per_dir: s.ls_per_dir,
-            client_cpu,
-            timeout: s.reply_timeout,
-            xen_tool: xen_tool.clone(),
-        };
-        match lstree::run(d.socket(), &l) {
-            Err(e) => r.fail(&all, kind, &e, &d),
-            Ok(res) => {
-                let tool_text = match &res.tool_secs {
-                    Ok(t) => format!("{t:.2} s"),
-                    Err(e) => e.clone(),
-                };
-                progress(
-                    &case,
-                    kind,
-                    &format!(
-                        "{} nodes loaded at {:.0} writes/s; walk {:.2} s; xenstore-ls {tool_text}",
-                        res.nodes, res.load_per_s, res.walk_secs
-                    ),
-                );
-                r.sheet.set(walk, kind, Cell::Num(res.nodes as f64 / res.walk_secs));
-                match res.tool_secs {
-                    Ok(t) => {
-                        r.sheet.set(tool, kind, Cell::Num(res.nodes as f64 / t));
-                        r.sheet.set(tool_secs, kind, Cell::Num(t));
+        match lstree::load(d.socket(), &l) {
+            Ok(rate) => {
+                progress(&case, kind, &format!("{nodes} nodes loaded at {rate:.0} writes/s"));
+                entrants.push((kind, d, Vec::new(), Vec::new(), None));
+            }
+            Err(e) => r.fail(all, kind, &e, &d),
+        }
+    }
+    for _ in 0..s.pairs_reps {
+        for (kind, d, walks, tools, failed) in &mut entrants {
+            if failed.is_some() {
+                continue;
+            }
+            match lstree::list(d.socket(), &l) {
+                Err(e) => *failed = Some(e),
+                Ok(listing) => {
+                    walks.push(nodes as f64 / listing.walk_secs);
+                    match listing.tool_secs {
+                        Ok(t) => tools.push(t),
+                        Err(_) if xen_tool.is_none() => {}
+                        Err(e) => *failed = Some(Fail::Wrong(format!("xenstore-ls ({kind}): {e}"))),
                     }
-                    Err(_) if l.xen_tool.is_none() => {}
-                    Err(e) => {
-                        r.sheet.set(tool, kind, Cell::Text("not run".into()));
-                        r.sheet.set(tool_secs, kind, Cell::Text("not run".into()));
-                        r.sheet.note(format!("{case}: {kind}: xenstore-ls not measured: {e}"));
-                    }
+                }
+            }
+        }
+    }
+    for (kind, mut d, mut walks, mut tools, failed) in entrants {
+        match failed {
+            Some(e) => r.fail(all, kind, &e, &d),
+            None => {
+                let v = median_of(&case, kind, "walk nodes/s:", &mut walks);
+                r.sheet.set(walk, kind, Cell::Num(v));
+                if !tools.is_empty() {
+                    tools.sort_by(f64::total_cmp);
+                    let t = tools[tools.len() / 2];
+                    let all: Vec<String> = tools.iter().map(|v| format!("{v:.2}")).collect();
+                    progress(&case, kind, &format!("xenstore-ls {t:.2} s (runs: {})", all.join(", ")));
+                    r.sheet.set(tool, kind, Cell::Num(nodes as f64 / t));
+                    r.sheet.set(tool_secs, kind, Cell::Num(t));
                 }
             }
         }

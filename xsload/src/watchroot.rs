@@ -8,13 +8,16 @@
 //!
 //! Timed from the first WRITE to the watcher's receipt of the event of a
 //! sentinel node written last (without a watcher: to the sentinel's
-//! reply). The watcher counts its events; every WRITE must reach it.
+//! reply). The watcher counts its events; every WRITE must reach it. Then,
+//! untimed, the watch is removed and so is everything written, so that
+//! runs can follow each other on one daemon.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use wire::Op;
 use wire::client::{Client, Reply};
 
 use crate::bootstorm::{BACKEND, DEVICES, device_keys};
@@ -103,7 +106,10 @@ fn start_watcher(socket: &Path, p: &WatchRoot) -> Res<Watcher> {
             while !abandon2.load(Ordering::Relaxed) {
                 match client.next_event(Duration::from_millis(200)) {
                     Some((path, _)) if path == SENTINEL.as_bytes() => {
-                        let _ = tx.send(Instant::now());
+                        let when = Instant::now();
+                        // Gone before the clean-up's removals fire it.
+                        let _ = client.unwatch("/", TOKEN);
+                        let _ = tx.send(when);
                         return;
                     }
                     Some(_) => {
@@ -139,22 +145,31 @@ fn writer(socket: &Path, p: &WatchRoot) -> Res<WatchRootResult> {
     }
     conn.write(0, SENTINEL.as_bytes(), b"1")?;
     let replied = Instant::now();
-    let Some(w) = watcher else {
-        return Ok(WatchRootResult { writes, elapsed: (replied - t0).as_secs_f64(), events: 0, lag: 0.0 });
+    let res = match watcher {
+        None => WatchRootResult { writes, elapsed: (replied - t0).as_secs_f64(), events: 0, lag: 0.0 },
+        Some(w) => {
+            let got = w.done.recv_timeout(p.grace);
+            w.abandon.store(true, Ordering::Relaxed);
+            let events = w.seen.load(Ordering::Relaxed);
+            let Ok(when) = got else {
+                return Err(Fail::Stalled(format!(
+                    "watcher: no event for the sentinel within {:?} of its reply ({events} of {writes} events)",
+                    p.grace
+                )));
+            };
+            WatchRootResult {
+                writes,
+                elapsed: (when - t0).as_secs_f64(),
+                events,
+                lag: when.saturating_duration_since(replied).as_secs_f64(),
+            }
+        }
     };
-    let got = w.done.recv_timeout(p.grace);
-    w.abandon.store(true, Ordering::Relaxed);
-    let events = w.seen.load(Ordering::Relaxed);
-    match got {
-        Ok(when) => Ok(WatchRootResult {
-            writes,
-            elapsed: (when - t0).as_secs_f64(),
-            events,
-            lag: when.saturating_duration_since(replied).as_secs_f64(),
-        }),
-        Err(_) => Err(Fail::Stalled(format!(
-            "watcher: no event for the sentinel within {:?} of its reply ({events} of {writes} events)",
-            p.grace
-        ))),
+    for d in 1..=p.domains {
+        conn.call_ok(Op::Rm, 0, &[format!("/local/domain/{d}").as_bytes(), b"\0"])?;
     }
+    for path in [BACKEND, SENTINEL] {
+        conn.call_ok(Op::Rm, 0, &[path.as_bytes(), b"\0"])?;
+    }
+    Ok(res)
 }
