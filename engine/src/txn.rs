@@ -19,6 +19,23 @@
 //! So two transactions creating different children of one parent both
 //! commit. A transaction without mutations always commits: it is
 //! serializable at its fork point.
+//!
+//! A missing intermediate level that a creation adds (creating `/a/x/y`
+//! when `/a/x` is missing adds `/a/x`), first seen by the transaction
+//! then, records its absence with an exception: a node that someone else
+//! created there meanwhile with an empty value and the permissions this
+//! transaction gave the level satisfies it too. Replaying the log onto the
+//! newest version then creates only the levels below that node, copying
+//! its (equal) permissions; node counts, generations and the changes
+//! reported (watch events) come from that replay, so they are those of the
+//! serial order "the other one, then this one". Every reply the
+//! transaction got about the level's existence, value and permissions is
+//! the same in that order, so reading them keeps the exception: in
+//! particular each further creation below the level, which reads the
+//! permissions of its nearest existing ancestor (the level) to copy them.
+//! Its children list and generation are not the same (the other node has
+//! other children): reading either, or having read the level before
+//! creating it, makes its absence strict again.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -50,10 +67,16 @@ struct Record {
     /// with these permissions, and first seen then: its recorded absence is
     /// also satisfied by a node someone else created meanwhile with an
     /// empty value and these same permissions (replay then creates only the
-    /// levels below it), unless this transaction read the node afterwards.
+    /// levels below it), unless this transaction listed the node afterwards.
+    /// Its existence, value and permissions as this transaction saw them are
+    /// then exactly the other node's, so reading those (as every further
+    /// creation below it does, for the permissions it copies) keeps the
+    /// exception.
     implicit: Option<Perms>,
-    /// Read after this transaction created it.
-    read_after_create: bool,
+    /// Its children or generation read after this transaction created it:
+    /// a node created meanwhile by someone else has other children (and
+    /// another generation), so the exception above no longer holds.
+    listed_after_create: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -346,7 +369,9 @@ impl Transaction {
         let base = &self.base;
         let rec = self.records.entry(path.clone()).or_default();
         if rec.created {
-            rec.read_after_create = true;
+            if matches!(aspect, Aspect::Children | Aspect::Generation) {
+                rec.listed_after_create = true;
+            }
             return;
         }
         if removed_by_us {
@@ -384,7 +409,7 @@ impl Transaction {
         self.records.iter().find_map(|(path, rec)| {
             let node = newest.get(path.as_str());
             let created_meanwhile_alike = || {
-                !rec.read_after_create
+                !rec.listed_after_create
                     && rec
                         .implicit
                         .as_ref()
@@ -447,7 +472,7 @@ fn mutation_path(m: &Mutation) -> &Path {
 mod tests {
     use super::*;
     use crate::node::Node;
-    use crate::perms::DomId;
+    use crate::perms::{DomId, Perm};
     use crate::{CommitError, Store};
 
     fn p(s: &str) -> Path {
@@ -655,6 +680,129 @@ mod tests {
         assert_eq!(snap.get("/storm").unwrap().children().to_wire(), b"0\x001\x00");
         assert_eq!(snap.owned_count(DomId(0)), 6);
         snap.check_consistent().unwrap();
+    }
+
+    /// One domain of a bootstorm on a host without backend directories, in
+    /// the order a toolstack sends it: its home with permissions, then a
+    /// vif and a vbd, each with a frontend and a backend key. The second
+    /// backend key's nearest existing ancestor is `/local/domain/0/backend`,
+    /// which the first one created: its creation reads that level's
+    /// permissions (to copy them), as the protocol's write access check does.
+    fn create_domain(tx: &mut Transaction, d: u32) {
+        let home = p(&alloc::format!("/local/domain/{d}"));
+        tx.mkdir(&home, None).expect("mkdir");
+        let readable = Perm::parse(alloc::format!("r{d}").as_bytes()).expect("perm");
+        tx.set_perms(&home, Perms::new(&[Perm::parse(b"n0").expect("perm"), readable]).expect("perms"))
+            .expect("set_perms");
+        assert_eq!(tx.value(&p("/vm/config")).expect("config").as_bytes(), b"init");
+        for (class, devid) in [("vif", 0), ("vbd", 51712)] {
+            let front = p(&alloc::format!("/local/domain/{d}/device/{class}/{devid}/state"));
+            let back = p(&alloc::format!("/local/domain/0/backend/{class}/{d}/{devid}/state"));
+            for key in [front, back] {
+                // The checks of a WRITE: the node, then the permissions of
+                // its nearest existing ancestor.
+                assert!(tx.perms(&key).is_none());
+                let mut up = key.parent();
+                while let Some(a) = up {
+                    if tx.view().contains(a.as_str()) {
+                        assert!(tx.perms(&a).is_some());
+                        break;
+                    }
+                    up = a.parent();
+                }
+                tx.write(&key, b"1", None).expect("write");
+            }
+        }
+        // GET_PERMS and READ of the shared level it created: the same in
+        // any serial order.
+        assert_eq!(tx.perms(&p("/local/domain/0/backend")).expect("backend"), Perms::owned_by(DomId(0)));
+        assert!(tx.value(&p("/local/domain/0/backend")).expect("backend").is_empty());
+    }
+
+    #[test]
+    fn a_bootstorm_on_a_fresh_backend_tree_commits_as_serial_execution_does() {
+        let setup = ["/local/domain/0/name", "/vm/config"];
+        let concurrent = store_with(&setup);
+        let mut txs: Vec<Transaction> = (1..=4).map(|_| concurrent.begin()).collect();
+        for (d, tx) in (1..).zip(txs.iter_mut()) {
+            create_domain(tx, d);
+        }
+        // Committed in another order than begun; each commit's changes (the
+        // watch events) and the tree after it must be those of running the
+        // same requests one after the other, outside transactions.
+        let serial = store_with(&setup);
+        for d in [3, 1, 4, 2] {
+            let tx = txs.remove(
+                txs.iter()
+                    .position(|t| t.records.contains_key(&p(&alloc::format!("/local/domain/{d}"))))
+                    .expect("the domain's transaction"),
+            );
+            let got = commit(&concurrent, tx).expect("no conflict");
+            let ((), expected) = serial
+                .update(|t| {
+                    create_domain(t, d);
+                    Ok::<_, ()>(())
+                })
+                .expect("serial");
+            assert_eq!(got.changes, expected.changes, "domain {d}");
+            let (a, b) = (concurrent.snapshot(), serial.snapshot());
+            assert_eq!(a.entries().collect::<Vec<_>>(), b.entries().collect::<Vec<_>>(), "domain {d}");
+            assert_eq!(a.owned_count(DomId(0)), b.owned_count(DomId(0)));
+            assert_eq!(a.next_generation(), b.next_generation());
+            a.check_consistent().expect("consistent");
+        }
+        let snap = concurrent.snapshot();
+        assert_eq!(snap.get("/local/domain/0/backend").expect("node").children().to_wire(), b"vif\0vbd\0");
+        assert_eq!(
+            snap.get("/local/domain/0/backend/vif").expect("node").children().to_wire(),
+            b"3\x001\x004\x002\x00"
+        );
+    }
+
+    #[test]
+    fn listing_a_shared_fresh_level_after_creating_it_conflicts() {
+        for listing in [Aspect::Children, Aspect::Generation] {
+            let store = store_with(&[]);
+            let mut a = store.begin();
+            a.write(&p("/s/0/a"), b"1", None).expect("write");
+            a.write(&p("/s/1/a"), b"1", None).expect("write");
+            match listing {
+                Aspect::Children => assert!(a.children(&p("/s")).is_some()),
+                _ => assert!(a.generation(&p("/s")).is_some()),
+            }
+            store.update(|t| t.write(&p("/s/2/a"), b"1", None)).expect("concurrent write");
+            assert!(is_conflict(commit(&store, a), "/s"));
+        }
+    }
+
+    #[test]
+    fn a_shared_fresh_level_given_a_value_meanwhile_conflicts() {
+        let store = store_with(&[]);
+        let mut a = store.begin();
+        a.write(&p("/s/0/a"), b"1", None).expect("write");
+        a.write(&p("/s/1/a"), b"1", None).expect("write");
+        store.update(|t| t.write(&p("/s"), b"not empty", None)).expect("concurrent write");
+        assert!(is_conflict(commit(&store, a), "/s"));
+    }
+
+    #[test]
+    fn own_permissions_of_a_shared_fresh_level_apply_after_the_other_creation() {
+        // Serially: the other transaction creates /s, then this one gives
+        // it new permissions and creates /s/1 below it with those.
+        let store = store_with(&[]);
+        let mut a = store.begin();
+        a.write(&p("/s/0/a"), b"1", None).expect("write");
+        a.set_perms(&p("/s"), Perms::owned_by(DomId(7))).expect("set_perms");
+        a.write(&p("/s/1/a"), b"1", None).expect("write");
+        assert_eq!(a.perms(&p("/s")).expect("own level"), Perms::owned_by(DomId(7)));
+        store.update(|t| t.write(&p("/s/2/a"), b"1", None)).expect("concurrent write");
+        commit(&store, a).expect("no conflict");
+        let snap = store.snapshot();
+        assert_eq!(snap.get("/s").expect("node").perms(), &Perms::owned_by(DomId(7)));
+        assert_eq!(snap.get("/s/1").expect("node").perms(), &Perms::owned_by(DomId(7)));
+        assert_eq!(snap.get("/s/2").expect("node").perms(), &Perms::owned_by(DomId(0)));
+        assert_eq!(snap.get("/s").expect("node").children().to_wire(), b"2\x000\x001\x00");
+        snap.check_consistent().expect("consistent");
     }
 
     #[test]

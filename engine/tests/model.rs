@@ -4,19 +4,42 @@
 //! concurrent transactions run on the engine, and every transaction that
 //! commits must have received exactly the replies that running its requests
 //! serially, in commit order, on a plain ordered map would give (a read-only
-//! transaction at its fork point instead). The final tree must equal the
-//! serial one. A second property checks that transactions which must
-//! coalesce (creations of different children of one parent, work in
-//! disjoint subtrees) never conflict.
+//! transaction at its fork point instead). The final tree, and the changes
+//! each commit reports (what watch events are made of: paths, creation,
+//! permissions), must equal the serial ones; the engine's node counts are
+//! checked against its nodes. The same check runs on a tree shaped like a
+//! host whose backend directories do not exist yet, where concurrent
+//! transactions create the same missing intermediate levels. Two more
+//! properties check that transactions which must coalesce (creations of
+//! different children of one parent, work in disjoint subtrees, a
+//! bootstorm on a fresh tree) never conflict.
 
 use std::collections::BTreeMap;
 
-use engine::{CommitError, DomId, Path, Perms, Snapshot, Store, Transaction};
+use engine::{Change, CommitError, DomId, Path, Perms, Snapshot, Store, Transaction};
 use proptest::prelude::*;
 
 const PATHS: &[&str] = &["/a", "/a/b", "/a/c", "/a/b/d", "/b", "/b/x", "/b/y", "/c"];
+/// A host's tree before its first domain: `/l/0` (dom0's home) only, the
+/// backend directories missing; keys of two domains' devices below them,
+/// and of their homes.
+const FRESH: &[&str] = &[
+    "/l",
+    "/l/0",
+    "/l/0/be",
+    "/l/0/be/vif",
+    "/l/0/be/vbd",
+    "/l/0/be/vif/1/k",
+    "/l/0/be/vbd/1/k",
+    "/l/0/be/vif/2/k",
+    "/l/0/be/vbd/2/k",
+    "/l/1",
+    "/l/1/k",
+    "/l/2/k",
+];
 const VALUES: &[&[u8]] = &[b"", b"1", b"2", b"\0z"];
 
+/// A request; paths are indexes into a table (`PATHS`, `FRESH`, ...).
 #[derive(Clone, Debug)]
 enum Op {
     Read(usize),
@@ -40,12 +63,21 @@ enum Reply {
     Generation(bool),
 }
 
-fn path(i: usize) -> Path {
-    Path::new(PATHS[i]).expect("valid")
+/// A change as the model reports it (permissions in their wire form).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Event {
+    Written(String, bool),
+    Removed(String, Vec<u8>, Vec<(String, Vec<u8>)>),
+    PermsSet(String, Vec<u8>, Vec<u8>),
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    let i = 0..PATHS.len();
+fn path(t: &[&str], i: usize) -> Path {
+    Path::new(t[i]).expect("valid")
+}
+
+/// A request on the paths of a table of `n`.
+fn op(n: usize) -> impl Strategy<Value = Op> {
+    let i = 0..n;
     let creator = prop_oneof![Just(None), Just(Some(5u16))];
     prop_oneof![
         3 => i.clone().prop_map(Op::Read),
@@ -61,19 +93,31 @@ fn op() -> impl Strategy<Value = Op> {
 
 // ---- the engine side ----
 
-fn run_engine(tx: &mut Transaction, op: &Op) -> Reply {
+fn run_engine(tx: &mut Transaction, t: &[&str], op: &Op) -> Reply {
     match *op {
-        Op::Read(p) => Reply::Value(tx.value(&path(p)).map(|v| v.as_bytes().to_vec())),
+        Op::Read(p) => Reply::Value(tx.value(&path(t, p)).map(|v| v.as_bytes().to_vec())),
         Op::Write(p, v, c) => {
-            tx.write(&path(p), VALUES[v], c.map(DomId)).expect("write");
+            tx.write(&path(t, p), VALUES[v], c.map(DomId)).expect("write");
             Reply::Done
         }
-        Op::Mkdir(p, c) => Reply::Flag(tx.mkdir(&path(p), c.map(DomId)).expect("mkdir").is_some()),
-        Op::Rm(p) => Reply::Flag(tx.remove(&path(p)).expect("rm").is_some()),
-        Op::Dir(p) => Reply::Names(tx.children(&path(p)).map(|c| c.iter().map(|n| n.to_string()).collect())),
-        Op::GetPerms(p) => Reply::Perms(tx.perms(&path(p)).map(|x| x.to_wire())),
-        Op::SetPerms(p, d) => Reply::Flag(tx.set_perms(&path(p), Perms::owned_by(DomId(d))).is_ok()),
-        Op::Generation(p) => Reply::Generation(tx.generation(&path(p)).is_some()),
+        Op::Mkdir(p, c) => Reply::Flag(tx.mkdir(&path(t, p), c.map(DomId)).expect("mkdir").is_some()),
+        Op::Rm(p) => Reply::Flag(tx.remove(&path(t, p)).expect("rm").is_some()),
+        Op::Dir(p) => Reply::Names(tx.children(&path(t, p)).map(|c| c.iter().map(|n| n.to_string()).collect())),
+        Op::GetPerms(p) => Reply::Perms(tx.perms(&path(t, p)).map(|x| x.to_wire())),
+        Op::SetPerms(p, d) => Reply::Flag(tx.set_perms(&path(t, p), Perms::owned_by(DomId(d))).is_ok()),
+        Op::Generation(p) => Reply::Generation(tx.generation(&path(t, p)).is_some()),
+    }
+}
+
+fn event_of(c: &Change) -> Event {
+    match c {
+        Change::Written { path, created } => Event::Written(path.as_str().into(), *created),
+        Change::Removed { path, perms, descendants } => Event::Removed(
+            path.as_str().into(),
+            perms.to_wire(),
+            descendants.iter().map(|(p, perms)| (p.as_str().to_string(), perms.to_wire())).collect(),
+        ),
+        Change::PermsSet { path, old, new } => Event::PermsSet(path.as_str().into(), old.to_wire(), new.to_wire()),
     }
 }
 
@@ -118,50 +162,66 @@ fn model_create(m: &mut Model, p: &str, value: &[u8], creator: Option<u16>) {
     m.insert(p.to_string(), MNode { value: value.to_vec(), perms, children: vec![] });
 }
 
-fn model_remove(m: &mut Model, p: &str) {
+/// Removes `p`'s subtree; `removed` gets its nodes, children before
+/// parents and in child order, each with its permissions.
+fn model_remove(m: &mut Model, p: &str, removed: &mut Vec<(String, Vec<u8>)>) {
     if let Some(node) = m.remove(p) {
         for c in node.children {
-            model_remove(m, &format!("{p}/{c}"));
+            model_remove(m, &format!("{p}/{c}"), removed);
         }
+        removed.push((p.to_string(), node.perms));
     }
 }
 
-fn run_model(m: &mut Model, op: &Op) -> Reply {
+/// Runs `op` serially; the change it made, if any, goes to `events`.
+fn run_model(m: &mut Model, t: &[&str], op: &Op, events: &mut Vec<Event>) -> Reply {
     match *op {
-        Op::Read(p) => Reply::Value(m.get(PATHS[p]).map(|n| n.value.clone())),
+        Op::Read(p) => Reply::Value(m.get(t[p]).map(|n| n.value.clone())),
         Op::Write(p, v, c) => {
-            match m.get_mut(PATHS[p]) {
-                Some(n) => n.value = VALUES[v].to_vec(),
-                None => model_create(m, PATHS[p], VALUES[v], c),
-            }
+            let created = match m.get_mut(t[p]) {
+                Some(n) => {
+                    n.value = VALUES[v].to_vec();
+                    false
+                }
+                None => {
+                    model_create(m, t[p], VALUES[v], c);
+                    true
+                }
+            };
+            events.push(Event::Written(t[p].into(), created));
             Reply::Done
         }
         Op::Mkdir(p, c) => {
-            let missing = !m.contains_key(PATHS[p]);
+            let missing = !m.contains_key(t[p]);
             if missing {
-                model_create(m, PATHS[p], b"", c);
+                model_create(m, t[p], b"", c);
+                events.push(Event::Written(t[p].into(), true));
             }
             Reply::Flag(missing)
         }
         Op::Rm(p) => {
-            let existed = m.contains_key(PATHS[p]);
+            let existed = m.contains_key(t[p]);
             if existed {
-                model_remove(m, PATHS[p]);
-                let (parent, name) = parent_of(PATHS[p]);
+                let mut removed = Vec::new();
+                model_remove(m, t[p], &mut removed);
+                let (_, perms) = removed.pop().expect("the node itself comes last");
+                events.push(Event::Removed(t[p].into(), perms, removed));
+                let (parent, name) = parent_of(t[p]);
                 m.get_mut(&parent).expect("parent").children.retain(|c| *c != name);
             }
             Reply::Flag(existed)
         }
-        Op::Dir(p) => Reply::Names(m.get(PATHS[p]).map(|n| n.children.clone())),
-        Op::GetPerms(p) => Reply::Perms(m.get(PATHS[p]).map(|n| n.perms.clone())),
-        Op::SetPerms(p, d) => Reply::Flag(match m.get_mut(PATHS[p]) {
+        Op::Dir(p) => Reply::Names(m.get(t[p]).map(|n| n.children.clone())),
+        Op::GetPerms(p) => Reply::Perms(m.get(t[p]).map(|n| n.perms.clone())),
+        Op::SetPerms(p, d) => Reply::Flag(match m.get_mut(t[p]) {
             Some(n) => {
-                n.perms = format!("n{d}\0").into_bytes();
+                let new = format!("n{d}\0").into_bytes();
+                events.push(Event::PermsSet(t[p].into(), std::mem::replace(&mut n.perms, new.clone()), new));
                 true
             }
             None => false,
         }),
-        Op::Generation(p) => Reply::Generation(m.contains_key(PATHS[p])),
+        Op::Generation(p) => Reply::Generation(m.contains_key(t[p])),
     }
 }
 
@@ -194,17 +254,27 @@ struct Running {
     forked_after: usize,
 }
 
-/// Runs the scripts interleaved as `choices` says; returns, per committed
-/// transaction in commit order, (script index, fork point, replies, whether it
-/// mutated nothing), and the number of conflicts.
-fn execute(store: &Store, scripts: &[Script], choices: &[usize]) -> (Vec<(usize, usize, Vec<Reply>, bool)>, usize) {
+/// A committed transaction.
+struct Committed {
+    script: usize,
+    /// Commits that happened before it forked.
+    forked_after: usize,
+    replies: Vec<Reply>,
+    /// It mutated nothing.
+    read_only: bool,
+    /// The changes its commit reported.
+    events: Vec<Event>,
+}
+
+/// Runs the scripts interleaved as `choices` says; returns the committed
+/// transactions in commit order and the number of conflicts.
+fn execute(store: &Store, t: &[&str], scripts: &[Script], choices: &[usize]) -> (Vec<Committed>, usize) {
     let mut running: Vec<Running> =
         scripts.iter().map(|_| Running { tx: None, next: 0, replies: vec![], forked_after: 0 }).collect();
     let mut done = vec![false; scripts.len()];
     let mut committed = Vec::new();
     let mut conflicts = 0;
-    let mut choice = choices.iter().cycle();
-    while let Some(&c) = choice.next() {
+    for &c in choices.iter().cycle() {
         let live: Vec<usize> = (0..scripts.len()).filter(|&i| !done[i]).collect();
         if live.is_empty() {
             break;
@@ -217,7 +287,7 @@ fn execute(store: &Store, scripts: &[Script], choices: &[usize]) -> (Vec<(usize,
                 r.forked_after = committed.len();
             }
             Some(tx) if r.next < scripts[i].ops.len() => {
-                r.replies.push(run_engine(tx, &scripts[i].ops[r.next]));
+                r.replies.push(run_engine(tx, t, &scripts[i].ops[r.next]));
                 r.next += 1;
             }
             Some(_) => {
@@ -228,7 +298,13 @@ fn execute(store: &Store, scripts: &[Script], choices: &[usize]) -> (Vec<(usize,
                 }
                 let read_only = tx.is_read_only();
                 match store.commit(tx, |_| Ok::<_, ()>(())) {
-                    Ok(_) => committed.push((i, r.forked_after, std::mem::take(&mut r.replies), read_only)),
+                    Ok(c) => committed.push(Committed {
+                        script: i,
+                        forked_after: r.forked_after,
+                        replies: std::mem::take(&mut r.replies),
+                        read_only,
+                        events: c.changes.iter().map(event_of).collect(),
+                    }),
                     Err(CommitError::Conflict { .. }) => conflicts += 1,
                     Err(e) => panic!("unexpected commit error {e:?}"),
                 }
@@ -238,8 +314,74 @@ fn execute(store: &Store, scripts: &[Script], choices: &[usize]) -> (Vec<(usize,
     (committed, conflicts)
 }
 
-fn script() -> impl Strategy<Value = Script> {
-    (prop::collection::vec(op(), 0..6), prop::bool::weighted(0.85)).prop_map(|(ops, commit)| Script { ops, commit })
+fn script(n: usize) -> impl Strategy<Value = Script> {
+    (prop::collection::vec(op(n), 0..6), prop::bool::weighted(0.85)).prop_map(|(ops, commit)| Script { ops, commit })
+}
+
+/// Runs `setup` serially, then `scripts` as concurrent transactions, and
+/// checks every committed one against serial execution in commit order:
+/// its replies, the changes its commit reported, and the tree after it.
+/// Returns the number of conflicts.
+fn check_serializable(t: &[&str], setup: &[Op], scripts: &[Script], choices: &[usize]) -> Result<usize, TestCaseError> {
+    let store = Store::new(Snapshot::new(Perms::owned_by(DomId(0))));
+    let mut model = model_new();
+    for op in setup {
+        store.update(|tx| Ok::<_, ()>(run_engine(tx, t, op))).expect("setup");
+        run_model(&mut model, t, op, &mut Vec::new());
+    }
+    prop_assert_eq!(model_of(&store.snapshot()), model.clone());
+
+    let (committed, conflicts) = execute(&store, t, scripts, choices);
+    // Serial replay in commit order; the state after k commits is history[k].
+    let mut history = vec![model.clone()];
+    for c in &committed {
+        let ops = &scripts[c.script].ops;
+        // A transaction that mutated nothing is serialized at its fork point.
+        let mut state = if c.read_only { history[c.forked_after].clone() } else { model.clone() };
+        let mut events = Vec::new();
+        let expected: Vec<Reply> = ops.iter().map(|o| run_model(&mut state, t, o, &mut events)).collect();
+        prop_assert_eq!(
+            &c.replies,
+            &expected,
+            "transaction {} (forked after {} commits) got other replies than serial execution",
+            c.script,
+            c.forked_after
+        );
+        if !c.read_only {
+            prop_assert_eq!(&c.events, &events, "transaction {}: other changes than serial execution", c.script);
+            model = state;
+        }
+        history.push(model.clone());
+    }
+    let snap = store.snapshot();
+    prop_assert_eq!(model_of(&snap), model);
+    snap.check_consistent().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    // The buffered whole-tree walk visits exactly what the plain one does.
+    let mut walked = Vec::new();
+    snap.for_each_in_tree(|p, n| walked.push((Path::new(p).expect("stored path"), n.clone())));
+    let plain: Vec<_> = snap.iter_tree().map(|(p, n)| (p, n.clone())).collect();
+    prop_assert_eq!(walked, plain);
+    Ok(conflicts)
+}
+
+/// The requests of a toolstack creating domain `d` (1-based) on a host
+/// whose tree is `/l/0` (dom0's home) and `/config`: as a table of paths
+/// and a script over it. It reads the configuration, makes its home with
+/// its own permissions, writes each key of `keys` in its home and below
+/// both backend directories (so from its second key on, each backend
+/// creation reads the permissions of the levels it created), and reads
+/// the permissions and value of the shared backend level.
+fn domain_script(d: usize, keys: &[usize]) -> (Vec<String>, Vec<Op>) {
+    let mut t: Vec<String> = vec!["/config".into(), format!("/l/{d}"), "/l/0/be".into()];
+    let mut ops = vec![Op::Read(0), Op::Mkdir(1, None), Op::SetPerms(1, d as u16)];
+    for &k in keys {
+        for p in [format!("/l/{d}/device/vif/{k}"), format!("/l/0/be/vif/{d}/{k}"), format!("/l/0/be/vbd/{d}/{k}")] {
+            t.push(p);
+            ops.push(Op::Write(t.len() - 1, 1, None));
+        }
+    }
+    ops.extend([Op::GetPerms(2), Op::Read(2)]);
+    (t, ops)
 }
 
 proptest! {
@@ -247,41 +389,63 @@ proptest! {
 
     #[test]
     fn committed_transactions_are_serializable_in_commit_order(
-        setup in prop::collection::vec(op(), 0..8),
-        scripts in prop::collection::vec(script(), 1..5),
+        setup in prop::collection::vec(op(PATHS.len()), 0..8),
+        scripts in prop::collection::vec(script(PATHS.len()), 1..5),
         choices in prop::collection::vec(0usize..64, 1..64),
     ) {
-        let store = Store::new(Snapshot::new(Perms::owned_by(DomId(0))));
-        let mut model = model_new();
-        for op in &setup {
-            store.update(|tx| Ok::<_, ()>(run_engine(tx, op))).expect("setup");
-            run_model(&mut model, op);
-        }
-        prop_assert_eq!(model_of(&store.snapshot()), model.clone());
+        check_serializable(PATHS, &setup, &scripts, &choices)?;
+    }
 
-        let (committed, _) = execute(&store, &scripts, &choices);
-        // Serial replay in commit order; the state after k commits is history[k].
-        let mut history = vec![model.clone()];
-        for (i, forked_after, replies, read_only) in &committed {
-            let ops = &scripts[*i].ops;
-            // A transaction that mutated nothing is serialized at its fork point.
-            let read_only = *read_only;
-            let mut state = if read_only { history[*forked_after].clone() } else { model.clone() };
-            let expected: Vec<Reply> = ops.iter().map(|o| run_model(&mut state, o)).collect();
-            prop_assert_eq!(replies, &expected, "transaction {} (forked after {} commits) got other replies than serial execution", i, forked_after);
-            if !read_only {
-                model = state;
-            }
-            history.push(model.clone());
+    /// Random requests on a host's tree without backend directories: many
+    /// transactions create the same missing levels, some read them, list
+    /// them, change their permissions, remove them, or create them as
+    /// another domain (other permissions).
+    #[test]
+    fn transactions_on_a_fresh_backend_tree_are_serializable_in_commit_order(
+        setup in prop::collection::vec(op(FRESH.len()), 0..3),
+        scripts in prop::collection::vec(script(FRESH.len()), 2..5),
+        choices in prop::collection::vec(0usize..64, 1..64),
+    ) {
+        // `/l/0` exists, then whatever the random setup adds.
+        let setup: Vec<Op> = std::iter::once(Op::Mkdir(1, None)).chain(setup).collect();
+        check_serializable(FRESH, &setup, &scripts, &choices)?;
+    }
+
+    /// A bootstorm on a fresh tree: domains created concurrently, each
+    /// creating the missing backend levels, never conflict, and the result
+    /// (tree, counts, every commit's changes) is that of serial execution.
+    #[test]
+    fn a_bootstorm_on_a_fresh_backend_tree_never_conflicts(
+        keys in prop::collection::vec(prop::collection::vec(0usize..3, 1..4), 2..9),
+        choices in prop::collection::vec(0usize..64, 1..64),
+    ) {
+        // One table for all: each domain's script, its indexes shifted.
+        let mut table: Vec<String> = vec!["/l/0".into()];
+        let mut scripts = Vec::new();
+        for (d, keys) in (1..).zip(&keys) {
+            let (t, ops) = domain_script(d, keys);
+            let base = table.len();
+            table.extend(t);
+            let shift = |i: usize| i + base;
+            let ops = ops
+                .into_iter()
+                .map(|o| match o {
+                    Op::Read(i) => Op::Read(shift(i)),
+                    Op::Write(i, v, c) => Op::Write(shift(i), v, c),
+                    Op::Mkdir(i, c) => Op::Mkdir(shift(i), c),
+                    Op::SetPerms(i, o) => Op::SetPerms(shift(i), o),
+                    Op::GetPerms(i) => Op::GetPerms(shift(i)),
+                    other => other,
+                })
+                .collect();
+            scripts.push(Script { ops, commit: true });
         }
-        let snap = store.snapshot();
-        prop_assert_eq!(model_of(&snap), model);
-        snap.check_consistent().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        // The buffered whole-tree walk visits exactly what the plain one does.
-        let mut walked = Vec::new();
-        snap.for_each_in_tree(|p, n| walked.push((Path::new(p).expect("stored path"), n.clone())));
-        let plain: Vec<_> = snap.iter_tree().map(|(p, n)| (p, n.clone())).collect();
-        prop_assert_eq!(walked, plain);
+        let t: Vec<&str> = table.iter().map(String::as_str).collect();
+        // `/l/0` and the shared configuration (the first path of the
+        // first domain's table).
+        let setup = [Op::Mkdir(0, None), Op::Write(1, 1, None)];
+        let conflicts = check_serializable(&t, &setup, &scripts, &choices)?;
+        prop_assert_eq!(conflicts, 0);
     }
 
     #[test]

@@ -15,6 +15,12 @@
 //! count events until a sentinel node written after the last domain shows
 //! up; a watcher that does not see it within the grace period is reported
 //! as stalled, and so is a creator whose reply does not come in time.
+//!
+//! The backend directories `…/backend/vif` and `…/backend/vbd` exist
+//! before the run, as on a host that has run domains; with `fresh` they do
+//! not: `/local/domain/0/backend` and every `/local/domain/<d>` are removed
+//! first (a host's first domains), so the first transactions all create
+//! the missing levels `/local/domain/0/backend`, `…/vif` and `…/vbd`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -52,7 +58,13 @@ pub struct Boot {
     pub deadline: Duration,
     /// How long watchers may take, after the last domain, to see the sentinel.
     pub grace: Duration,
+    /// Start from a tree without the backend directories and the domains.
+    pub fresh: bool,
 }
+
+/// Events a watcher of the backend directory gets per domain: one per
+/// backend key written.
+pub const EVENTS_PER_DOMAIN: u64 = 8 * DEVICES.len() as u64;
 
 /// What one watcher saw.
 #[derive(Debug, Clone, Copy)]
@@ -94,8 +106,16 @@ struct CreatorStats {
 /// Prepares the store, starts the watchers, runs the creators.
 pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     let mut setup = Conn::connect(socket, b.reply_timeout)?;
-    for dir in ["vif", "vbd"] {
-        setup.call_ok(Op::Mkdir, 0, &[format!("{BACKEND}/{dir}").as_bytes(), b"\0"])?;
+    if b.fresh {
+        setup.call_ok(Op::Mkdir, 0, &[b"/local/domain/0\0"])?;
+        remove(&mut setup, BACKEND)?;
+        for d in 1..=b.domains {
+            remove(&mut setup, &format!("/local/domain/{d}"))?;
+        }
+    } else {
+        for dir in ["vif", "vbd"] {
+            setup.call_ok(Op::Mkdir, 0, &[format!("{BACKEND}/{dir}").as_bytes(), b"\0"])?;
+        }
     }
     setup.write(0, CONFIG.as_bytes(), CONFIG_VALUE.as_bytes())?;
 
@@ -218,6 +238,15 @@ pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     match wrong {
         Some(e) => Err(e),
         None => Ok(res),
+    }
+}
+
+/// RM `path`, which may be missing.
+fn remove(conn: &mut Conn, path: &str) -> Res<()> {
+    let m = conn.call(Op::Rm, 0, &[path.as_bytes(), b"\0"])?;
+    match error_name(&m) {
+        Some(b"ENOENT") => Ok(()),
+        _ => expect_ok(&m, Op::Rm, &[path.as_bytes()]),
     }
 }
 

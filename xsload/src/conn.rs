@@ -155,6 +155,11 @@ impl Conn {
         Ok(m)
     }
 
+    /// The socket, for a connection kept open without further use.
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
     /// Sends one request and waits for its reply.
     pub fn call(&mut self, op: Op, tx_id: u32, parts: &[&[u8]]) -> Res<Message> {
         let id = self.queue(op, tx_id, parts);

@@ -8,7 +8,13 @@
 //! * `daemons`: starting (fresh, per case) and stopping the servers.
 //! * `conn`: the lean blocking connection of the timed loops, on `wire`'s
 //!   codec; the `Fail` type (stalled vs wrong).
-//! * `pairs`, `bootstorm`, `readheavy`, `large`: the workloads.
+//! * `pairs`, `bootstorm` (also from a fresh tree), `readheavy`, `large`:
+//!   the workloads.
+//! * `idle`, `watchroot`, `lstree`: cases users meet, with the daemon and
+//!   the client pinned to CPUs of their own (`--cpus`) and every figure
+//!   also given as a ratio to C xenstored's: one active connection among
+//!   many idle ones, a watcher on `/` while domains are written, and
+//!   `xenstore-ls` of a large tree.
 //! * `rings`: `pairs-ring` and `bootstorm-ring`, rxenstored only: the
 //!   guests on simulated shared rings (`--sim-rings`), against the same
 //!   workload over the socket (ring ÷ socket).
@@ -23,12 +29,15 @@ mod bootstorm;
 mod conn;
 mod daemons;
 mod floor;
+mod idle;
 mod large;
+mod lstree;
 mod pairs;
 mod readheavy;
 mod report;
 mod rings;
 mod sys;
+mod watchroot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,14 +58,11 @@ struct Cli {
     /// Tiny sizes (a smoke test of the tool, a few seconds per daemon).
     #[arg(long)]
     quick: bool,
-    /// Workloads to run: pairs, bootstorm, read-heavy, large-tree,
-    /// pairs-ring, bootstorm-ring (comma-separated). The ring variants run
-    /// rxenstored only, over simulated rings and over the socket.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "pairs,bootstorm,read-heavy,large-tree,pairs-ring,bootstorm-ring"
-    )]
+    /// Workloads to run: pairs, bootstorm, bootstorm-fresh, read-heavy,
+    /// large-tree, idle-conns, watch-root, ls-tree, pairs-ring,
+    /// bootstorm-ring (comma-separated). The ring variants run rxenstored
+    /// only, over simulated rings and over the socket.
+    #[arg(long, value_delimiter = ',', default_values = WORKLOADS)]
     only: Vec<String>,
     /// Servers to compare: rxenstored (default mode), rx-threads (rxenstored
     /// --socket-threads), cxenstored, oxenstored, floor (comma-separated).
@@ -80,6 +86,26 @@ struct Cli {
     /// Bootstorm cases as DOMAINS/CLIENTS (comma-separated) [default: 200/1,200/8,1000/16; quick: 20/4].
     #[arg(long, value_delimiter = ',', value_name = "D/C")]
     bootstorm: Vec<String>,
+    /// bootstorm-fresh cases (the backend directories and the domains
+    /// removed first) as DOMAINS/CLIENTS [default: 200/8; quick: 20/4].
+    #[arg(long, value_delimiter = ',', value_name = "D/C")]
+    bootstorm_fresh: Vec<String>,
+    /// The CPUs of the daemon and of the client in idle-conns, watch-root
+    /// and ls-tree, as DAEMON,CLIENT [default: 1,0; unpinned on a machine
+    /// with one CPU].
+    #[arg(long, value_delimiter = ',', value_name = "D,C", num_args = 2)]
+    cpus: Vec<usize>,
+    /// Idle connections of the idle-conns cases (comma-separated)
+    /// [default: 0,500,1000,5000; quick: 0,50].
+    #[arg(long, value_delimiter = ',', value_name = "N")]
+    idle: Vec<usize>,
+    /// Domains written in watch-root [default: 1000; quick: 20].
+    #[arg(long, value_name = "N")]
+    watch_domains: Option<u32>,
+    /// Shape of the ls-tree tree as DIRS/LEAVES_PER_DIR, DIRS ≤ 1000
+    /// [default: 1000/99 (100,000 nodes); quick: 20/49].
+    #[arg(long, value_name = "D/L")]
+    ls: Option<String>,
     /// bootstorm-ring cases as DOMAINS/CLIENTS [default: 100/4,1000/8; quick: 10/2].
     #[arg(long, value_delimiter = ',', value_name = "D/C")]
     bootstorm_ring: Vec<String>,
@@ -111,6 +137,7 @@ struct Sizes {
     pairs_conns: Vec<usize>,
     pairs_reps: usize,
     boot: Vec<(u32, usize)>,
+    boot_fresh: Vec<(u32, usize)>,
     ring_boot: Vec<(u32, usize)>,
     ring_guest_threads: usize,
     watchers: usize,
@@ -122,6 +149,13 @@ struct Sizes {
     large_dirs: u64,
     large_per_dir: u64,
     large_budget: Duration,
+    idle: Vec<usize>,
+    idle_duration: Duration,
+    watch_domains: u32,
+    ls_dirs: u64,
+    ls_per_dir: u64,
+    /// The daemon's and the client's CPU in the pinned cases.
+    split_cpus: Option<(usize, usize)>,
     reply_timeout: Duration,
 }
 
@@ -133,6 +167,7 @@ impl Sizes {
                 pairs_conns: vec![1, 16],
                 pairs_reps: 1,
                 boot: vec![(20, 4)],
+                boot_fresh: vec![(20, 4)],
                 ring_boot: vec![(10, 2)],
                 ring_guest_threads: 2,
                 watchers: 2,
@@ -144,6 +179,12 @@ impl Sizes {
                 large_dirs: 20,
                 large_per_dir: 500,
                 large_budget: Duration::from_secs(30),
+                idle: vec![0, 50],
+                idle_duration: Duration::from_millis(300),
+                watch_domains: 20,
+                ls_dirs: 20,
+                ls_per_dir: 49,
+                split_cpus: None,
                 reply_timeout: Duration::from_secs(10),
             }
         } else {
@@ -152,6 +193,7 @@ impl Sizes {
                 pairs_conns: vec![1, 16],
                 pairs_reps: 3,
                 boot: vec![(200, 1), (200, 8), (1000, 16)],
+                boot_fresh: vec![(200, 8)],
                 ring_boot: vec![(100, 4), (1000, 8)],
                 ring_guest_threads: 4,
                 watchers: 2,
@@ -163,6 +205,12 @@ impl Sizes {
                 large_dirs: 1000,
                 large_per_dir: 1000,
                 large_budget: Duration::from_secs(45),
+                idle: vec![0, 500, 1000, 5000],
+                idle_duration: Duration::from_secs(2),
+                watch_domains: 1000,
+                ls_dirs: 1000,
+                ls_per_dir: 99,
+                split_cpus: None,
                 reply_timeout: Duration::from_secs(10),
             }
         };
@@ -188,6 +236,44 @@ impl Sizes {
             s.boot = parse_cases(&cli.bootstorm, u32::MAX)
                 .map_err(|()| format!("--bootstorm {:?}: expected DOMAINS/CLIENTS (1..=256 clients)", cli.bootstorm))?;
         }
+        if !cli.bootstorm_fresh.is_empty() {
+            s.boot_fresh = parse_cases(&cli.bootstorm_fresh, u32::MAX).map_err(|()| {
+                format!("--bootstorm-fresh {:?}: expected DOMAINS/CLIENTS (1..=256 clients)", cli.bootstorm_fresh)
+            })?;
+        }
+        if !cli.idle.is_empty() {
+            if cli.idle.iter().any(|&n| n > 100_000) {
+                return Err(format!("--idle {:?}: at most 100000 connections", cli.idle));
+            }
+            s.idle = cli.idle.clone();
+        }
+        if let Some(n) = cli.watch_domains {
+            if !(1..=100_000).contains(&n) {
+                return Err(format!("--watch-domains {n}: expected 1..=100000"));
+            }
+            s.watch_domains = n;
+        }
+        if let Some(shape) = &cli.ls {
+            let parsed = shape
+                .split_once('/')
+                .and_then(|(d, l)| Some((d.trim().parse::<u64>().ok()?, l.trim().parse::<u64>().ok()?)));
+            match parsed {
+                // /ls's list of names "0".."999" fits in one reply.
+                Some((d, l)) if (1..=1000).contains(&d) && (1..=10_000).contains(&l) => {
+                    (s.ls_dirs, s.ls_per_dir) = (d, l)
+                }
+                _ => {
+                    return Err(format!("--ls {shape}: expected DIRS/LEAVES_PER_DIR, 1..=1000 dirs, 1..=10000 leaves"));
+                }
+            }
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        s.split_cpus = match cli.cpus.as_slice() {
+            [] if cpus >= 2 => Some((1, 0)),
+            [] => None,
+            &[d, c] if d != c && d < libc::CPU_SETSIZE as usize && c < libc::CPU_SETSIZE as usize => Some((d, c)),
+            other => return Err(format!("--cpus {other:?}: expected two different CPUs, DAEMON,CLIENT")),
+        };
         if !cli.bootstorm_ring.is_empty() {
             s.ring_boot = parse_cases(&cli.bootstorm_ring, 30_000).map_err(|()| {
                 format!(
@@ -199,6 +285,20 @@ impl Sizes {
         Ok(s)
     }
 }
+
+/// Every workload, in the order they run.
+const WORKLOADS: [&str; 10] = [
+    "pairs",
+    "bootstorm",
+    "bootstorm-fresh",
+    "read-heavy",
+    "large-tree",
+    "idle-conns",
+    "watch-root",
+    "ls-tree",
+    "pairs-ring",
+    "bootstorm-ring",
+];
 
 /// Parses `DOMAINS/CLIENTS` cases (1..=`max_domains`, 1..=256 clients).
 fn parse_cases(cases: &[String], max_domains: u32) -> Result<Vec<(u32, usize)>, ()> {
@@ -361,9 +461,9 @@ fn run_pairs(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>) {
     }
 }
 
-fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
-    for &(domains, clients) in &s.boot {
-        let case = format!("bootstorm {domains} dom/{clients} cl");
+fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes, cases: &[(u32, usize)], fresh: bool) {
+    for &(domains, clients) in cases {
+        let case = format!("bootstorm{} {domains} dom/{clients} cl", if fresh { " fresh" } else { "" });
         let metric = |metric, unit, better| Metric { case: &case, metric, unit, better };
         let elapsed = metric("elapsed", Unit::Secs, Better::Lower);
         let reqs = metric("req/s", Unit::PerSec, Better::Higher);
@@ -389,6 +489,7 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                 reply_timeout: s.reply_timeout,
                 deadline: s.boot_deadline,
                 grace: s.boot_grace,
+                fresh,
             };
             let cpu_before = d.cpu_times();
             match bootstorm::run(d.socket(), &b) {
@@ -440,6 +541,13 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                         r.sheet.note(format!(
                             "{case}: {kind}: a watcher did not get the final event within {:?} after the last domain",
                             s.boot_grace
+                        ));
+                    }
+                    let expected = bootstorm::EVENTS_PER_DOMAIN * u64::from(res.domains_done);
+                    if let Some(w) = res.watchers.iter().find(|w| !w.stalled && w.events != expected) {
+                        r.sheet.note(format!(
+                            "{case}: {kind}: a watcher got {} events for {expected} backend keys written",
+                            w.events
                         ));
                     }
                     match d.hwm() {
@@ -581,6 +689,260 @@ fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
             }
         }
         r.check_alive(&mut d, &case);
+    }
+}
+
+/// Adds a row "`metric` ÷ C" to `case`: each daemon's figure divided by
+/// C xenstored's, from the same run.
+fn ratio_to_c(r: &mut Runner, case: &str, metric: &str, kinds: &[Kind]) {
+    let Some(c) = r.sheet.get(case, metric, Kind::Cxenstored).filter(|c| *c > 0.0) else { return };
+    let name = format!("{metric} ÷ C");
+    let m = Metric { case, metric: &name, unit: Unit::Ratio, better: Better::Neither };
+    for &kind in kinds {
+        let cell = match r.sheet.get(case, metric, kind) {
+            Some(v) => Cell::Num(v / c),
+            None => Cell::Text("–".into()),
+        };
+        r.sheet.set(m, kind, cell);
+    }
+}
+
+/// The daemons of the cases users meet: not the floor, which is no store.
+fn store_kinds(kinds: &[Kind]) -> Vec<Kind> {
+    kinds.iter().copied().filter(|k| *k != Kind::Floor).collect()
+}
+
+fn run_idle(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
+    let kinds = store_kinds(kinds);
+    let (daemon_cpu, client_cpu) = (s.split_cpus.map(|c| c.0), s.split_cpus.map(|c| c.1));
+    for &n in &s.idle {
+        let case = format!("idle conns {n}");
+        let m = Metric { case: &case, metric: "req/s", unit: Unit::PerSec, better: Better::Higher };
+        // Every daemon up at once, the repetitions in rounds (as `pairs`);
+        // each measurement opens its own idle connections and closes them.
+        let mut entrants = Vec::new();
+        for &kind in &kinds {
+            match r.start(kind, daemon_cpu, &case) {
+                Some(d) => entrants.push((kind, d, Vec::new(), None)),
+                None => r.skip(&[m], kind),
+            }
+        }
+        let p = idle::Idle { idle: n, duration: s.idle_duration, client_cpu, timeout: s.reply_timeout };
+        for _ in 0..s.pairs_reps {
+            for (_, d, runs, failed) in &mut entrants {
+                if failed.is_none() {
+                    match idle::run(d.socket(), &p) {
+                        Ok(v) => runs.push(v),
+                        Err(e) => *failed = Some(e),
+                    }
+                }
+            }
+        }
+        for (kind, mut d, mut runs, failed) in entrants {
+            match failed {
+                Some(e) => r.fail(&[m], kind, &e, &d),
+                None => {
+                    let median = median_of(&case, kind, "req/s", &mut runs);
+                    r.sheet.set(m, kind, Cell::Num(median));
+                }
+            }
+            r.check_alive(&mut d, &case);
+        }
+        ratio_to_c(r, &case, "req/s", &kinds);
+    }
+    // How flat: each daemon's figure with the most idle connections ÷ with none.
+    if let (Some(&first), Some(&last)) = (s.idle.first(), s.idle.last())
+        && first != last
+    {
+        let name = format!("idle conns {last} ÷ {first}");
+        let m = Metric { case: &name, metric: "req/s", unit: Unit::Ratio, better: Better::Higher };
+        for &kind in &kinds {
+            let a = r.sheet.get(&format!("idle conns {last}"), "req/s", kind);
+            let b = r.sheet.get(&format!("idle conns {first}"), "req/s", kind);
+            let cell = match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Cell::Num(a / b),
+                _ => Cell::Text("–".into()),
+            };
+            r.sheet.set(m, kind, cell);
+        }
+    }
+}
+
+/// The median of `runs` (not empty), after noting them all.
+fn median_of(case: &str, kind: Kind, what: &str, runs: &mut [f64]) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    let all: Vec<String> = runs.iter().map(|v| format!("{v:.0}")).collect();
+    let median = runs[runs.len() / 2];
+    progress(case, kind, &format!("{what} {median:.0} (runs: {})", all.join(", ")));
+    median
+}
+
+fn run_watch_root(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
+    let kinds = store_kinds(kinds);
+    let (daemon_cpu, client_cpu) = (s.split_cpus.map(|c| c.0), s.split_cpus.map(|c| c.1));
+    let case = format!("watch / while {} domains written", s.watch_domains);
+    let metric = |metric, unit, better| Metric { case: &case, metric, unit, better };
+    let plain = metric("writes/s, no watcher", Unit::PerSec, Better::Higher);
+    let watched = metric("writes/s, watcher on /", Unit::PerSec, Better::Higher);
+    let events = metric("events to the watcher", Unit::Count, Better::Neither);
+    // Near zero when the watcher keeps up: no ratio.
+    let lag = metric("watcher's lag after the last reply, max", Unit::Micros, Better::Neither);
+    let all = [plain, watched, events, lag];
+    // Every daemon up at once; in each round, each writes the domains
+    // without and then with the watcher (and removes them after each).
+    struct Entrant {
+        kind: Kind,
+        d: Daemon,
+        plain: Vec<f64>,
+        watched: Vec<f64>,
+        events: u64,
+        lag: f64,
+        failed: Option<Fail>,
+    }
+    let mut entrants = Vec::new();
+    for &kind in &kinds {
+        match r.start(kind, daemon_cpu, &case) {
+            Some(d) => entrants.push(Entrant {
+                kind,
+                d,
+                plain: Vec::new(),
+                watched: Vec::new(),
+                events: 0,
+                lag: 0.0,
+                failed: None,
+            }),
+            None => r.skip(&all, kind),
+        }
+    }
+    for _ in 0..s.pairs_reps {
+        for e in &mut entrants {
+            for watch in [false, true] {
+                if e.failed.is_some() {
+                    continue;
+                }
+                let p = watchroot::WatchRoot {
+                    domains: s.watch_domains,
+                    watch,
+                    client_cpu,
+                    timeout: s.reply_timeout,
+                    grace: s.boot_grace,
+                };
+                match watchroot::run(e.d.socket(), &p) {
+                    Err(f) => e.failed = Some(f),
+                    Ok(res) => {
+                        let rate = res.writes as f64 / res.elapsed;
+                        if !watch {
+                            e.plain.push(rate);
+                            continue;
+                        }
+                        e.watched.push(rate);
+                        e.lag = e.lag.max(res.lag);
+                        e.events = res.events;
+                        if res.events != res.writes {
+                            r.sheet
+                                .note(format!("{case}: {}: {} events for {} writes", e.kind, res.events, res.writes));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for mut e in entrants {
+        match e.failed {
+            Some(f) => r.fail(&all, e.kind, &f, &e.d),
+            None => {
+                let v = median_of(&case, e.kind, "writes/s, no watcher:", &mut e.plain);
+                r.sheet.set(plain, e.kind, Cell::Num(v));
+                let v = median_of(&case, e.kind, "writes/s, watcher on /:", &mut e.watched);
+                r.sheet.set(watched, e.kind, Cell::Num(v));
+                r.sheet.set(events, e.kind, Cell::Num(e.events as f64));
+                r.sheet.set(lag, e.kind, Cell::Num(e.lag * 1e6));
+            }
+        }
+        r.check_alive(&mut e.d, &case);
+    }
+    for m in ["writes/s, no watcher", "writes/s, watcher on /"] {
+        ratio_to_c(r, &case, m, &kinds);
+    }
+}
+
+fn run_ls_tree(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
+    let kinds = store_kinds(kinds);
+    let (daemon_cpu, client_cpu) = (s.split_cpus.map(|c| c.0), s.split_cpus.map(|c| c.1));
+    let nodes = s.ls_dirs + s.ls_dirs * s.ls_per_dir;
+    let case = if nodes >= 1000 { format!("ls {}k-node tree", nodes / 1000) } else { format!("ls {nodes}-node tree") };
+    let metric = |metric, unit, better| Metric { case: &case, metric, unit, better };
+    let walk = metric("walk (DIRECTORY+READ), nodes/s", Unit::PerSec, Better::Higher);
+    let tool = metric("xenstore-ls, nodes/s", Unit::PerSec, Better::Higher);
+    let tool_secs = metric("xenstore-ls, time", Unit::Secs, Better::Lower);
+    // Debian's client tools are there once start-peer has unpacked them.
+    let cache = std::env::var_os("XS_PEERS_CACHE").map_or_else(|| PathBuf::from("/tmp/xs-peers-cache"), PathBuf::from);
+    let xen_tool =
+        Some(r.progs.shared.join("peers/xen-tool")).filter(|p| p.is_file() && cache.join("root/.unpacked").exists());
+    let all: &[Metric<'_>] = if xen_tool.is_some() { &[walk, tool, tool_secs] } else { &[walk] };
+    if xen_tool.is_none() {
+        r.sheet.note(format!("{case}: Debian's xenstore-ls is not unpacked here (peers/start-peer does it): not run"));
+    }
+    let l = lstree::LsTree {
+        dirs: s.ls_dirs,
+        per_dir: s.ls_per_dir,
+        client_cpu,
+        timeout: s.reply_timeout,
+        xen_tool: xen_tool.clone(),
+    };
+    // Every daemon up and loaded at once; the listings in rounds.
+    let mut entrants = Vec::new();
+    for &kind in &kinds {
+        let Some(d) = r.start(kind, daemon_cpu, &case) else {
+            r.skip(all, kind);
+            continue;
+        };
+        match lstree::load(d.socket(), &l) {
+            Ok(rate) => {
+                progress(&case, kind, &format!("{nodes} nodes loaded at {rate:.0} writes/s"));
+                entrants.push((kind, d, Vec::new(), Vec::new(), None));
+            }
+            Err(e) => r.fail(all, kind, &e, &d),
+        }
+    }
+    for _ in 0..s.pairs_reps {
+        for (kind, d, walks, tools, failed) in &mut entrants {
+            if failed.is_some() {
+                continue;
+            }
+            match lstree::list(d.socket(), &l) {
+                Err(e) => *failed = Some(e),
+                Ok(listing) => {
+                    walks.push(nodes as f64 / listing.walk_secs);
+                    match listing.tool_secs {
+                        Ok(t) => tools.push(t),
+                        Err(_) if xen_tool.is_none() => {}
+                        Err(e) => *failed = Some(Fail::Wrong(format!("xenstore-ls ({kind}): {e}"))),
+                    }
+                }
+            }
+        }
+    }
+    for (kind, mut d, mut walks, mut tools, failed) in entrants {
+        match failed {
+            Some(e) => r.fail(all, kind, &e, &d),
+            None => {
+                let v = median_of(&case, kind, "walk nodes/s:", &mut walks);
+                r.sheet.set(walk, kind, Cell::Num(v));
+                if !tools.is_empty() {
+                    tools.sort_by(f64::total_cmp);
+                    let t = tools[tools.len() / 2];
+                    let all: Vec<String> = tools.iter().map(|v| format!("{v:.2}")).collect();
+                    progress(&case, kind, &format!("xenstore-ls {t:.2} s (runs: {})", all.join(", ")));
+                    r.sheet.set(tool, kind, Cell::Num(nodes as f64 / t));
+                    r.sheet.set(tool_secs, kind, Cell::Num(t));
+                }
+            }
+        }
+        r.check_alive(&mut d, &case);
+    }
+    for m in ["walk (DIRECTORY+READ), nodes/s", "xenstore-ls, nodes/s"] {
+        ratio_to_c(r, &case, m, &kinds);
     }
 }
 
@@ -848,7 +1210,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    const WORKLOADS: [&str; 6] = ["pairs", "bootstorm", "read-heavy", "large-tree", "pairs-ring", "bootstorm-ring"];
     for w in &cli.only {
         if !WORKLOADS.contains(&w.trim()) {
             eprintln!("xsload: unknown workload {w:?} ({})", WORKLOADS.join(", "));
@@ -877,13 +1238,28 @@ fn main() -> ExitCode {
         run_pairs(&mut r, &kinds, &sizes, cli.pin);
     }
     if wants("bootstorm") {
-        run_bootstorm(&mut r, &kinds, &sizes);
+        run_bootstorm(&mut r, &kinds, &sizes, &sizes.boot, false);
+    }
+    if wants("bootstorm-fresh") {
+        run_bootstorm(&mut r, &kinds, &sizes, &sizes.boot_fresh, true);
     }
     if wants("read-heavy") {
         run_read_heavy(&mut r, &kinds, &sizes, cli.pin);
     }
     if wants("large-tree") {
         run_large(&mut r, &kinds, &sizes);
+    }
+    if sizes.split_cpus.is_none() && (wants("idle-conns") || wants("watch-root") || wants("ls-tree")) {
+        r.sheet.note("idle-conns, watch-root, ls-tree: one CPU only, so daemon and client are not pinned");
+    }
+    if wants("idle-conns") {
+        run_idle(&mut r, &kinds, &sizes);
+    }
+    if wants("watch-root") {
+        run_watch_root(&mut r, &kinds, &sizes);
+    }
+    if wants("ls-tree") {
+        run_ls_tree(&mut r, &kinds, &sizes);
     }
     // The ring variants: rxenstored only (the reference daemons cannot
     // serve simulated rings).

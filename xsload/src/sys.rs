@@ -23,6 +23,26 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Runs `f` on a new thread named `name`, pinned to `cpu` if given (the
+/// caller's own affinity stays as it is), and returns its result.
+pub fn on_cpu<T: Send + 'static>(
+    cpu: Option<usize>,
+    name: &str,
+    f: impl FnOnce() -> crate::conn::Res<T> + Send + 'static,
+) -> crate::conn::Res<T> {
+    use crate::conn::Fail;
+    let h = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_current_thread(cpu).map_err(|e| Fail::Wrong(format!("pin to CPU {cpu}: {e}")))?;
+            }
+            f()
+        })
+        .map_err(|e| Fail::Wrong(format!("spawn: {e}")))?;
+    h.join().unwrap_or_else(|_| Err(Fail::Wrong(format!("{name} thread panicked"))))
+}
+
 /// Reads one `kB` field (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, in bytes.
 pub fn proc_status_kb(pid: i32, field: &str) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
