@@ -512,12 +512,20 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether log lines get ANSI colours: only on a terminal (a log file, a
+/// pipe or the journal gets plain text), and never with `NO_COLOR` set to
+/// anything but the empty string (no-color.org).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> ExitCode {
     let (argv, warnings) = c_compatible_args(std::env::args_os().collect());
     let args = Args::parse_from(argv);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_ansi(colour_logs()).init();
     for w in warnings {
         tracing::warn!("{w}");
     }
