@@ -3,7 +3,10 @@
 //!
 //! Guards against: colour escapes in log files (stderr sent to a file, as
 //! dom0's init scripts do), colour despite `NO_COLOR`, and no colour on a
-//! terminal.
+//! terminal; a daemon that, started as Debian's /etc/init.d/xen and Xen's
+//! launch-xenstore start it (no `--no-fork`, `--pid-file FILE`), returns
+//! before its pid file exists or before it serves, reports success when it
+//! could not start, or holds the caller's pipe open.
 
 use std::fs::File;
 use std::io::Read as _;
@@ -13,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rxenstored_suite::daemon::{Daemon, rxenstored_bin};
+use wire::client::{Client, Reply};
 
 const ESC: u8 = 0x1b;
 
@@ -125,4 +129,113 @@ fn log_on_a_terminal_is_coloured_unless_no_color() {
     // An empty NO_COLOR does not count (no-color.org).
     let empty = terminal_log(&bin, Some(""));
     assert!(empty.contains(&ESC), "no colour with an empty NO_COLOR: {:?}", String::from_utf8_lossy(&empty));
+}
+
+/// Whether `pid` runs (a zombie counts as gone: the detached daemon's
+/// parent is not this process, and nothing may reap it here).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X'])))
+}
+
+/// Runs the daemon without `--no-fork` and waits for the command to
+/// return, as an init script does; returns its status and what it wrote to
+/// stderr (a pipe: read to its end, so the daemon must have let go of it).
+fn run_detached(bin: &PathBuf, rundir: &std::path::Path, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("XENSTORED_RUNDIR", rundir)
+        .env_remove("XENSTORED_PATH")
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rxenstored starts");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the command did not return within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = rx.recv_timeout(Duration::from_secs(10)).expect("the daemon let go of the caller's stderr");
+    (status, text)
+}
+
+/// Reads the pid file, checks the daemon serves, stops it with SIGTERM and
+/// checks it cleaned up after itself.
+fn check_detached_daemon(rundir: &std::path::Path, pid_file: &std::path::Path) {
+    let text = std::fs::read_to_string(pid_file).expect("the pid file exists when the command returns");
+    let pid: i32 = text.trim().parse().expect("a pid in the pid file");
+    assert!(alive(pid), "pid {pid} from the pid file runs");
+    let socket = rundir.join("socket");
+    let mut c = Client::connect(&socket).expect("the daemon serves when the command returns");
+    assert_eq!(c.write("/detached", "yes").expect("WRITE"), Reply::ok_nul());
+    assert_eq!(c.read("/detached").expect("READ"), Reply::ok_from("yes"));
+    drop(c);
+    // SAFETY: kill(2) on the daemon's pid, checked alive above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!alive(pid), "SIGTERM stops the detached daemon");
+    assert!(!pid_file.exists(), "the pid file is removed at exit");
+    assert!(!socket.exists(), "the socket is removed at exit");
+}
+
+#[test]
+fn detaches_as_debian_init_starts_it() {
+    let Some(bin) = binary() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pid_file = dir.path().join("xenstore.pid");
+    let log_file = dir.path().join("xenstored.log");
+    // /etc/init.d/xen: $XENSTORED $XENSTORED_ARGS --pid-file FILE.
+    let pid_arg = format!("--pid-file={}", pid_file.display());
+    let log_arg = format!("--log-file={}", log_file.display());
+    let (status, stderr) = run_detached(&bin, dir.path(), &["--no-rings", &log_arg, &pid_arg]);
+    assert!(status.success(), "{status}: {stderr}");
+    let log = std::fs::read_to_string(&log_file).expect("the log file");
+    assert!(log.contains("listening on"), "the log file has the start-up line: {log:?}");
+    assert!(!log.as_bytes().contains(&ESC), "colour escapes in the log file: {log:?}");
+    check_detached_daemon(dir.path(), &pid_file);
+}
+
+#[test]
+fn detaches_as_launch_xenstore_starts_it() {
+    let Some(bin) = binary() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pid_file = dir.path().join("xenstored.pid");
+    // launch-xenstore: $XENSTORED --pid-file FILE $XENSTORED_ARGS.
+    let pid_file_arg = pid_file.display().to_string();
+    let (status, stderr) = run_detached(&bin, dir.path(), &["--pid-file", &pid_file_arg, "--no-rings"]);
+    assert!(status.success(), "{status}: {stderr}");
+    check_detached_daemon(dir.path(), &pid_file);
+}
+
+#[test]
+fn a_detached_daemon_that_cannot_start_fails_the_command() {
+    let Some(bin) = binary() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pid_file = dir.path().join("xenstored.pid");
+    let pid_file_arg = pid_file.display().to_string();
+    // Refused after the fork: the parent must report the child's failure.
+    let (status, stderr) =
+        run_detached(&bin, dir.path(), &["--pid-file", &pid_file_arg, "--no-rings", "--durability", "commit"]);
+    assert!(!status.success(), "the command failed: {stderr}");
+    assert!(stderr.contains("--durability needs --state-dir"), "the reason reaches the caller: {stderr:?}");
+    assert!(!pid_file.exists(), "no pid file is left behind");
 }
