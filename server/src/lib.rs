@@ -53,6 +53,8 @@ mod os;
 #[cfg(feature = "std")]
 pub mod persistence;
 #[cfg(feature = "std")]
+pub mod quota_log;
+#[cfg(feature = "std")]
 pub mod sim;
 #[cfg(feature = "std")]
 pub mod xen;
@@ -61,5 +63,5 @@ pub use access::Caller;
 pub use conn::{ConnId, ConnKind, OutQueue};
 pub use domain::{DomainState, NoRings, Platform};
 pub use error::Error;
-pub use protocol::{Config, Core, JournalEntry, ProtocolViolation, initial_snapshot};
+pub use protocol::{Config, Core, JournalEntry, ProtocolViolation, QuotaEvent, initial_snapshot};
 pub use reader::Reader;

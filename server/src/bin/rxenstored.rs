@@ -198,6 +198,11 @@ struct Args {
     #[arg(long = "log-level", default_value = "info")]
     log_level: String,
 
+    /// Least seconds between two log lines about one domain hitting one
+    /// quota (the refusals in between are counted, and the count logged).
+    #[arg(long = "quota-log-interval", value_name = "SECS", default_value_t = daemon::QUOTA_LOG_INTERVAL.as_secs())]
+    quota_log_interval: u64,
+
     /// Append the log to this file instead of writing it to stderr.
     #[arg(long = "log-file", value_name = "FILE")]
     log_file: Option<PathBuf>,
@@ -585,6 +590,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     let mut daemon = Daemon::new(core, listener, socket.clone(), trace).map_err(|e| format!("cannot start: {e}"))?;
     daemon.set_socket_threads(args.socket_threads);
+    daemon.set_quota_log_interval(Duration::from_secs(args.quota_log_interval));
     if let Some(p) = persistence {
         daemon.set_persistence(p);
     }
