@@ -21,7 +21,8 @@
 //!
 //! The `std` edge: `daemon` (the event loop over the Unix socket and the
 //! rings), the platforms [`xen`] (Linux's Xen devices) and [`sim`]
-//! (simulated guests in shared files), and the `rxenstored` binary.
+//! (simulated guests in shared files), `quota_log` (rate-limited quota
+//! lines), `cli` (the command line) and the `rxenstored` binary.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -42,6 +43,8 @@ pub mod reader;
 pub mod ring;
 pub mod watch;
 
+#[cfg(feature = "std")]
+pub mod cli;
 #[cfg(feature = "std")]
 pub mod daemon;
 #[cfg(feature = "std")]

@@ -73,6 +73,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use engine::DomId;
+use server::cli::Args;
 use server::daemon::{self, Daemon};
 use server::lu_stream;
 use server::persistence::{self, Durability, PersistConfig, Persistence};
@@ -81,132 +82,6 @@ use server::sim::SimPlatform;
 use server::xen::XenPlatform;
 use server::{Config, Core, NoRings, Platform};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
-
-/// A xenstore daemon: the configuration store of a Xen host.
-///
-/// The socket is at $XENSTORED_PATH, else $XENSTORED_RUNDIR/socket, else
-/// /var/run/xenstored/socket. The store is kept in memory.
-#[derive(Parser, Debug)]
-#[command(name = "rxenstored", version, about)]
-struct Args {
-    /// Do not detach from the terminal (run in the foreground).
-    #[arg(short = 'N', long = "no-fork")]
-    no_fork: bool,
-
-    /// Write the daemon's process id to this file.
-    #[arg(short = 'F', long = "pid-file")]
-    pid_file: Option<PathBuf>,
-
-    /// Trace every message received and sent to this file.
-    #[arg(short = 'T', long = "trace-file")]
-    trace_file: Option<PathBuf>,
-
-    /// Set a hard quota: NAME=VALUE, NAME one of nodes, watches,
-    /// outstanding, memory, transactions, transaction-nodes,
-    /// node-permissions, path-max, node-size. Repeatable.
-    #[arg(short = 'Q', long = "quota", value_name = "NAME=VALUE")]
-    quota: Vec<String>,
-
-    /// Set a soft quota (logged only): NAME=VALUE. Repeatable.
-    #[arg(short = 'q', long = "quota-soft", value_name = "NAME=VALUE")]
-    quota_soft: Vec<String>,
-
-    /// Nodes a domain may own (same as -Q nodes=N).
-    #[arg(short = 'E', long = "entry-nb")]
-    entry_nb: Option<u32>,
-
-    /// Watches a domain may hold (same as -Q watches=N).
-    #[arg(short = 'W', long = "watch-nb")]
-    watch_nb: Option<u32>,
-
-    /// Permission entries a node may carry (same as -Q node-permissions=N).
-    #[arg(short = 'A', long = "perm-nb")]
-    perm_nb: Option<u32>,
-
-    /// Longest path an unprivileged domain may use (at most 2048).
-    #[arg(short = 'M', long = "path-max")]
-    path_max: Option<u32>,
-
-    /// Largest node size (same as -Q node-size=N).
-    #[arg(short = 'S', long = "entry-size")]
-    entry_size: Option<u32>,
-
-    /// Concurrent transactions per domain (same as -Q transactions=N).
-    #[arg(short = 't', long = "transaction")]
-    transaction: Option<u32>,
-
-    /// The privileged (control) domain.
-    #[arg(long = "priv-domid", default_value_t = 0)]
-    priv_domid: u16,
-
-    /// Give a released domain's nodes to the control domain instead of
-    /// deleting them.
-    #[arg(long = "keep-orphans")]
-    keep_orphans: bool,
-
-    /// Serve guests' rings through Xen's devices (/dev/xen/evtchn, gntdev,
-    /// privcmd). The default when /dev/xen exists.
-    #[arg(long = "xen", conflicts_with_all = ["sim_rings", "no_rings"])]
-    xen: bool,
-
-    /// Serve simulated guests instead: rings are files in DIR, event
-    /// channels FIFOs (see the server::sim documentation).
-    #[arg(long = "sim-rings", value_name = "DIR", conflicts_with = "no_rings")]
-    sim_rings: Option<PathBuf>,
-
-    /// Serve the socket only, even where /dev/xen exists.
-    #[arg(long = "no-rings")]
-    no_rings: bool,
-
-    /// Serve each socket client from a thread of its own instead of the
-    /// main event loop (which already hands clients that mostly read to
-    /// threads of their own): costs a bootstorm with watchers CPU and
-    /// memory (ignored with --durability commit, whose group commit needs
-    /// the loop).
-    #[arg(long = "socket-threads")]
-    socket_threads: bool,
-
-    /// Keep the state in this directory: restart after a crash with it.
-    #[arg(long = "state-dir", value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-
-    /// What survives a crash (with --state-dir): none, checkpoint (periodic
-    /// background checkpoints), commit (every acknowledged commit).
-    #[arg(long = "durability", value_enum, default_value = "none")]
-    durability: Durability,
-
-    /// Seconds between checkpoints (checkpoint and commit modes).
-    #[arg(long = "checkpoint-interval", value_name = "SECS", default_value_t = 60)]
-    checkpoint_interval: u64,
-
-    /// Commits between checkpoints (checkpoint and commit modes).
-    #[arg(long = "checkpoint-commits", value_name = "N", default_value_t = 100_000)]
-    checkpoint_commits: u64,
-
-    /// If the state directory holds damaged state, move it aside and start
-    /// empty instead of refusing to start.
-    #[arg(long = "discard-state")]
-    discard_state: bool,
-
-    /// Live update: take over from the previous process (C xenstored's or
-    /// ours) through $XENSTORED_RUNDIR/state_dump and the descriptors it
-    /// left open. Set by the live update itself, not by hand.
-    #[arg(short = 'U', long = "live-update")]
-    live_update: bool,
-
-    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides.
-    #[arg(long = "log-level", default_value = "info")]
-    log_level: String,
-
-    /// Least seconds between two log lines about one domain hitting one
-    /// quota (the refusals in between are counted, and the count logged).
-    #[arg(long = "quota-log-interval", value_name = "SECS", default_value_t = daemon::QUOTA_LOG_INTERVAL.as_secs())]
-    quota_log_interval: u64,
-
-    /// Append the log to this file instead of writing it to stderr.
-    #[arg(long = "log-file", value_name = "FILE")]
-    log_file: Option<PathBuf>,
-}
 
 fn parse_quota(spec: &str) -> Result<(Quota, u32), String> {
     let (name, value) = spec.split_once('=').ok_or_else(|| format!("quota '{spec}': expected NAME=VALUE"))?;
