@@ -1,6 +1,7 @@
 //! CONTROL (DEBUG) sub-commands (PROTOCOL.md §12), with C xenstored's
 //! texts where clients or operators read them.
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -73,7 +74,10 @@ fn text(s: String) -> Vec<u8> {
     v
 }
 
-fn quota_table(table: &QuotaTable, soft: bool) -> String {
+/// The global quota table, in C's format; with `highest`, each quota a
+/// domain holds is followed by the highest current use among unprivileged
+/// domains and whose it is.
+fn quota_table(table: &QuotaTable, soft: bool, highest: &BTreeMap<DomId, Usage>) -> String {
     let mut s = String::from("Quota settings:\n");
     for q in TABLE_ORDER {
         let (value, what) = if soft {
@@ -85,12 +89,21 @@ fn quota_table(table: &QuotaTable, soft: bool) -> String {
             (table.hard(q), String::from(describe(q)))
         };
         let name = if q == Quota::NodePermissions { "permissions" } else { q.name() };
-        let _ = writeln!(s, "{name:<17}: {value:>8} {what}");
+        let _ = write!(s, "{name:<17}: {value:>8} {what}");
+        let top = highest
+            .iter()
+            .filter_map(|(d, u)| Some((u.get(q)?, *d)))
+            .max_by_key(|(used, d)| (*used, core::cmp::Reverse(*d)));
+        if let Some((used, domid)) = top.filter(|(used, _)| *used > 0) {
+            let _ = write!(s, "; highest use {used} (domain {})", domid.0);
+        }
+        s.push('\n');
     }
     s
 }
 
-/// Current use of the counted quotas by one domain.
+/// Current use of the quotas a domain holds.
+#[derive(Clone, Copy, Debug, Default)]
 struct Usage {
     nodes: usize,
     watches: usize,
@@ -99,38 +112,71 @@ struct Usage {
     memory: usize,
 }
 
+impl Usage {
+    fn get(&self, q: Quota) -> Option<usize> {
+        match q {
+            Quota::Nodes => Some(self.nodes),
+            Quota::Watches => Some(self.watches),
+            Quota::Transactions => Some(self.transactions),
+            Quota::Outstanding => Some(self.outstanding),
+            Quota::Memory => Some(self.memory),
+            _ => None,
+        }
+    }
+
+    fn max(self, other: Usage) -> Usage {
+        Usage {
+            nodes: self.nodes.max(other.nodes),
+            watches: self.watches.max(other.watches),
+            transactions: self.transactions.max(other.transactions),
+            outstanding: self.outstanding.max(other.outstanding),
+            memory: self.memory.max(other.memory),
+        }
+    }
+}
+
+/// "use of limit" lines for the quotas a domain holds, with `limits`.
+fn usage_text(title: &str, u: &Usage, limits: &QuotaTable) -> String {
+    let mut s = format!("{title}:\n");
+    for q in TABLE_ORDER.into_iter().filter(|q| q.is_held()) {
+        let used = u.get(q).unwrap_or(0);
+        let _ = match limits.hard(q) {
+            0 => writeln!(s, "{:<16}: {used:>8} (no limit)", q.name()),
+            limit => writeln!(s, "{:<16}: {used:>8} of {limit:>8}", q.name()),
+        };
+    }
+    s
+}
+
 impl<P: Platform> Core<P> {
-    fn usage(&self, domid: DomId) -> Usage {
+    /// Current use by each of `domids`: one walk of the tree for all of
+    /// them (node memory), not one per domain.
+    fn usages(&self, domids: &[DomId]) -> BTreeMap<DomId, Usage> {
         let snap = self.store.snapshot();
-        let mut u =
-            Usage { nodes: snap.owned_count(domid) as usize, watches: 0, transactions: 0, outstanding: 0, memory: 0 };
-        for conn in self.conns.values().filter(|c| c.domid() == domid) {
-            u.watches += conn.watches;
-            u.transactions += conn.open_transactions();
-            u.outstanding += conn.out.len();
-            u.memory += conn.out.bytes();
+        let mut all: BTreeMap<DomId, Usage> =
+            domids.iter().map(|&d| (d, Usage { nodes: snap.owned_count(d) as usize, ..Usage::default() })).collect();
+        for conn in self.conns.values() {
+            if let Some(u) = all.get_mut(&conn.domid()) {
+                u.watches += conn.watches;
+                u.transactions += conn.open_transactions();
+                u.outstanding += conn.out.len();
+                u.memory += conn.out.bytes();
+            }
         }
         // Node memory as C accounts it: header, permissions, value, child
         // names, path.
-        for (path, node) in snap.iter_tree().filter(|(_, n)| n.perms().owner() == domid) {
-            u.memory += 16 + 8 * node.perms().entries().len() + node.value().len() + path.as_str().len();
-            u.memory += node.children().wire_len();
+        for (path, node) in snap.iter_tree() {
+            if let Some(u) = all.get_mut(&node.perms().owner()) {
+                u.memory += 16 + 8 * node.perms().entries().len() + node.value().len() + path.as_str().len();
+                u.memory += node.children().wire_len();
+            }
         }
-        u
+        all
     }
 
-    fn usage_text(&self, title: &str, u: &Usage) -> String {
-        let mut s = format!("{title}:\n");
-        for (name, v) in [
-            ("nodes", u.nodes),
-            ("watches", u.watches),
-            ("transactions", u.transactions),
-            ("outstanding", u.outstanding),
-            ("memory", u.memory),
-        ] {
-            let _ = writeln!(s, "{name:<16}: {v:>8}");
-        }
-        s
+    /// The domains quotas apply to: every tracked one but the privileged.
+    fn unprivileged_domains(&self) -> Vec<DomId> {
+        self.domains.keys().copied().filter(|d| *d != self.config.priv_domid).collect()
     }
 
     pub(crate) fn control(&mut self, _id: ConnId, payload: &[u8]) -> Result<Vec<u8>> {
@@ -178,8 +224,11 @@ impl<P: Platform> Core<P> {
                 self.logs.push(format!("trace file requested: {}", String::from_utf8_lossy(file)));
                 Ok(ok())
             }
-            (b"quota", []) => Ok(text(quota_table(&self.config.quotas, false))),
-            (b"quota-soft", []) => Ok(text(quota_table(&self.config.quotas, true))),
+            (b"quota", []) => {
+                let highest = self.usages(&self.unprivileged_domains());
+                Ok(text(quota_table(&self.config.quotas, false, &highest)))
+            }
+            (b"quota-soft", []) => Ok(text(quota_table(&self.config.quotas, true, &BTreeMap::new()))),
             (b"quota" | b"quota-soft", [b"set", name, value]) => {
                 let soft = cmd == b"quota-soft";
                 let quota = Quota::from_name(name).ok_or(Error::BadRequest)?;
@@ -196,26 +245,14 @@ impl<P: Platform> Core<P> {
             }
             (b"quota", [b"max", flags @ ..]) if flags.is_empty() || flags == [b"-r"] => {
                 // The largest current use over unprivileged domains.
-                let mut max = Usage { nodes: 0, watches: 0, transactions: 0, outstanding: 0, memory: 0 };
-                let domids: Vec<DomId> =
-                    self.domains.keys().copied().filter(|d| *d != self.config.priv_domid).collect();
-                for d in domids {
-                    let u = self.usage(d);
-                    max.nodes = max.nodes.max(u.nodes);
-                    max.watches = max.watches.max(u.watches);
-                    max.transactions = max.transactions.max(u.transactions);
-                    max.outstanding = max.outstanding.max(u.outstanding);
-                    max.memory = max.memory.max(u.memory);
-                }
-                Ok(text(self.usage_text("Max. quota usage", &max)))
+                let max = self.usages(&self.unprivileged_domains()).into_values().fold(Usage::default(), Usage::max);
+                Ok(text(usage_text("Max. quota usage", &max, &self.config.quotas)))
             }
             (b"quota", [domid]) => {
                 let domid = parse_domid_arg(domid)?;
-                if !self.domains.contains_key(&domid) {
-                    return Err(Error::NotFound);
-                }
-                let u = self.usage(domid);
-                Ok(text(self.usage_text(&format!("Domain {}", domid.0), &u)))
+                let Some(d) = self.domains.get(&domid) else { return Err(Error::NotFound) };
+                let u = self.usages(&[domid]).remove(&domid).unwrap_or_default();
+                Ok(text(usage_text(&format!("Domain {}", domid.0), &u, &d.quotas)))
             }
             (b"live-update", args) => self.live_update_control(_id, args),
             _ => Err(Error::BadRequest),

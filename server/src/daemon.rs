@@ -78,6 +78,7 @@ use crate::conn::ConnId;
 use crate::domain::Platform;
 use crate::persistence::Persistence;
 use crate::protocol::Core;
+use crate::quota_log::QuotaLog;
 use crate::reader::Reader;
 use wire::FrameTracker;
 
@@ -212,6 +213,8 @@ pub(crate) struct State<P: Platform> {
     snapshot_out: Vec<u8>,
     /// Clients found to be readers this turn, promoted at its end.
     promote: Vec<ConnId>,
+    /// Rate-limited log lines for refusals by quotas (`quota_log.rs`).
+    quota_log: QuotaLog,
 }
 
 /// What a client thread read, waiting in the inbox for the core.
@@ -221,6 +224,10 @@ struct Input {
     bytes: Result<Vec<u8>, String>,
     lane: Arc<Lane>,
 }
+
+/// The least time between two log lines for one domain's refusals by one
+/// quota, by default (`--quota-log-interval`).
+pub const QUOTA_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the main thread and the client threads share.
 struct Shared<P: Platform> {
@@ -309,6 +316,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             snapshot_reads: false,
             snapshot_out: Vec::new(),
             promote: Vec::new(),
+            quota_log: QuotaLog::new(QUOTA_LOG_INTERVAL),
         };
         let shared = Shared {
             state: Mutex::new(state),
@@ -335,6 +343,12 @@ impl<P: Platform + Send + 'static> Daemon<P> {
 
     /// Serves socket clients from a thread each (`true`) or from the main
     /// loop (`false`, the default). Call before any client is adopted.
+    /// The least time between two log lines for one domain's refusals by
+    /// one quota (default [`QUOTA_LOG_INTERVAL`]).
+    pub fn set_quota_log_interval(&mut self, interval: Duration) {
+        self.shared.state.lock().quota_log = QuotaLog::new(interval);
+    }
+
     pub fn set_socket_threads(&mut self, threaded: bool) {
         let mut state = self.shared.state.lock();
         state.threaded = threaded;
@@ -878,6 +892,15 @@ impl<P: Platform> State<P> {
         }
         for line in self.core.take_logs() {
             tracing::info!(target: "xenstored", "{line}");
+        }
+        let refusals = self.core.take_quota_events();
+        if !refusals.is_empty() || !self.quota_log.is_idle() {
+            let now = Instant::now();
+            let mut lines = self.quota_log.report(&refusals, now);
+            lines.extend(self.quota_log.expire(now));
+            for line in lines {
+                tracing::warn!(target: "xenstored", "{line}");
+            }
         }
         Ok(())
     }

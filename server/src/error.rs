@@ -4,6 +4,8 @@
 use engine::{EngineError, PathError};
 use wire::Errno;
 
+use crate::quota::{Quota, QuotaHit};
+
 /// Why a request failed. [`Error::errno`] is the only mapping to the wire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -14,9 +16,10 @@ pub enum Error {
     /// A path that breaks the rules of PROTOCOL.md §3.
     #[error("invalid path: {0}")]
     BadPath(#[from] PathError),
-    /// A path too long for an unprivileged domain (§3.3).
-    #[error("path too long")]
-    PathTooLong,
+    /// A path too long for an unprivileged domain (§3.3): the `path-max`
+    /// quota, answered with EINVAL as C does.
+    #[error("path too long: {0}")]
+    PathTooLong(QuotaHit),
     /// The caller lacks the right (or may not learn that the node is missing, §5.4).
     #[error("permission denied")]
     Denied,
@@ -26,9 +29,9 @@ pub enum Error {
     /// Duplicate watch.
     #[error("already exists")]
     Exists,
-    /// A quota of §9.1 would be exceeded.
-    #[error("quota exceeded")]
-    Quota,
+    /// A quota of §9.1 would be exceeded: which, and by how much.
+    #[error("{0}")]
+    Quota(QuotaHit),
     /// The transaction was doomed by an earlier failure (§7.3 step 1).
     #[error("transaction failed earlier")]
     TransactionDoomed,
@@ -56,11 +59,11 @@ impl Error {
     /// The errno name C xenstored sends for this failure.
     pub fn errno(&self) -> Errno {
         match self {
-            Error::BadRequest | Error::BadPath(_) | Error::PathTooLong | Error::Platform(_) => Errno::Einval,
+            Error::BadRequest | Error::BadPath(_) | Error::PathTooLong(_) | Error::Platform(_) => Errno::Einval,
             Error::Denied => Errno::Eacces,
             Error::NotFound => Errno::Enoent,
             Error::Exists => Errno::Eexist,
-            Error::Quota => Errno::Enospc,
+            Error::Quota(_) => Errno::Enospc,
             Error::TransactionDoomed => Errno::Enomem,
             Error::Conflict => Errno::Eagain,
             Error::Unsupported => Errno::Enosys,
@@ -68,6 +71,23 @@ impl Error {
             Error::TooBig => Errno::E2big,
             Error::OwnerChange => Errno::Eperm,
         }
+    }
+}
+
+impl Error {
+    /// The quota a refused request hit, if that is why it failed.
+    pub fn quota_hit(&self) -> Option<QuotaHit> {
+        match self {
+            Error::Quota(hit) | Error::PathTooLong(hit) => Some(*hit),
+            _ => None,
+        }
+    }
+}
+
+/// A quota's refusal as C answers it: EINVAL for `path-max`, else ENOSPC.
+impl From<QuotaHit> for Error {
+    fn from(hit: QuotaHit) -> Error {
+        if hit.quota == Quota::PathMax { Error::PathTooLong(hit) } else { Error::Quota(hit) }
     }
 }
 

@@ -21,7 +21,8 @@
 //!
 //! The `std` edge: `daemon` (the event loop over the Unix socket and the
 //! rings), the platforms [`xen`] (Linux's Xen devices) and [`sim`]
-//! (simulated guests in shared files), and the `rxenstored` binary.
+//! (simulated guests in shared files), `quota_log` (rate-limited quota
+//! lines), `cli` (the command line) and the `rxenstored` binary.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -43,6 +44,8 @@ pub mod ring;
 pub mod watch;
 
 #[cfg(feature = "std")]
+pub mod cli;
+#[cfg(feature = "std")]
 pub mod daemon;
 #[cfg(feature = "std")]
 pub mod live_update_exec;
@@ -53,6 +56,8 @@ mod os;
 #[cfg(feature = "std")]
 pub mod persistence;
 #[cfg(feature = "std")]
+pub mod quota_log;
+#[cfg(feature = "std")]
 pub mod sim;
 #[cfg(feature = "std")]
 pub mod xen;
@@ -61,5 +66,5 @@ pub use access::Caller;
 pub use conn::{ConnId, ConnKind, OutQueue};
 pub use domain::{DomainState, NoRings, Platform, RingStart};
 pub use error::Error;
-pub use protocol::{Config, Core, JournalEntry, ProtocolViolation, initial_snapshot};
+pub use protocol::{Config, Core, JournalEntry, ProtocolViolation, QuotaEvent, initial_snapshot};
 pub use reader::Reader;

@@ -10,7 +10,7 @@ use crate::conn::{ConnId, ConnKind};
 use crate::domain::{DomainState, Platform};
 use crate::error::Error;
 use crate::protocol::Core;
-use crate::quota::Quota;
+use crate::quota::{Quota, QuotaHit};
 
 impl<P: Platform> Core<P> {
     /// A ring the guest broke (bad indexes, oversize length): C ignores the
@@ -98,16 +98,19 @@ impl<P: Platform> Core<P> {
     /// Whether an event of `len` bytes still fits the output bound of a
     /// connection: an unprivileged domain's queued output may not exceed
     /// its `memory` quota (C refuses the allocation, so the event is lost
-    /// to that guest only). Replies are bounded by `outstanding` instead.
-    pub(crate) fn event_fits(&self, id: ConnId, len: usize) -> bool {
-        let Some(conn) = self.conns.get(&id) else { return false };
+    /// to that guest only; `Err` says by how much). Replies are bounded by
+    /// `outstanding` instead.
+    pub(crate) fn event_fits(&self, id: ConnId, len: usize) -> Result<(), QuotaHit> {
+        let Some(conn) = self.conns.get(&id) else { return Ok(()) };
         if conn.caller.privileged || conn.kind != ConnKind::Domain {
-            return true;
+            return Ok(());
         }
         let quotas = self.domains.get(&conn.caller.domid).map_or(&self.config.quotas, |d| &d.quotas);
+        let value = conn.out.bytes() + len;
         match quotas.hard(Quota::Memory) {
-            0 => true,
-            max => conn.out.bytes() + len <= max as usize,
+            0 => Ok(()),
+            max if value <= max as usize => Ok(()),
+            max => Err(QuotaHit { quota: Quota::Memory, value, limit: max }),
         }
     }
 }

@@ -101,8 +101,8 @@ impl<P: Platform> Ctx<'_, P> {
         if path.is_special() && !special {
             return Err(Error::BadRequest);
         }
-        if self.limited() && !path.is_special() && self.quotas.exceeded(Quota::PathMax, checked_length(path.as_str())) {
-            return Err(Error::PathTooLong);
+        if self.limited() && !path.is_special() {
+            self.quotas.check(Quota::PathMax, checked_length(path.as_str()))?;
         }
         Ok(path)
     }
@@ -283,8 +283,8 @@ fn may_overwrite<P: Platform>(ctx: &Ctx<'_, P>, perms: &Perms, children: &Childr
     if !ctx.rights(perms).write {
         return Err(Error::Denied);
     }
-    if ctx.limited() && ctx.quotas.exceeded(Quota::NodeSize, node_size(perms.entries().len(), value, children)) {
-        return Err(Error::Quota);
+    if ctx.limited() {
+        ctx.quotas.check(Quota::NodeSize, node_size(perms.entries().len(), value, children))?;
     }
     Ok(())
 }
@@ -336,12 +336,9 @@ fn check_creation<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, path: &Pa
         let owned = view.owned_count(ctx.caller.domid) as usize;
         let entries = perms.entries().len();
         let grown = view.get(ancestor.as_str()).map_or(0, node_size_of) + first_missing.name().len() + 1;
-        if quotas.exceeded(Quota::Nodes, owned + 1)
-            || quotas.exceeded(Quota::NodeSize, node_size(entries, value_len, &Children::default()))
-            || quotas.exceeded(Quota::NodeSize, grown)
-        {
-            return Err(Error::Quota);
-        }
+        quotas.check(Quota::Nodes, owned + 1)?;
+        quotas.check(Quota::NodeSize, node_size(entries, value_len, &Children::default()))?;
+        quotas.check(Quota::NodeSize, grown)?;
     }
     Ok(())
 }
@@ -438,8 +435,8 @@ fn set_perms<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]
     if strings.is_empty() {
         return Err(Error::BadRequest);
     }
-    if ctx.limited() && ctx.quotas.exceeded(Quota::NodePermissions, strings.len()) {
-        return Err(Error::Quota);
+    if ctx.limited() {
+        ctx.quotas.check(Quota::NodePermissions, strings.len())?;
     }
     let entries: Vec<Perm> = strings.iter().map(|s| Perm::parse(s)).collect::<Option<_>>().ok_or(Error::BadRequest)?;
     let perms = Perms::new(&entries).map_err(|_| Error::BadRequest)?;
@@ -454,9 +451,7 @@ fn set_perms<P: Platform>(ctx: &Ctx<'_, P>, tx: &mut Transaction, payload: &[u8]
     if ctx.limited() && !path.is_special() {
         let value = tx.value(&path).map_or(0, |v| v.len());
         let children = tx.children(&path).unwrap_or_default();
-        if ctx.quotas.exceeded(Quota::NodeSize, node_size(entries.len(), value, &children)) {
-            return Err(Error::Quota);
-        }
+        ctx.quotas.check(Quota::NodeSize, node_size(entries.len(), value, &children))?;
     }
     tx.set_perms(&path, perms)?;
     Ok(ok())

@@ -24,7 +24,7 @@ use crate::conn::{Conn, ConnId, ConnKind, OpenTx, OutQueue};
 use crate::domain::{Domain, NoRings, Platform, features};
 use crate::error::{Error, Result};
 use crate::ops::{self, Ctx, home_of, ok};
-use crate::quota::{Quota, QuotaTable};
+use crate::quota::{Quota, QuotaHit, QuotaTable};
 use crate::reader::Reader;
 use crate::watch::Watches;
 
@@ -57,6 +57,23 @@ pub enum JournalEntry {
     Domains,
 }
 
+/// A refusal by a quota, for the frontend to log (the core has no clock to
+/// rate-limit with): see [`Core::take_quota_events`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaEvent {
+    /// The domain refused (an unprivileged socket client's is the store domain).
+    pub domid: DomId,
+    /// The request refused; `None` for a watch event dropped because the
+    /// domain's queued events reached its `memory` quota.
+    pub op: Option<Op>,
+    /// The quota, and the latest refusal's value and limit.
+    pub hit: QuotaHit,
+    /// The limit is the domain's own (SET_QUOTA changed it), not the global one.
+    pub own_limit: bool,
+    /// Refusals of this domain by this quota since the last take.
+    pub count: u32,
+}
+
 /// A connection must be closed: its peer broke the framing rules (§1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("protocol violation: payload length {len} above 4096")]
@@ -86,6 +103,9 @@ pub struct Core<P: Platform = NoRings> {
     pub(crate) trace: crate::control::Trace,
     /// The live-update session and held-back requests (`live_update.rs`).
     pub(crate) live_update: crate::live_update::LiveUpdate,
+    /// Refusals by quotas since the last take, one entry per domain and
+    /// quota (so bounded by the domains, whatever a guest sends).
+    quota_events: BTreeMap<(DomId, Quota), QuotaEvent>,
 }
 
 impl<P: Platform> core::fmt::Debug for Core<P> {
@@ -164,6 +184,7 @@ impl<P: Platform> Core<P> {
             journal: None,
             trace: crate::control::Trace::default(),
             live_update: crate::live_update::LiveUpdate::default(),
+            quota_events: BTreeMap::new(),
         }
     }
 
@@ -273,6 +294,29 @@ impl<P: Platform> Core<P> {
         core::mem::take(&mut self.logs)
     }
 
+    /// The refusals by quotas since the last call, one per domain and
+    /// quota (with their count), in domain order. The daemon logs them,
+    /// rate-limited; nothing else in the core depends on them.
+    pub fn take_quota_events(&mut self) -> Vec<QuotaEvent> {
+        if self.quota_events.is_empty() {
+            return Vec::new();
+        }
+        core::mem::take(&mut self.quota_events).into_values().collect()
+    }
+
+    /// Records a refusal of connection `id`'s request `op` by a quota.
+    pub(crate) fn note_quota(&mut self, id: ConnId, op: Option<Op>, hit: QuotaHit) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        let domid = conn.caller.domid;
+        let own_limit =
+            self.domains.get(&domid).is_some_and(|d| d.quotas.hard(hit.quota) != self.config.quotas.hard(hit.quota));
+        let event = QuotaEvent { domid, op, hit, own_limit, count: 1 };
+        self.quota_events
+            .entry((domid, hit.quota))
+            .and_modify(|e| *e = QuotaEvent { count: e.count.saturating_add(1), ..event })
+            .or_insert(event);
+    }
+
     /// Starts recording [`JournalEntry`]s for [`Core::take_journal`].
     pub fn enable_journal(&mut self) {
         self.journal.get_or_insert_with(Vec::new);
@@ -319,6 +363,11 @@ impl<P: Platform> Core<P> {
         let Some(msg) = self.live_update_filter(id, msg) else { return };
         let hdr = msg.header;
         let result = self.dispatch(id, &hdr, &msg.payload);
+        if let Err(e) = &result
+            && let Some(hit) = e.quota_hit()
+        {
+            self.note_quota(id, hdr.op(), hit);
+        }
         if result.is_ok() && self.journal.is_some() && self.changes_domains(id, &hdr, &msg.payload) {
             self.journal_domains();
         }
@@ -440,9 +489,11 @@ impl<P: Platform> Core<P> {
         if tx_id != 0 {
             let open = conn.transactions.get_mut(&tx_id).ok_or(Error::NotFound)?;
             let result = ops::run(&ctx, &mut open.tx, op, payload);
-            if !caller.privileged && quotas.exceeded(Quota::TransactionNodes, open.tx.accessed_paths()) {
+            if !caller.privileged
+                && let Err(hit) = quotas.check(Quota::TransactionNodes, open.tx.accessed_paths())
+            {
                 open.doomed = true;
-                return Err(Error::Quota);
+                return Err(hit.into());
             }
             return result;
         }
@@ -468,9 +519,7 @@ impl<P: Platform> Core<P> {
                 Some(d) => &d.quotas,
                 None => &self.config.quotas,
             };
-            if quotas.exceeded(Quota::Transactions, conn.transactions.len() + 1) {
-                return Err(Error::Quota);
-            }
+            quotas.check(Quota::Transactions, conn.transactions.len() + 1)?;
         }
         let tx_id = conn.allocate_tx_id();
         conn.transactions.insert(tx_id, OpenTx { tx: self.store.begin(), doomed: false });
@@ -506,18 +555,18 @@ impl<P: Platform> Core<P> {
             // C's rule: a transaction that created nodes must leave their
             // owner within the node quota.
             let created = c.changes.iter().any(|ch| matches!(ch, Change::Written { created: true, .. }));
-            if created && quotas.exceeded(Quota::Nodes, c.snapshot.owned_count(caller.domid) as usize) {
-                return Err(Error::Quota);
+            if created {
+                quotas.check(Quota::Nodes, c.snapshot.owned_count(caller.domid) as usize)?;
             }
             // Parents that gained children may have outgrown node-size.
-            let outgrown = c.changes.iter().any(|change| match change {
-                Change::Written { path, created: true } => path
-                    .parent_str()
-                    .and_then(|p| c.snapshot.get(p))
-                    .is_some_and(|n| quotas.exceeded(Quota::NodeSize, ops::node_size_of(n))),
-                _ => false,
-            });
-            if outgrown { Err(Error::Quota) } else { Ok(()) }
+            for change in &c.changes {
+                if let Change::Written { path, created: true } = change
+                    && let Some(parent) = path.parent_str().and_then(|p| c.snapshot.get(p))
+                {
+                    quotas.check(Quota::NodeSize, ops::node_size_of(parent))?;
+                }
+            }
+            Ok(())
         });
         match result {
             Ok(commit) => {
@@ -554,8 +603,8 @@ impl<P: Platform> Core<P> {
         };
         let ctx = Ctx { caller, quotas, platform: &self.platform };
         let path = ctx.path(raw, true)?;
-        if !caller.privileged && quotas.exceeded(Quota::Watches, conn.watches + 1) {
-            return Err(Error::Quota);
+        if !caller.privileged {
+            quotas.check(Quota::Watches, conn.watches + 1)?;
         }
         if !self.watches.add(id, path, raw.to_vec(), token.to_vec(), depth) {
             return Err(Error::Exists);
@@ -708,7 +757,8 @@ impl<P: Platform> Core<P> {
         {
             return;
         }
-        if !self.event_fits(conn, event.len()) {
+        if let Err(hit) = self.event_fits(conn, event.len()) {
+            self.note_quota(conn, None, hit);
             return;
         }
         self.push_output(conn, event, true);

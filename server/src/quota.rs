@@ -59,6 +59,27 @@ impl Quota {
         Quota::ALL.into_iter().find(|q| q.name().as_bytes() == name)
     }
 
+    /// Whether the quota bounds something a domain holds (so that it has a
+    /// current use to show), rather than the size of one request.
+    pub fn is_held(self) -> bool {
+        matches!(self, Quota::Nodes | Quota::Watches | Quota::Outstanding | Quota::Memory | Quota::Transactions)
+    }
+
+    /// What the quota counts, for messages: "2100 bytes of a node".
+    pub fn unit(self) -> &'static str {
+        match self {
+            Quota::Nodes => "nodes owned",
+            Quota::Watches => "watches",
+            Quota::Outstanding => "requests outstanding",
+            Quota::Memory => "bytes of queued events",
+            Quota::Transactions => "open transactions",
+            Quota::TransactionNodes => "nodes accessed in the transaction",
+            Quota::NodePermissions => "permission entries",
+            Quota::PathMax => "bytes of path",
+            Quota::NodeSize => "bytes of a node",
+        }
+    }
+
     /// C's default hard value.
     pub fn default_hard(self) -> u32 {
         match self {
@@ -72,6 +93,31 @@ impl Quota {
             Quota::PathMax => 2048,
             Quota::NodeSize => 2048,
         }
+    }
+}
+
+/// A request refused by a quota: which one, what the request would have
+/// brought the count or size to (`value`, compared with the HEAD boundary
+/// rule: refused at `value ≥ limit`), and the limit. It travels in the
+/// error ([`crate::Error::Quota`]) up to the core, which reports it to the
+/// frontend ([`crate::Core::take_quota_events`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaHit {
+    pub quota: Quota,
+    pub value: usize,
+    pub limit: u32,
+}
+
+impl core::fmt::Display for QuotaHit {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} quota: {} {} with this request, limit {}",
+            self.quota.name(),
+            self.value,
+            self.quota.unit(),
+            self.limit
+        )
     }
 }
 
@@ -142,6 +188,11 @@ impl QuotaTable {
         limit != 0 && count >= limit as usize
     }
 
+    /// [`QuotaTable::exceeded`] as a result: the hit, if `value` is refused.
+    pub fn check(&self, q: Quota, value: usize) -> Result<(), QuotaHit> {
+        if self.exceeded(q, value) { Err(QuotaHit { quota: q, value, limit: self.hard(q) }) } else { Ok(()) }
+    }
+
     /// The names GET_QUOTA lists: every hard name, and `soft-<name>` right
     /// after each quota that has a soft variant.
     pub fn names(&self) -> String {
@@ -179,6 +230,15 @@ mod tests {
         let mut t = t;
         t.set(QuotaName { quota: Quota::Watches, soft: false }, 0);
         assert!(!t.exceeded(Quota::Watches, 1_000_000));
+    }
+
+    #[test]
+    fn check_reports_what_was_hit() {
+        let t = QuotaTable::default();
+        assert_eq!(t.check(Quota::Watches, 127), Ok(()));
+        let hit = t.check(Quota::Watches, 128).expect_err("refused at the limit");
+        assert_eq!(hit, QuotaHit { quota: Quota::Watches, value: 128, limit: 128 });
+        assert_eq!(alloc::format!("{hit}"), "watches quota: 128 watches with this request, limit 128");
     }
 
     #[test]

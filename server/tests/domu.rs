@@ -362,3 +362,88 @@ fn malformed_input_never_panics_and_oversize_length_drops_only_that_connection()
     }
     assert_eq!(h.call(good, Op::Read, 0, &args(&["/still"])), ok("here"));
 }
+
+/// A refusal reported for the daemon's quota log: (domain, request, quota,
+/// value, limit, count).
+type Refusal = (u16, Option<Op>, &'static str, usize, u32, u32);
+
+fn quota_events(h: &mut Harness) -> Vec<Refusal> {
+    h.core
+        .take_quota_events()
+        .into_iter()
+        .map(|e| (e.domid.0, e.op, e.hit.quota.name(), e.hit.value, e.hit.limit, e.count))
+        .collect()
+}
+
+#[test]
+fn refusals_by_quotas_are_reported_per_domain_and_quota() {
+    let mut h = Harness::default();
+    let s = with_domain_home(&mut h, 5);
+    h.call(s, Op::SetPerms, 0, &args(&["/local/domain/5", "n5"])).expect("SET_PERMS");
+    h.call(s, Op::SetQuota, 0, &args(&["watches", "3"])).expect("SET_QUOTA");
+    h.call(s, Op::SetQuota, 0, &args(&["transactions", "2"])).expect("SET_QUOTA");
+    let g = h.domu(5);
+    assert_eq!(quota_events(&mut h), [], "nothing refused yet");
+    for i in 0..2 {
+        assert_eq!(h.call(g, Op::Watch, 0, &args(&["w", &format!("t{i}")])), okk());
+    }
+    // Refused three times: one report, with the count.
+    for _ in 0..3 {
+        assert_eq!(h.call(g, Op::Watch, 0, &args(&["w", "more"])), err("ENOSPC"));
+    }
+    assert!(h.call(g, Op::TransactionStart, 0, b"\0").is_ok());
+    assert_eq!(h.call(g, Op::TransactionStart, 0, b"\0"), err("ENOSPC"));
+    let big = [b"big\0".as_slice(), &[b'x'; 2100]].concat();
+    assert_eq!(h.call(g, Op::Write, 0, &big), err("ENOSPC"));
+    let long = format!("{}\0v", "a".repeat(2048));
+    assert_eq!(h.call(g, Op::Write, 0, long.as_bytes()), err("EINVAL"));
+    assert_eq!(
+        quota_events(&mut h),
+        [
+            // In the quotas' order, each with the value the request would
+            // have reached and the limit.
+            (5, Some(Op::Watch), "watches", 3, 3, 3),
+            (5, Some(Op::TransactionStart), "transactions", 2, 2, 1),
+            (5, Some(Op::Write), "path-max", 2048, 2048, 1),
+            (5, Some(Op::Write), "node-size", 2124, 2048, 1),
+        ]
+    );
+    assert_eq!(quota_events(&mut h), [], "taken");
+    // dom0 is privileged: no quota, nothing reported.
+    for i in 0..4 {
+        assert_eq!(h.call(s, Op::Watch, 0, &args(&["/w", &format!("t{i}")])), okk());
+    }
+    assert_eq!(quota_events(&mut h), []);
+}
+
+#[test]
+fn control_quota_shows_current_use_next_to_the_limits() {
+    let mut h = Harness::default();
+    let s = with_domain_home(&mut h, 5);
+    h.call(s, Op::SetPerms, 0, &args(&["/local/domain/5", "n5"])).expect("SET_PERMS");
+    let g = h.domu(5);
+    h.call(s, Op::SetQuota, 0, &args(&["5", "watches", "50"])).expect("SET_QUOTA");
+    assert_eq!(h.call(g, Op::Write, 0, b"a\0"), okk());
+    assert_eq!(h.call(g, Op::Watch, 0, &args(&["a", "t"])), okk());
+    assert!(h.call(g, Op::TransactionStart, 0, b"\0").is_ok());
+    let text = |r: support::Reply| String::from_utf8(r.expect("CONTROL")).expect("text");
+    // The domain's own limits beside its use.
+    let domain = text(h.call(s, Op::Control, 0, &args(&["quota", "5"])));
+    assert_eq!(
+        domain,
+        "Domain 5:\n\
+         nodes           :        2 of     1000\n\
+         watches         :        1 of       50\n\
+         transactions    :        1 of       10\n\
+         outstanding     :        0 of       20\n\
+         memory          :       82 of  2621440\n\0"
+    );
+    // The global table names the highest use of each held quota.
+    let table = text(h.call(s, Op::Control, 0, &args(&["quota"])));
+    assert!(table.starts_with("Quota settings:\n"), "{table}");
+    assert!(table.contains("nodes            :     1000 Nodes per domain; highest use 2 (domain 5)\n"), "{table}");
+    assert!(table.contains("watches          :      128 Watches per domain; highest use 1 (domain 5)\n"), "{table}");
+    assert!(table.contains("node-size        :     2048 Max. size of a node\n"), "{table}");
+    let max = text(h.call(s, Op::Control, 0, &args(&["quota", "max"])));
+    assert!(max.contains("nodes           :        2 of     1000\n"), "{max}");
+}

@@ -22,6 +22,8 @@
 //!   the same model.
 //! * [`report`]: what `xenstore-inspect` shows (record listing, tree,
 //!   summary, diff), as plain values with JSON support.
+//! * [`cli`]: the inspector's command line (clap), shared with the
+//!   generator of its manual page and completions.
 //! * `src/bin/xenstore-inspect.rs`: the command-line inspector.
 //!
 //! # Invariants
@@ -35,6 +37,7 @@
 
 pub mod bytes;
 pub mod checkpoint;
+pub mod cli;
 pub mod cver;
 pub mod engine_conv;
 #[doc(hidden)]

@@ -73,6 +73,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use engine::DomId;
+use server::cli::Args;
 use server::daemon::{self, Daemon};
 use server::lu_stream;
 use server::persistence::{self, Durability, PersistConfig, Persistence};
@@ -80,123 +81,7 @@ use server::quota::{Quota, QuotaName};
 use server::sim::SimPlatform;
 use server::xen::XenPlatform;
 use server::{Config, Core, NoRings, Platform};
-
-/// A xenstore daemon: the configuration store of a Xen host.
-///
-/// The socket is at $XENSTORED_PATH, else $XENSTORED_RUNDIR/socket, else
-/// /var/run/xenstored/socket. The store is kept in memory.
-#[derive(Parser, Debug)]
-#[command(name = "rxenstored", version, about)]
-struct Args {
-    /// Do not detach from the terminal (run in the foreground).
-    #[arg(short = 'N', long = "no-fork")]
-    no_fork: bool,
-
-    /// Write the daemon's process id to this file.
-    #[arg(short = 'F', long = "pid-file")]
-    pid_file: Option<PathBuf>,
-
-    /// Trace every message received and sent to this file.
-    #[arg(short = 'T', long = "trace-file")]
-    trace_file: Option<PathBuf>,
-
-    /// Set a hard quota: NAME=VALUE, NAME one of nodes, watches,
-    /// outstanding, memory, transactions, transaction-nodes,
-    /// node-permissions, path-max, node-size. Repeatable.
-    #[arg(short = 'Q', long = "quota", value_name = "NAME=VALUE")]
-    quota: Vec<String>,
-
-    /// Set a soft quota (logged only): NAME=VALUE. Repeatable.
-    #[arg(short = 'q', long = "quota-soft", value_name = "NAME=VALUE")]
-    quota_soft: Vec<String>,
-
-    /// Nodes a domain may own (same as -Q nodes=N).
-    #[arg(short = 'E', long = "entry-nb")]
-    entry_nb: Option<u32>,
-
-    /// Watches a domain may hold (same as -Q watches=N).
-    #[arg(short = 'W', long = "watch-nb")]
-    watch_nb: Option<u32>,
-
-    /// Permission entries a node may carry (same as -Q node-permissions=N).
-    #[arg(short = 'A', long = "perm-nb")]
-    perm_nb: Option<u32>,
-
-    /// Longest path an unprivileged domain may use (at most 2048).
-    #[arg(short = 'M', long = "path-max")]
-    path_max: Option<u32>,
-
-    /// Largest node size (same as -Q node-size=N).
-    #[arg(short = 'S', long = "entry-size")]
-    entry_size: Option<u32>,
-
-    /// Concurrent transactions per domain (same as -Q transactions=N).
-    #[arg(short = 't', long = "transaction")]
-    transaction: Option<u32>,
-
-    /// The privileged (control) domain.
-    #[arg(long = "priv-domid", default_value_t = 0)]
-    priv_domid: u16,
-
-    /// Give a released domain's nodes to the control domain instead of
-    /// deleting them.
-    #[arg(long = "keep-orphans")]
-    keep_orphans: bool,
-
-    /// Serve guests' rings through Xen's devices (/dev/xen/evtchn, gntdev,
-    /// privcmd). The default when /dev/xen exists.
-    #[arg(long = "xen", conflicts_with_all = ["sim_rings", "no_rings"])]
-    xen: bool,
-
-    /// Serve simulated guests instead: rings are files in DIR, event
-    /// channels FIFOs (see the server::sim documentation).
-    #[arg(long = "sim-rings", value_name = "DIR", conflicts_with = "no_rings")]
-    sim_rings: Option<PathBuf>,
-
-    /// Serve the socket only, even where /dev/xen exists.
-    #[arg(long = "no-rings")]
-    no_rings: bool,
-
-    /// Serve each socket client from a thread of its own instead of the
-    /// main event loop (which already hands clients that mostly read to
-    /// threads of their own): costs a bootstorm with watchers CPU and
-    /// memory (ignored with --durability commit, whose group commit needs
-    /// the loop).
-    #[arg(long = "socket-threads")]
-    socket_threads: bool,
-
-    /// Keep the state in this directory: restart after a crash with it.
-    #[arg(long = "state-dir", value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-
-    /// What survives a crash (with --state-dir): none, checkpoint (periodic
-    /// background checkpoints), commit (every acknowledged commit).
-    #[arg(long = "durability", value_enum, default_value = "none")]
-    durability: Durability,
-
-    /// Seconds between checkpoints (checkpoint and commit modes).
-    #[arg(long = "checkpoint-interval", value_name = "SECS", default_value_t = 60)]
-    checkpoint_interval: u64,
-
-    /// Commits between checkpoints (checkpoint and commit modes).
-    #[arg(long = "checkpoint-commits", value_name = "N", default_value_t = 100_000)]
-    checkpoint_commits: u64,
-
-    /// If the state directory holds damaged state, move it aside and start
-    /// empty instead of refusing to start.
-    #[arg(long = "discard-state")]
-    discard_state: bool,
-
-    /// Live update: take over from the previous process (C xenstored's or
-    /// ours) through $XENSTORED_RUNDIR/state_dump and the descriptors it
-    /// left open. Set by the live update itself, not by hand.
-    #[arg(short = 'U', long = "live-update")]
-    live_update: bool,
-
-    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides.
-    #[arg(long = "log-level", default_value = "info")]
-    log_level: String,
-}
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn parse_quota(spec: &str) -> Result<(Quota, u32), String> {
     let (name, value) = spec.split_once('=').ok_or_else(|| format!("quota '{spec}': expected NAME=VALUE"))?;
@@ -263,26 +148,117 @@ fn platform(
     Ok((Box::new(xen), XenPlatform::own_port()))
 }
 
-/// Detaches from the terminal: fork, new session, stdio to /dev/null.
-fn daemonize() -> io::Result<()> {
+/// Detaches from the terminal as init scripts expect of a daemon started
+/// without `--no-fork`: the command returns once the daemon serves, with
+/// status 0, or with the daemon's own failure status if it could not start
+/// (its error message on the caller's stderr).
+///
+/// The parent waits on a pipe until the child calls [`Detached::ready`] (it
+/// listens and has written its pid file) or exits. The child runs in a new
+/// session, with stdin on /dev/null; it keeps stdout and stderr until it is
+/// ready, so that start-up errors reach the caller.
+fn daemonize() -> io::Result<Detached> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just opened and are owned by nothing else.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: called before any thread is started; the child continues
     // with a copy of this single-threaded process.
     match unsafe { libc::fork() } {
         -1 => return Err(io::Error::last_os_error()),
         0 => {}
-        _ => std::process::exit(0),
+        child => {
+            drop(write_end);
+            std::process::exit(wait_for_child(read_end, child));
+        }
     }
-    // SAFETY: plain system calls without pointers from us.
+    drop(read_end);
+    // SAFETY: plain system call without pointers from us.
     if unsafe { libc::setsid() } == -1 {
         return Err(io::Error::last_os_error());
     }
-    let null = fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let null = fs::File::open("/dev/null")?;
     use std::os::fd::AsRawFd;
-    for fd in 0..3 {
-        // SAFETY: duplicating a descriptor we own onto the standard ones.
-        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    // SAFETY: duplicating a descriptor we own onto standard input.
+    unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    Ok(Detached { ready: fs::File::from(write_end) })
+}
+
+/// The parent's side of [`daemonize`]: 0 once the child said it is ready;
+/// else the child's exit status (1 if it has none to give).
+fn wait_for_child(read_end: std::os::fd::OwnedFd, child: libc::pid_t) -> i32 {
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    let mut pipe = fs::File::from(read_end);
+    loop {
+        match pipe.read(&mut byte) {
+            Ok(1) => return 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            _ => break,
+        }
     }
-    Ok(())
+    // The child closed the pipe without a word: it has exited (or is about to).
+    let mut status = 0;
+    // SAFETY: waits for our own child, writing its status into our variable.
+    if unsafe { libc::waitpid(child, &mut status, 0) } == child && libc::WIFEXITED(status) {
+        match libc::WEXITSTATUS(status) {
+            0 => 1,
+            code => code,
+        }
+    } else {
+        1
+    }
+}
+
+/// A detached daemon's link to the parent that waits for it.
+struct Detached {
+    ready: fs::File,
+}
+
+impl Detached {
+    /// Lets the parent exit with success, and lets go of its output:
+    /// stdout goes to /dev/null, stderr too unless it is where a
+    /// supervisor collects the log (a regular file, or systemd's journal,
+    /// which names its stream in `JOURNAL_STREAM`). A terminal or a pipe
+    /// must not be held open by a daemon: the caller's session or pipeline
+    /// would wait for it.
+    fn ready(mut self) {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
+            let keep_stderr = stderr_is_a_log();
+            for fd in [1, 2] {
+                if fd == 2 && keep_stderr {
+                    continue;
+                }
+                // SAFETY: duplicating a descriptor we own onto a standard one.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+        let _ = self.ready.write_all(b"R");
+    }
+}
+
+/// Whether stderr is a regular file or systemd's journal stream.
+fn stderr_is_a_log() -> bool {
+    // SAFETY: `stat` is plain data (all zeroes is a valid value); fstat
+    // fills the struct we own.
+    let st = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(2, &mut st) != 0 {
+            return false;
+        }
+        st
+    };
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+        return true;
+    }
+    // "DEVICE:INODE" of the journal's stream, in decimal (systemd.exec(5)).
+    std::env::var("JOURNAL_STREAM").is_ok_and(|v| v == format!("{}:{}", st.st_dev, st.st_ino))
 }
 
 /// C xenstored's options that rxenstored does not have: (short, long,
@@ -427,13 +403,15 @@ fn run(args: Args) -> Result<(), String> {
         None => None,
     };
     // A live update keeps the process (and its pid): never detach again.
-    if !args.no_fork && !args.live_update {
-        daemonize().map_err(|e| format!("cannot detach: {e}"))?;
-    }
-    if let Some(p) = &args.pid_file {
-        fs::write(p, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write pid file {}: {e}", p.display()))?;
-    }
+    let detached = if !args.no_fork && !args.live_update {
+        Some(daemonize().map_err(|e| format!("cannot detach: {e}"))?)
+    } else {
+        None
+    };
+    let _pid_file = match &args.pid_file {
+        Some(p) => Some(PidFile::write(p)?),
+        None => None,
+    };
     let mut sockets = Vec::new();
     let restored_core = restored.map(|r| {
         sockets = r.sockets;
@@ -487,6 +465,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     let mut daemon = Daemon::new(core, listener, socket.clone(), trace).map_err(|e| format!("cannot start: {e}"))?;
     daemon.set_socket_threads(args.socket_threads);
+    daemon.set_quota_log_interval(Duration::from_secs(args.quota_log_interval));
     if let Some(p) = persistence {
         daemon.set_persistence(p);
     }
@@ -505,11 +484,38 @@ fn run(args: Args) -> Result<(), String> {
     }
     tracing::info!("rxenstored {} listening on {}", env!("CARGO_PKG_VERSION"), socket.display());
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    daemon.run().map_err(|e| format!("event loop failed: {e}"))?;
-    if let Some(p) = &args.pid_file {
-        let _ = fs::remove_file(p);
+    if let Some(d) = detached {
+        d.ready();
     }
+    daemon.run().map_err(|e| format!("event loop failed: {e}"))?;
     Ok(())
+}
+
+/// The pid file, removed when the daemon ends (normally or with an error;
+/// a live update's `exec` keeps it, and the successor, with the same pid,
+/// writes it again).
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, String> {
+        fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Whether log lines get ANSI colours: only on a terminal (a log file, a
+/// pipe or the journal gets plain text), and never with `NO_COLOR` set to
+/// anything but the empty string (no-color.org).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn main() -> ExitCode {
@@ -517,7 +523,17 @@ fn main() -> ExitCode {
     let args = Args::parse_from(argv);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).init();
+    let (writer, ansi) = match &args.log_file {
+        Some(path) => match fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(file) => (BoxMakeWriter::new(std::sync::Mutex::new(file)), false),
+            Err(e) => {
+                eprintln!("rxenstored: cannot open the log file {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => (BoxMakeWriter::new(io::stderr), colour_logs()),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi).init();
     for w in warnings {
         tracing::warn!("{w}");
     }

@@ -8,82 +8,18 @@
 //! `convert`, not converted or not written).
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde_json::json;
 use snapshot_tools::bytes::escape;
 use snapshot_tools::checkpoint::{self, CheckpointError};
-use snapshot_tools::cver::{self, CVersion};
+use snapshot_tools::cli::{Cli, Cmd, StreamVersion};
+use snapshot_tools::cver;
 use snapshot_tools::read::Item;
 use snapshot_tools::report::{self, Style};
 use snapshot_tools::{Parsed, ReadError, Severity, WriteError, WriteFormat, oxenstored, read_stream, write_stream};
-
-/// Inspect xenstore migration streams and oxenstored dumps.
-#[derive(Debug, Parser)]
-#[command(name = "xenstore-inspect", version, about)]
-struct Cli {
-    /// Machine-readable JSON output.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Parse report and answers: domains, connections, pending data, watches, quotas.
-    Summary { file: PathBuf },
-    /// The node tree like `xenstore-ls -p` (values escaped).
-    Tree { file: PathBuf, path: Option<String> },
-    /// One node: value and permissions.
-    Get { file: PathBuf, path: String },
-    /// Every record with its offset and decode.
-    Records {
-        file: PathBuf,
-        /// Hex dump of each record too.
-        #[arg(long)]
-        hex: bool,
-    },
-    /// Malformed-record checks, and whether a C version would restore the file.
-    Validate {
-        file: PathBuf,
-        /// C release whose reader rules to apply: 4.17, 4.21 or 4.22.
-        #[arg(long = "as-c", value_name = "VERSION")]
-        as_c: Option<CVersion>,
-    },
-    /// Tree, connection, watch and domain differences between two files.
-    Diff { file_a: PathBuf, file_b: PathBuf },
-    /// Write a file as a migration stream of the given version (from a
-    /// stream, an oxenstored dump or an rxenstored checkpoint). A stream
-    /// converted to its own version is reproduced byte for byte.
-    Convert {
-        /// Stream version to write.
-        #[arg(long = "to", value_enum)]
-        to: StreamVersion,
-        input: PathBuf,
-        output: PathBuf,
-    },
-}
-
-/// `convert --to`: stream versions we write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum StreamVersion {
-    /// Version 1, as Xen 4.17 writes it (special nodes before the tree).
-    V1,
-    /// Version 2, as Xen HEAD writes it.
-    V2,
-}
-
-impl StreamVersion {
-    fn number(self) -> u32 {
-        match self {
-            StreamVersion::V1 => 1,
-            StreamVersion::V2 => 2,
-        }
-    }
-}
 
 const KIND_STREAM: &str = "binary stream";
 const KIND_OX: &str = "oxenstored LU text";
