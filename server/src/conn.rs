@@ -32,6 +32,10 @@ pub struct OutQueue {
     /// duplicate check looks here first instead of scanning the queue (a
     /// watcher that stops reading can have a very long one).
     unsent_events: BTreeMap<u64, u32>,
+    /// Bytes ever queued, and ever sent (or dropped): a ring releases a
+    /// request once `gone` reaches where its reply ended in `pushed`.
+    pushed: u64,
+    gone: u64,
 }
 
 /// FNV-1a: a fingerprint only (a match is confirmed by comparing bytes;
@@ -49,6 +53,7 @@ struct Outgoing {
 impl OutQueue {
     pub(crate) fn push(&mut self, bytes: Vec<u8>, is_event: bool) {
         self.bytes += bytes.len();
+        self.pushed += bytes.len() as u64;
         if is_event {
             *self.unsent_events.entry(fingerprint(&bytes)).or_default() += 1;
         }
@@ -99,7 +104,9 @@ impl OutQueue {
                 }
             }
         }
+        let n = n.min(front.bytes.len() - self.sent);
         self.sent += n;
+        self.gone += n as u64;
         self.bytes = self.bytes.saturating_sub(n);
         if self.sent >= front.bytes.len() {
             self.messages.pop_front();
@@ -119,6 +126,16 @@ impl OutQueue {
     /// Unsent bytes in all.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes ever queued (a position in the connection's output stream).
+    pub fn pushed(&self) -> u64 {
+        self.pushed
+    }
+
+    /// Bytes ever sent or dropped: the output stream is out up to here.
+    pub fn gone(&self) -> u64 {
+        self.gone
     }
 
     /// Everything not yet sent, for a live-update dump: the bytes, and how
@@ -148,6 +165,8 @@ impl OutQueue {
             *earlier.unsent_events.entry(key).or_default() += count;
         }
         earlier.bytes += self.bytes;
+        earlier.pushed += self.pushed;
+        earlier.gone += self.gone;
         *self = earlier;
     }
 
@@ -156,6 +175,7 @@ impl OutQueue {
         self.messages.clear();
         self.sent = 0;
         self.bytes = 0;
+        self.gone = self.pushed;
     }
 }
 
@@ -165,6 +185,10 @@ pub(crate) struct OpenTx {
     pub(crate) tx: Transaction,
     /// Doomed by an earlier failure: commit answers ENOMEM (§7.3 step 1).
     pub(crate) doomed: bool,
+    /// Begun before the daemon restarted after a crash: its earlier
+    /// requests are lost, so it runs on but its commit answers EAGAIN (the
+    /// client starts it again, as after any conflict).
+    pub(crate) lost: bool,
 }
 
 /// Per-connection protocol state.
@@ -183,6 +207,10 @@ pub struct Conn {
     pub(crate) dirty: bool,
     /// What the connection has asked so far.
     pub(crate) mix: RequestMix,
+    /// A guest's ring taken up again after a crash restart: a request in a
+    /// transaction this daemon does not know was begun before the crash,
+    /// and is adopted as lost instead of refused with ENOENT.
+    pub(crate) adopts_lost_transactions: bool,
 }
 
 /// The mix of a connection's recent requests: whether, in its last full
@@ -234,6 +262,7 @@ impl Conn {
             features,
             dirty: false,
             mix: RequestMix::default(),
+            adopts_lost_transactions: false,
         }
     }
 

@@ -137,10 +137,16 @@ impl<P: Platform> State<P> {
         let limit = self.core.outstanding_limit(id);
         let mut notify = false;
         let mut more = false;
+        // With group commit, replies wait for the turn's fsync
+        // (`finish_turn` flushes them): none may be seen before the
+        // changes it acknowledges are durable.
+        let hold = self.persistence.as_ref().is_some_and(|p| p.group_commit());
         for served in 0..=BUDGET {
-            match self.write_ring(id) {
-                Ok(wrote) => notify |= wrote,
-                Err(()) => return false,
+            if !hold {
+                match self.write_ring(id) {
+                    Ok(wrote) => notify |= wrote,
+                    Err(()) => return false,
+                }
             }
             let queued = self.core.output(id).map_or(0, |o| o.len());
             if limit.is_some_and(|l| queued >= l) {
@@ -170,10 +176,20 @@ impl<P: Platform> State<P> {
             if let Err(v) = self.core.receive(id, &self.rings.buf) {
                 return self.abandon(id, RingError::Protocol { len: v.len });
             }
+            // The request stays in the ring until this much output is out.
+            let (out, platform) = self.core.output_and_platform(id);
+            if let (Some(out), Some(ring)) = (out, platform.ring(id)) {
+                ring.note_request(out.pushed());
+            }
         }
-        match self.write_ring(id) {
-            Ok(wrote) => notify |= wrote,
-            Err(()) => return false,
+        if hold {
+            // Written by the turn's flush, after the fsync.
+            self.dirty_ids.push(id);
+        } else {
+            match self.write_ring(id) {
+                Ok(wrote) => notify |= wrote,
+                Err(()) => return false,
+            }
         }
         if notify {
             self.core.platform().notify(id);
@@ -181,11 +197,12 @@ impl<P: Platform> State<P> {
         more
     }
 
-    /// Copies queued output into the ring; `Ok(true)` if bytes moved.
+    /// Copies queued output into the ring and releases the requests now
+    /// answered; `Ok(true)` if either moved (the guest is to be notified).
     fn write_ring(&mut self, id: ConnId) -> Result<bool, ()> {
         let (out, platform) = self.core.output_and_platform(id);
         let (Some(out), Some(ring)) = (out, platform.ring(id)) else { return Ok(false) };
-        let mut wrote = false;
+        let mut wrote = ring.release_answered(out.gone());
         while let Some(front) = out.front() {
             match ring.write(front) {
                 Ok(0) => break,
@@ -199,6 +216,10 @@ impl<P: Platform> State<P> {
                     return Err(());
                 }
             }
+        }
+        let (out, platform) = self.core.output_and_platform(id);
+        if let (Some(out), Some(ring)) = (out, platform.ring(id)) {
+            wrote |= ring.release_answered(out.gone());
         }
         Ok(wrote)
     }

@@ -119,7 +119,16 @@ pub fn export<P: Platform>(core: &mut Core<P>, req: &LuRequest, fds: &Fds) -> Re
         }
         let partial = match conn.kind {
             ConnKind::Socket => conn.partial_input(),
-            ConnKind::Domain => core.platform.ring(id).map(|r| r.partial().to_vec()).unwrap_or_default(),
+            ConnKind::Domain => match core.platform.ring(id) {
+                Some(ring) => {
+                    // The stream carries what was read and not answered
+                    // (its replies, the partial message): the next process
+                    // must not read it from the ring again.
+                    ring.release_taken();
+                    ring.partial().to_vec()
+                }
+                None => Vec::new(),
+            },
         };
         input.extend_from_slice(&partial);
         let Some(conn) = core.conns.get(&id) else { continue };

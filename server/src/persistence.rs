@@ -275,6 +275,7 @@ pub fn restore<P: Platform>(mut config: crate::Config, platform: P, state: State
             if let Some(c) = core.conns.get_mut(&conn) {
                 c.caller.target = rec.target.map(DomId);
             }
+            core.adopt_lost_transactions(conn);
             for w in rec.watches {
                 restore_watch(&mut core, conn, w);
             }

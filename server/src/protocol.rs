@@ -434,7 +434,11 @@ impl<P: Platform> Core<P> {
         if op.is_privileged() && !conn.caller.privileged {
             return Err(Error::Denied);
         }
-        if !matches!(op, Op::Watch | Op::Unwatch) && hdr.tx_id != 0 && !conn.transactions.contains_key(&hdr.tx_id) {
+        if !matches!(op, Op::Watch | Op::Unwatch)
+            && hdr.tx_id != 0
+            && !conn.transactions.contains_key(&hdr.tx_id)
+            && !(op != Op::TransactionStart && self.adopt_lost_transaction(id, hdr.tx_id))
+        {
             return Err(Error::NotFound);
         }
         match op {
@@ -522,8 +526,40 @@ impl<P: Platform> Core<P> {
             quotas.check(Quota::Transactions, conn.transactions.len() + 1)?;
         }
         let tx_id = conn.allocate_tx_id();
-        conn.transactions.insert(tx_id, OpenTx { tx: self.store.begin(), doomed: false });
+        conn.transactions.insert(tx_id, OpenTx { tx: self.store.begin(), doomed: false, lost: false });
         Ok(format!("{tx_id}\0").into_bytes())
+    }
+
+    /// A connection restored after a crash names a transaction begun
+    /// before it: adopted, within the transaction quota, as a fresh one
+    /// that cannot commit. (C would answer ENOENT to a transaction it does
+    /// not know, which a guest's kernel takes as a failure of whatever it
+    /// was doing; EAGAIN at the end makes it start the transaction again.)
+    fn adopt_lost_transaction(&mut self, id: ConnId, tx_id: u32) -> bool {
+        let Some(conn) = self.conns.get_mut(&id) else { return false };
+        if !conn.adopts_lost_transactions {
+            return false;
+        }
+        if !conn.caller.privileged {
+            let quotas = self.domains.get(&conn.caller.domid).map_or(&self.config.quotas, |d| &d.quotas);
+            if quotas.check(Quota::Transactions, conn.transactions.len() + 1).is_err() {
+                return false;
+            }
+        }
+        self.logs.push(format!(
+            "domain {}: transaction {tx_id} was open before the restart: it ends with EAGAIN",
+            conn.caller.domid.0
+        ));
+        conn.transactions.insert(tx_id, OpenTx { tx: self.store.begin(), doomed: false, lost: true });
+        true
+    }
+
+    /// The connection is a guest's ring taken up again after a crash
+    /// restart: see [`OpenTx::lost`](crate::conn::OpenTx).
+    pub fn adopt_lost_transactions(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.adopts_lost_transactions = true;
+        }
     }
 
     fn transaction_end(&mut self, id: ConnId, tx_id: u32, payload: &[u8]) -> Result<Vec<u8>> {
@@ -539,6 +575,9 @@ impl<P: Platform> Core<P> {
         let open = conn.transactions.remove(&tx_id).ok_or(Error::NotFound)?;
         if !commit {
             return Ok(ok());
+        }
+        if open.lost {
+            return Err(Error::Conflict);
         }
         if open.doomed {
             return Err(Error::TransactionDoomed);

@@ -21,6 +21,7 @@
 //! Every access to the page is an atomic load or store (the other side
 //! writes the same memory concurrently), with the fences of §10.3.
 
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
@@ -177,6 +178,26 @@ fn consume<P: RingPage + ?Sized>(page: &P, half: Half, buf: &mut [u8]) -> Result
     Ok(n)
 }
 
+/// Copies up to `buf.len()` request bytes from stream offset `from` without
+/// handing their space back: the daemon's reading, which releases the space
+/// (`req_cons`) only once the requests are answered ([`Ring::release`]).
+/// `released` is the `req_cons` the daemon last stored: the guest may never
+/// be more than [`RING_SIZE`] ahead of it.
+fn copy_requests<P: RingPage + ?Sized>(page: &P, released: u32, from: u32, buf: &mut [u8]) -> Result<usize, BadIndexes> {
+    let prod = word(page, REQ.prod).load(Ordering::Relaxed);
+    // The data must not be read before the producer index.
+    fence(Ordering::SeqCst);
+    if prod.wrapping_sub(released) > RING_SIZE {
+        return Err(BadIndexes);
+    }
+    let n = buf.len().min(prod.wrapping_sub(from) as usize);
+    for (i, b) in buf[..n].iter_mut().enumerate() {
+        let at = (from.wrapping_add(i as u32) & (RING_SIZE - 1)) as usize;
+        *b = byte(page, REQ.data + at).load(Ordering::Relaxed);
+    }
+    Ok(n)
+}
+
 /// Puts as many of `bytes` as fit into a ring (§10.3, writing).
 fn produce<P: RingPage + ?Sized>(page: &P, half: Half, bytes: &[u8]) -> Result<usize, BadIndexes> {
     let cons = word(page, half.cons).load(Ordering::Relaxed);
@@ -234,12 +255,21 @@ impl core::fmt::Display for RingError {
 pub struct Polled {
     /// A whole message is in the caller's buffer.
     pub complete: bool,
-    /// Request bytes were taken: the guest may be waiting for space and
+    /// Request space was handed back (a message longer than the ring's
+    /// free space is read in pieces): the guest may be waiting for it and
     /// should be notified.
     pub consumed: bool,
 }
 
 /// The daemon's end of one domain's ring.
+///
+/// A request's bytes stay in the ring (`req_cons` does not pass them)
+/// until its reply has been written into the ring: the daemon notes where
+/// each request's reply ends in the connection's output
+/// ([`note_request`](Ring::note_request)) and releases the requests whose
+/// replies are out ([`release_answered`](Ring::release_answered)). So if the
+/// daemon dies, every request the guest has no answer to is still in the
+/// ring for the restarted daemon, which resumes the ring as it is.
 #[derive(Debug)]
 pub struct Ring<P> {
     page: P,
@@ -247,13 +277,32 @@ pub struct Ring<P> {
     /// The message being received: header, then payload.
     partial: Vec<u8>,
     bad: Option<RingError>,
+    /// Where reading goes on (stream offset): everything before it is in
+    /// `partial` or was handed out.
+    cursor: u32,
+    /// The `req_cons` last stored: requests before it are answered.
+    released: u32,
+    /// Requests handed out and not yet released, oldest first: where each
+    /// ends in the request stream, and where its reply ends in the
+    /// connection's output (its `OutQueue::pushed` after the request).
+    unanswered: VecDeque<(u32, u64)>,
 }
 
 impl<P: RingPage> Ring<P> {
     /// Wraps a mapped page; `features` is the domain's mask (§8.7). The
-    /// page is not touched until [`reset`](Ring::reset).
+    /// page is not touched until [`reset`](Ring::reset) or
+    /// [`resume`](Ring::resume).
     pub fn new(page: P, features: u32) -> Ring<P> {
-        Ring { page, features, partial: Vec::new(), bad: None }
+        let released = load(&page, layout::REQ_CONS);
+        Ring {
+            page,
+            features,
+            partial: Vec::new(),
+            bad: None,
+            cursor: released,
+            released,
+            unanswered: VecDeque::new(),
+        }
     }
 
     pub fn page(&self) -> &P {
@@ -267,6 +316,9 @@ impl<P: RingPage> Ring<P> {
     pub fn reset(&mut self) -> bool {
         self.partial.clear();
         self.bad = None;
+        self.cursor = 0;
+        self.released = 0;
+        self.unanswered.clear();
         for off in [layout::REQ_CONS, layout::REQ_PROD, layout::RSP_CONS, layout::RSP_PROD] {
             store(&self.page, off, 0);
         }
@@ -294,6 +346,9 @@ impl<P: RingPage> Ring<P> {
         }
         self.partial.clear();
         self.bad = None;
+        self.released = load(&self.page, layout::REQ_CONS);
+        self.cursor = self.released;
+        self.unanswered.clear();
         store(&self.page, layout::SERVER_FEATURES, self.features);
         store(&self.page, layout::ERROR, error_code::NONE);
         fence(Ordering::SeqCst);
@@ -330,8 +385,61 @@ impl<P: RingPage> Ring<P> {
     /// Whether the guest has produced bytes not yet taken (or a message
     /// is half received).
     pub fn has_input(&self) -> bool {
-        self.bad.is_none()
-            && (!self.partial.is_empty() || load(&self.page, layout::REQ_PROD) != load(&self.page, layout::REQ_CONS))
+        self.bad.is_none() && (!self.partial.is_empty() || load(&self.page, layout::REQ_PROD) != self.cursor)
+    }
+
+    /// The request just read ([`read_message`](Ring::read_message)) is
+    /// answered once the connection's output has been sent up to
+    /// `reply_end` (its `OutQueue::pushed` after the request).
+    pub fn note_request(&mut self, reply_end: u64) {
+        let end = self.cursor.wrapping_sub(self.partial.len() as u32);
+        self.unanswered.push_back((end, reply_end));
+    }
+
+    /// Hands back the space of the requests whose replies are written
+    /// (the output sent up to `sent`); returns whether `req_cons` moved
+    /// (the guest may be waiting for space: notify it).
+    pub fn release_answered(&mut self, sent: u64) -> bool {
+        let mut upto = None;
+        while let Some(&(end, reply_end)) = self.unanswered.front() {
+            if reply_end > sent {
+                break;
+            }
+            upto = Some(end);
+            self.unanswered.pop_front();
+        }
+        upto.is_some_and(|end| self.release(end))
+    }
+
+    /// Hands back the space of everything read, answered or not, the
+    /// partial message included: before a live update, whose stream carries
+    /// the replies still to send and the partial message.
+    pub fn release_taken(&mut self) -> bool {
+        self.unanswered.clear();
+        self.release(self.cursor)
+    }
+
+    /// A message can be longer than the ring: when the ring is full and
+    /// the message still incomplete, the guest can only go on if the space
+    /// of what was read is handed back, answered or not. (Those requests
+    /// lose their place in the ring should the daemon die before answering.)
+    fn release_if_stuck(&mut self) -> bool {
+        let full = load(&self.page, layout::REQ_PROD).wrapping_sub(self.released) >= RING_SIZE;
+        if self.partial.is_empty() || !full {
+            return false;
+        }
+        self.release_taken()
+    }
+
+    fn release(&mut self, upto: u32) -> bool {
+        if self.bad.is_some() || upto == self.released {
+            return false;
+        }
+        // The copies completed before the space is handed back.
+        fence(Ordering::SeqCst);
+        store(&self.page, layout::REQ_CONS, upto);
+        self.released = upto;
+        true
     }
 
     /// Takes request bytes until one whole message is in `out` (cleared
@@ -343,7 +451,6 @@ impl<P: RingPage> Ring<P> {
             return Err(e);
         }
         out.clear();
-        let mut polled = Polled::default();
         loop {
             let have = self.partial.len();
             let want = if have < HEADER_LEN {
@@ -360,16 +467,15 @@ impl<P: RingPage> Ring<P> {
             if have == want {
                 core::mem::swap(out, &mut self.partial);
                 self.partial.clear();
-                polled.complete = true;
-                return Ok(polled);
+                return Ok(Polled { complete: true, consumed: false });
             }
             self.partial.resize(want, 0);
-            match consume(&self.page, REQ, &mut self.partial[have..want]) {
+            match copy_requests(&self.page, self.released, self.cursor, &mut self.partial[have..want]) {
                 Ok(n) => {
                     self.partial.truncate(have + n);
-                    polled.consumed |= n > 0;
+                    self.cursor = self.cursor.wrapping_add(n as u32);
                     if n == 0 {
-                        return Ok(polled);
+                        return Ok(Polled { complete: false, consumed: self.release_if_stuck() });
                     }
                 }
                 Err(BadIndexes) => {
@@ -405,6 +511,12 @@ pub trait RingIo {
     fn error(&self) -> Option<RingError>;
     /// See [`Ring::has_input`].
     fn has_input(&self) -> bool;
+    /// See [`Ring::note_request`].
+    fn note_request(&mut self, reply_end: u64);
+    /// See [`Ring::release_answered`].
+    fn release_answered(&mut self, sent: u64) -> bool;
+    /// See [`Ring::release_taken`].
+    fn release_taken(&mut self) -> bool;
     /// Request bytes taken from the page but not yet a whole message (a
     /// live-update dump carries them).
     fn partial(&self) -> &[u8] {
@@ -430,6 +542,15 @@ impl<P: RingPage> RingIo for Ring<P> {
     }
     fn has_input(&self) -> bool {
         Ring::has_input(self)
+    }
+    fn note_request(&mut self, reply_end: u64) {
+        Ring::note_request(self, reply_end)
+    }
+    fn release_answered(&mut self, sent: u64) -> bool {
+        Ring::release_answered(self, sent)
+    }
+    fn release_taken(&mut self) -> bool {
+        Ring::release_taken(self)
     }
     fn partial(&self) -> &[u8] {
         &self.partial
@@ -583,15 +704,18 @@ mod tests {
         let mut out = Vec::new();
         // Three bytes of header only.
         assert_eq!(g.put(&page, &m, 3), 3);
-        assert_eq!(ring.read_message(&mut out), Ok(Polled { complete: false, consumed: true }));
+        assert_eq!(ring.read_message(&mut out), Ok(Polled { complete: false, consumed: false }));
         assert_eq!(ring.read_message(&mut out), Ok(Polled { complete: false, consumed: false }));
         assert!(ring.has_input(), "a half-received message counts as input");
         g.put(&page, &m[3..], 100);
         let p = ring.read_message(&mut out).expect("good ring");
         assert!(p.complete);
         assert_eq!(out, m);
-        assert_eq!(load(&page, layout::REQ_CONS), load(&page, layout::REQ_PROD));
         assert!(!ring.has_input());
+        // Its space is handed back once its reply is out.
+        ring.note_request(10);
+        assert!(ring.release_answered(10));
+        assert_eq!(load(&page, layout::REQ_CONS), load(&page, layout::REQ_PROD));
         // The indexes wrapped through zero.
         assert!(load(&page, layout::REQ_CONS) < 100);
     }
@@ -606,9 +730,61 @@ mod tests {
         let mut out = Vec::new();
         assert!(ring.read_message(&mut out).expect("ok").complete);
         assert_eq!(out, a);
+        ring.note_request(0);
+        assert!(ring.release_answered(0));
         assert_eq!(load(&page, layout::REQ_CONS), a.len() as u32, "the second request stays in the ring");
         assert!(ring.read_message(&mut out).expect("ok").complete);
         assert_eq!(out, b);
+    }
+
+    /// The daemon may die between reading a request and writing its reply:
+    /// the request stays in the ring until its reply is out, so the next
+    /// daemon (resuming the ring) reads it again; nothing the guest waits
+    /// for is lost.
+    #[test]
+    fn a_request_keeps_its_place_in_the_ring_until_its_reply_is_out() {
+        let page = HeapPage::new();
+        let mut g = ModelGuest::at(&page, 5);
+        let mut ring = Ring::new(&page, features::DEFAULT);
+        let (a, b) = (msg(Op::Write, 1, b"/a\0x"), msg(Op::Write, 2, b"/b\0y"));
+        g.put(&page, &[a.clone(), b.clone()].concat(), 1024);
+        let mut out = Vec::new();
+        assert!(ring.read_message(&mut out).expect("ok").complete);
+        ring.note_request(40); // a's reply ends at output byte 40
+        assert!(ring.read_message(&mut out).expect("ok").complete);
+        ring.note_request(80);
+        assert_eq!(load(&page, layout::REQ_CONS), 5, "nothing answered yet");
+        assert!(!ring.release_answered(39), "a's reply is not wholly out");
+        assert!(ring.release_answered(40));
+        assert_eq!(load(&page, layout::REQ_CONS), 5 + a.len() as u32);
+
+        // The daemon dies here, b answered in its memory only: the next one
+        // resumes the ring and finds b again.
+        let mut next = Ring::new(&page, features::DEFAULT);
+        next.resume();
+        assert!(next.read_message(&mut out).expect("ok").complete);
+        assert_eq!(out, b);
+        assert!(!next.has_input());
+    }
+
+    /// Before a live update everything read is released: the stream carries
+    /// the replies still to send and the partial message instead.
+    #[test]
+    fn release_taken_hands_back_the_partial_message_too() {
+        let page = HeapPage::new();
+        let mut g = ModelGuest::at(&page, 0);
+        let mut ring = Ring::new(&page, features::DEFAULT);
+        let a = msg(Op::Read, 1, b"/a\0");
+        g.put(&page, &a, 1024);
+        g.put(&page, &msg(Op::Read, 2, b"/bb\0")[..7], 1024);
+        let mut out = Vec::new();
+        assert!(ring.read_message(&mut out).expect("ok").complete);
+        ring.note_request(100);
+        assert!(!ring.read_message(&mut out).expect("ok").complete);
+        assert_eq!(ring.partial().len(), 7);
+        assert!(ring.release_taken());
+        assert_eq!(load(&page, layout::REQ_CONS), a.len() as u32 + 7);
+        assert!(!ring.release_answered(100), "nothing left to release");
     }
 
     #[test]
@@ -726,6 +902,9 @@ mod tests {
                     let p = ring.read_message(&mut out).expect("consistent ring");
                     if !p.complete { break; }
                     got.push(out.clone());
+                    // Answered at once: its space goes back.
+                    ring.note_request(got.len() as u64);
+                    ring.release_answered(got.len() as u64);
                 }
                 prop_assert!(k < 10_000, "no progress");
             }

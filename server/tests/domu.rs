@@ -447,3 +447,31 @@ fn control_quota_shows_current_use_next_to_the_limits() {
     let max = text(h.call(s, Op::Control, 0, &args(&["quota", "max"])));
     assert!(max.contains("nodes           :        2 of     1000\n"), "{max}");
 }
+
+/// After a crash restart a guest's ring is taken up again, but the daemon
+/// lost its transactions: a request in one of them is served in a fresh
+/// transaction, whose commit answers EAGAIN (the guest starts it again, as
+/// after a conflict) instead of ENOENT (which a kernel takes as failure).
+#[test]
+fn transactions_lost_in_a_crash_end_with_eagain() {
+    let mut h = Harness::default();
+    let s = with_domain_home(&mut h, 5);
+    h.call(s, Op::SetPerms, 0, &args(&["/local/domain/5", "n5"])).unwrap();
+    let g = h.domu(5);
+    assert_eq!(h.call(g, Op::Write, 7, b"a\0x"), err("ENOENT"), "not restored: C's answer");
+    h.core.adopt_lost_transactions(g);
+    assert_eq!(h.call(g, Op::Write, 7, b"a\0x"), okk());
+    assert_eq!(h.call(g, Op::Read, 7, b"a\0"), Ok(b"x".to_vec()));
+    assert_eq!(h.call(g, Op::TransactionEnd, 7, b"T\0"), err("EAGAIN"));
+    assert_eq!(h.call(g, Op::Read, 0, b"a\0"), err("ENOENT"), "nothing of it committed");
+    // Aborting a lost transaction is fine; a new one commits.
+    assert_eq!(h.call(g, Op::TransactionEnd, 9, b"F\0"), okk());
+    let tx: u32 = String::from_utf8(h.call(g, Op::TransactionStart, 0, b"\0").unwrap())
+        .unwrap()
+        .trim_end_matches('\0')
+        .parse()
+        .unwrap();
+    assert_eq!(h.call(g, Op::Write, tx, b"a\0y"), okk());
+    assert_eq!(h.call(g, Op::TransactionEnd, tx, b"T\0"), okk());
+    assert_eq!(h.call(g, Op::Read, 0, b"a\0"), Ok(b"y".to_vec()));
+}

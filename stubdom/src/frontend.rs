@@ -268,6 +268,11 @@ impl Frontend {
                 self.abandon(id, RingError::Protocol { len: v.len });
                 break;
             }
+            // The request stays in the ring until its reply is written.
+            let (queue, platform) = self.core.output_and_platform(id);
+            if let (Some(q), Some(ring)) = (queue, platform.ring(id)) {
+                ring.note_request(q.pushed());
+            }
         }
         progressed
     }
@@ -283,7 +288,8 @@ impl Frontend {
         self.core.ignore_connection(id);
     }
 
-    /// Copies queued replies and events into the ring as space allows.
+    /// Copies queued replies and events into the ring as space allows, and
+    /// releases the requests they answer.
     fn flush(&mut self, id: ConnId) -> bool {
         let mut progressed = false;
         let (queue, platform) = self.core.output_and_platform(id);
@@ -301,6 +307,8 @@ impl Frontend {
                 break;
             }
         }
+        // Requests whose replies are now out give their space back.
+        progressed |= ring.release_answered(q.gone());
         progressed
     }
 
