@@ -156,3 +156,60 @@ socket and its pid file.
 
 The Debian package's /usr/share/doc/rxenstored/README.Debian says how to switch a Xen \
 host to rxenstored and back.";
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::live_update_exec::RXENSTORED_ONLY_OPTIONS;
+
+    /// C xenstored 4.17's long options (`xenstored --help` and its getopt
+    /// table).
+    const C_OPTIONS: [&str; 24] = [
+        "no-domain-init",
+        "pid-file",
+        "help",
+        "no-fork",
+        "output-pid",
+        "trace-file",
+        "entry-nb",
+        "entry-size",
+        "watch-nb",
+        "transaction",
+        "perm-nb",
+        "path-max",
+        "quota",
+        "quota-soft",
+        "timeout",
+        "no-recovery",
+        "internal-db",
+        "keep-orphans",
+        "verbose",
+        "event",
+        "master-domid",
+        "priv-domid",
+        "live-update",
+        "trace-control",
+    ];
+
+    /// A live update to C passes on only what C knows: every option of
+    /// ours is either C's too or listed as ours alone, with whether it
+    /// takes a value (so that the value is dropped with it).
+    #[test]
+    fn every_option_is_c_s_or_known_to_be_ours_alone() {
+        let mut command = Args::command();
+        command.build();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "version" {
+                continue;
+            }
+            let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+            match RXENSTORED_ONLY_OPTIONS.iter().find(|(n, _)| *n == long) {
+                Some((_, listed)) => assert_eq!(*listed, takes_value, "--{long}: whether it takes a value"),
+                None => assert!(C_OPTIONS.contains(&long), "--{long} is neither C's nor in RXENSTORED_ONLY_OPTIONS"),
+            }
+        }
+    }
+}

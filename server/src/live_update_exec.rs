@@ -53,9 +53,9 @@ fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
 
 /// rxenstored's options that C xenstored does not know, and whether each
 /// takes a value: a C successor would refuse to start with them.
-/// (The daemon's test `every_option_is_c_s_or_known_to_be_ours_alone`
-/// keeps this list whole.)
-pub const RXENSTORED_ONLY_OPTIONS: [(&str, bool); 11] = [
+/// (`cli::tests::every_option_is_c_s_or_known_to_be_ours_alone` keeps
+/// this list whole.)
+pub const RXENSTORED_ONLY_OPTIONS: [(&str, bool); 12] = [
     ("xen", false),
     ("sim-rings", true),
     ("no-rings", false),
@@ -67,6 +67,7 @@ pub const RXENSTORED_ONLY_OPTIONS: [(&str, bool); 11] = [
     ("discard-state", false),
     ("log-level", true),
     ("log-file", true),
+    ("quota-log-interval", true),
 ];
 
 /// Our command line as C xenstored reads it: our own options dropped,
