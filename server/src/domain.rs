@@ -57,8 +57,15 @@ pub trait Platform {
     /// page names another, §8.1), advertise `features` and take the ring
     /// up as `start` says; `conn` is the connection that will carry its
     /// traffic.
-    fn attach(&mut self, conn: ConnId, domid: DomId, gfn: u64, port: u32, features: u32, start: RingStart)
-    -> Result<(), Error>;
+    fn attach(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        gfn: u64,
+        port: u32,
+        features: u32,
+        start: RingStart,
+    ) -> Result<(), Error>;
     /// INTRODUCE of an introduced domain: rebind its event channel to
     /// `port` and reset its ring (§8.1 steps 2–4).
     fn rebind(&mut self, conn: ConnId, domid: DomId, port: u32) -> Result<(), Error>;

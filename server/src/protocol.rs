@@ -434,11 +434,9 @@ impl<P: Platform> Core<P> {
         if op.is_privileged() && !conn.caller.privileged {
             return Err(Error::Denied);
         }
-        if !matches!(op, Op::Watch | Op::Unwatch)
-            && hdr.tx_id != 0
-            && !conn.transactions.contains_key(&hdr.tx_id)
-            && !(op != Op::TransactionStart && self.adopt_lost_transaction(id, hdr.tx_id))
-        {
+        let known_tx =
+            matches!(op, Op::Watch | Op::Unwatch) || hdr.tx_id == 0 || conn.transactions.contains_key(&hdr.tx_id);
+        if !known_tx && (op == Op::TransactionStart || !self.adopt_lost_transaction(id, hdr.tx_id)) {
             return Err(Error::NotFound);
         }
         match op {

@@ -183,7 +183,12 @@ fn consume<P: RingPage + ?Sized>(page: &P, half: Half, buf: &mut [u8]) -> Result
 /// (`req_cons`) only once the requests are answered ([`Ring::release`]).
 /// `released` is the `req_cons` the daemon last stored: the guest may never
 /// be more than [`RING_SIZE`] ahead of it.
-fn copy_requests<P: RingPage + ?Sized>(page: &P, released: u32, from: u32, buf: &mut [u8]) -> Result<usize, BadIndexes> {
+fn copy_requests<P: RingPage + ?Sized>(
+    page: &P,
+    released: u32,
+    from: u32,
+    buf: &mut [u8],
+) -> Result<usize, BadIndexes> {
     let prod = word(page, REQ.prod).load(Ordering::Relaxed);
     // The data must not be read before the producer index.
     fence(Ordering::SeqCst);
@@ -294,15 +299,7 @@ impl<P: RingPage> Ring<P> {
     /// [`resume`](Ring::resume).
     pub fn new(page: P, features: u32) -> Ring<P> {
         let released = load(&page, layout::REQ_CONS);
-        Ring {
-            page,
-            features,
-            partial: Vec::new(),
-            bad: None,
-            cursor: released,
-            released,
-            unanswered: VecDeque::new(),
-        }
+        Ring { page, features, partial: Vec::new(), bad: None, cursor: released, released, unanswered: VecDeque::new() }
     }
 
     pub fn page(&self) -> &P {
@@ -358,6 +355,11 @@ impl<P: RingPage> Ring<P> {
                 self.fail(RingError::BadIndex);
             }
         }
+    }
+
+    /// Request bytes the guest has put in the ring and not had answered.
+    pub fn waiting_requests(&self) -> u32 {
+        load(&self.page, layout::REQ_PROD).wrapping_sub(self.released)
     }
 
     /// The port the domain builder left in the page (0: none, §8.1).

@@ -374,6 +374,14 @@ impl Platform for XenPlatform {
             RingStart::Reset => ring.reset(),
             RingStart::Resume => {
                 ring.resume();
+                match ring.error() {
+                    Some(e) => tracing::warn!("domain {}: its ring cannot be resumed: {e}", domid.0),
+                    None => tracing::info!(
+                        "domain {}: ring resumed, {} bytes of requests waiting to be answered",
+                        domid.0,
+                        ring.waiting_requests()
+                    ),
+                }
                 true
             }
         };
