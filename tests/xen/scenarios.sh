@@ -149,6 +149,10 @@ s_start_as_host() {
     # before any daemon runs.
     xen-probe --xenbus --reply-timeout 90 write /harness/early queued-before-start >/run/early.out 2>&1 &
     EARLY_PID=$!
+    # And Xen's own tool: without -s, 4.17's libxenstore talks through
+    # /dev/xen/xenbus (dom0's kernel ring) first, not the socket.
+    timeout 90 xenstore-write /harness/early-tool yes >/run/early-tool.out 2>&1 &
+    EARLY_TOOL_PID=$!
     sleep 2
     cat >/etc/default/xencommons <<EOF
 XENSTORETYPE=daemon
@@ -164,6 +168,10 @@ EOF
     t=$(now)
     check "first socket request answered within 10 s" timeout 10 xenstore-read -s / >/dev/null || return 1
     info "first socket request took $(elapsed "$t") s"
+    t=$(now)
+    check "first xenstore-read without -s (dom0's kernel ring) answered within 10 s" \
+        timeout 10 xenstore-read / >/dev/null || return 1
+    info "first request through dom0's kernel ring took $(elapsed "$t") s"
     check "xen-init-dom0" timeout 60 xen-init-dom0 >/run/xen-init-dom0.log 2>&1 || return 1
     check "xenconsoled" xenconsoled --log=guest --log-dir=/var/log/xen/console || return 1
     check "dom0's name" [ "$(xsread /local/domain/0/name)" = Domain-0 ] || return 1
@@ -178,6 +186,10 @@ s_dom0_kernel_ring() {
     check "the write queued on dom0's ring before the start was answered (exit $rc: $(cat /run/early.out))" \
         [ $rc = 0 ] || return 1
     check "the queued write is stored" [ "$(xsread /harness/early)" = queued-before-start ] || return 1
+    wait "$EARLY_TOOL_PID"
+    rc=$?
+    check "xenstore-write through dom0's ring before the start was answered (exit $rc: $(cat /run/early-tool.out))" [ $rc = 0 ] || return 1
+    check "its write is stored" [ "$(xsread /harness/early-tool)" = yes ] || return 1
     check "dom0's xenbus probed (control/feature-poweroff)" \
         xen-probe wait /local/domain/0/control/feature-poweroff --timeout 30 || return 1
     check "a new request on dom0's ring" timeout 20 xen-probe --xenbus read /harness/early >/dev/null || return 1
