@@ -498,9 +498,9 @@ proptest! {
         prop_assert_eq!(conflicts, 0);
         let snap = store.snapshot();
         snap.check_consistent().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        for d in 0..creators.len() {
+        for (d, creator) in creators.iter().enumerate() {
             let home = format!("/local/domain/{}", d + 1);
-            prop_assert!(snap.contains(&home) || creators[d].0 == 1, "{} missing", home);
+            prop_assert!(snap.contains(&home) || creator.0 == 1, "{} missing", home);
         }
     }
 }

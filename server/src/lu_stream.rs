@@ -232,9 +232,10 @@ fn is_socket(fd: RawFd) -> bool {
     if fd < 3 {
         return false;
     }
-    // SAFETY: fstat writes into a zeroed stat we own; any fd number is
-    // acceptable to the call.
+    // SAFETY: `stat` is plain data, for which all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into a stat we own; any fd number is acceptable
+    // to the call.
     (unsafe { libc::fstat(fd, &mut st) } == 0) && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
 }
 

@@ -218,7 +218,7 @@ impl Frontend {
                 return self.stats;
             }
             self.stats.rounds += 1;
-            if self.stats.rounds % 1024 == 0 {
+            if self.stats.rounds.is_multiple_of(1024) {
                 self.shm.info(info::ROUNDS).store(self.stats.rounds as u32, Ordering::Relaxed);
             }
             ids.clear();
@@ -242,10 +242,10 @@ impl Frontend {
     fn serve(&mut self, id: ConnId, buf: &mut Vec<u8>) -> bool {
         let mut progressed = false;
         for _ in 0..BURST {
-            if let Some(limit) = self.core.outstanding_limit(id) {
-                if self.core.output(id).is_some_and(|q| q.len() >= limit) {
-                    break;
-                }
+            if let Some(limit) = self.core.outstanding_limit(id)
+                && self.core.output(id).is_some_and(|q| q.len() >= limit)
+            {
+                break;
             }
             let Some(ring) = self.core.platform().ring(id) else { break };
             if !ring.has_input() {

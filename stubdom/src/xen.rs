@@ -14,7 +14,7 @@
 //! - [`map_guest_ring`]: grant reference 1 of a guest (§8.1, §10.6) mapped
 //!   at a frame of our own; [`bind_interdomain`], [`notify`]: the event
 //!   channel of §10.4.
-//! - [`shutdown`]: SCHEDOP_shutdown(poweroff).
+//! - [`shutdown`], SCHEDOP_shutdown(poweroff).
 //!
 //! Not done yet (see README.md): a `Platform` over these calls for the
 //! core (the QEMU one, `frontend::ShmPlatform`, is the model), the event
@@ -195,7 +195,10 @@ pub fn notify(port: u32) {
     unsafe { hypercall_2(__HYPERVISOR_event_channel_op, u64::from(EVTCHNOP_send), &raw mut op as u64) };
 }
 
+/// What the (not yet written) Xen platform will call.
+type XenCalls = (fn(u16, u64) -> Result<u32, i16>, fn(u16, u32) -> Option<u32>, fn(u32));
+
 #[allow(dead_code)]
-fn keep_linked() -> (fn(u16, u64) -> Result<u32, i16>, fn(u16, u32) -> Option<u32>, fn(u32)) {
+fn keep_linked() -> XenCalls {
     (map_guest_ring, bind_interdomain, notify)
 }
