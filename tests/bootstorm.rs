@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use rxenstored_suite::daemon::Daemon;
+use rxenstored_suite::harness::start_rx_or_skip;
 use wire::client::Client;
 
 const MODES: [&[&str]; 2] = [&[], &["--socket-threads"]];
@@ -32,16 +32,6 @@ const DEVICES: [(&str, u32); 4] = [("vif", 0), ("vif", 1), ("vbd", 51712), ("vbd
 const FRONTEND_KEYS: [&str; 8] =
     ["backend", "backend-id", "state", "handle", "ring-ref", "event-channel", "protocol", "feature"];
 const BACKEND_KEYS: [&str; 8] = ["frontend", "frontend-id", "online", "state", "script", "mac", "bridge", "handle"];
-
-fn start(args: &[&str]) -> Option<Daemon> {
-    match Daemon::start_rx(args) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
-}
 
 fn ok(what: &str, r: std::io::Result<wire::client::Reply>) {
     let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -93,7 +83,7 @@ fn create_domain(c: &mut Client, d: u32, mut before_commit: impl FnMut()) -> u32
 #[test]
 fn a_bootstorm_on_a_fresh_backend_tree_gets_no_eagain_and_every_event() {
     for args in MODES {
-        let Some(d) = start(args) else { return };
+        let Some(d) = start_rx_or_skip(args) else { return };
         let mut setup = d.connect();
         setup.set_reply_timeout(Duration::from_secs(20));
         // A host that ran domains before: then the backend tree and every

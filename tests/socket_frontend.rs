@@ -21,19 +21,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rxenstored_suite::daemon::Daemon;
+use rxenstored_suite::harness::start_rx_or_skip;
 use wire::{Op, client::Client};
 
 const MODES: [&[&str]; 2] = [&[], &["--socket-threads"]];
-
-fn start(args: &[&str]) -> Option<Daemon> {
-    match Daemon::start_rx(args) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
-}
 
 /// A client watching `path`, its initial event already taken.
 fn watching(d: &Daemon, path: &str) -> Client {
@@ -46,7 +37,7 @@ fn watching(d: &Daemon, path: &str) -> Client {
 #[test]
 fn concurrent_clients_each_get_their_own_replies_in_order() {
     for args in MODES {
-        let Some(d) = start(args) else { return };
+        let Some(d) = start_rx_or_skip(args) else { return };
         let done = Arc::new(AtomicUsize::new(0));
         let clients: Vec<_> = (0..16)
             .map(|c| {
@@ -76,7 +67,7 @@ fn concurrent_clients_each_get_their_own_replies_in_order() {
 #[test]
 fn a_watcher_that_stops_reading_blocks_nobody_and_loses_nothing() {
     for args in MODES {
-        let Some(d) = start(args) else { return };
+        let Some(d) = start_rx_or_skip(args) else { return };
         let mut watcher = watching(&d, "/busy");
         // From here the watcher reads nothing: about 5 MB of events pile up,
         // far past what the socket buffers hold.
@@ -107,7 +98,7 @@ fn a_watcher_that_stops_reading_blocks_nobody_and_loses_nothing() {
 #[test]
 fn a_client_flooding_requests_gets_every_reply_and_others_are_served() {
     for args in MODES {
-        let Some(d) = start(args) else { return };
+        let Some(d) = start_rx_or_skip(args) else { return };
         let mut flood = Client::connect(d.socket()).expect("connect");
         flood.set_reply_timeout(Duration::from_secs(20));
         // 5,000 pipelined writes, sent before any reply is read (a thread
@@ -136,7 +127,7 @@ fn a_client_flooding_requests_gets_every_reply_and_others_are_served() {
 #[test]
 fn clients_that_come_and_go_are_served_and_leave_nothing_behind() {
     for args in MODES {
-        let Some(d) = start(args) else { return };
+        let Some(d) = start_rx_or_skip(args) else { return };
         let mut watcher = watching(&d, "/churn");
         // 8 threads, 50 short connections each: one write, then gone
         // (half of them without waiting for the reply).
@@ -210,7 +201,7 @@ fn replies_in_order(client: &mut Client, count: u32) -> Vec<wire::Message> {
 #[test]
 fn reads_keep_their_place_among_a_clients_writes_under_contention() {
     for args in MODES {
-        let Some(d) = start(args) else { return };
+        let Some(d) = start_rx_or_skip(args) else { return };
         // Writers keep the core busy, so that the client's writes wait in
         // the inbox while its reads arrive.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -262,7 +253,7 @@ fn reads_keep_their_place_among_a_clients_writes_under_contention() {
 #[test]
 fn a_reader_that_stops_taking_replies_gets_them_all_in_order() {
     for args in MODES {
-        let Some(d) = start(args) else { return };
+        let Some(d) = start_rx_or_skip(args) else { return };
         let big = vec![b'b'; 4000];
         let mut admin = d.connect();
         assert!(admin.write("/big", &big).expect("write").is_ok());
@@ -300,7 +291,7 @@ fn a_reader_that_stops_taking_replies_gets_them_all_in_order() {
 /// its order, and its leaving or misbehaving mid-run harms nobody.
 #[test]
 fn a_lone_client_gives_way_at_once_and_keeps_its_order() {
-    let Some(d) = start(&["--log-level", "debug"]) else { return };
+    let Some(d) = start_rx_or_skip(&["--log-level", "debug"]) else { return };
     let mut lone = d.connect();
     lone.set_reply_timeout(Duration::from_secs(10));
     let write_read = |c: &mut Client, round: &str, count: u32| {
@@ -356,7 +347,7 @@ fn a_lone_client_gives_way_at_once_and_keeps_its_order() {
 fn a_checkpoint_falls_due_while_a_lone_client_idles() {
     let state = tempfile::tempdir().expect("state dir");
     let dir = state.path().to_str().expect("utf-8 path");
-    let Some(d) = start(&[
+    let Some(d) = start_rx_or_skip(&[
         "--log-level",
         "debug",
         "--state-dir",
@@ -403,7 +394,7 @@ fn a_checkpoint_falls_due_while_a_lone_client_idles() {
 /// conversation changes, before, during or after the hand-over.
 #[test]
 fn a_reader_handed_to_a_thread_keeps_its_conversation() {
-    let Some(d) = start(&["--log-level", "debug"]) else { return };
+    let Some(d) = start_rx_or_skip(&["--log-level", "debug"]) else { return };
     let mut admin = d.connect();
     assert!(admin.write("/r/k", "0").expect("write").is_ok());
     let mut reader = d.connect();
@@ -472,7 +463,7 @@ fn a_reader_handed_to_a_thread_keeps_its_conversation() {
 /// once it reads: the run hands the rest to the poll.
 #[test]
 fn a_lone_clients_burst_of_reads_larger_than_its_socket_arrives_whole() {
-    let Some(d) = start(&[]) else { return };
+    let Some(d) = start_rx_or_skip(&[]) else { return };
     let big = vec![b'b'; 4000];
     let mut lone = d.connect();
     lone.set_reply_timeout(Duration::from_secs(10));
@@ -509,7 +500,7 @@ fn a_lone_clients_burst_of_reads_larger_than_its_socket_arrives_whole() {
 /// takes and gives back every request).
 #[test]
 fn a_readers_writes_are_served_while_another_client_runs_solo() {
-    let Some(d) = start(&["--log-level", "debug"]) else { return };
+    let Some(d) = start_rx_or_skip(&["--log-level", "debug"]) else { return };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The writer is busy from the start, so that the reader is never
     // alone (a lone client is served in a solo run, not handed over).

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use wire::client::Reply;
 
-use crate::daemon::{Daemon, Kind};
+use crate::daemon::{Daemon, Kind, Unavailable};
 
 fn kinds_from_env(var: &str, default: &str) -> Vec<Kind> {
     let s = std::env::var(var).unwrap_or_else(|_| default.to_string());
@@ -43,7 +43,17 @@ pub fn report_skip(kind: Kind, why: &dyn fmt::Display) {
 
 /// Starts `kind`, or reports the skip (or fails, if `$XS_REQUIRE` names it).
 pub fn start_or_skip(kind: Kind) -> Option<Daemon> {
-    match Daemon::start(kind) {
+    started_or_skipped(kind, Daemon::start(kind))
+}
+
+/// Starts rxenstored with `args`, or reports the skip (or fails, if
+/// `$XS_REQUIRE` names it).
+pub fn start_rx_or_skip(args: &[&str]) -> Option<Daemon> {
+    started_or_skipped(Kind::Rxenstored, Daemon::start_rx(args))
+}
+
+fn started_or_skipped(kind: Kind, started: Result<Daemon, Unavailable>) -> Option<Daemon> {
+    match started {
         Ok(d) => Some(d),
         Err(why) => {
             if kinds_from_env("XS_REQUIRE", "").contains(&kind) {

@@ -328,6 +328,48 @@ impl Runner {
         self.started(kind, case, |progs| Daemon::start(kind, progs, cpu))
     }
 
+    /// `m` for every daemon of `kinds`: all up at once, `reps` runs of
+    /// `run` taken in rounds (one run of each daemon per round: a slow
+    /// phase of the machine then weighs on all of them, not on whichever
+    /// ran during it, and the ratios hold better than the figures); the
+    /// median is kept.
+    fn medians_in_rounds(
+        &mut self,
+        kinds: &[Kind],
+        cpu: Option<usize>,
+        m: Metric,
+        reps: usize,
+        run: impl Fn(&std::path::Path) -> conn::Res<f64>,
+    ) {
+        let mut entrants = Vec::new();
+        for &kind in kinds {
+            match self.start(kind, cpu, m.case) {
+                Some(d) => entrants.push((kind, d, Vec::new(), None)),
+                None => self.skip(&[m], kind),
+            }
+        }
+        for _ in 0..reps {
+            for (_, d, runs, failed) in &mut entrants {
+                if failed.is_none() {
+                    match run(d.socket()) {
+                        Ok(v) => runs.push(v),
+                        Err(e) => *failed = Some(e),
+                    }
+                }
+            }
+        }
+        for (kind, mut d, mut runs, failed) in entrants {
+            match failed {
+                Some(e) => self.fail(&[m], kind, &e, &d),
+                None => {
+                    let median = median_of(m.case, kind, m.metric, &mut runs);
+                    self.sheet.set(m, kind, Cell::Num(median));
+                }
+            }
+            self.check_alive(&mut d, m.case);
+        }
+    }
+
     /// A fresh rxenstored serving simulated rings, or `None` (noted).
     fn start_rings(&mut self, case: &str) -> Option<Daemon> {
         self.started(Kind::Rxenstored, case, |progs| Daemon::start_sim_rings(progs, None))
@@ -420,42 +462,7 @@ fn run_pairs(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>) {
             // rounds (one run of each daemon per round): a slow phase of
             // the machine then weighs on all of them, not on whichever
             // ran during it, and the ratios hold better than the figures.
-            let mut entrants = Vec::new();
-            for &kind in kinds {
-                match r.start(kind, cpu, &case) {
-                    Some(d) => entrants.push((kind, d, Vec::new(), None)),
-                    None => r.skip(&[m], kind),
-                }
-            }
-            for _ in 0..s.pairs_reps {
-                for (_, d, runs, failed) in &mut entrants {
-                    if failed.is_none() {
-                        match pairs::run(d.socket(), &p) {
-                            Ok(v) => runs.push(v),
-                            Err(e) => *failed = Some(e),
-                        }
-                    }
-                }
-            }
-            for (kind, mut d, mut runs, failed) in entrants {
-                match failed {
-                    Some(e) => r.fail(&[m], kind, &e, &d),
-                    None => {
-                        runs.sort_by(f64::total_cmp);
-                        let median = runs[runs.len() / 2];
-                        progress(
-                            &case,
-                            kind,
-                            &format!(
-                                "{median:.0} req/s (runs: {})",
-                                runs.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ")
-                            ),
-                        );
-                        r.sheet.set(m, kind, Cell::Num(median));
-                    }
-                }
-                r.check_alive(&mut d, &case);
-            }
+            r.medians_in_rounds(kinds, cpu, m, s.pairs_reps, |socket| pairs::run(socket, &p));
             r.sheet.floor_ratio(&case, "req/s");
         }
     }
@@ -718,36 +725,9 @@ fn run_idle(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     for &n in &s.idle {
         let case = format!("idle conns {n}");
         let m = Metric { case: &case, metric: "req/s", unit: Unit::PerSec, better: Better::Higher };
-        // Every daemon up at once, the repetitions in rounds (as `pairs`);
-        // each measurement opens its own idle connections and closes them.
-        let mut entrants = Vec::new();
-        for &kind in &kinds {
-            match r.start(kind, daemon_cpu, &case) {
-                Some(d) => entrants.push((kind, d, Vec::new(), None)),
-                None => r.skip(&[m], kind),
-            }
-        }
+        // Each measurement opens its own idle connections and closes them.
         let p = idle::Idle { idle: n, duration: s.idle_duration, client_cpu, timeout: s.reply_timeout };
-        for _ in 0..s.pairs_reps {
-            for (_, d, runs, failed) in &mut entrants {
-                if failed.is_none() {
-                    match idle::run(d.socket(), &p) {
-                        Ok(v) => runs.push(v),
-                        Err(e) => *failed = Some(e),
-                    }
-                }
-            }
-        }
-        for (kind, mut d, mut runs, failed) in entrants {
-            match failed {
-                Some(e) => r.fail(&[m], kind, &e, &d),
-                None => {
-                    let median = median_of(&case, kind, "req/s", &mut runs);
-                    r.sheet.set(m, kind, Cell::Num(median));
-                }
-            }
-            r.check_alive(&mut d, &case);
-        }
+        r.medians_in_rounds(&kinds, daemon_cpu, m, s.pairs_reps, |socket| idle::run(socket, &p));
         ratio_to_c(r, &case, "req/s", &kinds);
     }
     // How flat: each daemon's figure with the most idle connections ÷ with none.
