@@ -77,7 +77,7 @@ impl<P: Platform> Core<P> {
         if conn.caller.privileged || conn.kind != ConnKind::Domain {
             return None;
         }
-        let quotas = self.domains.get(&conn.caller.domid).map_or(&self.config.quotas, |d| &d.quotas);
+        let quotas = crate::protocol::quotas_for(&self.domains, &self.config.quotas, conn.caller.domid);
         match quotas.hard(Quota::Outstanding) {
             0 => None,
             n => Some(n as usize),
@@ -105,7 +105,7 @@ impl<P: Platform> Core<P> {
         if conn.caller.privileged || conn.kind != ConnKind::Domain {
             return Ok(());
         }
-        let quotas = self.domains.get(&conn.caller.domid).map_or(&self.config.quotas, |d| &d.quotas);
+        let quotas = crate::protocol::quotas_for(&self.domains, &self.config.quotas, conn.caller.domid);
         let value = conn.out.bytes() + len;
         match quotas.hard(Quota::Memory) {
             0 => Ok(()),

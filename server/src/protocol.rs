@@ -483,10 +483,7 @@ impl<P: Platform> Core<P> {
     fn node_op(&mut self, id: ConnId, op: Op, tx_id: u32, payload: &[u8]) -> Result<Vec<u8>> {
         let conn = self.conns.get_mut(&id).ok_or(Error::NotFound)?;
         let caller = conn.caller;
-        let quotas = match self.domains.get(&caller.domid) {
-            Some(d) => &d.quotas,
-            None => &self.config.quotas,
-        };
+        let quotas = quotas_for(&self.domains, &self.config.quotas, caller.domid);
         let ctx = Ctx { caller, quotas, platform: &self.platform };
         if tx_id != 0 {
             let open = conn.transactions.get_mut(&tx_id).ok_or(Error::NotFound)?;
@@ -517,10 +514,7 @@ impl<P: Platform> Core<P> {
         }
         let conn = self.conns.get_mut(&id).ok_or(Error::NotFound)?;
         if !conn.caller.privileged {
-            let quotas = match self.domains.get(&conn.caller.domid) {
-                Some(d) => &d.quotas,
-                None => &self.config.quotas,
-            };
+            let quotas = quotas_for(&self.domains, &self.config.quotas, conn.caller.domid);
             quotas.check(Quota::Transactions, conn.transactions.len() + 1)?;
         }
         let tx_id = conn.allocate_tx_id();
@@ -539,7 +533,7 @@ impl<P: Platform> Core<P> {
             return false;
         }
         if !conn.caller.privileged {
-            let quotas = self.domains.get(&conn.caller.domid).map_or(&self.config.quotas, |d| &d.quotas);
+            let quotas = quotas_for(&self.domains, &self.config.quotas, conn.caller.domid);
             if quotas.check(Quota::Transactions, conn.transactions.len() + 1).is_err() {
                 return false;
             }
@@ -581,10 +575,7 @@ impl<P: Platform> Core<P> {
             return Err(Error::TransactionDoomed);
         }
         let caller = conn.caller;
-        let quotas = match self.domains.get(&caller.domid) {
-            Some(d) => d.quotas.clone(),
-            None => self.config.quotas.clone(),
-        };
+        let quotas = quotas_for(&self.domains, &self.config.quotas, caller.domid).clone();
         let result = self.store.commit(open.tx, |c: &Commit| {
             if caller.privileged {
                 return Ok(());
@@ -634,10 +625,7 @@ impl<P: Platform> Core<P> {
         };
         let (raw, token) = (args[0], args[1]);
         let caller = conn.caller;
-        let quotas = match self.domains.get(&caller.domid) {
-            Some(d) => &d.quotas,
-            None => &self.config.quotas,
-        };
+        let quotas = quotas_for(&self.domains, &self.config.quotas, caller.domid);
         let ctx = Ctx { caller, quotas, platform: &self.platform };
         let path = ctx.path(raw, true)?;
         if !caller.privileged {
@@ -812,6 +800,17 @@ fn may_see(caller: Caller, path: &Path, perms: Option<&Perms>, old: Option<&Perm
     perms.is_some_and(readable)
         || old.is_some_and(readable)
         || path.parent_str().and_then(|p| after.get(p)).is_some_and(|n| readable(n.perms()))
+}
+
+/// The quotas that apply to `domid`: its own once the daemon keeps a record
+/// of it (SET_QUOTA, INTRODUCE), else the global ones. (Free, not a method:
+/// callers hold a connection of the core mutably at the same time.)
+pub(crate) fn quotas_for<'a>(
+    domains: &'a BTreeMap<DomId, Domain>,
+    global: &'a QuotaTable,
+    domid: DomId,
+) -> &'a QuotaTable {
+    domains.get(&domid).map_or(global, |d| &d.quotas)
 }
 
 /// A domid argument in C's strict form (§2.2).
