@@ -32,7 +32,7 @@ use crate::conn::{ConnId, ConnKind};
 use crate::domain::{Domain, Platform};
 use crate::live_update::LuRequest;
 use crate::protocol::{Config, Core};
-use crate::quota::{Quota, QuotaName, QuotaTable};
+use crate::quota::{QuotaName, QuotaTable};
 
 /// `$XENSTORED_RUNDIR/state_dump` (default rundir `/var/run/xenstored`),
 /// where C writes and reads it.
@@ -54,25 +54,13 @@ pub struct Fds {
 }
 
 fn quotas_of(table: &QuotaTable) -> Vec<model::Quota> {
-    let mut v = Vec::new();
-    for q in Quota::ALL {
-        v.push(model::Quota::new(q.name(), table.hard(q)));
-        if let Some(s) = table.soft(q) {
-            v.push(model::Quota::new(&format!("soft-{}", q.name()), s));
-        }
-    }
-    v
+    table.values().map(|(name, value)| model::Quota::new(&name.to_string(), value)).collect()
 }
 
 fn apply_quotas(table: &mut QuotaTable, quotas: &[model::Quota], warnings: &mut Vec<String>) {
     for q in quotas {
-        let (soft, name) = match q.name.strip_prefix(b"soft-") {
-            Some(rest) => (true, rest),
-            None => (false, q.name.as_slice()),
-        };
-        match Quota::from_name(name) {
-            Some(quota) if soft => table.set_soft(quota, q.value),
-            Some(quota) => table.set(QuotaName { quota, soft: false }, q.value),
+        match QuotaName::from_name(&q.name) {
+            Some(name) => table.set(name, q.value),
             None => warnings.push(format!("ignoring unknown quota {:?}", String::from_utf8_lossy(&q.name))),
         }
     }
@@ -439,6 +427,7 @@ pub fn import<P: Platform>(mut config: Config, platform: P, snap: &model::Snapsh
 mod tests {
     use super::*;
     use crate::NoRings;
+    use crate::quota::Quota;
 
     #[test]
     fn pending_bytes_split_into_messages() {

@@ -190,14 +190,7 @@ pub fn export<P: Platform>(core: &Core<P>) -> State {
 }
 
 fn quota_values(table: &QuotaTable) -> Vec<QuotaValue> {
-    let mut v = Vec::new();
-    for q in Quota::ALL {
-        v.push(QuotaValue { name: q.name().into(), value: table.hard(q), soft: false });
-        if let Some(s) = table.soft(q) {
-            v.push(QuotaValue { name: q.name().into(), value: s, soft: true });
-        }
-    }
-    v
+    table.values().map(|(n, value)| QuotaValue { name: n.quota.name().into(), value, soft: n.soft }).collect()
 }
 
 fn export_domains<P: Platform>(core: &Core<P>) -> (Vec<DomainRecord>, Vec<QuotaValue>) {
@@ -235,11 +228,7 @@ fn quota_table(values: &[QuotaValue], base: &QuotaTable) -> QuotaTable {
             tracing::warn!("ignoring unknown saved quota {:?}", v.name);
             continue;
         };
-        if v.soft {
-            t.set_soft(quota, v.value);
-        } else {
-            t.set(QuotaName { quota, soft: false }, v.value);
-        }
+        t.set(QuotaName { quota, soft: v.soft }, v.value);
     }
     t
 }

@@ -129,13 +129,26 @@ pub struct QuotaName {
 }
 
 impl QuotaName {
+    /// A name GET/SET_QUOTA may use with `table`: hard, or the soft variant
+    /// of a quota that has one.
     pub fn parse(name: &[u8], table: &QuotaTable) -> Option<QuotaName> {
-        if let Some(hard) = Quota::from_name(name) {
-            return Some(QuotaName { quota: hard, soft: false });
+        QuotaName::from_name(name).filter(|n| !n.soft || table.soft(n.quota).is_some())
+    }
+
+    /// `nodes` or `soft-nodes`, whatever the quota (saved state names
+    /// them so).
+    pub fn from_name(name: &[u8]) -> Option<QuotaName> {
+        match name.strip_prefix(b"soft-") {
+            Some(soft) => Quota::from_name(soft).map(|quota| QuotaName { quota, soft: true }),
+            None => Quota::from_name(name).map(|quota| QuotaName { quota, soft: false }),
         }
-        let soft = name.strip_prefix(b"soft-")?;
-        let quota = Quota::from_name(soft)?;
-        table.soft(quota).map(|_| QuotaName { quota, soft: true })
+    }
+}
+
+impl core::fmt::Display for QuotaName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let prefix = if self.soft { "soft-" } else { "" };
+        write!(f, "{prefix}{}", self.quota.name())
     }
 }
 
@@ -174,6 +187,16 @@ impl QuotaTable {
         } else {
             self.hard[name.quota as usize] = value;
         }
+    }
+
+    /// Every value the table holds: each quota's hard value, then its soft
+    /// one where it has one (what checkpoints and live-update streams keep).
+    pub fn values(&self) -> impl Iterator<Item = (QuotaName, u32)> + '_ {
+        Quota::ALL.into_iter().flat_map(move |quota| {
+            let hard = (QuotaName { quota, soft: false }, self.hard(quota));
+            let soft = self.soft(quota).map(|v| (QuotaName { quota, soft: true }, v));
+            core::iter::once(hard).chain(soft)
+        })
     }
 
     /// Sets a soft value, giving the quota a soft variant if it had none.
