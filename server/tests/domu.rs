@@ -283,11 +283,7 @@ fn guest_node_quota_counts_owned_nodes() {
     assert_eq!(h.call(g, Op::Write, 0, b"c\0"), err("ENOSPC"));
     // In a transaction the check happens at commit.
     h.call(s, Op::SetQuota, 0, &args(&["5", "nodes", "6"])).unwrap();
-    let tx: u32 = String::from_utf8(h.call(g, Op::TransactionStart, 0, b"\0").unwrap())
-        .unwrap()
-        .trim_end_matches('\0')
-        .parse()
-        .unwrap();
+    let tx = h.start_tx(g);
     assert_eq!(h.call(g, Op::Write, tx, b"t1\0"), okk());
     h.call(s, Op::Write, 0, b"/local/domain/5/x\0").unwrap();
     h.call(s, Op::SetPerms, 0, &args(&["/local/domain/5/x", "n5"])).unwrap();
@@ -303,11 +299,7 @@ fn transaction_nodes_quota_dooms_the_transaction() {
     h.call(s, Op::SetPerms, 0, &args(&["/local/domain/5", "n5"])).unwrap();
     h.call(s, Op::SetQuota, 0, &args(&["5", "transaction-nodes", "4"])).unwrap();
     let g = h.domu(5);
-    let tx: u32 = String::from_utf8(h.call(g, Op::TransactionStart, 0, b"\0").unwrap())
-        .unwrap()
-        .trim_end_matches('\0')
-        .parse()
-        .unwrap();
+    let tx = h.start_tx(g);
     assert_eq!(h.call(g, Op::Write, tx, b"a\0"), okk());
     assert_eq!(h.call(g, Op::Write, tx, b"b\0"), okk());
     assert_eq!(h.call(g, Op::Write, tx, b"c\0"), err("ENOSPC"));
@@ -321,17 +313,9 @@ fn coalescing_guest_transactions_under_one_parent() {
     let mut h = Harness::default();
     let s = h.socket();
     h.call(s, Op::Mkdir, 0, &args(&["/local/domain"])).unwrap();
-    let t1: u32 = String::from_utf8(h.call(s, Op::TransactionStart, 0, b"\0").unwrap())
-        .unwrap()
-        .trim_end_matches('\0')
-        .parse()
-        .unwrap();
+    let t1 = h.start_tx(s);
     let s2 = h.socket();
-    let t2: u32 = String::from_utf8(h.call(s2, Op::TransactionStart, 0, b"\0").unwrap())
-        .unwrap()
-        .trim_end_matches('\0')
-        .parse()
-        .unwrap();
+    let t2 = h.start_tx(s2);
     assert_eq!(h.call(s, Op::Write, t1, b"/local/domain/1/name\0a"), okk());
     assert_eq!(h.call(s2, Op::Write, t2, b"/local/domain/2/name\0b"), okk());
     assert_eq!(h.call(s, Op::TransactionEnd, t1, b"T\0"), okk());
@@ -466,11 +450,7 @@ fn transactions_lost_in_a_crash_end_with_eagain() {
     assert_eq!(h.call(g, Op::Read, 0, b"a\0"), err("ENOENT"), "nothing of it committed");
     // Aborting a lost transaction is fine; a new one commits.
     assert_eq!(h.call(g, Op::TransactionEnd, 9, b"F\0"), okk());
-    let tx: u32 = String::from_utf8(h.call(g, Op::TransactionStart, 0, b"\0").unwrap())
-        .unwrap()
-        .trim_end_matches('\0')
-        .parse()
-        .unwrap();
+    let tx = h.start_tx(g);
     assert_eq!(h.call(g, Op::Write, tx, b"a\0y"), okk());
     assert_eq!(h.call(g, Op::TransactionEnd, tx, b"T\0"), okk());
     assert_eq!(h.call(g, Op::Read, 0, b"a\0"), Ok(b"y".to_vec()));

@@ -40,6 +40,12 @@ impl Harness {
         self.core.connect_domain(DomId(domid))
     }
 
+    /// TRANSACTION_START on `conn`: the new transaction's id.
+    pub fn start_tx(&mut self, conn: ConnId) -> u32 {
+        let reply = self.call(conn, Op::TransactionStart, 0, b"\0").expect("TRANSACTION_START");
+        String::from_utf8(reply).expect("ASCII id").trim_end_matches('\0').parse().expect("a number")
+    }
+
     /// Sends one request and returns its reply; events stay queued for
     /// [`Harness::events`].
     pub fn call(&mut self, conn: ConnId, op: Op, tx: u32, payload: &[u8]) -> Reply {
