@@ -6,7 +6,7 @@
 //! # Threads
 //!
 //! The core and everything that touches it (client table, rings,
-//! persistence) sit behind one lock, in [`State`]. Who reads the sockets
+//! persistence) sit behind one lock, in [`LoopState`]. Who reads the sockets
 //! depends on the mode:
 //!
 //! - **threaded** (`--socket-threads`): each socket client has a thread of its own
@@ -152,7 +152,7 @@ struct Client {
     /// loop as a reader), not by the poll.
     threaded: bool,
     /// Single mode: answers the client's leading plain reads from the
-    /// published snapshot (privileged clients, [`State::loop_snapshot_reads`]).
+    /// published snapshot (privileged clients, [`LoopState::loop_snapshot_reads`]).
     reader: Option<Reader>,
 }
 
@@ -181,7 +181,7 @@ struct LaneOut {
 }
 
 /// Everything the core's callers share, behind [`Shared::state`].
-pub(crate) struct State<P: Platform> {
+pub(crate) struct LoopState<P: Platform> {
     core: Core<P>,
     clients: HashMap<ConnId, Client>,
     registry: Registry,
@@ -231,7 +231,7 @@ pub const QUOTA_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the main thread and the client threads share.
 struct Shared<P: Platform> {
-    state: Mutex<State<P>>,
+    state: Mutex<LoopState<P>>,
     /// Input read by client threads; served by whoever holds `state`.
     inbox: SegQueue<Input>,
     /// Wakes the main loop (ring work queued, live update requested, fatal
@@ -300,7 +300,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let mut core = core;
         let rings = rings::RingState::register(&poll, &mut core)?;
         core.set_live_update_file_check(crate::live_update_exec::check_binary);
-        let state = State {
+        let state = LoopState {
             core,
             clients: HashMap::default(),
             registry: poll.registry().try_clone()?,
@@ -370,7 +370,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         MutexGuard::map(self.shared.state.lock(), |s| &mut s.core)
     }
 
-    fn poll_timeout(&self, state: &State<P>) -> Option<Duration> {
+    fn poll_timeout(&self, state: &LoopState<P>) -> Option<Duration> {
         let persist = state.persistence.as_ref().and_then(Persistence::timeout);
         let lu = state.core.live_update_pending().then_some(LIVE_UPDATE_CHECK);
         [state.rings.timeout(), persist, lu].into_iter().flatten().min()
@@ -469,7 +469,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         self.serve_client(&mut state, id, stream)
     }
 
-    fn accept(&mut self, state: &mut State<P>) -> io::Result<()> {
+    fn accept(&mut self, state: &mut LoopState<P>) -> io::Result<()> {
         self.threads.retain(|_, t| !t.handle.is_finished());
         loop {
             match self.listener.accept() {
@@ -498,7 +498,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
 
     /// Puts a connected socket in service: polled by the main loop, or read
     /// by a thread of its own.
-    fn serve_client(&mut self, state: &mut State<P>, id: ConnId, stream: StdUnixStream) -> io::Result<()> {
+    fn serve_client(&mut self, state: &mut LoopState<P>, id: ConnId, stream: StdUnixStream) -> io::Result<()> {
         let stream = Arc::new(stream);
         let lane = Arc::new(Lane::default());
         if !state.threaded {
@@ -542,7 +542,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// each other, as in threaded mode; the rest of its requests go
     /// through the inbox. Writers stay in the loop, whose turns batch
     /// them (a thread costs a wake-up per request).
-    fn promote(&mut self, state: &mut State<P>, id: ConnId) {
+    fn promote(&mut self, state: &mut LoopState<P>, id: ConnId) {
         let Some(client) = state.clients.get(&id).filter(|c| !c.threaded && !c.wants_write) else { return };
         if client.lane.out.lock().backlog || state.core.output(id).is_some_and(|o| !o.is_empty()) {
             return;
@@ -592,7 +592,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
 
     /// Dumps the state and `exec`s the new binary; comes back only if that
     /// failed.
-    fn live_update(&self, state: &mut State<P>, req: &crate::live_update::LuRequest) {
+    fn live_update(&self, state: &mut LoopState<P>, req: &crate::live_update::LuRequest) {
         // What can still be sent now need not go through the file.
         state.flush_dirty();
         state.fold_lanes();
@@ -605,7 +605,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         }
         // The successor (ours or C's) polls its sockets: it gets them
         // non-blocking, as the single-threaded mode keeps them.
-        let set_blocking = |state: &State<P>, blocking: bool| {
+        let set_blocking = |state: &LoopState<P>, blocking: bool| {
             for c in state.clients.values().filter(|c| c.threaded) {
                 let _ = c.stream.set_nonblocking(!blocking);
             }
@@ -821,7 +821,7 @@ impl<P: Platform> Shared<P> {
     /// After serving input outside the main loop: output, persistence, and
     /// a wake-up for the main loop if it has work (rings made ready, a live
     /// update requested, a fatal error).
-    fn end_turn(&self, state: &mut State<P>) {
+    fn end_turn(&self, state: &mut LoopState<P>) {
         if let Err(e) = state.finish_turn(true) {
             state.fatal = Some(e);
         }
@@ -855,7 +855,7 @@ fn install_wakeup_signal() {
     });
 }
 
-impl<P: Platform> State<P> {
+impl<P: Platform> LoopState<P> {
     /// After requests: persistence (group commit before any reply), output,
     /// logs. With `defer` (a client thread's turn) only the replies of the
     /// connections it served are sent; the rest is left to the main loop.

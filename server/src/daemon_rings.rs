@@ -19,7 +19,7 @@ use foldhash::HashSet;
 use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
 
-use super::State;
+use super::LoopState;
 use crate::conn::ConnId;
 use crate::domain::Platform;
 use crate::protocol::Core;
@@ -89,7 +89,7 @@ impl RingState {
     }
 }
 
-impl<P: Platform> State<P> {
+impl<P: Platform> LoopState<P> {
     /// The event descriptor fired: collect fired rings, handle domain
     /// state changes.
     pub(super) fn ring_events(&mut self) {

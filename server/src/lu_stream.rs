@@ -68,12 +68,12 @@ fn apply_quotas(table: &mut QuotaTable, quotas: &[model::Quota], warnings: &mut 
 
 /// The core's state as a stream model, the requester's `OK` reply last in
 /// its output (the new process sends it).
-pub fn export<P: Platform>(core: &mut Core<P>, req: &LuRequest, fds: &Fds) -> Result<model::Snapshot, String> {
+pub fn export<P: Platform>(core: &mut Core<P>, req: &LuRequest, fds: &Fds) -> Result<model::Stream, String> {
     let v2 = req.version >= 2;
-    let mut snap = model::Snapshot {
+    let mut snap = model::Stream {
         version: req.version,
         global: Some(model::GlobalData { socket_fd: fds.listener, evtchn_fd: fds.evtchn }),
-        ..model::Snapshot::default()
+        ..model::Stream::default()
     };
     if v2 {
         snap.global_quota =
@@ -193,7 +193,7 @@ pub fn encode<P: Platform>(core: &mut Core<P>, req: &LuRequest, fds: &Fds) -> Re
 }
 
 /// Reads and checks a state file: any error-level finding refuses it.
-pub fn load(bytes: &[u8]) -> Result<model::Snapshot, String> {
+pub fn load(bytes: &[u8]) -> Result<model::Stream, String> {
     let parsed = read_stream(bytes).map_err(|e| e.to_string())?;
     if let Some(f) = parsed.first_error() {
         return Err(format!("{f}"));
@@ -292,7 +292,7 @@ fn split_output(c: &model::Connection) -> Result<Output, String> {
 /// event-channel descriptor is closed. Call it only in the process that
 /// inherited them (`rxenstored -U`: those numbers stay its own until
 /// then), or clear them from `snap` first.
-pub fn import<P: Platform>(mut config: Config, platform: P, snap: &model::Snapshot) -> Result<Restored<P>, String> {
+pub fn import<P: Platform>(mut config: Config, platform: P, snap: &model::Stream) -> Result<Restored<P>, String> {
     let mut warnings = Vec::new();
     if let Some(gq) = &snap.global_quota {
         apply_quotas(&mut config.quotas, &gq.per_domain, &mut warnings);

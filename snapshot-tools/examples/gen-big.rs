@@ -4,7 +4,7 @@
 //! a ring connection and a watch, and the rest as leaf nodes spread over them).
 
 use snapshot_tools::{
-    Connection, ConnectionKind, DOMID_INVALID, GlobalData, Node, Perm, Snapshot, Watch, WriteFormat, write_stream,
+    Connection, ConnectionKind, DOMID_INVALID, GlobalData, Node, Perm, Stream, Watch, WriteFormat, write_stream,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,8 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => 1_000_000,
     };
     let domains: u16 = 1000;
-    let mut snap =
-        Snapshot { version: 1, global: Some(GlobalData { socket_fd: 3, evtchn_fd: 4 }), ..Snapshot::default() };
+    let mut snap = Stream { version: 1, global: Some(GlobalData { socket_fd: 3, evtchn_fd: 4 }), ..Stream::default() };
     let n0 = || vec![Perm::new(b'n', 0)];
     snap.nodes.push(Node::committed("@introduceDomain", "", n0()));
     snap.nodes.push(Node::committed("@releaseDomain", "", n0()));

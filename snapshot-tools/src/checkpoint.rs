@@ -106,9 +106,8 @@ fn quotas(q: &[persist::QuotaValue]) -> Vec<Quota> {
 }
 
 /// A persist [`persist::State`] as the model (version 2, little-endian).
-pub fn snapshot_from_state(state: &persist::State) -> Snapshot {
-    let mut snap =
-        Snapshot { version: 2, nodes: crate::engine_conv::from_engine(&state.snapshot), ..Snapshot::default() };
+pub fn snapshot_from_state(state: &persist::State) -> Stream {
+    let mut snap = Stream { version: 2, nodes: crate::engine_conv::from_engine(&state.snapshot), ..Stream::default() };
     if !state.global_quotas.is_empty() {
         snap.global_quota = Some(GlobalQuota { per_domain: quotas(&state.global_quotas), global_only: Vec::new() });
     }

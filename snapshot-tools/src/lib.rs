@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //!
-//! * [`model`]: the plain-data [`Snapshot`] (global data, connections with
+//! * [`model`]: the plain-data [`Stream`] (global data, connections with
 //!   their pending bytes, watches, transactions, nodes, quotas, domains).
 //!   No behaviour, no links other than `conn_id`.
 //! * [`read`]: [`read_stream`], the tolerant reader. It returns a

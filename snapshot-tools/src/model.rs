@@ -36,7 +36,7 @@ pub enum ByteOrder {
 /// Whole content of one stream, in the order the C writer would emit it
 /// (connections in list order, nodes in stream order).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Snapshot {
+pub struct Stream {
     /// Preamble `version` (1 or 2 are defined).
     pub version: u32,
     /// Byte order of records (from preamble `flags`).

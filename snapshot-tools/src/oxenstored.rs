@@ -1,5 +1,5 @@
 //! oxenstored's live-update text dump (`/var/run/xenstored/db`, §2.3),
-//! read into the same [`Snapshot`] model as the binary stream.
+//! read into the same [`Stream`] model as the binary stream.
 //!
 //! Mapping: `dom` → ring connection (local port when given, else the
 //! remote one), `socket` → socket connection, `watch` → watch, `store` →
@@ -56,7 +56,7 @@ fn parse_perms(raw: &[u8]) -> Option<Vec<Perm>> {
 
 /// Reads a dump, also returning the values the model has no room for.
 pub fn read_dump_full(data: &[u8]) -> Result<(Parsed, OxExtras), OxError> {
-    let mut snap = Snapshot { version: 1, ..Snapshot::default() };
+    let mut snap = Stream { version: 1, ..Stream::default() };
     let mut extras = OxExtras::default();
     let mut findings = Vec::new();
     let mut offset = 0usize;
@@ -175,7 +175,7 @@ pub fn read_dump_full(data: &[u8]) -> Result<(Parsed, OxExtras), OxError> {
 
 /// Writes a snapshot as an oxenstored dump (inverse of [`read_dump_full`],
 /// given the same extras; pending data, targets and quotas are dropped).
-pub fn write_dump(snap: &Snapshot, extras: &OxExtras) -> String {
+pub fn write_dump(snap: &Stream, extras: &OxExtras) -> String {
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mut o = format!("{HEADER}\n");
     if let Some(g) = snap.global {

@@ -238,19 +238,19 @@ pub enum WatchExtLayout {
 /// What a record turned into in the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Item {
-    /// The GLOBAL_DATA (see [`Snapshot::global`]).
+    /// The GLOBAL_DATA (see [`Stream::global`]).
     Global,
     /// The GLOBAL_QUOTA_DATA.
     GlobalQuota,
-    /// Index into [`Snapshot::connections`].
+    /// Index into [`Stream::connections`].
     Connection(usize),
-    /// Index into [`Snapshot::watches`]; layout for type 8.
+    /// Index into [`Stream::watches`]; layout for type 8.
     Watch(usize, Option<WatchExtLayout>),
-    /// Index into [`Snapshot::transactions`].
+    /// Index into [`Stream::transactions`].
     Transaction(usize),
-    /// Index into [`Snapshot::nodes`].
+    /// Index into [`Stream::nodes`].
     Node(usize),
-    /// Index into [`Snapshot::domains`].
+    /// Index into [`Stream::domains`].
     Domain(usize),
     /// END.
     End,
@@ -279,7 +279,7 @@ pub struct Parsed {
     /// Raw preamble `flags`.
     pub flags: u32,
     /// Decoded content.
-    pub snapshot: Snapshot,
+    pub snapshot: Stream,
     /// Records in file order with offsets.
     pub records: Vec<RecordInfo>,
     /// Every check that failed, in file order.
@@ -316,13 +316,13 @@ pub fn read_stream(buf: &[u8]) -> Result<Parsed, ReadError> {
     let version = u32_at(buf, 8, ByteOrder::Big).unwrap_or(0);
     let flags = u32_at(buf, 12, ByteOrder::Big).unwrap_or(0);
     let order = if flags & 1 != 0 { ByteOrder::Big } else { ByteOrder::Little };
-    let mut r = Reader {
+    let mut r = StreamReader {
         buf,
         order,
         parsed: Parsed {
             file_len: buf.len(),
             flags,
-            snapshot: Snapshot { version, byte_order: order, ..Snapshot::default() },
+            snapshot: Stream { version, byte_order: order, ..Stream::default() },
             records: Vec::new(),
             findings: Vec::new(),
         },
@@ -349,7 +349,7 @@ pub fn read_stream(buf: &[u8]) -> Result<Parsed, ReadError> {
     Ok(r.parsed)
 }
 
-struct Reader<'a> {
+struct StreamReader<'a> {
     buf: &'a [u8],
     order: ByteOrder,
     parsed: Parsed,
@@ -360,7 +360,7 @@ struct Reader<'a> {
     /// (offset, path) of nodes whose parent was not seen yet.
     waiting_parent: Vec<(u64, &'a [u8])>,
     /// Committed paths from the root down to the previous node (see
-    /// [`Reader::parent_seen`]).
+    /// [`StreamReader::parent_seen`]).
     ancestry: Vec<&'a [u8]>,
     /// (conn-id, tx-id) of TRANSACTION_DATA seen so far.
     transactions: FastSet<(u32, u32)>,
@@ -369,7 +369,7 @@ struct Reader<'a> {
     global_quota_seen: bool,
 }
 
-impl<'a> Reader<'a> {
+impl<'a> StreamReader<'a> {
     fn find(&mut self, offset: u64, problem: Problem) {
         let severity = problem.severity();
         self.parsed.findings.push(Finding { offset, severity, problem });

@@ -291,7 +291,7 @@ pub struct Tree<'a> {
 
 impl<'a> Tree<'a> {
     /// Builds the tree from committed non-special nodes (first record wins).
-    pub fn build(snap: &'a Snapshot) -> Self {
+    pub fn build(snap: &'a Stream) -> Self {
         let mut t = Tree::default();
         for n in snap.nodes.iter().filter(|n| n.conn_id == 0 && !n.is_special()) {
             if t.by_path.contains_key(n.path.as_slice()) {
@@ -981,9 +981,9 @@ fn conn_key(c: &Connection) -> String {
 }
 
 /// Compares two snapshots by node path, connection, watch and domain.
-pub fn diff(a: &Snapshot, b: &Snapshot) -> Diff {
+pub fn diff(a: &Stream, b: &Stream) -> Diff {
     let mut d = Diff::default();
-    let nodes = |s: &Snapshot| -> BTreeMap<Vec<u8>, Node> {
+    let nodes = |s: &Stream| -> BTreeMap<Vec<u8>, Node> {
         s.nodes.iter().filter(|n| n.conn_id == 0).map(|n| (n.path.clone(), n.clone())).collect()
     };
     let (na, nb) = (nodes(a), nodes(b));
@@ -1008,7 +1008,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Diff {
     for p in nb.keys().filter(|p| !na.contains_key(*p)) {
         d.nodes.push(format!("+ {}", escape(p)));
     }
-    let conns = |s: &Snapshot| -> BTreeMap<String, Connection> {
+    let conns = |s: &Stream| -> BTreeMap<String, Connection> {
         s.connections.iter().map(|c| (conn_key(c), c.clone())).collect()
     };
     let (ca, cb) = (conns(a), conns(b));
@@ -1046,7 +1046,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Diff {
     for k in cb.keys().filter(|k| !ca.contains_key(*k)) {
         d.connections.push(format!("+ {k}"));
     }
-    let watches = |s: &Snapshot| -> BTreeSet<String> {
+    let watches = |s: &Stream| -> BTreeSet<String> {
         let by_id: HashMap<u32, String> = s.connections.iter().map(|c| (c.conn_id, conn_key(c))).collect();
         s.watches
             .iter()
@@ -1066,7 +1066,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Diff {
     if a.global_quota != b.global_quota {
         d.other.push("~ GLOBAL_QUOTA_DATA differs".into());
     }
-    let doms = |s: &Snapshot| -> BTreeMap<u16, DomainData> { s.domains.iter().map(|x| (x.domid, x.clone())).collect() };
+    let doms = |s: &Stream| -> BTreeMap<u16, DomainData> { s.domains.iter().map(|x| (x.domid, x.clone())).collect() };
     let (da, db) = (doms(a), doms(b));
     for (id, x) in &da {
         match db.get(id) {

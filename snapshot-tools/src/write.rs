@@ -67,7 +67,7 @@ impl WriteFormat {
 
     /// The format that reproduces `snap` as read: its version, with the
     /// special nodes where they were found.
-    pub fn detect(snap: &Snapshot) -> WriteFormat {
+    pub fn detect(snap: &Stream) -> WriteFormat {
         let first_special = snap.nodes.iter().position(Node::is_special);
         let first_tree = snap.nodes.iter().position(|n| !n.is_special());
         let special_nodes = match (first_special, first_tree) {
@@ -88,7 +88,7 @@ fn len32(what: &'static str, len: usize) -> Result<u32, WriteError> {
 }
 
 /// Writes `snap` as a complete stream.
-pub fn write_stream(snap: &Snapshot, format: WriteFormat) -> Result<Vec<u8>, WriteError> {
+pub fn write_stream(snap: &Stream, format: WriteFormat) -> Result<Vec<u8>, WriteError> {
     if !(1..=2).contains(&format.version) {
         return Err(WriteError::BadVersion(format.version));
     }

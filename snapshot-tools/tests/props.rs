@@ -62,7 +62,7 @@ fn node(special: bool) -> impl Strategy<Value = Node> {
 
 /// A model whose record order is the one the writer produces for `v2`
 /// (HEAD layout) or v1 (4.17 layout), so write/read is the identity.
-fn snapshot() -> impl Strategy<Value = (Snapshot, WriteFormat)> {
+fn snapshot() -> impl Strategy<Value = (Stream, WriteFormat)> {
     (any::<bool>(), any::<bool>(), 0usize..5)
         .prop_flat_map(|(v2, big, nconn)| {
             let conns: Vec<_> = (1..=nconn as u32).map(connection).collect();
@@ -103,7 +103,7 @@ fn snapshot() -> impl Strategy<Value = (Snapshot, WriteFormat)> {
                 SpecialNodes::BeforeTree => special.into_iter().chain(tree).collect(),
                 SpecialNodes::AfterTree => tree.into_iter().chain(special).collect(),
             };
-            let snap = Snapshot {
+            let snap = Stream {
                 version,
                 byte_order: if big { ByteOrder::Big } else { ByteOrder::Little },
                 global: global.map(|(socket_fd, evtchn_fd)| GlobalData { socket_fd, evtchn_fd }),
@@ -148,7 +148,7 @@ fn exercise(p: &Parsed) {
     for v in [cver::CVersion::V417, cver::CVersion::V421, cver::CVersion::V422] {
         let _ = cver::check(p, v);
     }
-    let _ = report::diff(&p.snapshot, &Snapshot::default());
+    let _ = report::diff(&p.snapshot, &Stream::default());
     let _ = write_stream(&p.snapshot, WriteFormat::detect(&p.snapshot));
 }
 

@@ -65,7 +65,7 @@ fn v1_written_as_head_moves_special_nodes_after_tree() {
 }
 
 /// A stream the way HEAD would write it, with every v2 feature.
-fn head_snapshot() -> Snapshot {
+fn head_snapshot() -> Stream {
     let ring = |id, domid, target, evtchn, uid| Connection {
         conn_id: id,
         kind: ConnectionKind::Ring { domid, target, evtchn },
@@ -83,7 +83,7 @@ fn head_snapshot() -> Snapshot {
         unique_id: None,
     };
     sock.input.extend_from_slice(b"\x0b\0\0");
-    Snapshot {
+    Stream {
         version: 2,
         byte_order: ByteOrder::Little,
         global: Some(GlobalData { socket_fd: 3, evtchn_fd: 6 }),

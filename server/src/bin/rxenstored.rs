@@ -332,7 +332,7 @@ fn c_compatible_args(argv: Vec<OsString>) -> (Vec<OsString>, Vec<String>) {
 }
 
 /// The state a live update left: the file's bytes checked and decoded.
-fn load_live_update_state() -> Result<(PathBuf, snapshot_tools::model::Snapshot), String> {
+fn load_live_update_state() -> Result<(PathBuf, snapshot_tools::model::Stream), String> {
     let path = lu_stream::state_file();
     let bytes =
         fs::read(&path).map_err(|e| format!("live update: cannot read the state file {}: {e}", path.display()))?;
