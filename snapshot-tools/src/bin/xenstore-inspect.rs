@@ -127,185 +127,204 @@ fn json_out(v: &serde_json::Value) -> Result<(), InspectError> {
 
 fn run(cli: &Cli, st: Style) -> Result<ExitCode, InspectError> {
     match &cli.cmd {
-        Cmd::Summary { file } => {
-            let l = load(file)?;
-            let mut s = report::summarize(&l.name, &l.parsed);
-            s.kind = l.kind.to_string();
-            if l.kind != KIND_STREAM {
-                s.producer = match &l.state_note {
-                    Some(note) => note.clone(),
-                    None => "oxenstored (text dump; no pending data, transactions, targets or quotas)".into(),
-                };
-                s.evidence.clear();
-                s.preamble_ok_c417 = false;
-                s.preamble_ok_c421 = false;
-            }
-            if cli.json {
-                json_out(&serde_json::to_value(&s).unwrap_or_default())?;
-            } else {
-                out(&s.text(st))?;
-            }
-            // The process ends here: freeing a million nodes one by one
-            // would only add to the time the operator waits.
-            std::mem::forget(l);
-        }
-        Cmd::Tree { file, path } => {
-            let l = load(file)?;
-            let tree = report::Tree::build(&l.parsed.snapshot);
-            let root = path.as_deref().unwrap_or("/");
-            if root != "/" && tree.get(root.as_bytes()).is_none() {
-                return Err(InspectError::NoNode { file: l.name, path: root.into() });
-            }
-            let entries = tree.list(root.as_bytes());
-            if cli.json {
-                json_out(&json!({"file": l.name, "root": root, "nodes": entries}))?;
-            } else {
-                let text: Vec<String> = entries.iter().map(|e| e.text()).collect();
-                out(&text.join("\n"))?;
-            }
-        }
-        Cmd::Get { file, path } => {
-            let l = load(file)?;
-            let snap = &l.parsed.snapshot;
-            let Some((i, node)) =
-                snap.nodes.iter().enumerate().find(|(_, n)| n.conn_id == 0 && n.path == path.as_bytes())
-            else {
-                return Err(InspectError::NoNode { file: l.name, path: path.clone() });
-            };
-            let offset = l.parsed.offset_of(Item::Node(i));
-            let perms = snapshot_tools::perms_display(&node.perms);
-            if cli.json {
-                json_out(&json!({
-                    "path": path, "value": escape(&node.value), "value_bytes": node.value,
-                    "perms": perms, "offset": offset,
-                }))?;
-            } else {
-                let at = offset.map(|o| format!("  @0x{o:04x}")).unwrap_or_default();
-                out(&format!("{path} = \"{}\"  ({perms}){at}", escape(&node.value)))?;
-            }
-        }
-        Cmd::Records { file, hex } => {
-            let l = load(file)?;
-            if l.kind != KIND_STREAM {
-                out(&format!("{}: {} has no binary records; use summary or tree", l.name, l.kind))?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let lines = report::record_lines(&l.parsed);
-            let data = if *hex { std::fs::read(file).unwrap_or_default() } else { Vec::new() };
-            if cli.json {
-                let recs: Vec<serde_json::Value> = lines
-                    .iter()
-                    .map(|r| {
-                        let mut v = serde_json::to_value(r).unwrap_or_default();
-                        if *hex {
-                            v["hex"] = json!(record_hex(&data, r.offset, r.length).join("\n"));
-                        }
-                        v
-                    })
-                    .collect();
-                json_out(&json!({"header": report::header_line(&l.parsed), "records": recs}))?;
-            } else {
-                let mut text = report::header_line(&l.parsed);
-                for r in &lines {
-                    text.push('\n');
-                    text.push_str(&r.text());
-                    if *hex {
-                        for h in record_hex(&data, r.offset, r.length) {
-                            text.push('\n');
-                            text.push_str(&h);
-                        }
-                    }
-                }
-                out(&text)?;
-            }
-        }
-        Cmd::Validate { file, as_c } => {
-            let l = load(file)?;
-            let errors = l.parsed.findings.iter().filter(|f| f.severity == Severity::Error).count();
-            let verdict = as_c.map(|v| {
-                let mut verdict = cver::check(&l.parsed, v);
-                if l.kind != KIND_STREAM {
-                    verdict.accepted = false;
-                    verdict.breaks.insert(
-                        0,
-                        cver::RuleBreak {
-                            offset: 0,
-                            rule: "2.3",
-                            message: format!("{}: C xenstored cannot load this format", l.kind),
-                        },
-                    );
-                }
-                verdict
-            });
-            let clean = errors == 0 && verdict.as_ref().is_none_or(|v| v.accepted);
-            if cli.json {
-                let findings: Vec<serde_json::Value> = l
-                    .parsed
-                    .findings
-                    .iter()
-                    .map(|f| json!({"offset": f.offset, "severity": f.severity, "message": f.problem.to_string()}))
-                    .collect();
-                json_out(
-                    &json!({"file": l.name, "clean": clean, "errors": errors, "findings": findings, "c": verdict}),
-                )?;
-            } else {
-                let mut t = String::new();
-                for f in &l.parsed.findings {
-                    let line = format!("{}: {f}", l.name);
-                    t += &(if f.severity == Severity::Error { st.err(&line) } else { st.warn(&line) } + "\n");
-                }
-                t += &format!("{}: {} error(s), {} finding(s)\n", l.name, errors, l.parsed.findings.len());
-                if let Some(v) = &verdict {
-                    match v.breaks.first() {
-                        None => t += &st.ok(&format!("C {}: would restore this file\n", v.version)),
-                        Some(b) => {
-                            t += &st.err(&format!(
-                                "C {}: would NOT restore this file: first rule broken ({}) @0x{:04x}: {}\n",
-                                v.version, b.rule, b.offset, b.message
-                            ));
-                            for b in &v.breaks[1..] {
-                                t += &format!("  also ({}) @0x{:04x}: {}\n", b.rule, b.offset, b.message);
-                            }
-                        }
-                    }
-                    for d in &v.dropped {
-                        t += &format!("  C {} drops ({}) @0x{:04x}: {}\n", v.version, d.rule, d.offset, d.message);
-                    }
-                }
-                t += &(if clean { st.ok("result: clean") } else { st.err("result: NOT clean") });
-                out(&t)?;
-            }
-            return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) });
-        }
-        Cmd::Diff { file_a, file_b } => {
-            let (a, b) = (load(file_a)?, load(file_b)?);
-            let d = report::diff(&a.parsed.snapshot, &b.parsed.snapshot);
-            if cli.json {
-                json_out(&json!({"a": a.name, "b": b.name, "same": d.is_empty(), "diff": d}))?;
-            } else if d.is_empty() {
-                out(&format!("{} and {}: no differences", a.name, b.name))?;
-            } else {
-                let mut t = format!("--- {}\n+++ {}\n", a.name, b.name);
-                for (title, lines) in
-                    [("nodes", &d.nodes), ("connections", &d.connections), ("watches", &d.watches), ("other", &d.other)]
-                {
-                    if !lines.is_empty() {
-                        t += &format!("{}\n", st.head(&format!("{title}:")));
-                        for l in lines {
-                            t += &format!("  {l}\n");
-                        }
-                    }
-                }
-                out(&t)?;
-            }
-            return Ok(if d.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
-        }
+        Cmd::Summary { file } => summary(file, cli.json, st),
+        Cmd::Tree { file, path } => tree(file, path.as_deref(), cli.json),
+        Cmd::Get { file, path } => get(file, path, cli.json),
+        Cmd::Records { file, hex } => records(file, *hex, cli.json),
+        Cmd::Validate { file, as_c } => validate(file, *as_c, cli.json, st),
+        Cmd::Diff { file_a, file_b } => diff(file_a, file_b, cli.json, st),
         Cmd::Convert { to, input, output } => {
-            let l = load(input)?;
-            convert(l, *to, output, cli.json)?;
+            convert(load(input)?, *to, output, cli.json)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `summary`: what the file holds and who wrote it.
+fn summary(file: &Path, json: bool, st: Style) -> Result<ExitCode, InspectError> {
+    let l = load(file)?;
+    let mut s = report::summarize(&l.name, &l.parsed);
+    s.kind = l.kind.to_string();
+    if l.kind != KIND_STREAM {
+        s.producer = match &l.state_note {
+            Some(note) => note.clone(),
+            None => "oxenstored (text dump; no pending data, transactions, targets or quotas)".into(),
+        };
+        s.evidence.clear();
+        s.preamble_ok_c417 = false;
+        s.preamble_ok_c421 = false;
+    }
+    if json {
+        json_out(&serde_json::to_value(&s).unwrap_or_default())?;
+    } else {
+        out(&s.text(st))?;
+    }
+    // The process ends here: freeing a million nodes one by one
+    // would only add to the time the operator waits.
+    std::mem::forget(l);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tree`: the nodes below a path (the whole tree by default).
+fn tree(file: &Path, path: Option<&str>, json: bool) -> Result<ExitCode, InspectError> {
+    let l = load(file)?;
+    let tree = report::Tree::build(&l.parsed.snapshot);
+    let root = path.unwrap_or("/");
+    if root != "/" && tree.get(root.as_bytes()).is_none() {
+        return Err(InspectError::NoNode { file: l.name, path: root.into() });
+    }
+    let entries = tree.list(root.as_bytes());
+    if json {
+        json_out(&json!({"file": l.name, "root": root, "nodes": entries}))?;
+    } else {
+        let text: Vec<String> = entries.iter().map(|e| e.text()).collect();
+        out(&text.join("\n"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `get`: one node, with its permissions and where it sits in the file.
+fn get(file: &Path, path: &str, json: bool) -> Result<ExitCode, InspectError> {
+    let l = load(file)?;
+    let snap = &l.parsed.snapshot;
+    let Some((i, node)) = snap.nodes.iter().enumerate().find(|(_, n)| n.conn_id == 0 && n.path == path.as_bytes())
+    else {
+        return Err(InspectError::NoNode { file: l.name, path: path.into() });
+    };
+    let offset = l.parsed.offset_of(Item::Node(i));
+    let perms = snapshot_tools::perms_display(&node.perms);
+    if json {
+        json_out(&json!({
+            "path": path, "value": escape(&node.value), "value_bytes": node.value,
+            "perms": perms, "offset": offset,
+        }))?;
+    } else {
+        let at = offset.map(|o| format!("  @0x{o:04x}")).unwrap_or_default();
+        out(&format!("{path} = \"{}\"  ({perms}){at}", escape(&node.value)))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `records`: every record of a stream, with `--hex` its bytes.
+fn records(file: &Path, hex: bool, json: bool) -> Result<ExitCode, InspectError> {
+    let l = load(file)?;
+    if l.kind != KIND_STREAM {
+        out(&format!("{}: {} has no binary records; use summary or tree", l.name, l.kind))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lines = report::record_lines(&l.parsed);
+    let data = if hex { std::fs::read(file).unwrap_or_default() } else { Vec::new() };
+    if json {
+        let recs: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if hex {
+                    v["hex"] = json!(record_hex(&data, r.offset, r.length).join("\n"));
+                }
+                v
+            })
+            .collect();
+        json_out(&json!({"header": report::header_line(&l.parsed), "records": recs}))?;
+    } else {
+        let mut text = report::header_line(&l.parsed);
+        for r in &lines {
+            text.push('\n');
+            text.push_str(&r.text());
+            if hex {
+                for h in record_hex(&data, r.offset, r.length) {
+                    text.push('\n');
+                    text.push_str(&h);
+                }
+            }
+        }
+        out(&text)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `validate`: the findings, and with `--as-c` whether that C version
+/// would restore the file; exit status 1 when it is not clean.
+fn validate(file: &Path, as_c: Option<cver::CVersion>, json: bool, st: Style) -> Result<ExitCode, InspectError> {
+    let l = load(file)?;
+    let errors = l.parsed.findings.iter().filter(|f| f.severity == Severity::Error).count();
+    let verdict = as_c.map(|v| {
+        let mut verdict = cver::check(&l.parsed, v);
+        if l.kind != KIND_STREAM {
+            verdict.accepted = false;
+            verdict.breaks.insert(
+                0,
+                cver::RuleBreak {
+                    offset: 0,
+                    rule: "2.3",
+                    message: format!("{}: C xenstored cannot load this format", l.kind),
+                },
+            );
+        }
+        verdict
+    });
+    let clean = errors == 0 && verdict.as_ref().is_none_or(|v| v.accepted);
+    if json {
+        let findings: Vec<serde_json::Value> = l
+            .parsed
+            .findings
+            .iter()
+            .map(|f| json!({"offset": f.offset, "severity": f.severity, "message": f.problem.to_string()}))
+            .collect();
+        json_out(&json!({"file": l.name, "clean": clean, "errors": errors, "findings": findings, "c": verdict}))?;
+    } else {
+        let mut t = String::new();
+        for f in &l.parsed.findings {
+            let line = format!("{}: {f}", l.name);
+            t += &(if f.severity == Severity::Error { st.err(&line) } else { st.warn(&line) } + "\n");
+        }
+        t += &format!("{}: {} error(s), {} finding(s)\n", l.name, errors, l.parsed.findings.len());
+        if let Some(v) = &verdict {
+            match v.breaks.first() {
+                None => t += &st.ok(&format!("C {}: would restore this file\n", v.version)),
+                Some(b) => {
+                    t += &st.err(&format!(
+                        "C {}: would NOT restore this file: first rule broken ({}) @0x{:04x}: {}\n",
+                        v.version, b.rule, b.offset, b.message
+                    ));
+                    for b in &v.breaks[1..] {
+                        t += &format!("  also ({}) @0x{:04x}: {}\n", b.rule, b.offset, b.message);
+                    }
+                }
+            }
+            for d in &v.dropped {
+                t += &format!("  C {} drops ({}) @0x{:04x}: {}\n", v.version, d.rule, d.offset, d.message);
+            }
+        }
+        t += &(if clean { st.ok("result: clean") } else { st.err("result: NOT clean") });
+        out(&t)?;
+    }
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `diff`: what differs between two files; exit status 1 when anything does.
+fn diff(file_a: &Path, file_b: &Path, json: bool, st: Style) -> Result<ExitCode, InspectError> {
+    let (a, b) = (load(file_a)?, load(file_b)?);
+    let d = report::diff(&a.parsed.snapshot, &b.parsed.snapshot);
+    if json {
+        json_out(&json!({"a": a.name, "b": b.name, "same": d.is_empty(), "diff": d}))?;
+    } else if d.is_empty() {
+        out(&format!("{} and {}: no differences", a.name, b.name))?;
+    } else {
+        let mut t = format!("--- {}\n+++ {}\n", a.name, b.name);
+        for (title, lines) in
+            [("nodes", &d.nodes), ("connections", &d.connections), ("watches", &d.watches), ("other", &d.other)]
+        {
+            if !lines.is_empty() {
+                t += &format!("{}\n", st.head(&format!("{title}:")));
+                for l in lines {
+                    t += &format!("  {l}\n");
+                }
+            }
+        }
+        out(&t)?;
+    }
+    Ok(if d.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `convert`: the loaded file as a stream of version `to`, written to
