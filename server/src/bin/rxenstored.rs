@@ -130,7 +130,7 @@ fn platform(
     args: &Args,
     config: &Config,
     inherited_evtchn: Option<i32>,
-) -> Result<(Box<dyn Platform + Send>, Option<u32>), String> {
+) -> Result<(BoxedPlatform, Option<u32>), String> {
     if let Some(dir) = &args.sim_rings {
         let sim = SimPlatform::new(dir, config.priv_domid)
             .map_err(|e| format!("cannot use {} for simulated rings: {e}", dir.display()))?;
@@ -346,52 +346,89 @@ fn load_live_update_state() -> Result<(PathBuf, snapshot_tools::model::Stream), 
     Ok((path, snap))
 }
 
+type BoxedPlatform = Box<dyn Platform + Send>;
+
+/// Where the daemon's state comes from, decided before anything is served.
+enum Startup {
+    /// `-U`: the previous process's state, with its listening socket and
+    /// its clients' sockets (the state file is removed once it serves).
+    LiveUpdate { restored: Box<lu_stream::Restored<BoxedPlatform>>, state_file: PathBuf },
+    /// A new process: the platform to build the core over, from the state
+    /// directory if that holds state.
+    Fresh(BoxedPlatform),
+}
+
+impl Startup {
+    fn new(args: &Args, config: &Config) -> Result<(Startup, Option<u32>), String> {
+        if !args.live_update {
+            let (platform, own_port) = platform(args, config, None)?;
+            return Ok((Startup::Fresh(platform), own_port));
+        }
+        let (path, snap) = load_live_update_state()?;
+        let evtchn = snap.global.map(|g| g.evtchn_fd).filter(|fd| *fd >= 0);
+        // The store domain's own ring comes with the state: no port here.
+        let (platform, _) = platform(args, config, evtchn)?;
+        let t = std::time::Instant::now();
+        let restored = lu_stream::import(config.clone(), platform, &snap).map_err(|e| {
+            format!(
+                "live update: cannot restore {}: {e}\n(kept for inspection: xenstore-inspect {})",
+                path.display(),
+                path.display()
+            )
+        })?;
+        for w in &restored.warnings {
+            tracing::warn!("live update: {w}");
+        }
+        tracing::info!(
+            "live update: restored {} nodes, {} connections (stream version {}) in {:?}",
+            restored.core.store().snapshot().len(),
+            snap.connections.len(),
+            snap.version,
+            t.elapsed()
+        );
+        if restored.listener.is_none() && snap.global.is_some_and(|g| g.socket_fd >= 0) {
+            tracing::warn!("live update: no usable inherited listening socket; binding it again");
+        }
+        Ok((Startup::LiveUpdate { restored: Box::new(restored), state_file: path }, None))
+    }
+
+    /// The listening socket the previous process left, if any.
+    fn take_listener(&mut self) -> Option<std::os::fd::OwnedFd> {
+        match self {
+            Startup::LiveUpdate { restored, .. } => restored.listener.take(),
+            Startup::Fresh(_) => None,
+        }
+    }
+}
+
+/// `--state-dir` and `--durability` together, or neither.
+fn persist_config(args: &Args) -> Result<Option<PersistConfig>, String> {
+    match (&args.state_dir, args.durability) {
+        (None, Durability::None) => Ok(None),
+        (None, _) => Err("--durability needs --state-dir".into()),
+        (Some(_), Durability::None) => Err("--state-dir needs --durability checkpoint or commit".into()),
+        (Some(dir), durability) => Ok(Some(PersistConfig {
+            dir: dir.clone(),
+            durability,
+            interval: Duration::from_secs(args.checkpoint_interval.max(1)),
+            every_commits: args.checkpoint_commits.max(1),
+        })),
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
     let config = config(&args)?;
+    let persist = persist_config(&args)?;
     let socket = daemon::socket_path_from_env();
-    let lu_state = if args.live_update { Some(load_live_update_state()?) } else { None };
-    let inherited_listener = lu_state.as_ref().and_then(|(_, s)| s.global).map(|g| g.socket_fd);
-    let inherited_evtchn = lu_state.as_ref().and_then(|(_, s)| s.global).map(|g| g.evtchn_fd).filter(|fd| *fd >= 0);
-    let (platform, own_port) = platform(&args, &config, inherited_evtchn)?;
-    let mut platform = Some(platform);
-    let mut restored = match (&lu_state, platform.take_if(|_| args.live_update)) {
-        (Some((path, snap)), Some(platform)) => {
-            let t = std::time::Instant::now();
-            let r = lu_stream::import(config.clone(), platform, snap).map_err(|e| {
-                format!(
-                    "live update: cannot restore {}: {e}\n(kept for inspection: xenstore-inspect {})",
-                    path.display(),
-                    path.display()
-                )
-            })?;
-            for w in &r.warnings {
-                tracing::warn!("live update: {w}");
-            }
-            tracing::info!(
-                "live update: restored {} nodes, {} connections (stream version {}) in {:?}",
-                r.core.store().snapshot().len(),
-                snap.connections.len(),
-                snap.version,
-                t.elapsed()
-            );
-            Some(r)
-        }
-        _ => None,
-    };
-    let listener = match restored.as_mut().and_then(|r| r.listener.take()) {
+    let (mut startup, own_port) = Startup::new(&args, &config)?;
+    let listener = match startup.take_listener() {
         Some(fd) => {
             let l = std::os::unix::net::UnixListener::from(fd);
             l.set_nonblocking(true).map_err(|e| format!("inherited listening socket: {e}"))?;
             mio::net::UnixListener::from_std(l)
         }
-        None => {
-            if inherited_listener.is_some_and(|fd| fd >= 0) {
-                tracing::warn!("live update: no usable inherited listening socket; binding {} again", socket.display());
-            }
-            daemon::bind(&socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?
-        }
+        None => daemon::bind(&socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?,
     };
-
     let trace = match &args.trace_file {
         Some(p) => Some(
             fs::OpenOptions::new()
@@ -412,27 +449,23 @@ fn run(args: Args) -> Result<(), String> {
         Some(p) => Some(PidFile::write(p)?),
         None => None,
     };
-    let mut sockets = Vec::new();
-    let restored_core = restored.map(|r| {
-        sockets = r.sockets;
-        r.core
-    });
-    let (mut core, persistence) = match (&args.state_dir, args.durability, restored_core, platform) {
-        (Some(dir), durability, restored, platform) if durability != Durability::None => {
-            let pc = PersistConfig {
-                dir: dir.clone(),
-                durability,
-                interval: Duration::from_secs(args.checkpoint_interval.max(1)),
-                every_commits: args.checkpoint_commits.max(1),
-            };
+    let (persistence, recovered) = match persist {
+        Some(pc) => {
             let (p, recovered) = Persistence::open(pc, args.discard_state)?;
-            let core = match (restored, recovered, platform) {
-                // The live update's state is newer than the directory's.
-                (Some(core), _, _) => core,
-                (None, Some(r), Some(platform)) => {
+            (Some(p), recovered)
+        }
+        None => (None, None),
+    };
+    let (mut core, sockets, state_file) = match startup {
+        // The live update's state is newer than the directory's.
+        Startup::LiveUpdate { restored, state_file } => (restored.core, restored.sockets, Some(state_file)),
+        Startup::Fresh(platform) => {
+            let core = match recovered {
+                Some(r) => {
                     for w in &r.warnings {
                         tracing::warn!("{w}");
                     }
+                    let dir = args.state_dir.as_deref().unwrap_or(std::path::Path::new("?"));
                     tracing::info!(
                         "restored state of commit {} from {} ({} nodes)",
                         r.seq,
@@ -441,19 +474,12 @@ fn run(args: Args) -> Result<(), String> {
                     );
                     persistence::restore(config, platform, r.state)
                 }
-                (None, None, Some(platform)) => Core::with_platform(config, platform),
-                (None, _, None) => return Err("internal error: no platform".into()),
+                None => Core::with_platform(config, platform),
             };
-            (core, Some(p))
+            (core, Vec::new(), None)
         }
-        (Some(_), _, _, _) => return Err("--state-dir needs --durability checkpoint or commit".into()),
-        (None, Durability::None, Some(core), _) => (core, None),
-        (None, Durability::None, None, Some(platform)) => (Core::with_platform(config, platform), None),
-        (None, Durability::None, None, None) => return Err("internal error: no platform".into()),
-        (None, _, _, _) => return Err("--durability needs --state-dir".into()),
     };
-    // After a live update the store domain's own ring came with the state.
-    if let Some(port) = own_port.filter(|_| !args.live_update) {
+    if let Some(port) = own_port {
         match core.attach_own_ring(port) {
             Ok(_) => tracing::info!("serving the store domain's own ring (port {port})"),
             Err(e) => tracing::warn!("cannot attach the store domain's own ring: {e}"),
@@ -475,7 +501,7 @@ fn run(args: Args) -> Result<(), String> {
             daemon.core().disconnect(id);
         }
     }
-    if let Some((path, _)) = &lu_state {
+    if let Some(path) = &state_file {
         // As C: the file is gone once its state is in use.
         if let Err(e) = fs::remove_file(path) {
             tracing::warn!("live update: cannot remove {}: {e}", path.display());
