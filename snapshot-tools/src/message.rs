@@ -1,62 +1,38 @@
 //! Decoding of the xenstore wire messages held in a connection's pending
 //! input and output bytes (PROTOCOL.md §1–2).
 //!
-//! This is a small, self-contained decoder on purpose: the `wire` crate is
-//! built separately and this crate must stand alone. It never fails: bytes
-//! that do not form a whole message become a [`Partial`] tail.
+//! The header, its limits and the operation codes are `wire`'s; what is
+//! added here is the stream's byte order (a stream may be big-endian, the
+//! wire never is) and decoding that never fails: bytes that do not form a
+//! whole message become a [`Partial`] tail.
+
+use wire::Op;
+pub use wire::{HEADER_LEN, Header, PAYLOAD_MAX};
 
 use crate::model::ByteOrder;
 
-/// Size of the wire header (`type`, `req_id`, `tx_id`, `len`).
-pub const HEADER_LEN: usize = 16;
-/// `XENSTORE_PAYLOAD_MAX`.
-pub const PAYLOAD_MAX: u32 = 4096;
-/// Message type of XS_CONTROL (the LU request and its reply).
-pub const XS_CONTROL: u32 = 0;
-/// Message type of WATCH_EVENT.
-pub const XS_WATCH_EVENT: u32 = 15;
-/// Message type of an error reply.
-pub const XS_ERROR: u32 = 16;
-/// Message type of TRANSACTION_START.
-pub const XS_TRANSACTION_START: u32 = 6;
-
-/// Header of one wire message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
-    /// Operation code.
-    pub msg_type: u32,
-    /// Client-chosen request id.
-    pub req_id: u32,
-    /// Transaction id (0 = none).
-    pub tx_id: u32,
-    /// Payload length announced by the header.
-    pub len: u32,
+/// Encodes a header in the stream's byte order.
+pub fn encode_header(h: &Header, order: ByteOrder) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    for (i, v) in [h.msg_type, h.req_id, h.tx_id, h.len].into_iter().enumerate() {
+        let bytes = match order {
+            ByteOrder::Little => v.to_le_bytes(),
+            ByteOrder::Big => v.to_be_bytes(),
+        };
+        out[i * 4..i * 4 + 4].copy_from_slice(&bytes);
+    }
+    out
 }
 
-impl Header {
-    /// Encodes the header in the given byte order.
-    pub fn encode(&self, order: ByteOrder) -> [u8; HEADER_LEN] {
-        let mut out = [0u8; HEADER_LEN];
-        for (i, v) in [self.msg_type, self.req_id, self.tx_id, self.len].into_iter().enumerate() {
-            let bytes = match order {
-                ByteOrder::Little => v.to_le_bytes(),
-                ByteOrder::Big => v.to_be_bytes(),
-            };
-            out[i * 4..i * 4 + 4].copy_from_slice(&bytes);
-        }
-        out
-    }
-
-    fn decode(bytes: &[u8], order: ByteOrder) -> Option<Header> {
-        let word = |i: usize| -> Option<u32> {
-            let b: [u8; 4] = bytes.get(i * 4..i * 4 + 4)?.try_into().ok()?;
-            Some(match order {
-                ByteOrder::Little => u32::from_le_bytes(b),
-                ByteOrder::Big => u32::from_be_bytes(b),
-            })
-        };
-        Some(Header { msg_type: word(0)?, req_id: word(1)?, tx_id: word(2)?, len: word(3)? })
-    }
+fn decode_header(bytes: &[u8], order: ByteOrder) -> Option<Header> {
+    let word = |i: usize| -> Option<u32> {
+        let b: [u8; 4] = bytes.get(i * 4..i * 4 + 4)?.try_into().ok()?;
+        Some(match order {
+            ByteOrder::Little => u32::from_le_bytes(b),
+            ByteOrder::Big => u32::from_be_bytes(b),
+        })
+    };
+    Some(Header { msg_type: word(0)?, req_id: word(1)?, tx_id: word(2)?, len: word(3)? })
 }
 
 /// One complete message.
@@ -87,7 +63,7 @@ impl Message {
 
     /// Whether this is the synthetic XS_CONTROL `"OK\0"` reply of a live update.
     pub fn is_lu_ok_reply(&self) -> bool {
-        self.header.msg_type == XS_CONTROL && self.payload == b"OK\0"
+        self.header.msg_type == Op::Control.code() && self.payload == b"OK\0"
     }
 }
 
@@ -131,11 +107,11 @@ pub fn decode_messages(bytes: &[u8], order: ByteOrder) -> Decoded {
     let mut pos = 0usize;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
-        let Some(header) = Header::decode(rest, order) else {
+        let Some(header) = decode_header(rest, order) else {
             out.partial = Some(Partial { offset: pos, header: None, bytes: rest.to_vec() });
             break;
         };
-        if header.len > PAYLOAD_MAX {
+        if header.len as usize > PAYLOAD_MAX {
             out.oversized.push(pos);
         }
         let end = HEADER_LEN.checked_add(header.len as usize);
@@ -155,43 +131,19 @@ pub fn decode_messages(bytes: &[u8], order: ByteOrder) -> Decoded {
 
 /// Encodes a whole message.
 pub fn encode_message(header: &Header, payload: &[u8], order: ByteOrder) -> Vec<u8> {
-    let mut out = header.encode(order).to_vec();
+    let mut out = encode_header(header, order).to_vec();
     out.extend_from_slice(payload);
     out
 }
 
 /// Name of a message type code (PROTOCOL.md §2.1).
 pub fn type_name(code: u32) -> &'static str {
-    const NAMES: [&str; 27] = [
-        "CONTROL",
-        "DIRECTORY",
-        "READ",
-        "GET_PERMS",
-        "WATCH",
-        "UNWATCH",
-        "TRANSACTION_START",
-        "TRANSACTION_END",
-        "INTRODUCE",
-        "RELEASE",
-        "GET_DOMAIN_PATH",
-        "WRITE",
-        "MKDIR",
-        "RM",
-        "SET_PERMS",
-        "WATCH_EVENT",
-        "ERROR",
-        "IS_DOMAIN_INTRODUCED",
-        "RESUME",
-        "SET_TARGET",
-        "RESTRICT",
-        "RESET_WATCHES",
-        "DIRECTORY_PART",
-        "GET_FEATURE",
-        "SET_FEATURE",
-        "GET_QUOTA",
-        "SET_QUOTA",
-    ];
-    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
+    match Op::from_code(code) {
+        Some(op) => op.name(),
+        // Removed from Xen, but a stream may still hold one.
+        None if code == 20 => "RESTRICT",
+        None => "UNKNOWN",
+    }
 }
 
 #[cfg(test)]
@@ -202,7 +154,10 @@ mod tests {
     fn splits_whole_and_partial() {
         let mut bytes =
             encode_message(&Header { msg_type: 2, req_id: 7, tx_id: 0, len: 3 }, b"/a\0", ByteOrder::Little);
-        bytes.extend_from_slice(&Header { msg_type: 11, req_id: 1, tx_id: 0, len: 31 }.encode(ByteOrder::Little));
+        bytes.extend_from_slice(&encode_header(
+            &Header { msg_type: 11, req_id: 1, tx_id: 0, len: 31 },
+            ByteOrder::Little,
+        ));
         bytes.extend_from_slice(b"/loca");
         let d = decode_messages(&bytes, ByteOrder::Little);
         assert_eq!(d.messages.len(), 1);

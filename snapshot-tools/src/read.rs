@@ -744,7 +744,7 @@ impl<'a> StreamReader<'a> {
         if path.len() > 3072 {
             self.find(at, Problem::PathTooLong(shown()));
         }
-        if value.len() > PAYLOAD_MAX as usize {
+        if value.len() > PAYLOAD_MAX {
             self.find(at, Problem::ValueTooLong { path: shown(), len: value.len() });
         }
         let perms: Vec<Perm> = perm_bytes

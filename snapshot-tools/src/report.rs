@@ -6,9 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
+use wire::Op;
 
 use crate::bytes::{escape, hex_words};
-use crate::message::{Decoded, Message, XS_TRANSACTION_START, XS_WATCH_EVENT, decode_messages, type_name};
+use crate::message::{Decoded, Message, decode_messages, type_name};
 use crate::model::*;
 use crate::read::{Item, Parsed, Severity, WatchExtLayout, record_type_name};
 
@@ -185,14 +186,16 @@ pub fn describe_message(m: &Message, input: bool) -> String {
     }
     let strings = m.payload_strings();
     let arg = |i: usize| strings.get(i).map(|s| escape(s)).unwrap_or_default();
-    let mut s = match h.msg_type {
-        XS_WATCH_EVENT if !input => format!("WATCH_EVENT path='{}' token='{}'", arg(0), arg(1)),
-        _ => format!("{name} req {}", h.req_id),
+    let event = h.msg_type == Op::WatchEvent.code();
+    let mut s = if event && !input {
+        format!("WATCH_EVENT path='{}' token='{}'", arg(0), arg(1))
+    } else {
+        format!("{name} req {}", h.req_id)
     };
     if h.tx_id != 0 {
         s.push_str(&format!(" tx {}", h.tx_id));
     }
-    if h.msg_type != XS_WATCH_EVENT || input {
+    if !event || input {
         s.push_str(&format!(", len {}", h.len));
     }
     if input {
@@ -498,7 +501,7 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
         let mut pending = Vec::new();
         let mut delayed_ts = 0;
         for m in &input.messages {
-            if m.header.msg_type == XS_TRANSACTION_START {
+            if m.header.msg_type == Op::TransactionStart.code() {
                 delayed_ts += 1;
             }
             pending.push(PendingMessage { kind: "delayed", text: describe_message(m, true) });
@@ -528,7 +531,7 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
             let kind = if last && m.is_lu_ok_reply() {
                 lu_requesters.push(c.conn_id);
                 "lu-reply"
-            } else if m.header.msg_type == XS_WATCH_EVENT {
+            } else if m.header.msg_type == Op::WatchEvent.code() {
                 "watch-event"
             } else {
                 non_event += 1;
