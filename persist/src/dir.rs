@@ -60,23 +60,31 @@ fn numbered(storage: &dyn Storage, dir: &FsPath, prefix: &str, suffix: &str) -> 
     Ok(v)
 }
 
-/// Creates `dir` and its missing parents, as `std::fs::create_dir_all`.
+/// Creates `dir` and its missing parents, as `std::fs::create_dir_all`,
+/// durably: each directory it creates is synced into its parent before
+/// anything is created in it. Otherwise a power loss could take the new
+/// state directory away, and with it every file synced in it since.
 fn create_dir_all(storage: &dyn Storage, dir: &FsPath) -> io::Result<()> {
-    match storage.create_dir(dir) {
-        Ok(()) => Ok(()),
-        // There already: fine if it is a directory (it can be listed).
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => storage.list(dir).map(drop),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                Some(parent) => create_dir_all(storage, parent)?,
-                None => return Err(e),
+    let parent = dir.parent().map(|p| if p.as_os_str().is_empty() { FsPath::new(".") } else { p });
+    let created = match storage.create_dir(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && parent.is_some() => {
+            if let Some(parent) = parent {
+                create_dir_all(storage, parent)?;
             }
             match storage.create_dir(dir) {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => storage.list(dir).map(drop),
-                other => other,
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
             }
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
+    };
+    match parent {
+        Some(parent) if created => storage.sync_dir(parent),
+        // There already: fine if it is a directory (it can be listed).
+        _ => storage.list(dir).map(drop),
     }
 }
 

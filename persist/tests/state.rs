@@ -264,3 +264,16 @@ fn prune_keeps_what_recovery_needs_and_set_aside_keeps_everything() {
     assert!(sd.load().expect("load").is_none());
     assert_eq!(std::fs::read_dir(aside).expect("dir").count(), 2);
 }
+
+#[test]
+fn open_creates_missing_directories_and_refuses_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nested = dir.path().join("a/b/state");
+    let sd = StateDir::open(&nested).expect("open creates the levels");
+    assert!(nested.is_dir());
+    assert!(sd.load().expect("load").is_none());
+    StateDir::open(&nested).expect("open an existing directory");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").expect("write");
+    assert!(StateDir::open(&file).is_err(), "a file is not a state directory");
+}
