@@ -342,6 +342,11 @@ fn read_log(
         return Err(LoadError::NewerVersion { path: path.to_path_buf(), found: version, supported: FORMAT_VERSION });
     }
     r.u64("first sequence number").map_err(|p| corrupt(path, p))?;
+    // Nothing but zeros from `at` on: what a crash leaves where a write's
+    // new length reached the disk and (some of) its data did not.
+    let zeros_from = |at: u64| {
+        usize::try_from(at).ok().and_then(|at| data.get(at..)).is_some_and(|rest| rest.iter().all(|&b| b == 0))
+    };
     let mut records = Vec::new();
     while !r.is_empty() {
         let start = r.offset();
@@ -356,12 +361,19 @@ fn read_log(
                 return Err(corrupt(path, problem));
             }
             warnings.push(format!(
-                "{}: dropping an incomplete record at byte {start} (a write interrupted by a crash, never acknowledged)",
-                path.display()
+                "{}: dropping an incomplete record at byte {start}, {} bytes to the end (a write interrupted by a crash, never acknowledged)",
+                path.display(),
+                data.len() as u64 - start
             ));
             let mut f = storage.open_write(path).map_err(io_err(path))?;
             f.set_len(start).and_then(|()| f.sync_all()).map_err(io_err(path))
         };
+        if zeros_from(start) {
+            // No record starts with zeros (its payload is never empty); eight
+            // of them would even pass as an empty record with its checksum.
+            torn(Problem { offset: start, what: "zeros where a record should be".into() }, warnings)?;
+            break;
+        }
         let (crc, payload) = match framed {
             Ok(x) => x,
             Err(problem) => {
@@ -371,8 +383,9 @@ fn read_log(
         };
         if crc32fast::hash(payload) != crc {
             let problem = Problem { offset: start, what: "record checksum mismatch".into() };
-            // Only a damaged *last* record can be an interrupted write.
-            if r.is_empty() {
+            // Only a damaged *last* record can be an interrupted write: one
+            // that nothing but zeros follows.
+            if zeros_from(r.offset()) {
                 torn(problem, warnings)?;
                 break;
             }
