@@ -212,7 +212,12 @@ impl StateDir {
     }
 
     /// Moves every state file into `discarded-<n>/` (never deletes them, so
-    /// they can be inspected), for `--discard-state`.
+    /// they can be inspected), for `--discard-state`. Durably: the new
+    /// directory is synced into this one before anything moves (a power
+    /// loss keeps each file in one place or the other), and both are synced
+    /// before this returns (the files never come back beside the next
+    /// state's, where recovery would replay a new log onto an old
+    /// checkpoint).
     pub fn set_aside(&self) -> io::Result<Option<PathBuf>> {
         let mut files = self.numbered("checkpoint-", ".rxs")?;
         files.extend(self.numbered("log-", ".rxl")?);
@@ -229,11 +234,13 @@ impl StateDir {
             n += 1;
         };
         self.storage.create_dir(&target)?;
+        self.storage.sync_dir(&self.dir)?;
         for (_, p) in files {
             if let Some(name) = p.file_name() {
                 self.storage.rename(&p, &target.join(name))?;
             }
         }
+        self.storage.sync_dir(&target)?;
         self.storage.sync_dir(&self.dir)?;
         Ok(Some(target))
     }
