@@ -1,11 +1,13 @@
 //! The state directory: checkpoint files, log files, recovery.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::ffi::OsString;
+use std::io;
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
 
 use crate::codec::Reader;
 use crate::log::{self, LogRecord};
+use crate::storage::{FsStorage, Storage, StorageFile};
 use crate::{FORMAT_VERSION, LoadError, Problem, State, checkpoint};
 
 /// What [`StateDir::load`] found.
@@ -18,11 +20,20 @@ pub struct Recovered {
     pub warnings: Vec<String>,
 }
 
-/// A directory holding checkpoints and commit logs.
+/// A directory holding checkpoints and commit logs, on a [`Storage`].
 #[derive(Debug)]
 pub struct StateDir {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
-    log: Option<File>,
+    log: Option<Box<dyn StorageFile>>,
+}
+
+/// Writes checkpoints into a state directory; cloned off a [`StateDir`]
+/// ([`StateDir::checkpoint_writer`]) to write from a background thread.
+#[derive(Clone, Debug)]
+pub struct CheckpointWriter {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
 }
 
 fn checkpoint_name(seq: u64) -> String {
@@ -37,35 +48,62 @@ fn log_name(seq: u64) -> String {
 }
 
 /// Files named `<prefix><seq><suffix>`, sorted by seq.
-fn numbered(dir: &FsPath, prefix: &str, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
+fn numbered(storage: &dyn Storage, dir: &FsPath, prefix: &str, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut v = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
+    for name in storage.list(dir)? {
         let Some(name) = name.to_str() else { continue };
         if let Some(seq) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(suffix)).and_then(|n| n.parse().ok()) {
-            v.push((seq, entry.path()));
+            v.push((seq, dir.join(name)));
         }
     }
     v.sort();
     Ok(v)
 }
 
-fn sync_dir(dir: &FsPath) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Creates `dir` and its missing parents, as `std::fs::create_dir_all`,
+/// durably: each directory it creates is synced into its parent before
+/// anything is created in it. Otherwise a power loss could take the new
+/// state directory away, and with it every file synced in it since.
+fn create_dir_all(storage: &dyn Storage, dir: &FsPath) -> io::Result<()> {
+    let parent = dir.parent().map(|p| if p.as_os_str().is_empty() { FsPath::new(".") } else { p });
+    let created = match storage.create_dir(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && parent.is_some() => {
+            if let Some(parent) = parent {
+                create_dir_all(storage, parent)?;
+            }
+            match storage.create_dir(dir) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    match parent {
+        Some(parent) if created => storage.sync_dir(parent),
+        // There already: fine if it is a directory (it can be listed).
+        _ => storage.list(dir).map(drop),
+    }
 }
 
 /// Writes `bytes` as `dir/name`, whole or not at all: a temporary file
 /// (`name.tmp`, which `prune` clears), fsync, rename, fsync of the
 /// directory. Returns the path and the file, open for writing at its end.
-fn write_whole(dir: &FsPath, name: &str, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
+fn write_whole(
+    storage: &dyn Storage,
+    dir: &FsPath,
+    name: &str,
+    bytes: &[u8],
+) -> io::Result<(PathBuf, Box<dyn StorageFile>)> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp)?;
+    let mut f = storage.create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    sync_dir(dir)?;
+    storage.rename(&tmp, &path)?;
+    storage.sync_dir(dir)?;
     Ok((path, f))
 }
 
@@ -77,24 +115,42 @@ fn corrupt(path: &FsPath, problem: Problem) -> LoadError {
     LoadError::Corrupt { path: path.to_path_buf(), problem }
 }
 
+impl CheckpointWriter {
+    /// Writes `state` as the checkpoint after commit `seq`: a temporary
+    /// file, fsync, rename, fsync of the directory. Touches nothing but
+    /// the new file, so it may run beside appends to the log.
+    pub fn write(&self, state: &State, seq: u64) -> io::Result<PathBuf> {
+        let (path, _) = write_whole(&*self.storage, &self.dir, &checkpoint_name(seq), &checkpoint::encode(state, seq))?;
+        Ok(path)
+    }
+}
+
 impl StateDir {
-    /// Opens (creating if needed) the directory.
+    /// Opens (creating if needed) the directory, on the real file system.
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<StateDir> {
+        StateDir::open_in(Arc::new(FsStorage), dir)
+    }
+
+    /// Opens (creating if needed) the directory on `storage`.
+    pub fn open_in(storage: Arc<dyn Storage>, dir: impl Into<PathBuf>) -> io::Result<StateDir> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
-        Ok(StateDir { dir, log: None })
+        create_dir_all(&*storage, &dir)?;
+        Ok(StateDir { storage, dir, log: None })
     }
 
     pub fn path(&self) -> &FsPath {
         &self.dir
     }
 
-    /// Writes `state` as the checkpoint after commit `seq`: a temporary
-    /// file, fsync, rename, fsync of the directory. Usable from a background
-    /// thread (it touches nothing but the new file).
+    /// Writes `state` as the checkpoint after commit `seq` into `dir` on
+    /// the real file system; see [`CheckpointWriter::write`].
     pub fn write_checkpoint(dir: &FsPath, state: &State, seq: u64) -> io::Result<PathBuf> {
-        let (path, _) = write_whole(dir, &checkpoint_name(seq), &checkpoint::encode(state, seq))?;
-        Ok(path)
+        CheckpointWriter { storage: Arc::new(FsStorage), dir: dir.to_path_buf() }.write(state, seq)
+    }
+
+    /// What writes checkpoints into this directory, from any thread.
+    pub fn checkpoint_writer(&self) -> CheckpointWriter {
+        CheckpointWriter { storage: Arc::clone(&self.storage), dir: self.dir.clone() }
     }
 
     /// Starts a new log file whose first record will be `first_seq`; later
@@ -106,7 +162,7 @@ impl StateDir {
         header.extend_from_slice(log::MAGIC);
         header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         header.extend_from_slice(&first_seq.to_le_bytes());
-        let (_, f) = write_whole(&self.dir, &log_name(first_seq), &header)?;
+        let (_, f) = write_whole(&*self.storage, &self.dir, &log_name(first_seq), &header)?;
         self.log = Some(f);
         Ok(())
     }
@@ -126,53 +182,66 @@ impl StateDir {
         f.sync_data()
     }
 
+    /// Files of this directory named `<prefix><seq><suffix>`, sorted by seq.
+    fn numbered(&self, prefix: &str, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
+        numbered(&*self.storage, &self.dir, prefix, suffix)
+    }
+
     /// Removes checkpoints older than the one for `seq` and logs wholly
     /// before it; call once checkpoint `seq` is durable.
     pub fn prune(&self, seq: u64) -> io::Result<()> {
-        for (s, p) in numbered(&self.dir, "checkpoint-", ".rxs")? {
+        for (s, p) in self.numbered("checkpoint-", ".rxs")? {
             if s < seq {
-                fs::remove_file(p)?;
+                self.storage.remove(&p)?;
             }
         }
-        let logs = numbered(&self.dir, "log-", ".rxl")?;
+        let logs = self.numbered("log-", ".rxl")?;
         // A log is wholly before `seq` if the next log starts at or before seq + 1.
         for (i, (_, p)) in logs.iter().enumerate() {
             if logs.get(i + 1).is_some_and(|(next, _)| *next <= seq + 1) {
-                fs::remove_file(p)?;
+                self.storage.remove(p)?;
             }
         }
-        for (_, p) in numbered(&self.dir, "checkpoint-", ".rxs.tmp")? {
-            fs::remove_file(p)?;
+        for (_, p) in self.numbered("checkpoint-", ".rxs.tmp")? {
+            self.storage.remove(&p)?;
         }
-        for (_, p) in numbered(&self.dir, "log-", ".rxl.tmp")? {
-            fs::remove_file(p)?;
+        for (_, p) in self.numbered("log-", ".rxl.tmp")? {
+            self.storage.remove(&p)?;
         }
-        sync_dir(&self.dir)
+        self.storage.sync_dir(&self.dir)
     }
 
     /// Moves every state file into `discarded-<n>/` (never deletes them, so
-    /// they can be inspected), for `--discard-state`.
+    /// they can be inspected), for `--discard-state`. Durably: the new
+    /// directory is synced into this one before anything moves (a power
+    /// loss keeps each file in one place or the other), and both are synced
+    /// before this returns (the files never come back beside the next
+    /// state's, where recovery would replay a new log onto an old
+    /// checkpoint).
     pub fn set_aside(&self) -> io::Result<Option<PathBuf>> {
-        let mut files = numbered(&self.dir, "checkpoint-", ".rxs")?;
-        files.extend(numbered(&self.dir, "log-", ".rxl")?);
+        let mut files = self.numbered("checkpoint-", ".rxs")?;
+        files.extend(self.numbered("log-", ".rxl")?);
         if files.is_empty() {
             return Ok(None);
         }
+        let names = self.storage.list(&self.dir)?;
         let mut n = 1;
         let target = loop {
-            let t = self.dir.join(format!("discarded-{n}"));
-            if !t.exists() {
-                break t;
+            let name = OsString::from(format!("discarded-{n}"));
+            if !names.contains(&name) {
+                break self.dir.join(name);
             }
             n += 1;
         };
-        fs::create_dir(&target)?;
+        self.storage.create_dir(&target)?;
+        self.storage.sync_dir(&self.dir)?;
         for (_, p) in files {
             if let Some(name) = p.file_name() {
-                fs::rename(&p, target.join(name))?;
+                self.storage.rename(&p, &target.join(name))?;
             }
         }
-        sync_dir(&self.dir)?;
+        self.storage.sync_dir(&target)?;
+        self.storage.sync_dir(&self.dir)?;
         Ok(Some(target))
     }
 
@@ -182,14 +251,14 @@ impl StateDir {
     /// last log (a write that was never acknowledged) is repaired, with a
     /// warning.
     pub fn load(&self) -> Result<Option<Recovered>, LoadError> {
-        let checkpoints = numbered(&self.dir, "checkpoint-", ".rxs").map_err(io_err(&self.dir))?;
-        let logs = numbered(&self.dir, "log-", ".rxl").map_err(io_err(&self.dir))?;
+        let checkpoints = self.numbered("checkpoint-", ".rxs").map_err(io_err(&self.dir))?;
+        let logs = self.numbered("log-", ".rxl").map_err(io_err(&self.dir))?;
         if checkpoints.is_empty() && logs.is_empty() {
             return Ok(None);
         }
         let mut warnings = Vec::new();
         let (mut state, mut seq) = match checkpoints.last() {
-            Some((_, path)) => read_checkpoint(path)?,
+            Some((_, path)) => read_checkpoint(&*self.storage, path)?,
             None => {
                 let root = engine::Perms::owned_by(engine::DomId(0));
                 (State { snapshot: engine::Snapshot::new(root), domains: Vec::new(), global_quotas: Vec::new() }, 0)
@@ -198,7 +267,7 @@ impl StateDir {
         let checkpoint_seq = seq;
         for (i, (_, path)) in logs.iter().enumerate() {
             let last_file = i + 1 == logs.len();
-            let records = read_log(path, last_file, &mut warnings)?;
+            let records = read_log(&*self.storage, path, last_file, &mut warnings)?;
             for rec in records {
                 if rec.seq <= checkpoint_seq {
                     continue;
@@ -233,8 +302,8 @@ impl StateDir {
     }
 }
 
-fn read_checkpoint(path: &FsPath) -> Result<(State, u64), LoadError> {
-    let data = fs::read(path).map_err(io_err(path))?;
+fn read_checkpoint(storage: &dyn Storage, path: &FsPath) -> Result<(State, u64), LoadError> {
+    let data = storage.read(path).map_err(io_err(path))?;
     let mut r = Reader::new(&data, 0);
     let (version, seq) = checkpoint::header(&mut r).map_err(|p| corrupt(path, p))?;
     if version > FORMAT_VERSION {
@@ -250,8 +319,13 @@ fn read_checkpoint(path: &FsPath) -> Result<(State, u64), LoadError> {
 /// Reads a log's records. A record cut short at the very end of the last
 /// log is the write a crash interrupted (never acknowledged): it is dropped
 /// and the file truncated before it. Anything else wrong is corruption.
-fn read_log(path: &FsPath, last_file: bool, warnings: &mut Vec<String>) -> Result<Vec<LogRecord>, LoadError> {
-    let data = fs::read(path).map_err(io_err(path))?;
+fn read_log(
+    storage: &dyn Storage,
+    path: &FsPath,
+    last_file: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<LogRecord>, LoadError> {
+    let data = storage.read(path).map_err(io_err(path))?;
     if last_file && data.len() < LOG_HEADER_LEN && log::MAGIC.starts_with(&data[..data.len().min(log::MAGIC.len())]) {
         // A log whose creation a crash interrupted (versions before 2026-11-27
         // created it in place): it holds no record, since records are
@@ -262,7 +336,7 @@ fn read_log(path: &FsPath, last_file: bool, warnings: &mut Vec<String>) -> Resul
             path.display(),
             data.len()
         ));
-        fs::remove_file(path).map_err(io_err(path))?;
+        storage.remove(path).map_err(io_err(path))?;
         return Ok(Vec::new());
     }
     let mut r = Reader::new(&data, 0);
@@ -275,6 +349,11 @@ fn read_log(path: &FsPath, last_file: bool, warnings: &mut Vec<String>) -> Resul
         return Err(LoadError::NewerVersion { path: path.to_path_buf(), found: version, supported: FORMAT_VERSION });
     }
     r.u64("first sequence number").map_err(|p| corrupt(path, p))?;
+    // Nothing but zeros from `at` on: what a crash leaves where a write's
+    // new length reached the disk and (some of) its data did not.
+    let zeros_from = |at: u64| {
+        usize::try_from(at).ok().and_then(|at| data.get(at..)).is_some_and(|rest| rest.iter().all(|&b| b == 0))
+    };
     let mut records = Vec::new();
     while !r.is_empty() {
         let start = r.offset();
@@ -289,12 +368,19 @@ fn read_log(path: &FsPath, last_file: bool, warnings: &mut Vec<String>) -> Resul
                 return Err(corrupt(path, problem));
             }
             warnings.push(format!(
-                "{}: dropping an incomplete record at byte {start} (a write interrupted by a crash, never acknowledged)",
-                path.display()
+                "{}: dropping an incomplete record at byte {start}, {} bytes to the end (a write interrupted by a crash, never acknowledged)",
+                path.display(),
+                data.len() as u64 - start
             ));
-            let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+            let mut f = storage.open_write(path).map_err(io_err(path))?;
             f.set_len(start).and_then(|()| f.sync_all()).map_err(io_err(path))
         };
+        if zeros_from(start) {
+            // No record starts with zeros (its payload is never empty); eight
+            // of them would even pass as an empty record with its checksum.
+            torn(Problem { offset: start, what: "zeros where a record should be".into() }, warnings)?;
+            break;
+        }
         let (crc, payload) = match framed {
             Ok(x) => x,
             Err(problem) => {
@@ -304,8 +390,9 @@ fn read_log(path: &FsPath, last_file: bool, warnings: &mut Vec<String>) -> Resul
         };
         if crc32fast::hash(payload) != crc {
             let problem = Problem { offset: start, what: "record checksum mismatch".into() };
-            // Only a damaged *last* record can be an interrupted write.
-            if r.is_empty() {
+            // Only a damaged *last* record can be an interrupted write: one
+            // that nothing but zeros follows.
+            if zeros_from(r.offset()) {
                 torn(problem, warnings)?;
                 break;
             }

@@ -14,6 +14,9 @@
 //! - [`StateDir`]: the directory: atomic checkpoint files, the append-only
 //!   commit log (group commit: one `fdatasync` for a batch), recovery
 //!   ([`StateDir::load`]), pruning, setting a bad state aside.
+//! - [`storage`]: the file-system operations the directory uses, behind the
+//!   [`Storage`] trait ([`FsStorage`] is the real file system), with the
+//!   durability contract the fsync and rename ordering relies on.
 //!
 //! Files: `checkpoint-<seq>.rxs` (the state after commit `seq`) and
 //! `log-<seq>.rxl` (records from commit `seq` on). Both start with an
@@ -42,11 +45,13 @@ mod checkpoint;
 mod codec;
 mod dir;
 mod log;
+pub mod storage;
 
 use std::path::PathBuf;
 
-pub use dir::{Recovered, StateDir};
+pub use dir::{CheckpointWriter, Recovered, StateDir};
 pub use log::{LogOp, LogRecord};
+pub use storage::{FsStorage, Storage, StorageFile};
 
 /// Version of both file formats written by this build.
 pub const FORMAT_VERSION: u32 = 1;

@@ -264,3 +264,63 @@ fn prune_keeps_what_recovery_needs_and_set_aside_keeps_everything() {
     assert!(sd.load().expect("load").is_none());
     assert_eq!(std::fs::read_dir(aside).expect("dir").count(), 2);
 }
+
+#[test]
+fn open_creates_missing_directories_and_refuses_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nested = dir.path().join("a/b/state");
+    let sd = StateDir::open(&nested).expect("open creates the levels");
+    assert!(nested.is_dir());
+    assert!(sd.load().expect("load").is_none());
+    StateDir::open(&nested).expect("open an existing directory");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").expect("write");
+    assert!(StateDir::open(&file).is_err(), "a file is not a state directory");
+}
+
+#[test]
+fn a_zero_filled_tail_is_dropped_with_a_warning() {
+    // A power loss can leave a log's new length on disk without its data
+    // (XFS, ext4 with data=writeback): zeros where the last records were
+    // being written, or after the first bytes of them. Eight zero bytes
+    // even look like a record with an empty payload and a valid checksum.
+    let store = fresh_store();
+    let records = run(&store, &[Op::Write(0, 1), Op::Write(1, 2), Op::Write(4, 3), Op::Write(2, 4)]);
+    assert_eq!(records.len(), 2);
+    let log = |dir: &std::path::Path| dir.join(format!("log-{:020}.rxl", 1));
+    let setup = || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sd = StateDir::open(dir.path()).expect("open");
+        sd.start_log(1).expect("log");
+        sd.append(&records[..1]).expect("append");
+        let len = std::fs::metadata(log(dir.path())).expect("log").len() as usize;
+        sd.append(&records[1..]).expect("append");
+        (dir, sd, len)
+    };
+    for zeros_after in [0usize, 1, 9] {
+        for extra in [0usize, 8, 100] {
+            let (dir, sd, first_end) = setup();
+            let mut bytes = std::fs::read(log(dir.path())).expect("read");
+            let cut = (first_end + zeros_after).min(bytes.len());
+            bytes[cut..].fill(0);
+            bytes.resize(bytes.len() + extra, 0);
+            std::fs::write(log(dir.path()), &bytes).expect("write");
+            let got = sd.load().expect("load").expect("state");
+            assert_eq!(got.seq, 1, "zeros from byte {cut}, {extra} more");
+            assert_eq!(got.warnings.len(), 1, "{:?}", got.warnings);
+            assert_eq!(std::fs::metadata(log(dir.path())).expect("log").len() as usize, first_end, "cut back");
+        }
+    }
+    // Zeros with a record after them are damage, not a torn write.
+    let (dir, sd, _) = setup();
+    let mut bytes = std::fs::read(log(dir.path())).expect("read");
+    bytes[28..36].fill(0);
+    std::fs::write(log(dir.path()), &bytes).expect("write");
+    assert!(matches!(sd.load().expect_err("corrupt"), LoadError::Corrupt { .. }));
+    // And zeros at the end of a log that is not the last one too.
+    let (dir, mut sd, _) = setup();
+    let mut f = std::fs::OpenOptions::new().append(true).open(log(dir.path())).expect("open");
+    std::io::Write::write_all(&mut f, &[0; 16]).expect("zeros");
+    sd.start_log(3).expect("log");
+    assert!(matches!(sd.load().expect_err("corrupt"), LoadError::Corrupt { .. }));
+}

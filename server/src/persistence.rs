@@ -88,7 +88,7 @@ impl Persistence {
     pub fn start<P: Platform>(&mut self, core: &mut Core<P>) -> std::io::Result<()> {
         core.enable_journal();
         let state = export(core);
-        StateDir::write_checkpoint(self.dir.path(), &state, self.seq)?;
+        self.dir.checkpoint_writer().write(&state, self.seq)?;
         if self.config.durability == Durability::Commit {
             self.dir.start_log(self.seq + 1)?;
         }
@@ -159,10 +159,8 @@ impl Persistence {
         if self.config.durability == Durability::Commit {
             self.dir.start_log(seq + 1)?;
         }
-        let dir = self.dir.path().to_path_buf();
-        let handle = std::thread::Builder::new()
-            .name("checkpoint".into())
-            .spawn(move || StateDir::write_checkpoint(&dir, &state, seq))?;
+        let writer = self.dir.checkpoint_writer();
+        let handle = std::thread::Builder::new().name("checkpoint".into()).spawn(move || writer.write(&state, seq))?;
         self.writing = Some((seq, handle));
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
@@ -176,7 +174,7 @@ impl Persistence {
             let _ = handle.join();
         }
         if self.config.durability != Durability::None {
-            StateDir::write_checkpoint(self.dir.path(), &export(core), self.seq)?;
+            self.dir.checkpoint_writer().write(&export(core), self.seq)?;
             self.dir.prune(self.seq)?;
         }
         Ok(())
