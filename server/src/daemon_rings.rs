@@ -202,7 +202,7 @@ impl<P: Platform> LoopState<P> {
     fn write_ring(&mut self, id: ConnId) -> Result<bool, ()> {
         let (out, platform) = self.core.output_and_platform(id);
         let (Some(out), Some(ring)) = (out, platform.ring(id)) else { return Ok(false) };
-        let mut wrote = ring.release_answered(out.gone());
+        let mut wrote = false;
         while let Some(front) = out.front() {
             match ring.write(front) {
                 Ok(0) => break,
