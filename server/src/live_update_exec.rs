@@ -70,13 +70,21 @@ pub const RXENSTORED_ONLY_OPTIONS: [(&str, bool); 12] = [
     ("quota-log-interval", true),
 ];
 
+/// Options both daemons have, under C's short name and our long one (C's
+/// own long names for them differ between its versions).
+pub const RENAMED_OPTIONS: [(char, &str); 2] = [('p', "priv-domid"), ('K', "keep-orphans")];
+
 /// Our command line as C xenstored reads it: our own options dropped,
-/// `--priv-domid N` and `--keep-orphans` in C's short forms.
+/// [`RENAMED_OPTIONS`] in C's short forms.
 pub fn args_for_c(ours: &[OsString]) -> Vec<OsString> {
     let mut out = Vec::with_capacity(ours.len());
     let mut it = ours.iter();
     while let Some(arg) = it.next() {
         let s = arg.to_string_lossy();
+        if s == "--" {
+            out.extend(it.by_ref().cloned());
+            break;
+        }
         let Some(long) = s.strip_prefix("--") else {
             out.push(arg.clone());
             continue;
@@ -85,18 +93,18 @@ pub fn args_for_c(ours: &[OsString]) -> Vec<OsString> {
             Some((n, v)) => (n, Some(v)),
             None => (long, None),
         };
-        match (name, inline_value) {
-            ("priv-domid", Some(v)) => out.extend(["-p".into(), OsString::from(v)]),
-            ("priv-domid", None) => out.push("-p".into()),
-            ("keep-orphans", _) => out.push("-K".into()),
-            _ => match RXENSTORED_ONLY_OPTIONS.iter().find(|(n, _)| *n == name) {
-                Some((_, takes_value)) => {
-                    if *takes_value && inline_value.is_none() {
-                        it.next();
-                    }
+        if let Some((short, _)) = RENAMED_OPTIONS.iter().find(|(_, n)| *n == name) {
+            out.push(format!("-{short}").into());
+            out.extend(inline_value.map(OsString::from));
+            continue;
+        }
+        match RXENSTORED_ONLY_OPTIONS.iter().find(|(n, _)| *n == name) {
+            Some((_, takes_value)) => {
+                if *takes_value && inline_value.is_none() {
+                    it.next();
                 }
-                None => out.push(arg.clone()),
-            },
+            }
+            None => out.push(arg.clone()),
         }
     }
     out
@@ -276,6 +284,8 @@ mod tests {
             ["/usr/lib/xen-4.17/bin/xenstored", "--pid-file", "/p", "-p", "7", "-K", "-E", "100", "-T", "/t", "-U"]
                 .map(OsString::from)
         );
+        let inline: Vec<OsString> = ["--priv-domid=9", "--log-level=debug"].iter().map(OsString::from).collect();
+        assert_eq!(args_for_c(&inline), ["-p", "9"].map(OsString::from));
     }
 
     /// A platform with an event-channel device to hand over (a pipe here)

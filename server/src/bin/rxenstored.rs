@@ -75,6 +75,7 @@ use clap::Parser;
 use engine::DomId;
 use server::cli::Args;
 use server::daemon::{self, Daemon};
+use server::live_update_exec::RENAMED_OPTIONS;
 use server::lu_stream;
 use server::persistence::{self, Durability, PersistConfig, Persistence};
 use server::quota::{Quota, QuotaName};
@@ -277,8 +278,8 @@ const C_ONLY_OPTIONS: [(Option<char>, &str, bool); 10] = [
     (Some('H'), "help-c", false),
 ];
 
-/// C's command line made ours: `-p N` → `--priv-domid N`, `-K` →
-/// `--keep-orphans`, C-only options dropped (with warnings).
+/// C's command line made ours: [`RENAMED_OPTIONS`] in our long forms
+/// (`-p N` → `--priv-domid N`), C-only options dropped (with warnings).
 fn c_compatible_args(argv: Vec<OsString>) -> (Vec<OsString>, Vec<String>) {
     let mut out = Vec::with_capacity(argv.len());
     let mut warnings = Vec::new();
@@ -293,16 +294,9 @@ fn c_compatible_args(argv: Vec<OsString>) -> (Vec<OsString>, Vec<String>) {
             out.extend(it.by_ref());
             break;
         }
-        match s.as_str() {
-            "-p" => {
-                out.push("--priv-domid".into());
-                continue;
-            }
-            "-K" => {
-                out.push("--keep-orphans".into());
-                continue;
-            }
-            _ => {}
+        if let Some((_, long)) = RENAMED_OPTIONS.iter().find(|(short, _)| s == format!("-{short}")) {
+            out.push(format!("--{long}").into());
+            continue;
         }
         let found = C_ONLY_OPTIONS.iter().find(|(short, long, _)| {
             s.strip_prefix("--").is_some_and(|l| l == *long || l.starts_with(&format!("{long}=")))
