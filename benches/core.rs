@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use server::{Config, ConnId, Core};
+use rxenstored_core::{Config, ConnId, Core};
 use wire::Op;
 
 fn request(core: &mut Core, conn: ConnId, op: Op, tx: u32, payload: &[u8], buf: &mut Vec<u8>) -> usize {

@@ -291,7 +291,7 @@ fn c_417_stream_restores() {
         eprintln!("SKIP: {} not found", golden.display());
         return;
     };
-    let mut snap = server::lu_stream::load(&bytes).expect("clean stream");
+    let mut snap = rxenstored::live_update::stream::load(&bytes).expect("clean stream");
     // The stream's descriptor numbers are the C process's. In this test
     // process (other tests run on other threads) the same numbers may be
     // another test's pipes or sockets, which `import` would adopt or close
@@ -306,7 +306,9 @@ fn c_417_stream_restores() {
             *fd = -1;
         }
     }
-    let r = server::lu_stream::import(server::Config::default(), server::NoRings, &snap).expect("import");
+    let r =
+        rxenstored::live_update::stream::import(rxenstored_core::Config::default(), rxenstored_core::NoRings, &snap)
+            .expect("import");
     let tree = r.core.store().snapshot();
     assert_eq!(tree.len() as usize + 2, snap.nodes.len(), "every node (and the 2 special ones)");
     assert!(r.sockets.is_empty(), "fds of another process are never adopted");
@@ -467,7 +469,7 @@ fn rxenstored_live_updates_to_c_xenstored_417() {
     );
     assert_eq!(comm(d.pid()), "xenstored", "rxenstored exec'd C xenstored in place");
     let copy = std::fs::read(d.rundir().join("state_dump.copy")).expect("the wrapper's copy");
-    assert_eq!(server::lu_stream::load(&copy).expect("clean").version, 1);
+    assert_eq!(rxenstored::live_update::stream::load(&copy).expect("clean").version, 1);
     let mut after = Vec::new();
     dump_tree(&mut admin, "/", &mut after);
     assert_eq!(before, after, "C restored the same tree");

@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use rxenstored_platform::sim::{SimGuest, nul};
 use rxenstored_suite::daemon::{Daemon, rxenstored_bin};
-use server::sim::{SimGuest, nul};
 use wire::Op;
 use wire::client::{Client, Reply};
 

@@ -1,6 +1,6 @@
 //! `gen-assets OUT_DIR`: the manual pages and shell completions of the
 //! Debian package, generated from the programs' own clap definitions
-//! (`server::cli`, `snapshot_tools::cli`), so that they always describe the
+//! (`rxenstored::cli`, `snapshot_tools::cli`), so that they always describe the
 //! command lines they ship with. `packaging/build-deb` runs it before
 //! `cargo deb`; nothing it writes is kept in git.
 //!
@@ -20,7 +20,7 @@ use clap_complete::Shell;
 
 /// The programs of the package and the manual section of each.
 fn programs() -> [(clap::Command, &'static str); 2] {
-    [(server::cli::command(), "8"), (snapshot_tools::cli::command(), "1")]
+    [(rxenstored::cli::command(), "8"), (snapshot_tools::cli::command(), "1")]
 }
 
 /// Where each shell's completion for `name` goes under `completions/`.

@@ -10,9 +10,9 @@
 //! | the rest | guest rings: INTRODUCE's `gfn` names the page (standing in for the guest's grant reference 1) |
 //!
 //! Every ring page has the §10.1 layout. The frontend only moves bytes
-//! between ring pages and the core; the protocol is all in `server::Core`.
+//! between ring pages and the core; the protocol is all in `rxenstored_core::Core`.
 //!
-//! The rings themselves are `server::ring::Ring` (§10.2–10.3 index checks,
+//! The rings themselves are `rxenstored_core::ring::Ring` (§10.2–10.3 index checks,
 //! fences, the `error` field) over [`ShmPage`]; [`ShmPlatform`] is the
 //! core's `Platform`: INTRODUCE's `attach` maps page `gfn` of the region
 //! (where Xen would map grant reference 1), RELEASE's `detach` forgets it.
@@ -23,9 +23,9 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use engine::DomId;
-use server::domain::features;
-use server::ring::{PAGE_SIZE, Ring, RingError, RingIo, RingPage};
-use server::{ConnId, Core, Error, Platform, RingStart};
+use rxenstored_core::features;
+use rxenstored_core::ring::{PAGE_SIZE, Ring, RingError, RingIo, RingPage};
+use rxenstored_core::{ConnId, Core, Error, Platform, RingStart};
 
 use crate::println;
 
@@ -88,7 +88,7 @@ impl Shm {
 pub struct ShmPage(NonNull<u8>);
 
 // SAFETY: a page of the region, mapped and 4 KiB-aligned for the life of
-// the image (`Shm::new`'s contract); `server::ring` only uses atomics.
+// the image (`Shm::new`'s contract); `rxenstored_core::ring` only uses atomics.
 unsafe impl RingPage for ShmPage {
     fn base(&self) -> NonNull<u8> {
         self.0
@@ -187,7 +187,7 @@ pub struct Frontend {
 
 impl Frontend {
     /// Opens the control rings' connections over a new core.
-    pub fn new(config: server::Config, shm: Shm) -> Frontend {
+    pub fn new(config: rxenstored_core::Config, shm: Shm) -> Frontend {
         let mut core = Core::with_platform(config, ShmPlatform { shm, rings: BTreeMap::new() });
         let priv_domid = core.config().priv_domid;
         let controls = CONTROL_RINGS.min(shm.pages().saturating_sub(1));

@@ -1,5 +1,5 @@
 //! rxenstored as a stub domain: a freestanding x86_64 kernel image that
-//! runs the engine and the protocol core (`server` without `std`) and
+//! runs the engine and the protocol core (`rxenstored_core`, `no_std`) and
 //! serves xenstore rings. No libc, no POSIX, no Linux.
 //!
 //! # Layout
@@ -11,13 +11,13 @@
 //! - `start_info`: the PVH start info (Xen's `hvm_start_info`).
 //! - `selftest`: the core driven as a guest with raw wire bytes, at every
 //!   boot.
-//! - `pci`, `frontend`: the QEMU test platform — `server::ring` rings in
+//! - `pci`, `frontend`: the QEMU test platform — `rxenstored_core::ring` rings in
 //!   an `ivshmem` shared region, served by polling.
 //! - `xen` (feature `xen`): the Xen platform (hypercall page, console ring,
 //!   the domain's own xenstore ring, grant tables, event channels).
 //!
 //! Invariants: interrupts are never enabled; there is one CPU and one
-//! stack; everything above the platform comes from `server`.
+//! stack; everything above the platform comes from `rxenstored_core`.
 
 #![no_std]
 #![no_main]
@@ -38,7 +38,7 @@ mod xen;
 
 use core::ptr::NonNull;
 
-use server::Config;
+use rxenstored_core::Config;
 
 /// QEMU's inter-VM shared memory device (`ivshmem-plain`).
 const IVSHMEM_VENDOR: u16 = 0x1af4;
@@ -90,7 +90,7 @@ pub extern "C" fn stub_main(start_info: u32) -> ! {
         bar.size / 1024,
         if bar.assigned { ", assigned by stubdom" } else { "" }
     );
-    if bar.size < 2 * server::ring::PAGE_SIZE as u64 || bar.base + bar.size > IDENTITY_MAPPED {
+    if bar.size < 2 * rxenstored_core::ring::PAGE_SIZE as u64 || bar.base + bar.size > IDENTITY_MAPPED {
         println!("stubdom: shared region unusable");
         rt::exit(1);
     }

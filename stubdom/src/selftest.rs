@@ -7,7 +7,7 @@
 use alloc::vec::Vec;
 
 use engine::DomId;
-use server::{Config, ConnId, Core, NoRings};
+use rxenstored_core::{Config, ConnId, Core, NoRings};
 use wire::{Decoder, Message};
 
 use crate::println;

@@ -9,7 +9,7 @@
 //!
 //! With a CPU given, the daemon is started under `taskset -c CPU`.
 //! [`Daemon::start_sim_rings`] starts rxenstored with `--sim-rings
-//! <rundir>/rings`: simulated guests (`server::sim`) in that directory.
+//! <rundir>/rings`: simulated guests (`rxenstored_platform::sim`) in that directory.
 
 use std::fmt;
 use std::os::unix::net::UnixStream;

@@ -1,6 +1,6 @@
 //! Ring variants of `pairs` and `bootstorm`: the guests' requests go over
 //! shared rings instead of the Unix socket. rxenstored runs with
-//! `--sim-rings DIR` and the guests are `server::sim::SimGuest`s in this
+//! `--sim-rings DIR` and the guests are `rxenstored_platform::sim::SimGuest`s in this
 //! process (a 4 KiB page file per domain, FIFOs as event channels); dom0
 //! (the toolstack, the watcher) stays on the socket. Only rxenstored can
 //! serve these rings, so each case is also run with the same guests'
@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use server::sim::{SimGuest, nul};
+use rxenstored_platform::sim::{SimGuest, nul};
 use wire::Op;
 use wire::client::{Client, Reply};
 

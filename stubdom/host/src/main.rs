@@ -25,14 +25,14 @@
 //! (info page word), unless `--keep-running`.
 //!
 //! The guests' end of each ring is the ring issue's
-//! `server::ring::GuestRing`, the same one the daemon's simulated guests use.
+//! `rxenstored_core::ring::GuestRing`, the same one the daemon's simulated guests use.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use server::ring::RingPage;
+use rxenstored_core::ring::RingPage;
 use wire::Message;
 
 const PAGE: usize = 4096;
@@ -114,7 +114,7 @@ impl Region {
 struct HostPage(std::ptr::NonNull<u8>);
 
 // SAFETY: a 4 KiB page inside the shared mapping, which lives for the
-// whole process; `server::ring` accesses it through atomics only.
+// whole process; `rxenstored_core::ring` accesses it through atomics only.
 unsafe impl RingPage for HostPage {
     fn base(&self) -> std::ptr::NonNull<u8> {
         self.0
@@ -124,12 +124,12 @@ unsafe impl RingPage for HostPage {
 // SAFETY: shared memory, atomics only.
 unsafe impl Send for HostPage {}
 
-/// A simulated guest: the ring issue's `server::ring::GuestRing` (the
+/// A simulated guest: the ring issue's `rxenstored_core::ring::GuestRing` (the
 /// guest's end, as Linux's xenbus drives it) plus waiting and bookkeeping.
 struct GuestRing {
     region: Region,
     page: usize,
-    inner: server::ring::GuestRing<HostPage>,
+    inner: rxenstored_core::ring::GuestRing<HostPage>,
     /// Watch events received while waiting for a reply.
     events: Vec<Message>,
     next_req: u32,
@@ -143,7 +143,7 @@ impl GuestRing {
         GuestRing {
             region,
             page,
-            inner: server::ring::GuestRing::new(HostPage(base)),
+            inner: rxenstored_core::ring::GuestRing::new(HostPage(base)),
             events: Vec::new(),
             next_req: 0x100,
         }
