@@ -13,8 +13,8 @@
 //! A case is a few *lives* of the daemon over one storage, each with
 //! `--durability commit` or `checkpoint` (a restart may change it). Each
 //! life opens the directory, recovers (`StateDir::load`), and then does
-//! what `server/src/persistence.rs` does: the start-up checkpoint, a new
-//! log (commit mode) and a prune; turns of commits of small trees and
+//! what `server/daemon/src/persistence.rs` does: the start-up checkpoint, a
+//! new log (commit mode) and a prune; turns of commits of small trees and
 //! domain-table changes, each turn's records appended together (group
 //! commit); checkpoints begun (a new log, the state taken) and finished
 //! later (written, then pruned: the daemon's background thread touches only

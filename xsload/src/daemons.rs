@@ -169,7 +169,7 @@ impl Daemon {
                 if !progs.rxenstored.is_file() {
                     let _ = std::fs::remove_dir_all(&rundir);
                     return Err(StartError::Unavailable(format!(
-                        "{} does not exist (build it: cargo build --release -p server, or pass --rxenstored)",
+                        "{} does not exist (build it: cargo build --release -p rxenstored, or pass --rxenstored)",
                         progs.rxenstored.display()
                     )));
                 }

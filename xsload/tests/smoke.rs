@@ -6,7 +6,7 @@
 //! `bootstorm-ring`: rxenstored over simulated rings and over the socket)
 //! are part of the quick run.
 //!
-//! rxenstored is the binary next to xsload (`cargo build -p server` in the
+//! rxenstored is the binary next to xsload (`cargo build -p rxenstored` in the
 //! same target directory), else `../release/rxenstored`, else
 //! `$RXENSTORED_BIN`. A missing binary or peer is skipped by the tool with
 //! a message, unless `$XS_REQUIRE` (comma-separated daemon names) names it.

@@ -220,9 +220,9 @@ pub struct Conn {
 /// The mix of a connection's recent requests: whether, in its last full
 /// window of [`RequestMix::WINDOW`] requests, three in four were reads
 /// outside a transaction (READ, DIRECTORY, DIRECTORY_PART, GET_PERMS with
-/// transaction 0, as [`crate::ops::is_read`] says), which a frontend can
-/// answer from the published snapshot without the core. (Reads answered during a solo run are not counted: a client
-/// alone is served best where it is.)
+/// transaction 0), which a frontend can answer from the published
+/// snapshot without the core. (Reads answered during a solo run are not
+/// counted: a client alone is served best where it is.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RequestMix {
     requests: u32,

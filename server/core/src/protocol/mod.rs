@@ -555,7 +555,9 @@ impl<P: Platform> Core<P> {
     }
 
     /// The connection is a guest's ring taken up again after a crash
-    /// restart: see [`OpenTx::lost`](crate::conn::OpenTx).
+    /// restart: a transaction it names that this core does not know was
+    /// begun before the crash, and is adopted as lost (it runs on, and its
+    /// commit answers EAGAIN) instead of refused with ENOENT.
     pub fn adopt_lost_transactions(&mut self, id: ConnId) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.adopts_lost_transactions = true;

@@ -109,7 +109,7 @@ pub fn args_for_c(ours: &[OsString]) -> Vec<OsString> {
 }
 
 /// The new process's argv: `[binary, -c words..., -U]`, or ours with
-/// argv[0] replaced and `-U` added if missing (as C builds it); for a C
+/// `argv[0]` replaced and `-U` added if missing (as C builds it); for a C
 /// successor, ours without the options only rxenstored has.
 pub fn new_argv(req: &LuRequest, ours: &[OsString]) -> Vec<OsString> {
     let binary = OsString::from_vec(req.binary.clone());
