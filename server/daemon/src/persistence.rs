@@ -16,17 +16,16 @@
 //! `@introduceDomain` fires for each. Socket clients reconnect: their
 //! watches and transactions are not kept.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use std::collections::BTreeMap;
 
 use engine::DomId;
 use persist::{DomainRecord, LogRecord, QuotaValue, Recovered, State, StateDir, WatchRecord};
 use rxenstored_core::quota::{Quota, QuotaName, QuotaTable};
 use rxenstored_core::{
-    Config, ConnImage, Core, DomainImage, Image, ImageKind, JournalEntry, Platform, Transport, WatchImage,
+    Config, ConnId, ConnImage, Core, DomainImage, Image, ImageKind, JournalEntry, Platform, Transport, WatchImage,
 };
 
 /// How much survives a crash.
@@ -254,8 +253,8 @@ fn image(config: &Config, state: State) -> Image {
             quotas: quota_table(&rec.quotas, &quotas),
         });
         if rec.introduced {
-            // (The connection's id is the previous process's: unknown here.)
-            let mut c = ConnImage::new(rxenstored_core::ConnId(0), Transport::Ring { domid, port: rec.port });
+            // (The connection's id was the previous process's: not saved.)
+            let mut c = ConnImage::new(ConnId(0), Transport::Ring { domid, port: rec.port });
             c.target = rec.target.map(DomId);
             c.watches =
                 rec.watches.into_iter().map(|w| WatchImage { path: w.path, token: w.token, depth: w.depth }).collect();

@@ -97,9 +97,10 @@ pub enum Transport {
 /// One connection.
 #[derive(Clone, Debug)]
 pub struct ConnImage {
-    /// Its id in the core the image was taken from (the frontend's key for
-    /// the connection's socket). A restored connection gets a new one:
-    /// see [`Restored::conns`].
+    /// Its id in the core the image was taken from: the frontend's key for
+    /// the connection's socket. An image read from a file has none to give
+    /// (any value does): a restored connection gets a new id, see
+    /// [`Restored::conns`].
     pub id: ConnId,
     /// Socket or ring.
     pub transport: Transport,

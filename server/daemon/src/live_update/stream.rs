@@ -5,7 +5,7 @@
 //!
 //! What a stream carries and how it maps onto the image:
 //!
-//! | stream | core |
+//! | stream | image |
 //! | --- | --- |
 //! | GLOBAL_DATA | the listening socket's fd (adopted); the event-channel fd (Xen: adopted with the guests' ports bound on it, VIRQ_DOM_EXC bound again; otherwise closed) |
 //! | GLOBAL_QUOTA_DATA (v2) | [`Image::quotas`] |
