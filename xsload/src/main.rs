@@ -48,7 +48,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use conn::Fail;
-use daemons::{Daemon, Kind, Programs, StartError};
+use daemons::{DaemonProcess, Kind, Programs, StartError};
 use report::{Better, Cell, Metric, Sheet, Unit};
 
 /// Side-by-side xenstore daemon load generator.
@@ -324,8 +324,8 @@ struct Runner {
 
 impl Runner {
     /// A fresh daemon for one case, or `None` (skipped or failed: noted).
-    fn start(&mut self, kind: Kind, cpu: Option<usize>, case: &str) -> Option<Daemon> {
-        self.started(kind, case, |progs| Daemon::start(kind, progs, cpu))
+    fn start(&mut self, kind: Kind, cpu: Option<usize>, case: &str) -> Option<DaemonProcess<Kind>> {
+        self.started(kind, case, |progs| daemons::start(kind, progs, cpu))
     }
 
     /// `m` for every daemon of `kinds`: all up at once, `reps` runs of
@@ -358,7 +358,7 @@ impl Runner {
                 }
             }
         }
-        for (kind, mut d, mut runs, failed) in entrants {
+        for (kind, d, mut runs, failed) in entrants {
             match failed {
                 Some(e) => self.fail(&[m], kind, &e, &d),
                 None => {
@@ -366,23 +366,24 @@ impl Runner {
                     self.sheet.set(m, kind, Cell::Num(median));
                 }
             }
-            self.check_alive(&mut d, m.case);
+            self.check_alive(&d, m.case);
         }
     }
 
-    /// A fresh rxenstored serving simulated rings, or `None` (noted).
-    fn start_rings(&mut self, case: &str) -> Option<Daemon> {
-        self.started(Kind::Rxenstored, case, |progs| Daemon::start_sim_rings(progs, None))
+    /// A fresh rxenstored serving simulated rings and their directory, or
+    /// `None` (noted).
+    fn start_rings(&mut self, case: &str) -> Option<(DaemonProcess<Kind>, PathBuf)> {
+        self.started(Kind::Rxenstored, case, |progs| daemons::start_sim_rings(progs, None))
     }
 
     /// Runs `start` unless `kind` is known to be unavailable; notes why
     /// not, remembering an unavailable daemon for the rest of the run.
-    fn started(
+    fn started<T>(
         &mut self,
         kind: Kind,
         case: &str,
-        start: impl FnOnce(&Programs) -> Result<Daemon, StartError>,
-    ) -> Option<Daemon> {
+        start: impl FnOnce(&Programs) -> Result<T, StartError>,
+    ) -> Option<T> {
         if self.unavailable.contains_key(&kind) {
             return None;
         }
@@ -393,9 +394,9 @@ impl Runner {
                 self.unavailable.insert(kind, m);
                 None
             }
-            Err(e @ StartError::Failed(_)) => {
+            Err(e) => {
                 self.sheet.failures += 1;
-                self.sheet.note(format!("{case}: {kind} {e}"));
+                self.sheet.note(format!("{case}: {kind} failed to start: {e}"));
                 None
             }
         }
@@ -403,7 +404,7 @@ impl Runner {
 
     /// Records a failed case: every metric of it gets `text`; a stall is
     /// noted, anything else is also a failure of the run.
-    fn fail(&mut self, metrics: &[Metric<'_>], kind: Kind, e: &Fail, d: &Daemon) {
+    fn fail(&mut self, metrics: &[Metric<'_>], kind: Kind, e: &Fail, d: &DaemonProcess<Kind>) {
         let text = if e.is_stall() { "stalled" } else { "ERROR" };
         for m in metrics {
             self.sheet.set(*m, kind, Cell::Text(text.into()));
@@ -418,7 +419,7 @@ impl Runner {
     }
 
     /// Notes a daemon that died during a case (a failure).
-    fn check_alive(&mut self, d: &mut Daemon, case: &str) {
+    fn check_alive(&mut self, d: &DaemonProcess<Kind>, case: &str) {
         if !d.is_alive() {
             self.sheet.failures += 1;
             self.sheet.note(format!("{case}: {} died (log: {})", d.kind(), d.log_tail()));
@@ -485,7 +486,7 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes, cases: &[(u32, usize
         all.extend(watchers.iter().copied());
         all.extend([hwm, cpu_user, cpu_sys]);
         for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
-            let Some(mut d) = r.start(kind, None, &case) else {
+            let Some(d) = r.start(kind, None, &case) else {
                 r.skip(&all, kind);
                 continue;
             };
@@ -498,7 +499,7 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes, cases: &[(u32, usize
                 grace: s.boot_grace,
                 fresh,
             };
-            let cpu_before = d.cpu_times();
+            let cpu_before = sys::cpu_times(d.pid());
             match bootstorm::run(d.socket(), &b) {
                 Err(e) => r.fail(&all, kind, &e, &d),
                 Ok(res) => {
@@ -557,13 +558,13 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes, cases: &[(u32, usize
                             w.events
                         ));
                     }
-                    match d.hwm() {
+                    match sys::proc_status_kb(d.pid(), "VmHWM") {
                         Ok(v) => r.sheet.set(hwm, kind, Cell::Num(v as f64)),
                         Err(e) => r.sheet.set(hwm, kind, Cell::Text(format!("? ({e})"))),
                     }
                     // Includes the watchers' last events and the clients'
                     // disconnects; the clock ticks in 10 ms.
-                    let cpu = match (&cpu_before, d.cpu_times()) {
+                    let cpu = match (&cpu_before, sys::cpu_times(d.pid())) {
                         (Ok(before), Ok(after)) => Ok((*before, after)),
                         (Err(e), _) => Err(e.to_string()),
                         (_, Err(e)) => Err(e.to_string()),
@@ -581,7 +582,7 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes, cases: &[(u32, usize
                     }
                 }
             }
-            r.check_alive(&mut d, &case);
+            r.check_alive(&d, &case);
         }
     }
 }
@@ -598,7 +599,7 @@ fn run_read_heavy(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>)
         let commits = metric("tx commits/s", Unit::PerSec, Better::Higher);
         let all = [reads, p50, p99, commits];
         for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
-            let Some(mut d) = r.start(kind, *cpu, case) else {
+            let Some(d) = r.start(kind, *cpu, case) else {
                 r.skip(&all, kind);
                 continue;
             };
@@ -625,7 +626,7 @@ fn run_read_heavy(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>)
                     r.sheet.set(commits, kind, Cell::Num(res.commits_per_s));
                 }
             }
-            r.check_alive(&mut d, case);
+            r.check_alive(&d, case);
         }
     }
     let scaling =
@@ -654,7 +655,7 @@ fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     let load = metric("load writes/s (pipelined)", Unit::PerSec, Better::Higher);
     let all = [per_node, rss, load];
     for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
-        let Some(mut d) = r.start(kind, None, &case) else {
+        let Some(d) = r.start(kind, None, &case) else {
             r.skip(&all, kind);
             continue;
         };
@@ -695,7 +696,7 @@ fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                 r.sheet.set(load, kind, Cell::Num(res.load_per_s));
             }
         }
-        r.check_alive(&mut d, &case);
+        r.check_alive(&d, &case);
     }
 }
 
@@ -772,7 +773,7 @@ fn run_watch_root(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     // without and then with the watcher (and removes them after each).
     struct Entrant {
         kind: Kind,
-        d: Daemon,
+        d: DaemonProcess<Kind>,
         plain: Vec<f64>,
         watched: Vec<f64>,
         events: u64,
@@ -839,7 +840,7 @@ fn run_watch_root(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                 r.sheet.set(lag, e.kind, Cell::Num(e.lag * 1e6));
             }
         }
-        r.check_alive(&mut e.d, &case);
+        r.check_alive(&e.d, &case);
     }
     for m in ["writes/s, no watcher", "writes/s, watcher on /"] {
         ratio_to_c(r, &case, m, &kinds);
@@ -903,7 +904,7 @@ fn run_ls_tree(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
             }
         }
     }
-    for (kind, mut d, mut walks, mut tools, failed) in entrants {
+    for (kind, d, mut walks, mut tools, failed) in entrants {
         match failed {
             Some(e) => r.fail(all, kind, &e, &d),
             None => {
@@ -919,7 +920,7 @@ fn run_ls_tree(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                 }
             }
         }
-        r.check_alive(&mut d, &case);
+        r.check_alive(&d, &case);
     }
     for m in ["walk (DIRECTORY+READ), nodes/s", "xenstore-ls, nodes/s"] {
         ratio_to_c(r, &case, m, &kinds);
@@ -928,7 +929,7 @@ fn run_ls_tree(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
 
 /// Notes a failed ring case (a stall, or a failure of the run) and
 /// returns the text of its cells.
-fn ring_fail(r: &mut Runner, case: &str, e: &Fail, d: &Daemon) -> String {
+fn ring_fail(r: &mut Runner, case: &str, e: &Fail, d: &DaemonProcess<Kind>) -> String {
     let kind = Kind::Rxenstored;
     if e.is_stall() {
         r.sheet.note(format!("{case}: {kind} {e}"));
@@ -958,15 +959,15 @@ fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
         let per = (s.pairs_requests / 2 / guests as u64).max(1);
         let mut cells = Vec::new();
         for t in rings::Transport::BOTH {
-            let Some(mut d) = r.start_rings(&case) else {
+            let Some((d, dir)) = r.start_rings(&case) else {
                 cells.push(Cell::Text("no start".into()));
                 continue;
             };
             let mut runs = Vec::new();
             let mut failed = None;
             for rep in 0..s.pairs_reps {
-                let res = match (t, d.rings_dir()) {
-                    (rings::Transport::Ring, Some(dir)) => {
+                let res = match t {
+                    rings::Transport::Ring => {
                         let p = rings::PairsRing {
                             guests,
                             // Fresh domains for every run.
@@ -976,10 +977,9 @@ fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
                             keys: 16,
                             timeout: s.reply_timeout,
                         };
-                        rings::pairs(d.socket(), dir, &p)
+                        rings::pairs(d.socket(), &dir, &p)
                     }
-                    (rings::Transport::Ring, None) => Err(Fail::Wrong("the daemon has no rings directory".into())),
-                    (rings::Transport::Socket, _) => {
+                    rings::Transport::Socket => {
                         let p = pairs::Pairs {
                             conns: guests,
                             pairs_per_conn: per,
@@ -1016,7 +1016,7 @@ fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
                     cells.push(Cell::Num(median));
                 }
             }
-            r.check_alive(&mut d, &case);
+            r.check_alive(&d, &case);
         }
         let names = ["req/s over rings", "req/s over the socket"];
         for (name, cell) in names.iter().zip(cells) {
@@ -1034,12 +1034,8 @@ fn run_bootstorm_ring(r: &mut Runner, s: &Sizes) {
         // Per transport: the result and peak RSS, or the text of the cells.
         let mut outcomes: Vec<Result<(rings::BootRingResult, Cell), String>> = Vec::new();
         for t in rings::Transport::BOTH {
-            let Some(mut d) = r.start_rings(&case) else {
+            let Some((d, dir)) = r.start_rings(&case) else {
                 outcomes.push(Err("no start".into()));
-                continue;
-            };
-            let Some(dir) = d.rings_dir().map(std::path::Path::to_path_buf) else {
-                outcomes.push(Err("no rings".into()));
                 continue;
             };
             let b = rings::BootRing {
@@ -1084,14 +1080,14 @@ fn run_bootstorm_ring(r: &mut Runner, s: &Sizes) {
                             s.boot_grace
                         ));
                     }
-                    let hwm = match d.hwm() {
+                    let hwm = match sys::proc_status_kb(d.pid(), "VmHWM") {
                         Ok(v) => Cell::Num(v as f64),
                         Err(e) => Cell::Text(format!("? ({e})")),
                     };
                     outcomes.push(Ok((res, hwm)));
                 }
             }
-            r.check_alive(&mut d, &case);
+            r.check_alive(&d, &case);
         }
         type Figure = fn(&rings::BootRingResult) -> Cell;
         let rate = |v: f64, res: &rings::BootRingResult| {
