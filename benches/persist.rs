@@ -7,9 +7,9 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use engine::{DomId, Path, Perms, Snapshot, TreeEntry};
-use persist::{State, StateDir};
+use persist::{SavedState, StateDir};
 
-fn state(nodes: usize) -> State {
+fn state(nodes: usize) -> SavedState {
     let perms = Perms::owned_by(DomId(0));
     let entry = |path: String| TreeEntry {
         path: Path::new(&path).expect("valid"),
@@ -27,7 +27,11 @@ fn state(nodes: usize) -> State {
             entries.push(entry(format!("/local/domain/{d}/key{k}")));
         }
     }
-    State { snapshot: Snapshot::from_entries(entries).expect("tree"), domains: Vec::new(), global_quotas: Vec::new() }
+    SavedState {
+        snapshot: Snapshot::from_entries(entries).expect("tree"),
+        domains: Vec::new(),
+        global_quotas: Vec::new(),
+    }
 }
 
 fn bench(c: &mut Criterion) {

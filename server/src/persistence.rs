@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use engine::{DomId, Store};
-use persist::{DomainRecord, LogRecord, QuotaValue, Recovered, State, StateDir, WatchRecord};
+use persist::{DomainRecord, LogRecord, QuotaValue, Recovered, SavedState, StateDir, WatchRecord};
 use wire::encode_watch_event;
 
 use crate::domain::{Domain, Platform, RingStart};
@@ -182,9 +182,9 @@ impl Persistence {
 }
 
 /// The daemon's state as `persist` saves it.
-pub fn export<P: Platform>(core: &Core<P>) -> State {
+pub fn export<P: Platform>(core: &Core<P>) -> SavedState {
     let (domains, global_quotas) = export_domains(core);
-    State { snapshot: core.store.snapshot(), domains, global_quotas }
+    SavedState { snapshot: core.store.snapshot(), domains, global_quotas }
 }
 
 fn quota_values(table: &QuotaTable) -> Vec<QuotaValue> {
@@ -233,7 +233,7 @@ fn quota_table(values: &[QuotaValue], base: &QuotaTable) -> QuotaTable {
 
 /// A core over recovered state: the tree, the quotas, the domains with
 /// their rings re-attached and their watches re-registered and fired once.
-pub fn restore<P: Platform>(mut config: crate::Config, platform: P, state: State) -> Core<P> {
+pub fn restore<P: Platform>(mut config: crate::Config, platform: P, state: SavedState) -> Core<P> {
     config.quotas = quota_table(&state.global_quotas, &config.quotas);
     let mut core = Core::with_store(config, platform, Store::new(state.snapshot));
     let mut reattached = Vec::new();
