@@ -47,7 +47,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use conn::Fail;
+use conn::{Fail, Res};
 use daemons::{DaemonProcess, Kind, Programs, StartError};
 use report::{Better, Cell, Metric, Sheet, Unit};
 
@@ -339,7 +339,7 @@ impl Runner {
         cpu: Option<usize>,
         m: Metric,
         reps: usize,
-        run: impl Fn(&std::path::Path) -> conn::Res<f64>,
+        run: impl Fn(&std::path::Path) -> Res<f64>,
     ) {
         let mut entrants = Vec::new();
         for &kind in kinds {
@@ -415,6 +415,28 @@ impl Runner {
         } else {
             self.sheet.failures += 1;
             self.sheet.note(format!("{case}: {kind} FAILED: {e} (daemon log: {})", d.log_tail()));
+        }
+    }
+
+    /// A case's outcome: a failure is recorded (see [`fail`](Self::fail));
+    /// a result is described on the progress line and returned.
+    fn outcome<T>(
+        &mut self,
+        metrics: &[Metric<'_>],
+        kind: Kind,
+        d: &DaemonProcess<Kind>,
+        outcome: Res<T>,
+        describe: impl FnOnce(&T) -> String,
+    ) -> Option<T> {
+        match outcome {
+            Ok(res) => {
+                progress(metrics.first().map_or("", |m| m.case), kind, &describe(&res));
+                Some(res)
+            }
+            Err(e) => {
+                self.fail(metrics, kind, &e, d);
+                None
+            }
         }
     }
 
@@ -500,84 +522,79 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes, cases: &[(u32, usize
                 fresh,
             };
             let cpu_before = sys::cpu_times(d.pid());
-            match bootstorm::run(d.socket(), &b) {
-                Err(e) => r.fail(&all, kind, &e, &d),
-                Ok(res) => {
-                    progress(
-                        &case,
-                        kind,
-                        &format!(
-                            "{} domains in {:.2} s, {} retries, {} stalled clients, watchers {:?}",
-                            res.domains_done, res.elapsed, res.retries, res.stalled_clients, res.watchers
-                        ),
-                    );
-                    if res.stalled_clients > 0 {
-                        let t = format!("stalled ({}/{clients} cl)", res.stalled_clients);
-                        for m in [elapsed, reqs, doms] {
-                            r.sheet.set(m, kind, Cell::Text(t.clone()));
-                        }
-                        r.sheet.note(format!(
-                            "{case}: {kind}: {} of {clients} creators stalled ({} of {domains} domains done): {}",
-                            res.stalled_clients,
-                            res.domains_done,
-                            res.stall_note.as_deref().unwrap_or("")
-                        ));
-                    } else if res.timed_out {
-                        let t = format!("(timeout {}/{domains})", res.domains_done);
-                        r.sheet.set(elapsed, kind, Cell::Text(format!(">{:.0} s", res.elapsed)));
-                        r.sheet.set(reqs, kind, Cell::NumNote(res.requests as f64 / res.elapsed, t.clone()));
-                        r.sheet.set(doms, kind, Cell::NumNote(res.domains_done as f64 / res.elapsed, t));
-                        r.sheet.note(format!(
-                            "{case}: {kind}: deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
-                            s.boot_deadline, res.domains_done
-                        ));
+            let outcome = bootstorm::run(d.socket(), &b);
+            if let Some(res) = r.outcome(&all, kind, &d, outcome, |res| {
+                format!(
+                    "{} domains in {:.2} s, {} retries, {} stalled clients, watchers {:?}",
+                    res.domains_done, res.elapsed, res.retries, res.stalled_clients, res.watchers
+                )
+            }) {
+                if res.stalled_clients > 0 {
+                    let t = format!("stalled ({}/{clients} cl)", res.stalled_clients);
+                    for m in [elapsed, reqs, doms] {
+                        r.sheet.set(m, kind, Cell::Text(t.clone()));
+                    }
+                    r.sheet.note(format!(
+                        "{case}: {kind}: {} of {clients} creators stalled ({} of {domains} domains done): {}",
+                        res.stalled_clients,
+                        res.domains_done,
+                        res.stall_note.as_deref().unwrap_or("")
+                    ));
+                } else if res.timed_out {
+                    let t = format!("(timeout {}/{domains})", res.domains_done);
+                    r.sheet.set(elapsed, kind, Cell::Text(format!(">{:.0} s", res.elapsed)));
+                    r.sheet.set(reqs, kind, Cell::NumNote(res.requests as f64 / res.elapsed, t.clone()));
+                    r.sheet.set(doms, kind, Cell::NumNote(res.domains_done as f64 / res.elapsed, t));
+                    r.sheet.note(format!(
+                        "{case}: {kind}: deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
+                        s.boot_deadline, res.domains_done
+                    ));
+                } else {
+                    r.sheet.set(elapsed, kind, Cell::Num(res.elapsed));
+                    r.sheet.set(reqs, kind, Cell::Num(res.requests as f64 / res.elapsed));
+                    r.sheet.set(doms, kind, Cell::Num(f64::from(res.domains_done) / res.elapsed));
+                }
+                r.sheet.set(retries, kind, Cell::Num(res.retries as f64));
+                for (m, w) in watchers.iter().zip(&res.watchers) {
+                    let cell = if w.stalled {
+                        Cell::NumNote(w.events as f64, "stalled".into())
                     } else {
-                        r.sheet.set(elapsed, kind, Cell::Num(res.elapsed));
-                        r.sheet.set(reqs, kind, Cell::Num(res.requests as f64 / res.elapsed));
-                        r.sheet.set(doms, kind, Cell::Num(f64::from(res.domains_done) / res.elapsed));
-                    }
-                    r.sheet.set(retries, kind, Cell::Num(res.retries as f64));
-                    for (m, w) in watchers.iter().zip(&res.watchers) {
-                        let cell = if w.stalled {
-                            Cell::NumNote(w.events as f64, "stalled".into())
-                        } else {
-                            Cell::Num(w.events as f64)
-                        };
-                        r.sheet.set(*m, kind, cell);
-                    }
-                    if res.watchers.iter().any(|w| w.stalled) {
-                        r.sheet.note(format!(
-                            "{case}: {kind}: a watcher did not get the final event within {:?} after the last domain",
-                            s.boot_grace
-                        ));
-                    }
-                    let expected = bootstorm::EVENTS_PER_DOMAIN * u64::from(res.domains_done);
-                    if let Some(w) = res.watchers.iter().find(|w| !w.stalled && w.events != expected) {
-                        r.sheet.note(format!(
-                            "{case}: {kind}: a watcher got {} events for {expected} backend keys written",
-                            w.events
-                        ));
-                    }
-                    match sys::proc_status_kb(d.pid(), "VmHWM") {
-                        Ok(v) => r.sheet.set(hwm, kind, Cell::Num(v as f64)),
-                        Err(e) => r.sheet.set(hwm, kind, Cell::Text(format!("? ({e})"))),
-                    }
-                    // Includes the watchers' last events and the clients'
-                    // disconnects; the clock ticks in 10 ms.
-                    let cpu = match (&cpu_before, sys::cpu_times(d.pid())) {
-                        (Ok(before), Ok(after)) => Ok((*before, after)),
-                        (Err(e), _) => Err(e.to_string()),
-                        (_, Err(e)) => Err(e.to_string()),
+                        Cell::Num(w.events as f64)
                     };
-                    match cpu {
-                        Ok(((u0, s0), (u1, s1))) => {
-                            r.sheet.set(cpu_user, kind, Cell::Num(u1 - u0));
-                            r.sheet.set(cpu_sys, kind, Cell::Num(s1 - s0));
-                        }
-                        Err(e) => {
-                            for m in [cpu_user, cpu_sys] {
-                                r.sheet.set(m, kind, Cell::Text(format!("? ({e})")));
-                            }
+                    r.sheet.set(*m, kind, cell);
+                }
+                if res.watchers.iter().any(|w| w.stalled) {
+                    r.sheet.note(format!(
+                        "{case}: {kind}: a watcher did not get the final event within {:?} after the last domain",
+                        s.boot_grace
+                    ));
+                }
+                let expected = bootstorm::EVENTS_PER_DOMAIN * u64::from(res.domains_done);
+                if let Some(w) = res.watchers.iter().find(|w| !w.stalled && w.events != expected) {
+                    r.sheet.note(format!(
+                        "{case}: {kind}: a watcher got {} events for {expected} backend keys written",
+                        w.events
+                    ));
+                }
+                match sys::proc_status_kb(d.pid(), "VmHWM") {
+                    Ok(v) => r.sheet.set(hwm, kind, Cell::Num(v as f64)),
+                    Err(e) => r.sheet.set(hwm, kind, Cell::Text(format!("? ({e})"))),
+                }
+                // Includes the watchers' last events and the clients'
+                // disconnects; the clock ticks in 10 ms.
+                let cpu = match (&cpu_before, sys::cpu_times(d.pid())) {
+                    (Ok(before), Ok(after)) => Ok((*before, after)),
+                    (Err(e), _) => Err(e.to_string()),
+                    (_, Err(e)) => Err(e.to_string()),
+                };
+                match cpu {
+                    Ok(((u0, s0), (u1, s1))) => {
+                        r.sheet.set(cpu_user, kind, Cell::Num(u1 - u0));
+                        r.sheet.set(cpu_sys, kind, Cell::Num(s1 - s0));
+                    }
+                    Err(e) => {
+                        for m in [cpu_user, cpu_sys] {
+                            r.sheet.set(m, kind, Cell::Text(format!("? ({e})")));
                         }
                     }
                 }
@@ -609,22 +626,17 @@ fn run_read_heavy(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>)
                 duration: s.rh_duration,
                 timeout: s.reply_timeout,
             };
-            match readheavy::run(d.socket(), &rh) {
-                Err(e) => r.fail(&all, kind, &e, &d),
-                Ok(res) => {
-                    progress(
-                        case,
-                        kind,
-                        &format!(
-                            "{:.0} reads/s, p99 {:.0} µs, {:.0} commits/s ({} EAGAIN); populated at {:.0} writes/s",
-                            res.reads_per_s, res.p99_us, res.commits_per_s, res.retries, res.populate_per_s
-                        ),
-                    );
-                    r.sheet.set(reads, kind, Cell::Num(res.reads_per_s));
-                    r.sheet.set(p50, kind, Cell::Num(res.p50_us));
-                    r.sheet.set(p99, kind, Cell::Num(res.p99_us));
-                    r.sheet.set(commits, kind, Cell::Num(res.commits_per_s));
-                }
+            let outcome = readheavy::run(d.socket(), &rh);
+            if let Some(res) = r.outcome(&all, kind, &d, outcome, |res| {
+                format!(
+                    "{:.0} reads/s, p99 {:.0} µs, {:.0} commits/s ({} EAGAIN); populated at {:.0} writes/s",
+                    res.reads_per_s, res.p99_us, res.commits_per_s, res.retries, res.populate_per_s
+                )
+            }) {
+                r.sheet.set(reads, kind, Cell::Num(res.reads_per_s));
+                r.sheet.set(p50, kind, Cell::Num(res.p50_us));
+                r.sheet.set(p99, kind, Cell::Num(res.p99_us));
+                r.sheet.set(commits, kind, Cell::Num(res.commits_per_s));
             }
             r.check_alive(&d, case);
         }
@@ -665,36 +677,31 @@ fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
             timeout: s.reply_timeout * 3,
             budget: s.large_budget,
         };
-        match large::run(d.socket(), d.pid(), &l) {
-            Err(e) => r.fail(&all, kind, &e, &d),
-            Ok(res) => {
-                progress(
-                    &case,
-                    kind,
-                    &format!(
-                        "{} nodes, RSS {} → {} bytes ({:.0} B/node), HWM {}, {:.0} writes/s",
-                        res.nodes,
-                        res.rss_before,
-                        res.rss_after,
-                        res.per_node(),
-                        res.hwm,
-                        res.load_per_s
-                    ),
-                );
-                if res.partial {
-                    let t = format!("({}k loaded)", res.nodes / 1000);
-                    r.sheet.set(per_node, kind, Cell::NumNote(res.per_node(), t.clone()));
-                    r.sheet.set(rss, kind, Cell::NumNote(res.rss_after as f64, t));
-                    r.sheet.note(format!(
-                        "{case}: {kind}: loading stopped at the {:?} budget after {} nodes ({:.0} writes/s); RSS per node is over those",
-                        s.large_budget, res.nodes, res.load_per_s
-                    ));
-                } else {
-                    r.sheet.set(per_node, kind, Cell::Num(res.per_node()));
-                    r.sheet.set(rss, kind, Cell::Num(res.rss_after as f64));
-                }
-                r.sheet.set(load, kind, Cell::Num(res.load_per_s));
+        let outcome = large::run(d.socket(), d.pid(), &l);
+        if let Some(res) = r.outcome(&all, kind, &d, outcome, |res| {
+            format!(
+                "{} nodes, RSS {} → {} bytes ({:.0} B/node), HWM {}, {:.0} writes/s",
+                res.nodes,
+                res.rss_before,
+                res.rss_after,
+                res.per_node(),
+                res.hwm,
+                res.load_per_s
+            )
+        }) {
+            if res.partial {
+                let t = format!("({}k loaded)", res.nodes / 1000);
+                r.sheet.set(per_node, kind, Cell::NumNote(res.per_node(), t.clone()));
+                r.sheet.set(rss, kind, Cell::NumNote(res.rss_after as f64, t));
+                r.sheet.note(format!(
+                    "{case}: {kind}: loading stopped at the {:?} budget after {} nodes ({:.0} writes/s); RSS per node is over those",
+                    s.large_budget, res.nodes, res.load_per_s
+                ));
+            } else {
+                r.sheet.set(per_node, kind, Cell::Num(res.per_node()));
+                r.sheet.set(rss, kind, Cell::Num(res.rss_after as f64));
             }
+            r.sheet.set(load, kind, Cell::Num(res.load_per_s));
         }
         r.check_alive(&d, &case);
     }
@@ -1065,20 +1072,16 @@ fn run_bootstorm_ring(r: &mut Runner, s: &Sizes) {
                             res.state_events
                         ),
                     );
+                    let over = |what: String| format!("{case}: guests over {}: {what}", t.name());
                     if res.timed_out {
-                        r.sheet.note(format!(
-                            "{case}: guests over {}: deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
-                            t.name(),
-                            s.boot_deadline,
-                            res.domains_done
-                        ));
+                        r.sheet.note(over(format!(
+                            "deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
+                            s.boot_deadline, res.domains_done
+                        )));
                     }
                     if res.watcher_stalled {
-                        r.sheet.note(format!(
-                            "{case}: guests over {}: the watcher did not get the final event within {:?}",
-                            t.name(),
-                            s.boot_grace
-                        ));
+                        r.sheet
+                            .note(over(format!("the watcher did not get the final event within {:?}", s.boot_grace)));
                     }
                     let hwm = match sys::proc_status_kb(d.pid(), "VmHWM") {
                         Ok(v) => Cell::Num(v as f64),

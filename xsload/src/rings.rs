@@ -30,7 +30,7 @@
 //! within the grace period.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,9 @@ use server::sim::{SimGuest, nul};
 use wire::Op;
 use wire::client::{Client, Reply};
 
-use crate::bootstorm::{Attempt, BACKEND, CONFIG, CONFIG_VALUE, DEVICES, Devices, attempt};
+use crate::bootstorm::{
+    Attempt, BACKEND, CONFIG, CONFIG_VALUE, DEVICES, Devices, Stats, attempt, join_workers, start_creators,
+};
 use crate::conn::{Conn, Fail, Res, join_all, show};
 
 /// Where the guests' requests go.
@@ -241,13 +243,6 @@ pub struct BootRingResult {
     pub watcher_stalled: bool,
 }
 
-#[derive(Debug, Default)]
-struct Stats {
-    requests: u64,
-    domains: u32,
-    retries: u64,
-}
-
 /// What the guest threads get from the creators: the domain, and its
 /// simulated guest on the ring transport.
 type Handoff = (u32, Option<SimGuest>);
@@ -318,60 +313,23 @@ pub fn bootstorm(socket: &Path, b: &BootRing) -> Res<BootRingResult> {
         guests.push(h);
     }
 
-    let next = Arc::new(AtomicU32::new(1));
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let start = Arc::new(Barrier::new(b.clients + 1));
-    let mut creators = Vec::new();
-    for c in 0..b.clients {
-        let (next, timed_out, start, tx) = (next.clone(), timed_out.clone(), start.clone(), tx.clone());
-        let (b2, socket) = (b.clone(), socket.to_path_buf());
-        let h = std::thread::Builder::new()
-            .name(format!("creator-{c}"))
-            .spawn(move || {
-                let conn = Conn::connect(&socket, b2.reply_timeout);
-                start.wait();
-                let mut stats = Stats::default();
-                let r = conn.and_then(|mut conn| {
-                    let deadline = Instant::now() + b2.deadline;
-                    loop {
-                        if Instant::now() >= deadline {
-                            timed_out.store(true, Ordering::Relaxed);
-                            return Ok(());
-                        }
-                        let d = next.fetch_add(1, Ordering::Relaxed);
-                        if d > b2.domains {
-                            return Ok(());
-                        }
-                        let g = create_domain(&mut conn, &b2.rings, d, &b2, &mut stats)
-                            .map_err(|e| e.context(format_args!("creator {c}, domain {d}")))?;
-                        if tx.send((d, g)).is_err() {
-                            return Err(Fail::Wrong("every guest thread has failed".into()));
-                        }
-                    }
-                });
-                (stats, r)
-            })
-            .map_err(|e| Fail::Wrong(format!("spawn: {e}")))?;
-        creators.push(h);
-    }
-    drop(tx);
-    start.wait();
+    let b2 = b.clone();
+    let (creators, timed_out) =
+        start_creators(socket, b.clients, b.domains, b.reply_timeout, b.deadline, move |conn, d, stats| {
+            let g = create_domain(conn, &b2.rings, d, &b2, stats)?;
+            tx.send((d, g)).map_err(|_| Fail::Wrong("every guest thread has failed".into()))
+        })?;
     let t0 = Instant::now();
 
-    let mut res = BootRingResult::default();
-    let mut first_err: Option<Fail> = None;
-    for h in creators.into_iter().chain(guests) {
-        let (stats, r) = h.join().unwrap_or_else(|_| (Stats::default(), Err(Fail::Wrong("thread panicked".into()))));
-        res.requests += stats.requests;
-        res.domains_done += stats.domains;
-        res.retries += stats.retries;
-        if let Err(e) = r {
-            // A wrong reply says more than a stall it may have caused.
-            if first_err.as_ref().is_none_or(|f| f.is_stall() && !e.is_stall()) {
-                first_err = Some(e);
-            }
-        }
-    }
+    let joined = join_workers(creators.into_iter().chain(guests));
+    let mut res = BootRingResult {
+        requests: joined.stats.requests,
+        domains_done: joined.stats.domains,
+        retries: joined.stats.retries,
+        ..BootRingResult::default()
+    };
+    // A wrong reply says more than a stall it may have caused.
+    let first_err = joined.wrong.into_iter().chain(joined.stalls).next();
     res.elapsed = t0.elapsed().as_secs_f64();
     res.timed_out = timed_out.load(Ordering::Relaxed);
 
