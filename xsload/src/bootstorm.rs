@@ -214,20 +214,8 @@ pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut watchers = Vec::new();
     for w in 0..b.watchers {
-        let mut client = Client::connect(socket).map_err(|e| Fail::Wrong(format!("watcher {w}: connect: {e}")))?;
-        client.set_reply_timeout(b.reply_timeout);
-        let token = format!("xsload-w{w}");
-        match client.watch(BACKEND, &token)? {
-            Reply::Ok(_) => {}
-            Reply::Err(e) => return Err(Fail::Wrong(format!("watcher {w}: WATCH: {e}"))),
-        }
-        match client.next_event(b.reply_timeout) {
-            Some((path, _)) if path == BACKEND.as_bytes() => {}
-            Some((path, _)) => {
-                return Err(Fail::Wrong(format!("watcher {w}: initial event for {}", show(&path))));
-            }
-            None => return Err(Fail::Stalled(format!("watcher {w}: no initial event"))),
-        }
+        let client = watching(socket, BACKEND, &format!("xsload-w{w}"), b.reply_timeout)
+            .map_err(|e| e.context(format_args!("watcher {w}")))?;
         let (abandon, done_tx) = (abandon.clone(), done_tx.clone());
         let h = std::thread::Builder::new()
             .name(format!("watcher-{w}"))
@@ -283,6 +271,22 @@ pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     match wrong {
         Some(e) => Err(e),
         None => Ok(res),
+    }
+}
+
+/// A client watching `path` with `token`, past the watch's initial event,
+/// for the run's watchers (their replies within `timeout`).
+pub fn watching(socket: &Path, path: &str, token: &str, timeout: Duration) -> Res<Client> {
+    let mut client = Client::connect(socket).map_err(|e| Fail::from(e).context("connect"))?;
+    client.set_reply_timeout(timeout);
+    match client.watch(path, token).map_err(|e| Fail::from(e).context("WATCH"))? {
+        Reply::Ok(_) => {}
+        Reply::Err(e) => return Err(Fail::Wrong(format!("WATCH: {e}"))),
+    }
+    match client.next_event(timeout) {
+        Some((event, _)) if event == path.as_bytes() => Ok(client),
+        Some((event, _)) => Err(Fail::Wrong(format!("initial event for {}", show(&event)))),
+        None => Err(Fail::Stalled("no initial event".into())),
     }
 }
 

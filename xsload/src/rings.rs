@@ -39,9 +39,10 @@ use wire::Op;
 use wire::client::{Client, Reply};
 
 use crate::bootstorm::{
-    Attempt, BACKEND, CONFIG, CONFIG_VALUE, DEVICES, Devices, Stats, attempt, join_workers, start_creators,
+    Attempt, BACKEND, CONFIG, CONFIG_VALUE, DEVICES, Devices, Stats, attempt, join_workers, start_creators, watching,
 };
 use crate::conn::{Conn, Fail, Res, join_all, show};
+use crate::pairs;
 
 /// Where the guests' requests go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,11 +190,7 @@ fn guest_pairs(g: &mut SimGuest, p: &PairsRing) -> Res<()> {
     let mut value = vec![b'a'; p.value_bytes];
     for i in 0..p.pairs_per_guest {
         let path = &keys[(i % p.keys) as usize];
-        // Distinct values, as `pairs` makes them.
-        value.fill(b'a' + (i % 26) as u8);
-        let num = i.to_string();
-        let n = num.len().min(value.len());
-        value[..n].copy_from_slice(&num.as_bytes()[..n]);
+        pairs::pair_value(i, &mut value);
         g.write_ok(path, &value)?;
         g.read_expect(path, &value)?;
     }
@@ -259,19 +256,7 @@ pub fn bootstorm(socket: &Path, b: &BootRing) -> Res<BootRingResult> {
     setup.write(0, CONFIG.as_bytes(), CONFIG_VALUE.as_bytes())?;
 
     // The watcher, past its initial event before timing.
-    let mut client = Client::connect(socket).map_err(io_fail("watcher: connect"))?;
-    client.set_reply_timeout(b.reply_timeout);
-    match client.watch(WATCHED, "xsload-ring").map_err(io_fail("watcher: WATCH"))? {
-        Reply::Ok(_) => {}
-        Reply::Err(e) => return Err(Fail::Wrong(format!("watcher: WATCH: {e}"))),
-    }
-    match client.next_event(b.reply_timeout) {
-        Some((path, _)) if path == WATCHED.as_bytes() => {}
-        Some((path, _)) => {
-            return Err(Fail::Wrong(format!("watcher: initial event for {}", show(&path))));
-        }
-        None => return Err(Fail::Stalled("watcher: no initial event".into())),
-    }
+    let client = watching(socket, WATCHED, "xsload-ring", b.reply_timeout).map_err(|e| e.context("watcher"))?;
     let abandon = Arc::new(AtomicBool::new(false));
     let watcher = {
         let abandon = abandon.clone();
