@@ -421,3 +421,31 @@ fn kill(pid: i32, sig: libc::c_int) {
         unsafe { libc::kill(pid, sig) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_is_missing() {
+        let e = DaemonProcess::spawn("x", Path::new("/nonexistent/daemon"), None, |_, _| {}).unwrap_err();
+        assert!(matches!(e, StartError::Missing(p) if p == Path::new("/nonexistent/daemon")));
+    }
+
+    /// A program that exits without serving is a failure with its log, and
+    /// leaves neither a process nor its run directory behind.
+    #[test]
+    fn a_program_that_exits_fails_with_its_log() {
+        let mut rundir = None;
+        let e = DaemonProcess::spawn("sh", Path::new("/bin/sh"), None, |cmd, dir| {
+            cmd.arg("-c").arg("echo going away; exit 3");
+            rundir = Some(dir.to_path_buf());
+        })
+        .unwrap_err();
+        let StartError::Failed { what, log } = &e else { panic!("{e:?}") };
+        assert!(what.starts_with("sh exited before serving"), "{what}");
+        assert_eq!(log, "going away\n");
+        assert!(e.to_string().ends_with("; log: going away"), "{e}");
+        assert!(!rundir.expect("configured").exists());
+    }
+}
