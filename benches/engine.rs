@@ -9,29 +9,12 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use engine::{DomId, Path, Perms, Snapshot, Store, TreeEntry};
+use engine::{Path, Store};
+use rxenstored_suite::tree::host_shaped;
 
 /// A tree shaped like a host's: /local/domain/<d>/<k> with 100 keys a domain.
 fn tree(nodes: usize) -> Store {
-    let perms = Perms::owned_by(DomId(0));
-    let entry = |path: String| TreeEntry {
-        path: Path::new(&path).expect("valid"),
-        value: b"value".to_vec(),
-        perms: perms.clone(),
-        generation: 1,
-    };
-    let mut entries = vec![entry("/".into()), entry("/local".into()), entry("/local/domain".into())];
-    let domains = nodes.div_ceil(101);
-    'outer: for d in 0..domains {
-        entries.push(entry(format!("/local/domain/{d}")));
-        for k in 0..100 {
-            if entries.len() >= nodes {
-                break 'outer;
-            }
-            entries.push(entry(format!("/local/domain/{d}/key{k}")));
-        }
-    }
-    Store::new(Snapshot::from_entries(entries).expect("tree"))
+    Store::new(host_shaped(nodes))
 }
 
 fn bench(c: &mut Criterion) {

@@ -6,28 +6,11 @@
 //! state: a daemon keeps what it loads).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use engine::{DomId, Path, Perms, Snapshot, TreeEntry};
-use persist::{State, StateDir};
+use persist::{SavedState, StateDir};
+use rxenstored_suite::tree::host_shaped;
 
-fn state(nodes: usize) -> State {
-    let perms = Perms::owned_by(DomId(0));
-    let entry = |path: String| TreeEntry {
-        path: Path::new(&path).expect("valid"),
-        value: b"value".to_vec(),
-        perms: perms.clone(),
-        generation: 1,
-    };
-    let mut entries = vec![entry("/".into()), entry("/local".into()), entry("/local/domain".into())];
-    'outer: for d in 0.. {
-        entries.push(entry(format!("/local/domain/{d}")));
-        for k in 0..100 {
-            if entries.len() >= nodes {
-                break 'outer;
-            }
-            entries.push(entry(format!("/local/domain/{d}/key{k}")));
-        }
-    }
-    State { snapshot: Snapshot::from_entries(entries).expect("tree"), domains: Vec::new(), global_quotas: Vec::new() }
+fn state(nodes: usize) -> SavedState {
+    SavedState { snapshot: host_shaped(nodes), domains: Vec::new(), global_quotas: Vec::new() }
 }
 
 fn bench(c: &mut Criterion) {

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use rxenstored_suite::daemon::{Daemon, Kind, shared_dir};
+use rxenstored_suite::daemon::{Kind, TestDaemon, shared_dir};
 use rxenstored_suite::harness::start_or_skip;
 
 fn xen_tool() -> PathBuf {
@@ -18,7 +18,7 @@ fn xen_tool() -> PathBuf {
 }
 
 /// Runs a Xen client program against `d`; `None` if the tools cannot be had.
-fn tool(d: &Daemon, args: &[&str]) -> Option<Output> {
+fn tool(d: &TestDaemon, args: &[&str]) -> Option<Output> {
     let out = Command::new(xen_tool()).args(args).env("XENSTORED_PATH", d.socket()).output().expect("run xen-tool");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && (stderr.contains("apt-get") || stderr.contains("not found")) {
@@ -38,7 +38,7 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn rx() -> Option<Daemon> {
+fn rx() -> Option<TestDaemon> {
     start_or_skip(Kind::Rxenstored)
 }
 

@@ -22,13 +22,13 @@
 
 use std::time::Duration;
 
-use rxenstored_suite::daemon::{Daemon, Kind};
+use rxenstored_suite::daemon::{Kind, TestDaemon};
 use rxenstored_suite::harness::{args, each_daemon, err, ev, expect, expect_ok, ok, okk, show, show_events};
 use wire::{Header, Op, client::Client};
 
 /// Whether `d` is Debian's Xen 4.17 C daemon, whose behaviour differs from
 /// HEAD in the places marked.
-fn c417(d: &Daemon) -> bool {
+fn c417(d: &TestDaemon) -> bool {
     d.kind() == Kind::Cxenstored
 }
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rxenstored_suite::daemon::{Daemon, rxenstored_bin};
+use rxenstored_suite::daemon::{self, rxenstored_bin};
 use wire::client::{Client, Reply};
 
 const ESC: u8 = 0x1b;
@@ -110,7 +110,7 @@ fn log_written_to_a_file_has_no_colour() {
         return;
     }
     // The suite's daemons write stderr to daemon.log in their run directory.
-    let d = Daemon::start_rx(&[]).expect("rxenstored starts");
+    let d = daemon::start_rx(&[]).expect("rxenstored starts");
     let mut c = d.connect();
     c.write("/log/check", "v").expect("WRITE");
     let log = d.log();

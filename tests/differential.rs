@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use rxenstored_suite::daemon::{Daemon, Kind};
+use rxenstored_suite::daemon::{Kind, TestDaemon};
 use rxenstored_suite::harness::{show, start_or_skip};
 use wire::client::Client;
 use wire::{Message, Op};
@@ -559,7 +559,7 @@ fn render_message(m: &Message, vars: &HashMap<u32, &'static str>, conn: usize) -
 }
 
 /// Runs `script` on `daemon` and returns its transcript.
-fn run(script: &Script, daemon: &Daemon) -> Vec<Record> {
+fn run(script: &Script, daemon: &TestDaemon) -> Vec<Record> {
     let mut conns: Vec<Option<Client>> = (0..script.conns).map(|_| Some(daemon.connect())).collect();
     for c in conns.iter_mut().flatten() {
         c.set_reply_timeout(Duration::from_secs(5));

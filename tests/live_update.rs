@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rxenstored_suite::daemon::{Daemon, Kind, rxenstored_bin, shared_dir};
+use rxenstored_suite::daemon::{self, Kind, TestDaemon, rxenstored_bin, shared_dir};
 use rxenstored_suite::harness::start_or_skip;
 use wire::Op;
 use wire::client::{Client, Reply};
@@ -56,7 +56,7 @@ fn rx_bin() -> PathBuf {
     rxenstored_bin().expect("target directory")
 }
 
-fn start_rx() -> Option<Daemon> {
+fn start_rx() -> Option<TestDaemon> {
     start_or_skip(Kind::Rxenstored)
 }
 
@@ -70,14 +70,14 @@ fn rx_to_rx_keeps_connections_watches_partial_requests_and_every_write() {
 /// requests first: a request read but not yet served would be lost.
 #[test]
 fn rx_to_rx_with_socket_threads_loses_nothing_read() {
-    let d = match Daemon::start_rx(&["--socket-threads"]) {
+    let d = match daemon::start_rx(&["--socket-threads"]) {
         Ok(d) => d,
         Err(e) => return eprintln!("skipped: {e}"),
     };
     rx_to_rx_under_load(&d);
 }
 
-fn rx_to_rx_under_load(d: &Daemon) {
+fn rx_to_rx_under_load(d: &TestDaemon) {
     let pid = d.pid();
     let mut admin = d.connect();
     admin.set_reply_timeout(Duration::from_secs(20));

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use rxenstored_platform::sim::{SimGuest, nul};
-use rxenstored_suite::daemon::{Daemon, rxenstored_bin};
+use rxenstored_suite::daemon::{self, TestDaemon, rxenstored_bin};
 use wire::Op;
 use wire::client::{Client, Reply};
 
@@ -32,7 +32,7 @@ fn guest(rings: &std::path::Path, dom0: &mut Client, domid: u16) -> SimGuest {
 
 /// The daemon's log lines that contain `needle`, once `want` of them are
 /// there (the log is written after the replies go out) or after a while.
-fn lines_with(d: &Daemon, needle: &str, want: usize) -> Vec<String> {
+fn lines_with(d: &TestDaemon, needle: &str, want: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let lines: Vec<String> = d.log().lines().filter(|l| l.contains(needle)).map(str::to_string).collect();
@@ -55,7 +55,7 @@ fn a_guest_hitting_quotas_is_logged_once_per_quota_and_interval() {
     }
     let rings = tempfile::tempdir().expect("rings directory");
     let rings_arg = rings.path().display().to_string();
-    let d = Daemon::start_rx(&["--sim-rings", &rings_arg, "-W", "3", "--quota-log-interval", "1"])
+    let d = daemon::start_rx(&["--sim-rings", &rings_arg, "-W", "3", "--quota-log-interval", "1"])
         .expect("rxenstored starts");
     let mut dom0 = d.connect();
     let mut g = guest(rings.path(), &mut dom0, 5);

@@ -20,14 +20,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rxenstored_suite::daemon::Daemon;
+use rxenstored_suite::daemon::TestDaemon;
 use rxenstored_suite::harness::start_rx_or_skip;
 use wire::{Op, client::Client};
 
 const MODES: [&[&str]; 2] = [&[], &["--socket-threads"]];
 
 /// A client watching `path`, its initial event already taken.
-fn watching(d: &Daemon, path: &str) -> Client {
+fn watching(d: &TestDaemon, path: &str) -> Client {
     let mut watcher = d.connect();
     assert!(watcher.watch(path, "tok").expect("watch").is_ok());
     assert!(watcher.next_event(Duration::from_secs(5)).is_some(), "the initial event");

@@ -60,8 +60,8 @@ impl Path {
     pub fn from_bytes(b: &[u8]) -> Result<Path, PathError> {
         validate(b)?;
         // SAFETY: validate() admits only ASCII bytes, which are UTF-8. (Every
-        // request parses a path: a second scan of the bytes was 2 % of the
-        // daemon's instructions under `pairs`.)
+        // request parses a path: a second scan of the bytes showed in the
+        // daemon's profile, benches/README.md.)
         Ok(Path::shared(unsafe { core::str::from_utf8_unchecked(b) }))
     }
 

@@ -1,14 +1,14 @@
-//! Checkpoint files: one whole [`State`].
+//! Checkpoint files: one whole [`SavedState`].
 
 use engine::{Snapshot, TreeEntry};
 
 use crate::codec::{Reader, Writer};
-use crate::{DomainRecord, FORMAT_VERSION, Problem, QuotaValue, State, WatchRecord};
+use crate::{DomainRecord, FORMAT_VERSION, Problem, QuotaValue, SavedState, WatchRecord};
 
 pub(crate) const MAGIC: &[u8; 8] = b"RXSTATE\0";
 
 /// Encodes `state` as the state after commit `seq`.
-pub(crate) fn encode(state: &State, seq: u64) -> Vec<u8> {
+pub(crate) fn encode(state: &SavedState, seq: u64) -> Vec<u8> {
     let snap = &state.snapshot;
     let mut body = Writer { buf: Vec::with_capacity(64 * snap.len() + 4096) };
     body.var(snap.next_generation());
@@ -78,7 +78,7 @@ pub(crate) fn header(r: &mut Reader<'_>) -> Result<(u32, u64), Problem> {
 }
 
 /// Decodes the body that follows the header.
-pub(crate) fn decode_body(r: &mut Reader<'_>) -> Result<State, Problem> {
+pub(crate) fn decode_body(r: &mut Reader<'_>) -> Result<SavedState, Problem> {
     let len = r.u64("body length")?;
     let len =
         usize::try_from(len).map_err(|_| Problem { offset: r.offset(), what: "impossible body length".into() })?;
@@ -116,7 +116,7 @@ pub(crate) fn decode_body(r: &mut Reader<'_>) -> Result<State, Problem> {
     if !b.is_empty() {
         return Err(Problem { offset: b.offset(), what: "trailing bytes after the checkpoint body".into() });
     }
-    Ok(State { snapshot, domains, global_quotas })
+    Ok(SavedState { snapshot, domains, global_quotas })
 }
 
 pub(crate) fn decode_domains(r: &mut Reader<'_>) -> Result<(Vec<DomainRecord>, Vec<QuotaValue>), Problem> {

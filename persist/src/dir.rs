@@ -8,12 +8,12 @@ use std::sync::Arc;
 use crate::codec::Reader;
 use crate::log::{self, LogRecord};
 use crate::storage::{FsStorage, Storage, StorageFile};
-use crate::{FORMAT_VERSION, LoadError, Problem, State, checkpoint};
+use crate::{FORMAT_VERSION, LoadError, Problem, SavedState, checkpoint};
 
 /// What [`StateDir::load`] found.
 #[derive(Debug)]
 pub struct Recovered {
-    pub state: State,
+    pub state: SavedState,
     /// The last commit included.
     pub seq: u64,
     /// Things repaired on the way (a torn last log record), for the log.
@@ -119,7 +119,7 @@ impl CheckpointWriter {
     /// Writes `state` as the checkpoint after commit `seq`: a temporary
     /// file, fsync, rename, fsync of the directory. Touches nothing but
     /// the new file, so it may run beside appends to the log.
-    pub fn write(&self, state: &State, seq: u64) -> io::Result<PathBuf> {
+    pub fn write(&self, state: &SavedState, seq: u64) -> io::Result<PathBuf> {
         let (path, _) = write_whole(&*self.storage, &self.dir, &checkpoint_name(seq), &checkpoint::encode(state, seq))?;
         Ok(path)
     }
@@ -144,7 +144,7 @@ impl StateDir {
 
     /// Writes `state` as the checkpoint after commit `seq` into `dir` on
     /// the real file system; see [`CheckpointWriter::write`].
-    pub fn write_checkpoint(dir: &FsPath, state: &State, seq: u64) -> io::Result<PathBuf> {
+    pub fn write_checkpoint(dir: &FsPath, state: &SavedState, seq: u64) -> io::Result<PathBuf> {
         CheckpointWriter { storage: Arc::new(FsStorage), dir: dir.to_path_buf() }.write(state, seq)
     }
 
@@ -261,7 +261,14 @@ impl StateDir {
             Some((_, path)) => read_checkpoint(&*self.storage, path)?,
             None => {
                 let root = engine::Perms::owned_by(engine::DomId(0));
-                (State { snapshot: engine::Snapshot::new(root), domains: Vec::new(), global_quotas: Vec::new() }, 0)
+                (
+                    SavedState {
+                        snapshot: engine::Snapshot::new(root),
+                        domains: Vec::new(),
+                        global_quotas: Vec::new(),
+                    },
+                    0,
+                )
             }
         };
         let checkpoint_seq = seq;
@@ -302,7 +309,7 @@ impl StateDir {
     }
 }
 
-fn read_checkpoint(storage: &dyn Storage, path: &FsPath) -> Result<(State, u64), LoadError> {
+fn read_checkpoint(storage: &dyn Storage, path: &FsPath) -> Result<(SavedState, u64), LoadError> {
     let data = storage.read(path).map_err(io_err(path))?;
     let mut r = Reader::new(&data, 0);
     let (version, seq) = checkpoint::header(&mut r).map_err(|p| corrupt(path, p))?;

@@ -3,11 +3,11 @@
 //!
 //! # Layout
 //!
-//! - [`State`]: what is saved: a store [`engine::Snapshot`] (tree,
+//! - [`SavedState`]: what is saved: a store [`engine::Snapshot`] (tree,
 //!   permissions, generations), the domain records ([`DomainRecord`]:
 //!   introduced domains with their ring frame, event channel, features,
 //!   quotas, SET_TARGET, guest watches) and the global quotas.
-//! - `checkpoint`: one file holding a whole [`State`] (format in
+//! - `checkpoint`: one file holding a whole [`SavedState`] (format in
 //!   ARCHITECTURE.md and below).
 //! - `log`: [`LogRecord`], one per commit (the exact states of the nodes
 //!   it touched, its removals) or domain change; [`LogRecord::from_commit`].
@@ -58,7 +58,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// Everything a restarted daemon needs to keep serving its guests.
 #[derive(Clone, Debug)]
-pub struct State {
+pub struct SavedState {
     pub snapshot: engine::Snapshot,
     pub domains: Vec<DomainRecord>,
     pub global_quotas: Vec<QuotaValue>,

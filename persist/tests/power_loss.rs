@@ -53,7 +53,7 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use engine::{DomId, Path, Perms, Snapshot, Store, TreeEntry};
-use persist::{DomainRecord, LoadError, LogRecord, QuotaValue, Recovered, State, StateDir, Storage, StorageFile};
+use persist::{DomainRecord, LoadError, LogRecord, QuotaValue, Recovered, SavedState, StateDir, Storage, StorageFile};
 use proptest::prelude::*;
 use sim_storage::{Choices, SimStorage, is_power_loss};
 
@@ -158,7 +158,7 @@ struct Seen {
     global_quotas: Vec<QuotaValue>,
 }
 
-fn seen(s: &State) -> Seen {
+fn seen(s: &SavedState) -> Seen {
     Seen {
         entries: s.snapshot.entries().collect(),
         next_generation: s.snapshot.next_generation(),
@@ -170,14 +170,14 @@ fn seen(s: &State) -> Seen {
 /// The daemon's first state: not the empty tree that recovery starts from
 /// when it finds logs and no checkpoint, so that losing the first
 /// checkpoint could not go unnoticed.
-fn first_state() -> State {
+fn first_state() -> SavedState {
     let snap =
         Snapshot::new(Perms::owned_by(DomId(0))).with_special(&path(6), Perms::owned_by(DomId(0))).expect("special");
     let store = Store::new(snap);
     let mut tx = store.begin();
     tx.write(&Path::new("/tool/xenstored").expect("valid"), b"rx", None).expect("write");
     store.commit(tx, |_| Ok::<_, ()>(())).expect("commit");
-    State {
+    SavedState {
         snapshot: store.snapshot(),
         domains: Vec::new(),
         global_quotas: vec![QuotaValue { name: "nodes".into(), value: 1000, soft: false }],
@@ -188,14 +188,14 @@ fn first_state() -> State {
 #[derive(Clone)]
 struct History {
     /// The state after each commit, by sequence number (0: the first state).
-    states: Vec<State>,
+    states: Vec<SavedState>,
     acknowledged: u64,
     attempted: u64,
 }
 
 impl History {
     /// Checks a recovery against the history; the daemon's state after it.
-    fn recovered(&mut self, got: Option<Recovered>) -> Result<(u64, State), String> {
+    fn recovered(&mut self, got: Option<Recovered>) -> Result<(u64, SavedState), String> {
         let (seq, state) = match got {
             None if self.acknowledged == 0 => (0, self.states[0].clone()),
             None => return Err(format!("no state recovered; commit {} was acknowledged", self.acknowledged)),
@@ -220,16 +220,16 @@ impl History {
 }
 
 /// The daemon's memory: its store, domains, quotas and last commit.
-struct Daemon {
+struct DaemonMemory {
     store: Store,
     domains: Vec<DomainRecord>,
     global_quotas: Vec<QuotaValue>,
     seq: u64,
 }
 
-impl Daemon {
-    fn state(&self) -> State {
-        State {
+impl DaemonMemory {
+    fn state(&self) -> SavedState {
+        SavedState {
             snapshot: self.store.snapshot(),
             domains: self.domains.clone(),
             global_quotas: self.global_quotas.clone(),
@@ -297,7 +297,7 @@ fn open(storage: &SimStorage) -> std::io::Result<StateDir> {
 }
 
 /// Recovery as the daemon does it; `Ok(None)` if the power failed.
-fn recover(sd: &StateDir, history: &mut History) -> Result<Option<(u64, State)>, String> {
+fn recover(sd: &StateDir, history: &mut History) -> Result<Option<(u64, SavedState)>, String> {
     match sd.load() {
         Err(LoadError::Io { source, .. }) if is_power_loss(&source) => Ok(None),
         Err(e) => Err(format!("recovery refused: {e}")),
@@ -310,8 +310,12 @@ fn live(storage: &SimStorage, life: &Life, history: &mut History, trace: &mut Ve
     let mut sd = io!(open(storage), "open");
     let Some((seq, state)) = recover(&sd, history)? else { return Ok(()) };
     trace.push(format!("recovered commit {seq}"));
-    let mut d =
-        Daemon { store: Store::new(state.snapshot), domains: state.domains, global_quotas: state.global_quotas, seq };
+    let mut d = DaemonMemory {
+        store: Store::new(state.snapshot),
+        domains: state.domains,
+        global_quotas: state.global_quotas,
+        seq,
+    };
     let commit_mode = life.durability == Durability::Commit;
     // Persistence::start.
     let writer = sd.checkpoint_writer();
@@ -320,9 +324,9 @@ fn live(storage: &SimStorage, life: &Life, history: &mut History, trace: &mut Ve
         io!(sd.start_log(d.seq + 1), "start_log");
     }
     io!(sd.prune(d.seq), "prune");
-    let mut writing: Option<(u64, State)> = None;
+    let mut writing: Option<(u64, SavedState)> = None;
     let mut since_checkpoint = 0;
-    let finish = |writing: &mut Option<(u64, State)>, history: &mut History| -> std::io::Result<Option<u64>> {
+    let finish = |writing: &mut Option<(u64, SavedState)>, history: &mut History| -> std::io::Result<Option<u64>> {
         let Some((seq, state)) = writing.take() else { return Ok(None) };
         history.attempted = history.attempted.max(seq);
         writer.write(&state, seq)?;

@@ -6,7 +6,7 @@
 //! wrong or crashes the daemon instead of being reported.
 
 use engine::{DomId, Path, Perms, Snapshot, Store, TreeEntry};
-use persist::{DomainRecord, LoadError, LogRecord, QuotaValue, State, StateDir, WatchRecord};
+use persist::{DomainRecord, LoadError, LogRecord, QuotaValue, SavedState, StateDir, WatchRecord};
 use proptest::prelude::*;
 
 const PATHS: &[&str] = &["/a", "/a/b", "/a/c", "/a/b/d", "/b", "/b/x", "@releaseDomain"];
@@ -82,7 +82,7 @@ proptest! {
         let store = fresh_store();
         run(&store, &ops);
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = State { snapshot: store.snapshot(), domains: domains(), global_quotas: vec![QuotaValue { name: "memory".into(), value: 9, soft: true }] };
+        let state = SavedState { snapshot: store.snapshot(), domains: domains(), global_quotas: vec![QuotaValue { name: "memory".into(), value: 9, soft: true }] };
         StateDir::write_checkpoint(dir.path(), &state, 42).expect("write");
         let got = StateDir::open(dir.path()).expect("open").load().expect("load").expect("state");
         prop_assert_eq!(got.seq, 42);
@@ -105,7 +105,7 @@ proptest! {
         for r in &records[..cut] {
             r.apply(&mut snap).expect("apply");
         }
-        let state = State { snapshot: snap, domains: Vec::new(), global_quotas: Vec::new() };
+        let state = SavedState { snapshot: snap, domains: Vec::new(), global_quotas: Vec::new() };
         StateDir::write_checkpoint(dir.path(), &state, cut as u64).expect("checkpoint");
         sd.start_log(cut as u64 + 1).expect("log");
         sd.append(&records[cut..]).expect("append");
@@ -121,7 +121,7 @@ proptest! {
         let store = fresh_store();
         run(&store, &ops);
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = State { snapshot: store.snapshot(), domains: domains(), global_quotas: Vec::new() };
+        let state = SavedState { snapshot: store.snapshot(), domains: domains(), global_quotas: Vec::new() };
         let file = StateDir::write_checkpoint(dir.path(), &state, 1).expect("write");
         let mut bytes = std::fs::read(&file).expect("read");
         let i = at.index(bytes.len());
@@ -211,7 +211,7 @@ fn damage_inside_the_log_is_corruption() {
 #[test]
 fn newer_format_versions_are_refused_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = State { snapshot: fresh_store().snapshot(), domains: Vec::new(), global_quotas: Vec::new() };
+    let state = SavedState { snapshot: fresh_store().snapshot(), domains: Vec::new(), global_quotas: Vec::new() };
     let file = StateDir::write_checkpoint(dir.path(), &state, 1).expect("write");
     let mut bytes = std::fs::read(&file).expect("read");
     bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
@@ -252,7 +252,7 @@ fn prune_keeps_what_recovery_needs_and_set_aside_keeps_everything() {
     sd.append(&records[1..]).expect("append");
     StateDir::write_checkpoint(
         dir.path(),
-        &State { snapshot: snap, domains: Vec::new(), global_quotas: Vec::new() },
+        &SavedState { snapshot: snap, domains: Vec::new(), global_quotas: Vec::new() },
         1,
     )
     .expect("cp");

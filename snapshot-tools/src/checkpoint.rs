@@ -105,8 +105,8 @@ fn quotas(q: &[persist::QuotaValue]) -> Vec<Quota> {
     q.iter().map(|q| Quota::new(&q.name, q.value)).collect()
 }
 
-/// A persist [`persist::State`] as the model (version 2, little-endian).
-pub fn snapshot_from_state(state: &persist::State) -> Stream {
+/// A saved [`persist::SavedState`] as a stream (version 2, little-endian).
+pub fn stream_from_state(state: &persist::SavedState) -> Stream {
     let mut snap = Stream { version: 2, nodes: crate::engine_conv::from_engine(&state.snapshot), ..Stream::default() };
     if !state.global_quotas.is_empty() {
         snap.global_quota = Some(GlobalQuota { per_domain: quotas(&state.global_quotas), global_only: Vec::new() });
@@ -147,6 +147,6 @@ pub fn snapshot_from_state(state: &persist::State) -> Stream {
 }
 
 /// The state as a [`Parsed`] without records or findings.
-pub fn parsed_from_state(state: &persist::State, file_len: usize) -> Parsed {
-    Parsed { file_len, flags: 0, snapshot: snapshot_from_state(state), records: Vec::new(), findings: Vec::new() }
+pub fn parsed_from_state(state: &persist::SavedState, file_len: usize) -> Parsed {
+    Parsed { file_len, flags: 0, snapshot: stream_from_state(state), records: Vec::new(), findings: Vec::new() }
 }

@@ -71,153 +71,226 @@ pub struct CVerdict {
 
 /// Checks `parsed` against the reader of C `version`.
 pub fn check(parsed: &Parsed, version: CVersion) -> CVerdict {
-    let snap = &parsed.snapshot;
-    let mut breaks = Vec::new();
-    let mut dropped = Vec::new();
-    let mut brk = |offset: u64, rule: &'static str, message: String| breaks.push(RuleBreak { offset, rule, message });
-    let mut drop = |offset: u64, rule: &'static str, message: String| dropped.push(RuleBreak { offset, rule, message });
-
-    let ok_version = match version {
-        CVersion::V417 => snap.version == 1,
-        _ => (1..=2).contains(&snap.version),
-    };
-    if !ok_version {
-        brk(8, "1.9", format!("stream version {} not supported by C {version}", snap.version));
-    }
-    if parsed.flags != 0 {
-        brk(12, "1.2", format!("flags 0x{:x} differ from a little-endian host's 0", parsed.flags));
-    }
-    // Structural damage C does not check for: it reads out of bounds.
-    for f in &parsed.findings {
-        if matches!(
-            f.problem,
-            Problem::PastEndOfFile { .. }
-                | Problem::LengthTooSmall { .. }
-                | Problem::StringOverflow { .. }
-                | Problem::ConnLengthMismatch { .. }
-                | Problem::BadConnType(_)
-        ) {
-            brk(f.offset, "2.2", format!("C reads this record without bounds checks: {}", f.problem));
-        }
-        if matches!(f.problem, Problem::MissingEnd) && version != CVersion::V417 {
-            brk(f.offset, "1.7 rule 8", "no END: the sequential reader fails at end of file".into());
-        }
-    }
-
-    let mut global_seen = false;
-    let mut conn_or_node_seen = false;
-    let mut priv_seen = false;
-    let mut conns: HashSet<u32> = HashSet::new();
-    let mut domains: HashSet<u16> = HashSet::new();
-    let mut paths: HashSet<&[u8]> = HashSet::new();
-    for rec in &parsed.records {
-        let at = rec.offset;
-        match rec.item {
-            Item::Global => global_seen = true,
-            Item::GlobalQuota => match version {
-                CVersion::V422 if conn_or_node_seen => {
-                    brk(at, "1.7 rule 2", "GLOBAL_QUOTA_DATA after a CONNECTION or NODE".into())
-                }
-                CVersion::V422 => {}
-                _ => drop(at, "1.4", format!("GLOBAL_QUOTA_DATA ignored by C {version}: global quotas lost")),
-            },
-            Item::Connection(i) => {
-                conn_or_node_seen = true;
-                let Some(c) = snap.connections.get(i) else {
-                    continue;
-                };
-                conns.insert(c.conn_id);
-                if let ConnectionKind::Ring { domid, target, .. } = c.kind {
-                    if !global_seen {
-                        brk(at, "1.7 rule 1", format!("ring CONNECTION (domain {domid}) before GLOBAL_DATA"));
-                    }
-                    if domid == 0 {
-                        priv_seen = true;
-                    }
-                    domains.insert(domid);
-                    if target != DOMID_INVALID {
-                        domains.insert(target);
-                    }
-                }
-            }
-            Item::Watch(i, layout) => {
-                let Some(w) = snap.watches.get(i) else {
-                    continue;
-                };
-                if rec.rtype == rtype::WATCH_EXT {
-                    if version != CVersion::V422 {
-                        drop(at, "1.9", format!("WATCH_DATA_EXTENDED skipped by C {version}: watch lost"));
-                        continue;
-                    }
-                    let how = match layout {
-                        Some(WatchExtLayout::Bug422) => "the 4.22 reader takes depth from the path's first bytes",
-                        _ => "the 4.22 reader expects strings at offset 10, not 12",
-                    };
-                    brk(at, "1.5.5", format!("WATCH_DATA_EXTENDED would be misread: {how}"));
-                }
-                if !conns.contains(&w.conn_id) {
-                    brk(at, "1.7 rule 4", format!("WATCH conn-id {} unknown", w.conn_id));
-                }
-            }
-            Item::Transaction(_) => drop(at, "1.5.6", "TRANSACTION_DATA ignored by every C reader".into()),
-            Item::Node(i) => {
-                conn_or_node_seen = true;
-                let Some(n) = snap.nodes.get(i) else { continue };
-                if !priv_seen {
-                    brk(at, "1.7 rule 3", "NODE before privileged ring CONNECTION".into());
-                    priv_seen = true; // report once
-                }
-                if n.conn_id != 0 {
-                    brk(at, "1.5.7", format!("transaction NODE {:?} would be applied as committed", n.path_str()));
-                }
-                if let Some(owner) = n.owner() {
-                    domains.insert(owner);
-                }
-                if n.is_special() {
-                    continue;
-                }
-                if !paths.insert(&n.path) {
-                    brk(at, "1.7 rule 6", format!("NODE {:?} twice: its children are unlinked", n.path_str()));
-                }
-                if let Some(parent) = parent_of(&n.path)
-                    && parent != b"/"
-                    && !paths.contains(parent)
-                {
-                    brk(at, "1.7 rule 6", format!("read parent error restoring node {:?}", n.path_str()));
-                }
-            }
-            Item::Domain(i) => {
-                let Some(d) = snap.domains.get(i) else {
-                    continue;
-                };
-                if version == CVersion::V417 {
-                    drop(at, "1.4", format!("DOMAIN {} ignored by C 4.17: features/quotas lost", d.domid));
-                } else if !domains.contains(&d.domid) {
-                    brk(at, "1.7 rule 7", format!("DOMAIN {} with no prior reference", d.domid));
-                } else if version == CVersion::V421 && !d.quotas.is_empty() {
-                    drop(at, "1.5.9", format!("DOMAIN {} quotas ignored by C 4.21", d.domid));
-                }
-            }
-            Item::End => break,
-            Item::Skipped => {
-                if rec.rtype > rtype::WATCH_EXT {
-                    drop(at, "1.4", format!("unknown record type {} skipped", rec.rtype));
-                } else {
-                    brk(at, "2.2", format!("damaged {} record", record_type_name(rec.rtype)));
-                }
-            }
-        }
-    }
-    if !global_seen && snap.connections.iter().any(|c| matches!(c.kind, ConnectionKind::Ring { .. })) {
-        brk(16, "1.7 rule 1", "no GLOBAL_DATA: ring connections cannot be restored".into());
-    }
-    if !snap.nodes.is_empty() && !snap.nodes.iter().any(|n| n.path == b"/") {
-        dropped.push(RuleBreak {
-            offset: 16,
-            rule: "1.8",
-            message: "no NODE for /: its permissions are defaults".into(),
-        });
-    }
+    let mut out = Outcome { version, breaks: Vec::new(), dropped: Vec::new() };
+    out.preamble(parsed);
+    out.damage(parsed);
+    let global_seen = RecordWalk::new(parsed).run(&mut out);
+    out.whole_stream(parsed, global_seen);
+    let Outcome { mut breaks, dropped, .. } = out;
     breaks.sort_by_key(|b| b.offset);
     CVerdict { version, accepted: breaks.is_empty(), breaks, dropped }
+}
+
+/// What the reader of one C version makes of the stream, as found so far.
+struct Outcome {
+    version: CVersion,
+    breaks: Vec<RuleBreak>,
+    dropped: Vec<RuleBreak>,
+}
+
+impl Outcome {
+    /// A rule broken at `offset`.
+    fn broken(&mut self, offset: u64, rule: &'static str, message: String) {
+        self.breaks.push(RuleBreak { offset, rule, message });
+    }
+
+    /// Data the reader skips or ignores at `offset`.
+    fn drops(&mut self, offset: u64, rule: &'static str, message: String) {
+        self.dropped.push(RuleBreak { offset, rule, message });
+    }
+
+    /// The preamble: the version the reader takes, and the byte order.
+    fn preamble(&mut self, parsed: &Parsed) {
+        let version = self.version;
+        let stream = parsed.snapshot.version;
+        let ok_version = match version {
+            CVersion::V417 => stream == 1,
+            _ => (1..=2).contains(&stream),
+        };
+        if !ok_version {
+            self.broken(8, "1.9", format!("stream version {stream} not supported by C {version}"));
+        }
+        if parsed.flags != 0 {
+            self.broken(12, "1.2", format!("flags 0x{:x} differ from a little-endian host's 0", parsed.flags));
+        }
+    }
+
+    /// Structural damage, which C does not check for: it reads out of
+    /// bounds.
+    fn damage(&mut self, parsed: &Parsed) {
+        for f in &parsed.findings {
+            if matches!(
+                f.problem,
+                Problem::PastEndOfFile { .. }
+                    | Problem::LengthTooSmall { .. }
+                    | Problem::StringOverflow { .. }
+                    | Problem::ConnLengthMismatch { .. }
+                    | Problem::BadConnType(_)
+            ) {
+                self.broken(f.offset, "2.2", format!("C reads this record without bounds checks: {}", f.problem));
+            }
+            if matches!(f.problem, Problem::MissingEnd) && self.version != CVersion::V417 {
+                self.broken(f.offset, "1.7 rule 8", "no END: the sequential reader fails at end of file".into());
+            }
+        }
+    }
+
+    /// What only the whole stream shows: ring connections without
+    /// GLOBAL_DATA (`global_seen`: the reader met one), a tree without its
+    /// root.
+    fn whole_stream(&mut self, parsed: &Parsed, global_seen: bool) {
+        let snap = &parsed.snapshot;
+        if !global_seen && snap.connections.iter().any(|c| matches!(c.kind, ConnectionKind::Ring { .. })) {
+            self.broken(16, "1.7 rule 1", "no GLOBAL_DATA: ring connections cannot be restored".into());
+        }
+        if !snap.nodes.is_empty() && !snap.nodes.iter().any(|n| n.path == b"/") {
+            self.drops(16, "1.8", "no NODE for /: its permissions are defaults".into());
+        }
+    }
+}
+
+/// The records in file order, with what the C reader knows when it reaches
+/// each (up to END: it reads nothing after).
+struct RecordWalk<'a> {
+    parsed: &'a Parsed,
+    global_seen: bool,
+    conn_or_node_seen: bool,
+    /// A privileged ring connection (or the one report of its absence).
+    priv_seen: bool,
+    conns: HashSet<u32>,
+    domains: HashSet<u16>,
+    paths: HashSet<&'a [u8]>,
+}
+
+impl<'a> RecordWalk<'a> {
+    fn new(parsed: &'a Parsed) -> Self {
+        RecordWalk {
+            parsed,
+            global_seen: false,
+            conn_or_node_seen: false,
+            priv_seen: false,
+            conns: HashSet::new(),
+            domains: HashSet::new(),
+            paths: HashSet::new(),
+        }
+    }
+
+    /// Walks the records; returns whether the reader met a GLOBAL_DATA.
+    fn run(mut self, out: &mut Outcome) -> bool {
+        for rec in &self.parsed.records {
+            let at = rec.offset;
+            match rec.item {
+                Item::Global => self.global_seen = true,
+                Item::GlobalQuota => self.global_quota(at, out),
+                Item::Connection(i) => self.connection(at, i, out),
+                Item::Watch(i, layout) => self.watch(at, rec.rtype, i, layout, out),
+                Item::Transaction(_) => out.drops(at, "1.5.6", "TRANSACTION_DATA ignored by every C reader".into()),
+                Item::Node(i) => self.node(at, i, out),
+                Item::Domain(i) => self.domain(at, i, out),
+                Item::End => break,
+                Item::Skipped => {
+                    if rec.rtype > rtype::WATCH_EXT {
+                        out.drops(at, "1.4", format!("unknown record type {} skipped", rec.rtype));
+                    } else {
+                        out.broken(at, "2.2", format!("damaged {} record", record_type_name(rec.rtype)));
+                    }
+                }
+            }
+        }
+        self.global_seen
+    }
+
+    fn global_quota(&self, at: u64, out: &mut Outcome) {
+        match out.version {
+            CVersion::V422 if self.conn_or_node_seen => {
+                out.broken(at, "1.7 rule 2", "GLOBAL_QUOTA_DATA after a CONNECTION or NODE".into())
+            }
+            CVersion::V422 => {}
+            version => out.drops(at, "1.4", format!("GLOBAL_QUOTA_DATA ignored by C {version}: global quotas lost")),
+        }
+    }
+
+    fn connection(&mut self, at: u64, i: usize, out: &mut Outcome) {
+        self.conn_or_node_seen = true;
+        let Some(c) = self.parsed.snapshot.connections.get(i) else {
+            return;
+        };
+        self.conns.insert(c.conn_id);
+        if let ConnectionKind::Ring { domid, target, .. } = c.kind {
+            if !self.global_seen {
+                out.broken(at, "1.7 rule 1", format!("ring CONNECTION (domain {domid}) before GLOBAL_DATA"));
+            }
+            if domid == 0 {
+                self.priv_seen = true;
+            }
+            self.domains.insert(domid);
+            if target != DOMID_INVALID {
+                self.domains.insert(target);
+            }
+        }
+    }
+
+    fn watch(&self, at: u64, record_type: u32, i: usize, layout: Option<WatchExtLayout>, out: &mut Outcome) {
+        let Some(w) = self.parsed.snapshot.watches.get(i) else {
+            return;
+        };
+        if record_type == rtype::WATCH_EXT {
+            let version = out.version;
+            if version != CVersion::V422 {
+                out.drops(at, "1.9", format!("WATCH_DATA_EXTENDED skipped by C {version}: watch lost"));
+                return;
+            }
+            let how = match layout {
+                Some(WatchExtLayout::Bug422) => "the 4.22 reader takes depth from the path's first bytes",
+                _ => "the 4.22 reader expects strings at offset 10, not 12",
+            };
+            out.broken(at, "1.5.5", format!("WATCH_DATA_EXTENDED would be misread: {how}"));
+        }
+        if !self.conns.contains(&w.conn_id) {
+            out.broken(at, "1.7 rule 4", format!("WATCH conn-id {} unknown", w.conn_id));
+        }
+    }
+
+    fn node(&mut self, at: u64, i: usize, out: &mut Outcome) {
+        self.conn_or_node_seen = true;
+        let Some(n) = self.parsed.snapshot.nodes.get(i) else {
+            return;
+        };
+        if !self.priv_seen {
+            out.broken(at, "1.7 rule 3", "NODE before privileged ring CONNECTION".into());
+            self.priv_seen = true; // report once
+        }
+        if n.conn_id != 0 {
+            out.broken(at, "1.5.7", format!("transaction NODE {:?} would be applied as committed", n.path_str()));
+        }
+        if let Some(owner) = n.owner() {
+            self.domains.insert(owner);
+        }
+        if n.is_special() {
+            return;
+        }
+        if !self.paths.insert(&n.path) {
+            out.broken(at, "1.7 rule 6", format!("NODE {:?} twice: its children are unlinked", n.path_str()));
+        }
+        if let Some(parent) = parent_of(&n.path)
+            && parent != b"/"
+            && !self.paths.contains(parent)
+        {
+            out.broken(at, "1.7 rule 6", format!("read parent error restoring node {:?}", n.path_str()));
+        }
+    }
+
+    fn domain(&self, at: u64, i: usize, out: &mut Outcome) {
+        let Some(d) = self.parsed.snapshot.domains.get(i) else {
+            return;
+        };
+        let version = out.version;
+        if version == CVersion::V417 {
+            out.drops(at, "1.4", format!("DOMAIN {} ignored by C 4.17: features/quotas lost", d.domid));
+        } else if !self.domains.contains(&d.domid) {
+            out.broken(at, "1.7 rule 7", format!("DOMAIN {} with no prior reference", d.domid));
+        } else if version == CVersion::V421 && !d.quotas.is_empty() {
+            out.drops(at, "1.5.9", format!("DOMAIN {} quotas ignored by C 4.21", d.domid));
+        }
+    }
 }

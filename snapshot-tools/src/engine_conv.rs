@@ -7,7 +7,7 @@
 //! per-entry `IGNORE` flag (C recomputes it; ours never leaks permissions of
 //! a departed domain because RELEASE strips them).
 
-use engine::{Access, DomId, Path, Perm as EnginePerm, Perms, Snapshot as Store, TreeEntry};
+use engine::{Access, DomId, Path, Perm as EnginePerm, Perms, Snapshot, TreeEntry};
 
 use crate::model::{Node, Perm};
 
@@ -39,10 +39,10 @@ fn perms_of(node: &Node) -> Result<Perms, ConvError> {
     Perms::new(&entries).map_err(|_| ConvError::NoPerms { path: path() })
 }
 
-/// The committed nodes (those outside transactions) as a store. Special
+/// The committed nodes (those outside transactions) as a store version. Special
 /// nodes may come anywhere (4.17 writes them first); every other node must
 /// follow its parent, as C writes the tree.
-pub fn to_engine(nodes: &[Node]) -> Result<Store, ConvError> {
+pub fn to_engine(nodes: &[Node]) -> Result<Snapshot, ConvError> {
     let mut entries = Vec::with_capacity(nodes.len());
     // The root first, then the rest in stream order.
     let committed = || nodes.iter().filter(|n| n.conn_id == 0);
@@ -56,19 +56,19 @@ pub fn to_engine(nodes: &[Node]) -> Result<Store, ConvError> {
             generation: generation as u64,
         });
     }
-    Ok(Store::from_entries(entries)?)
+    Ok(Snapshot::from_entries(entries)?)
 }
 
-/// The store's nodes as committed NODE_DATA records: the tree in pre-order
+/// A store version's nodes as committed NODE_DATA records: the tree in pre-order
 /// (parents first, children in creation order), then the special nodes.
-pub fn from_engine(store: &Store) -> Vec<Node> {
+pub fn from_engine(snapshot: &Snapshot) -> Vec<Node> {
     let node = |path: &str, n: &engine::Node| {
         let perms = n.perms().entries().iter().map(|p| Perm::new(p.access.letter() as u8, p.domid.0)).collect();
         Node::committed(path.as_bytes(), n.value().as_bytes(), perms)
     };
-    let mut out: Vec<Node> = Vec::with_capacity(store.len());
-    store.for_each_in_tree(|p, n| out.push(node(p, n)));
-    let mut specials: Vec<Node> = store.special_nodes().map(|(p, n)| node(p.as_str(), n)).collect();
+    let mut out: Vec<Node> = Vec::with_capacity(snapshot.len());
+    snapshot.for_each_in_tree(|p, n| out.push(node(p, n)));
+    let mut specials: Vec<Node> = snapshot.special_nodes().map(|(p, n)| node(p.as_str(), n)).collect();
     specials.sort_by(|a, b| a.path.cmp(&b.path));
     out.extend(specials);
     out

@@ -486,130 +486,220 @@ const C_DEFAULT_QUOTAS: [(&str, u32); 10] = [
 /// Builds the summary of a binary stream.
 pub fn summarize(file: &str, p: &Parsed) -> Summary {
     let s = &p.snapshot;
-    let order = s.byte_order;
-    let mut record_counts = BTreeMap::new();
-    for r in &p.records {
-        *record_counts.entry(record_type_name(r.rtype).to_string()).or_insert(0) += 1;
-    }
     let (producer, evidence) = guess_producer(p);
-
-    // Connections.
-    let mut connections = Vec::new();
-    let mut lu_requesters = Vec::new();
-    for c in &s.connections {
-        let (input, partial_resp, output) = pending_of(c, order);
-        let mut pending = Vec::new();
-        let mut delayed_ts = 0;
-        for m in &input.messages {
-            if m.header.msg_type == Op::TransactionStart.code() {
-                delayed_ts += 1;
-            }
-            pending.push(PendingMessage { kind: "delayed", text: describe_message(m, true) });
-        }
-        if let Some(part) = &input.partial {
-            let text = match (part.header, part.missing_payload()) {
-                (Some(h), Some(missing)) => format!(
-                    "partial {} req {}, len {}: {} payload bytes missing",
-                    type_name(h.msg_type),
-                    h.req_id,
-                    h.len,
-                    missing
-                ),
-                _ => format!("partial header: {} of 16 bytes", part.bytes.len()),
-            };
-            pending.push(PendingMessage { kind: "partial-request", text });
-        }
-        if !partial_resp.is_empty() {
-            pending.push(PendingMessage {
-                kind: "partial-response",
-                text: format!("{} bytes of a partly sent response", partial_resp.len()),
-            });
-        }
-        let mut non_event = 0;
-        for (i, m) in output.messages.iter().enumerate() {
-            let last = i + 1 == output.messages.len();
-            let kind = if last && m.is_lu_ok_reply() {
-                lu_requesters.push(c.conn_id);
-                "lu-reply"
-            } else if m.header.msg_type == Op::WatchEvent.code() {
-                "watch-event"
-            } else {
-                non_event += 1;
-                "queued"
-            };
-            pending.push(PendingMessage { kind, text: describe_message(m, false) });
-        }
-        let watches = s
-            .watches
+    let connections: Vec<ConnSummary> = s.connections.iter().map(|c| conn_summary(s, c)).collect();
+    let global_quotas = global_quotas(s);
+    let committed: Vec<&Node> = s.nodes.iter().filter(|n| n.conn_id == 0).collect();
+    let max_by = |f: &dyn Fn(&Node) -> usize| {
+        committed.iter().map(|n| (f(n), n)).max_by_key(|(k, _)| *k).map(|(k, n)| (k, escape(&n.path)))
+    };
+    Summary {
+        file: file.to_string(),
+        kind: "binary stream".into(),
+        size: p.file_len,
+        version: s.version,
+        byte_order: if s.byte_order == ByteOrder::Little { "little-endian" } else { "big-endian" },
+        preamble_ok_c417: s.version == 1 && p.flags == 0,
+        preamble_ok_c421: (1..=2).contains(&s.version) && p.flags == 0,
+        producer,
+        evidence,
+        record_counts: record_counts(p),
+        findings: p
+            .findings
             .iter()
-            .filter(|w| w.conn_id == c.conn_id)
-            .map(|w| {
-                let rel = if w.path.first().is_some_and(|b| *b != b'/' && *b != b'@') { " (relative)" } else { "" };
-                match w.depth {
-                    Some(d) => format!("'{}' token '{}' depth {d}{rel}", escape(&w.path), escape(&w.token)),
-                    None => format!("'{}' token '{}'{rel}", escape(&w.path), escape(&w.token)),
-                }
-            })
-            .collect();
-        let (kind, domid, target, evtchn, fd) = match c.kind {
-            ConnectionKind::Ring { domid, target, evtchn } => {
-                ("ring", Some(domid), (target != DOMID_INVALID).then_some(target), Some(evtchn), None)
-            }
-            ConnectionKind::Socket { fd } => ("socket", None, None, None, Some(fd)),
+            .map(|f| FindingLine { offset: f.offset, severity: f.severity, message: f.problem.to_string() })
+            .collect(),
+        global: s.global.map(|g| (g.socket_fd, g.evtchn_fd)),
+        domains: domain_summaries(s, &committed, &connections, &global_quotas),
+        stubdom_targets: connections.iter().filter_map(|c| Some((c.domid?, c.target?))).collect(),
+        duplicate_evtchns: repeated(connections.iter().filter_map(|c| c.evtchn)),
+        duplicate_fds: repeated(connections.iter().filter_map(|c| c.fd).chain(listening_fd(s))),
+        lu_requesters: connections
+            .iter()
+            .filter(|c| c.pending.last().is_some_and(|m| m.kind == LU_REPLY))
+            .map(|c| c.conn_id)
+            .collect(),
+        connections,
+        transactions: transaction_lines(s),
+        node_count: committed.len(),
+        largest_value: max_by(&|n| n.value.len()),
+        longest_path: max_by(&|n| n.path.len()),
+        max_perms: max_by(&|n| n.perms.len()),
+        has_root: committed.iter().any(|n| n.path == b"/"),
+        special_nodes: committed.iter().filter(|n| n.is_special()).map(|n| escape(&n.path)).collect(),
+        global_quotas,
+    }
+}
+
+/// How many records of each type.
+fn record_counts(p: &Parsed) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in &p.records {
+        *counts.entry(record_type_name(r.rtype).to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The kind of the queued `OK` that answers the live-update request.
+const LU_REPLY: &str = "lu-reply";
+
+/// One connection: what it is, its pending data and its watches.
+fn conn_summary(s: &Stream, c: &Connection) -> ConnSummary {
+    let (input, partial_resp, output) = pending_of(c, s.byte_order);
+    let pending = pending_messages(&input, &partial_resp, &output);
+    let (kind, domid, target, evtchn, fd) = match c.kind {
+        ConnectionKind::Ring { domid, target, evtchn } => {
+            ("ring", Some(domid), (target != DOMID_INVALID).then_some(target), Some(evtchn), None)
+        }
+        ConnectionKind::Socket { fd } => ("socket", None, None, None, Some(fd)),
+    };
+    let queued = pending.iter().filter(|m| m.kind == "queued").count();
+    ConnSummary {
+        conn_id: c.conn_id,
+        kind,
+        domid,
+        target,
+        evtchn,
+        fd,
+        unique_id: c.unique_id.map(|u| format!("0x{u:016x}")),
+        watches: watch_lines(s, c.conn_id),
+        delayed_transaction_starts: input
+            .messages
+            .iter()
+            .filter(|m| m.header.msg_type == Op::TransactionStart.code())
+            .count(),
+        outstanding: input.messages.len() + queued,
+        pending,
+    }
+}
+
+/// A connection's pending data as messages: the requests held back, a
+/// partial request, the rest of a partly sent response, the queued output
+/// (replies, watch events, and the live-update reply if it comes last).
+fn pending_messages(input: &Decoded, partial_resp: &[u8], output: &Decoded) -> Vec<PendingMessage> {
+    let mut pending: Vec<PendingMessage> =
+        input.messages.iter().map(|m| PendingMessage { kind: "delayed", text: describe_message(m, true) }).collect();
+    if let Some(part) = &input.partial {
+        let text = match (part.header, part.missing_payload()) {
+            (Some(h), Some(missing)) => format!(
+                "partial {} req {}, len {}: {} payload bytes missing",
+                type_name(h.msg_type),
+                h.req_id,
+                h.len,
+                missing
+            ),
+            _ => format!("partial header: {} of 16 bytes", part.bytes.len()),
         };
-        connections.push(ConnSummary {
-            conn_id: c.conn_id,
-            kind,
-            domid,
-            target,
-            evtchn,
-            fd,
-            unique_id: c.unique_id.map(|u| format!("0x{u:016x}")),
-            pending,
-            watches,
-            delayed_transaction_starts: delayed_ts,
-            outstanding: input.messages.len() + non_event,
+        pending.push(PendingMessage { kind: "partial-request", text });
+    }
+    if !partial_resp.is_empty() {
+        pending.push(PendingMessage {
+            kind: "partial-response",
+            text: format!("{} bytes of a partly sent response", partial_resp.len()),
         });
     }
-
-    // Duplicates.
-    let dups = |vals: Vec<i64>| -> Vec<i64> {
-        let mut seen = BTreeSet::new();
-        let mut d = BTreeSet::new();
-        for v in vals {
-            if !seen.insert(v) {
-                d.insert(v);
-            }
-        }
-        d.into_iter().collect()
-    };
-    let duplicate_evtchns = dups(connections.iter().filter_map(|c| c.evtchn.map(i64::from)).collect())
-        .into_iter()
-        .map(|v| v as u32)
-        .collect();
-    let mut fds: Vec<i64> = connections.iter().filter_map(|c| c.fd.map(i64::from)).collect();
-    if let Some(g) = s.global
-        && g.socket_fd >= 0
-    {
-        fds.push(g.socket_fd.into());
+    for (i, m) in output.messages.iter().enumerate() {
+        let last = i + 1 == output.messages.len();
+        let kind = if last && m.is_lu_ok_reply() {
+            LU_REPLY
+        } else if m.header.msg_type == Op::WatchEvent.code() {
+            "watch-event"
+        } else {
+            "queued"
+        };
+        pending.push(PendingMessage { kind, text: describe_message(m, false) });
     }
-    let duplicate_fds = dups(fds).into_iter().map(|v| v as i32).collect();
+    pending
+}
 
-    // Quotas.
-    let mut global_quotas: BTreeMap<String, u32> = BTreeMap::new();
+/// A connection's watches: `'path' token 'token' [depth d] [(relative)]`.
+fn watch_lines(s: &Stream, conn_id: u32) -> Vec<String> {
+    s.watches
+        .iter()
+        .filter(|w| w.conn_id == conn_id)
+        .map(|w| {
+            let rel = if w.path.first().is_some_and(|b| *b != b'/' && *b != b'@') { " (relative)" } else { "" };
+            match w.depth {
+                Some(d) => format!("'{}' token '{}' depth {d}{rel}", escape(&w.path), escape(&w.token)),
+                None => format!("'{}' token '{}'{rel}", escape(&w.path), escape(&w.token)),
+            }
+        })
+        .collect()
+}
+
+/// The values that occur more than once, in order.
+fn repeated<T: Ord>(values: impl Iterator<Item = T>) -> Vec<T> {
+    let mut seen = BTreeSet::new();
+    let mut twice = BTreeSet::new();
+    for v in values {
+        if let Some(v) = seen.replace(v) {
+            twice.insert(v);
+        }
+    }
+    twice.into_iter().collect()
+}
+
+/// GLOBAL_DATA's listening socket, if it has one.
+fn listening_fd(s: &Stream) -> Option<i32> {
+    s.global.map(|g| g.socket_fd).filter(|fd| *fd >= 0)
+}
+
+/// The stream's global quota table (GLOBAL_QUOTA_DATA), by name.
+fn global_quotas(s: &Stream) -> BTreeMap<String, u32> {
+    let mut quotas = BTreeMap::new();
     if let Some(q) = &s.global_quota {
         for q in q.per_domain.iter().chain(&q.global_only) {
-            global_quotas.insert(escape(&q.name), q.value);
+            quotas.insert(escape(&q.name), q.value);
         }
     }
-    let effective_defaults: BTreeMap<String, u32> = if s.global_quota.is_some() {
+    quotas
+}
+
+/// What the committed nodes say of each domain, in one pass (a million
+/// nodes in a big file): the domains their permissions name, and per owner
+/// the node count and the largest value, path and ACL (the per-node
+/// limits, charged to the owner).
+#[derive(Default)]
+struct NodeUse {
+    named: HashMap<u16, (), foldhash::fast::RandomState>,
+    owned: HashMap<u16, usize, foldhash::fast::RandomState>,
+    largest: HashMap<u16, (usize, usize, usize), foldhash::fast::RandomState>,
+}
+
+impl NodeUse {
+    fn of(committed: &[&Node]) -> Self {
+        let mut u = NodeUse::default();
+        for n in committed {
+            for p in &n.perms {
+                if p.domid < DOMID_FIRST_RESERVED {
+                    u.named.insert(p.domid, ());
+                }
+            }
+            if let Some(owner) = n.owner() {
+                *u.owned.entry(owner).or_default() += 1;
+                let e = u.largest.entry(owner).or_default();
+                e.0 = e.0.max(n.value.len());
+                e.1 = e.1.max(n.path.len());
+                e.2 = e.2.max(n.perms.len());
+            }
+        }
+        u
+    }
+}
+
+/// Every domain the stream mentions (ring connections and their targets,
+/// DOMAIN records, node permissions), in order of domid.
+fn domain_summaries(
+    s: &Stream,
+    committed: &[&Node],
+    connections: &[ConnSummary],
+    global_quotas: &BTreeMap<String, u32>,
+) -> Vec<DomainSummary> {
+    let defaults: BTreeMap<String, u32> = if s.global_quota.is_some() {
         global_quotas.clone()
     } else {
         C_DEFAULT_QUOTAS.iter().map(|(n, v)| ((*n).to_string(), *v)).collect()
     };
-
-    // Domains.
-    let committed: Vec<&Node> = s.nodes.iter().filter(|n| n.conn_id == 0).collect();
     let mut domids: BTreeSet<u16> = BTreeSet::new();
     for c in &s.connections {
         if let ConnectionKind::Ring { domid, target, .. } = c.kind {
@@ -620,80 +710,82 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
         }
     }
     domids.extend(s.domains.iter().map(|d| d.domid));
-    // One pass over the nodes (a million in a big file): the domains their
-    // permissions name, and per owner the node count and the largest
-    // value, path and ACL (the per-node limits, charged to the owner).
-    let mut named: HashMap<u16, (), foldhash::fast::RandomState> = HashMap::default();
-    let mut owned: HashMap<Option<u16>, usize, foldhash::fast::RandomState> = HashMap::default();
-    let mut node_max: HashMap<u16, (usize, usize, usize), foldhash::fast::RandomState> = HashMap::default();
-    for n in &committed {
-        for p in &n.perms {
-            if p.domid < DOMID_FIRST_RESERVED {
-                named.insert(p.domid, ());
-            }
-        }
-        *owned.entry(n.owner()).or_default() += 1;
-        if let Some(owner) = n.owner() {
-            let e = node_max.entry(owner).or_default();
-            e.0 = e.0.max(n.value.len());
-            e.1 = e.1.max(n.path.len());
-            e.2 = e.2.max(n.perms.len());
-        }
-    }
-    domids.extend(named.into_keys());
+    let mut node_use = NodeUse::of(committed);
+    domids.extend(std::mem::take(&mut node_use.named).into_keys());
     let mut conns_of: HashMap<u16, Vec<&ConnSummary>> = HashMap::new();
-    for c in &connections {
+    for c in connections {
         if let Some(d) = c.domid {
             conns_of.entry(d).or_default().push(c);
         }
     }
     let records: HashMap<u16, &DomainData> = s.domains.iter().rev().map(|d| (d.domid, d)).collect();
-    let domains = domids
+    domids
         .into_iter()
         .map(|domid| {
-            let conns: Vec<&ConnSummary> = conns_of.get(&domid).cloned().unwrap_or_default();
-            let record = records.get(&domid).copied();
-            let nodes = owned.get(&Some(domid)).copied().unwrap_or(0);
-            let watches: usize = conns.iter().map(|c| c.watches.len()).sum();
-            let mut quotas = effective_defaults.clone();
-            if let Some(r) = record {
-                for q in &r.quotas {
-                    quotas.insert(escape(&q.name), q.value);
-                }
-            }
-            let mut over_quota = Vec::new();
-            let mut over = |name: &str, used: usize| {
-                if let Some(&limit) = quotas.get(name) {
-                    // The privileged domain is exempt from quotas in C.
-                    if domid != 0 && limit != 0 && used > limit as usize {
-                        over_quota.push(format!("{name} {used} > {limit}"));
-                    }
-                }
-            };
-            over("nodes", nodes);
-            over("watches", watches);
-            over("outstanding", conns.iter().map(|c| c.outstanding).sum());
-            let (value, path, perms) = node_max.get(&domid).copied().unwrap_or_default();
-            over("node-size", value);
-            over("path-max", path);
-            over("node-permissions", perms);
-            DomainSummary {
-                domid,
-                connections: conns.iter().map(|c| c.conn_id).collect(),
-                target: conns.iter().find_map(|c| c.target),
-                has_domain_record: record.is_some(),
-                referenced_only: conns.is_empty(),
-                features: record.map(|r| feature_names(r.features)).unwrap_or_default(),
-                nodes,
-                watches,
-                quotas,
-                over_quota,
-            }
+            let conns = conns_of.get(&domid).map(Vec::as_slice).unwrap_or_default();
+            domain_summary(domid, conns, records.get(&domid).copied(), &node_use, &defaults)
         })
-        .collect::<Vec<_>>();
-    let stubdom_targets = connections.iter().filter_map(|c| Some((c.domid?, c.target?))).collect();
+        .collect()
+}
 
-    let mut transactions: Vec<String> =
+/// One domain: its connections, its DOMAIN record, the nodes it owns, and
+/// the quotas it is over.
+fn domain_summary(
+    domid: u16,
+    conns: &[&ConnSummary],
+    record: Option<&DomainData>,
+    node_use: &NodeUse,
+    defaults: &BTreeMap<String, u32>,
+) -> DomainSummary {
+    let nodes = node_use.owned.get(&domid).copied().unwrap_or(0);
+    let watches: usize = conns.iter().map(|c| c.watches.len()).sum();
+    let mut quotas = defaults.clone();
+    if let Some(r) = record {
+        for q in &r.quotas {
+            quotas.insert(escape(&q.name), q.value);
+        }
+    }
+    let (value, path, perms) = node_use.largest.get(&domid).copied().unwrap_or_default();
+    let used = [
+        ("nodes", nodes),
+        ("watches", watches),
+        ("outstanding", conns.iter().map(|c| c.outstanding).sum()),
+        ("node-size", value),
+        ("path-max", path),
+        ("node-permissions", perms),
+    ];
+    DomainSummary {
+        domid,
+        connections: conns.iter().map(|c| c.conn_id).collect(),
+        target: conns.iter().find_map(|c| c.target),
+        has_domain_record: record.is_some(),
+        referenced_only: conns.is_empty(),
+        features: record.map(|r| feature_names(r.features)).unwrap_or_default(),
+        nodes,
+        watches,
+        over_quota: over_quota(domid, &used, &quotas),
+        quotas,
+    }
+}
+
+/// The quotas that `used` exceeds: `nodes 1200 > 1000`.
+fn over_quota(domid: u16, used: &[(&str, usize)], quotas: &BTreeMap<String, u32>) -> Vec<String> {
+    // The privileged domain is exempt from quotas in C.
+    if domid == 0 {
+        return Vec::new();
+    }
+    used.iter()
+        .filter_map(|&(name, used)| {
+            let limit = *quotas.get(name)?;
+            (limit != 0 && used > limit as usize).then(|| format!("{name} {used} > {limit}"))
+        })
+        .collect()
+}
+
+/// TRANSACTION_DATA records, then each transaction's nodes and what it
+/// did to them.
+fn transaction_lines(s: &Stream) -> Vec<String> {
+    let mut lines: Vec<String> =
         s.transactions.iter().map(|t| format!("TRANSACTION_DATA conn {} tx {}", t.conn_id, t.tx_id)).collect();
     let mut tx_nodes: BTreeMap<(u32, u32), Vec<String>> = BTreeMap::new();
     for n in s.nodes.iter().filter(|n| n.conn_id != 0) {
@@ -707,44 +799,9 @@ pub fn summarize(file: &str, p: &Parsed) -> Summary {
         tx_nodes.entry((n.conn_id, n.tx_id)).or_default().push(format!("{} {how}", escape(&n.path)));
     }
     for ((c, t), nodes) in tx_nodes {
-        transactions.push(format!("conn {c} tx {t}: {}", nodes.join(", ")));
+        lines.push(format!("conn {c} tx {t}: {}", nodes.join(", ")));
     }
-
-    let max_by = |f: &dyn Fn(&Node) -> usize| {
-        committed.iter().map(|n| (f(n), n)).max_by_key(|(k, _)| *k).map(|(k, n)| (k, escape(&n.path)))
-    };
-    Summary {
-        file: file.to_string(),
-        kind: "binary stream".into(),
-        size: p.file_len,
-        version: s.version,
-        byte_order: if order == ByteOrder::Little { "little-endian" } else { "big-endian" },
-        preamble_ok_c417: s.version == 1 && p.flags == 0,
-        preamble_ok_c421: (1..=2).contains(&s.version) && p.flags == 0,
-        producer,
-        evidence,
-        record_counts,
-        findings: p
-            .findings
-            .iter()
-            .map(|f| FindingLine { offset: f.offset, severity: f.severity, message: f.problem.to_string() })
-            .collect(),
-        global: s.global.map(|g| (g.socket_fd, g.evtchn_fd)),
-        domains,
-        stubdom_targets,
-        duplicate_evtchns,
-        duplicate_fds,
-        connections,
-        lu_requesters,
-        transactions,
-        node_count: committed.len(),
-        largest_value: max_by(&|n| n.value.len()),
-        longest_path: max_by(&|n| n.path.len()),
-        max_perms: max_by(&|n| n.perms.len()),
-        has_root: committed.iter().any(|n| n.path == b"/"),
-        special_nodes: committed.iter().filter(|n| n.is_special()).map(|n| escape(&n.path)).collect(),
-        global_quotas,
-    }
+    lines
 }
 
 /// Guesses which C release wrote the stream (§5.1).
@@ -828,35 +885,52 @@ impl Summary {
     /// Human-readable rendering.
     pub fn text(&self, st: Style) -> String {
         let mut o = String::new();
+        self.about_text(&mut o, st);
+        self.findings_text(&mut o, st);
+        self.domains_text(&mut o, st);
+        self.connections_text(&mut o, st);
+        self.contents_text(&mut o);
+        o
+    }
+
+    /// The file, its format and its producer, and the records it holds.
+    fn about_text(&self, o: &mut String, st: Style) {
         let yes = |b: bool| if b { "yes" } else { "no" };
-        o += &format!("{}\n", st.head(&format!("== {} ==", self.file)));
-        o += &format!("kind: {}, {} bytes, version {}, {}\n", self.kind, self.size, self.version, self.byte_order);
+        *o += &format!("{}\n", st.head(&format!("== {} ==", self.file)));
+        *o += &format!("kind: {}, {} bytes, version {}, {}\n", self.kind, self.size, self.version, self.byte_order);
         if self.kind == "binary stream" {
-            o += &format!(
+            *o += &format!(
                 "preamble accepted by C 4.17-4.20: {}, by C 4.21+: {}\n",
                 yes(self.preamble_ok_c417),
                 yes(self.preamble_ok_c421)
             );
         }
-        o += &format!("producer: {}\n", self.producer);
+        *o += &format!("producer: {}\n", self.producer);
         for e in &self.evidence {
-            o += &format!("  - {e}\n");
+            *o += &format!("  - {e}\n");
         }
         let counts: Vec<String> = self.record_counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        o += &format!("records: {}\n", counts.join(" "));
+        *o += &format!("records: {}\n", counts.join(" "));
+    }
+
+    fn findings_text(&self, o: &mut String, st: Style) {
         if self.findings.is_empty() {
-            o += &format!("{}\n", st.ok("findings: none"));
+            *o += &format!("{}\n", st.ok("findings: none"));
         } else {
-            o += &format!("{}\n", st.head(&format!("findings ({}):", self.findings.len())));
+            *o += &format!("{}\n", st.head(&format!("findings ({}):", self.findings.len())));
             for f in &self.findings {
                 let line = format!("  @0x{:04x} {:?}: {}", f.offset, f.severity, f.message);
-                o += &format!("{}\n", if f.severity == Severity::Error { st.err(&line) } else { st.warn(&line) });
+                *o += &format!("{}\n", if f.severity == Severity::Error { st.err(&line) } else { st.warn(&line) });
             }
         }
+    }
+
+    /// GLOBAL_DATA, the domains, stub domains and resources used twice.
+    fn domains_text(&self, o: &mut String, st: Style) {
         if let Some((sock, ev)) = self.global {
-            o += &format!("global: rw-socket-fd={sock} evtchn-fd={ev}\n");
+            *o += &format!("global: rw-socket-fd={sock} evtchn-fd={ev}\n");
         }
-        o += &format!("{}\n", st.head("domains:"));
+        *o += &format!("{}\n", st.head("domains:"));
         for d in &self.domains {
             let mut line = format!("  dom{}: ", d.domid);
             if d.referenced_only {
@@ -871,26 +945,31 @@ impl Summary {
             if d.has_domain_record {
                 line += &format!(", DOMAIN_DATA features [{}]", d.features.join(","));
             }
-            o += &line;
-            o += "\n";
+            *o += &line;
+            *o += "\n";
             if self.global_quotas.len() + usize::from(d.has_domain_record) > 0 && !d.quotas.is_empty() {
                 let q: Vec<String> = d.quotas.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                o += &format!("    quotas: {}\n", q.join(" "));
+                *o += &format!("    quotas: {}\n", q.join(" "));
             }
             for q in &d.over_quota {
-                o += &format!("    {}\n", st.warn(&format!("over quota: {q}")));
+                *o += &format!("    {}\n", st.warn(&format!("over quota: {q}")));
             }
         }
         for (d, t) in &self.stubdom_targets {
-            o += &format!("stub domain: dom{d} acts for dom{t}\n");
+            *o += &format!("stub domain: dom{d} acts for dom{t}\n");
         }
         if !self.duplicate_evtchns.is_empty() {
-            o += &format!("{}\n", st.warn(&format!("duplicate event channels: {:?}", self.duplicate_evtchns)));
+            *o += &format!("{}\n", st.warn(&format!("duplicate event channels: {:?}", self.duplicate_evtchns)));
         }
         if !self.duplicate_fds.is_empty() {
-            o += &format!("{}\n", st.warn(&format!("duplicate socket fds: {:?}", self.duplicate_fds)));
+            *o += &format!("{}\n", st.warn(&format!("duplicate socket fds: {:?}", self.duplicate_fds)));
         }
-        o += &format!("{}\n", st.head("connections:"));
+    }
+
+    /// Each connection with its pending data and watches, and who asked
+    /// for the live update.
+    fn connections_text(&self, o: &mut String, st: Style) {
+        *o += &format!("{}\n", st.head("connections:"));
         for c in &self.connections {
             let what = match c.kind {
                 "ring" => format!(
@@ -902,55 +981,58 @@ impl Summary {
                 _ => format!("socket fd {}", c.fd.unwrap_or_default()),
             };
             let uid = c.unique_id.as_ref().map(|u| format!(" unique-id {u}")).unwrap_or_default();
-            o += &format!("  conn {}: {what}{uid}\n", c.conn_id);
+            *o += &format!("  conn {}: {what}{uid}\n", c.conn_id);
             for m in &c.pending {
-                o += &format!("    {}: {}\n", m.kind, m.text);
+                *o += &format!("    {}: {}\n", m.kind, m.text);
             }
             for w in &c.watches {
-                o += &format!("    watch {w}\n");
+                *o += &format!("    watch {w}\n");
             }
             if c.delayed_transaction_starts > 0 {
-                o += &format!(
+                *o += &format!(
                     "    {} delayed TRANSACTION_START(s): the LU waited for or forced past transactions\n",
                     c.delayed_transaction_starts
                 );
             }
         }
         match self.lu_requesters.as_slice() {
-            [] => o += "live update requested by: unknown (no \"OK\" reply queued)\n",
-            [one] => o += &format!("live update requested by: conn {one}\n"),
-            many => o += &format!("{}\n", st.warn(&format!("several LU replies queued: conns {many:?}"))),
+            [] => *o += "live update requested by: unknown (no \"OK\" reply queued)\n",
+            [one] => *o += &format!("live update requested by: conn {one}\n"),
+            many => *o += &format!("{}\n", st.warn(&format!("several LU replies queued: conns {many:?}"))),
         }
+    }
+
+    /// Open transactions, the tree's figures and the global quotas.
+    fn contents_text(&self, o: &mut String) {
         if self.transactions.is_empty() {
-            o += "open transactions: none\n";
+            *o += "open transactions: none\n";
         } else {
-            o += "open transactions:\n";
+            *o += "open transactions:\n";
             for t in &self.transactions {
-                o += &format!("  {t}\n");
+                *o += &format!("  {t}\n");
             }
         }
-        o += &format!(
+        *o += &format!(
             "nodes: {} committed, root {}, special nodes [{}]\n",
             self.node_count,
             if self.has_root { "present" } else { "MISSING" },
             self.special_nodes.join(", ")
         );
         if let Some((n, p)) = &self.largest_value {
-            o += &format!("  largest value: {n} bytes ({p})\n");
+            *o += &format!("  largest value: {n} bytes ({p})\n");
         }
         if let Some((n, p)) = &self.longest_path {
-            o += &format!("  longest path: {n} bytes ({p})\n");
+            *o += &format!("  longest path: {n} bytes ({p})\n");
         }
         if let Some((n, p)) = &self.max_perms {
-            o += &format!("  most permissions: {n} ({p})\n");
+            *o += &format!("  most permissions: {n} ({p})\n");
         }
         if self.global_quotas.is_empty() {
-            o += "global quotas: not in stream (new binary's command line applies)\n";
+            *o += "global quotas: not in stream (new binary's command line applies)\n";
         } else {
             let q: Vec<String> = self.global_quotas.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            o += &format!("global quotas: {}\n", q.join(" "));
+            *o += &format!("global quotas: {}\n", q.join(" "));
         }
-        o
     }
 }
 

@@ -32,9 +32,9 @@ fn quota(name: &str, value: u32) -> persist::QuotaValue {
     persist::QuotaValue { name: name.into(), value, soft: false }
 }
 
-fn state() -> persist::State {
+fn state() -> persist::SavedState {
     let store = engine_conv::to_engine(&nodes()).expect("tree");
-    persist::State {
+    persist::SavedState {
         snapshot: store,
         domains: vec![
             persist::DomainRecord {

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use wire::client::Reply;
 
-use crate::daemon::{Daemon, Kind, Unavailable};
+use crate::daemon::{self, Kind, TestDaemon, Unavailable};
 
 fn kinds_from_env(var: &str, default: &str) -> Vec<Kind> {
     let s = std::env::var(var).unwrap_or_else(|_| default.to_string());
@@ -42,17 +42,17 @@ pub fn report_skip(kind: Kind, why: &dyn fmt::Display) {
 }
 
 /// Starts `kind`, or reports the skip (or fails, if `$XS_REQUIRE` names it).
-pub fn start_or_skip(kind: Kind) -> Option<Daemon> {
-    started_or_skipped(kind, Daemon::start(kind))
+pub fn start_or_skip(kind: Kind) -> Option<TestDaemon> {
+    started_or_skipped(kind, daemon::start(kind))
 }
 
 /// Starts rxenstored with `args`, or reports the skip (or fails, if
 /// `$XS_REQUIRE` names it).
-pub fn start_rx_or_skip(args: &[&str]) -> Option<Daemon> {
-    started_or_skipped(Kind::Rxenstored, Daemon::start_rx(args))
+pub fn start_rx_or_skip(args: &[&str]) -> Option<TestDaemon> {
+    started_or_skipped(Kind::Rxenstored, daemon::start_rx(args))
 }
 
-fn started_or_skipped(kind: Kind, started: Result<Daemon, Unavailable>) -> Option<Daemon> {
+fn started_or_skipped(kind: Kind, started: Result<TestDaemon, Unavailable>) -> Option<TestDaemon> {
     match started {
         Ok(d) => Some(d),
         Err(why) => {
@@ -78,7 +78,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// Runs `scenario` against a fresh instance of every selected, available
 /// daemon (each with an empty store), and fails if it fails on any of them,
 /// naming which.
-pub fn each_daemon(scenario: impl Fn(&Daemon)) {
+pub fn each_daemon(scenario: impl Fn(&TestDaemon)) {
     let mut failures = Vec::new();
     for kind in selected_kinds() {
         let Some(daemon) = start_or_skip(kind) else {

@@ -26,6 +26,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wire::Op;
@@ -96,11 +97,100 @@ pub struct BootResult {
     pub stall_note: Option<String>,
 }
 
+/// What a thread of a bootstorm did.
 #[derive(Debug, Default)]
-struct CreatorStats {
-    requests: u64,
+pub struct Stats {
+    /// Requests sent (retried transactions included).
+    pub requests: u64,
+    /// Domains completed.
+    pub domains: u32,
+    /// Transactions that ended in `EAGAIN` and were retried.
+    pub retries: u64,
+}
+
+/// A bootstorm thread: what it did, and how it ended.
+pub type Worker = JoinHandle<(Stats, Res<()>)>;
+
+/// Starts `clients` creator threads sharing the domain ids 1..=`domains`:
+/// each connects, and once all have (the run's start, when this returns),
+/// calls `create` for the next domain until none is left or `deadline` has
+/// passed (then the returned flag is set).
+pub fn start_creators<F>(
+    socket: &Path,
+    clients: usize,
     domains: u32,
-    retries: u64,
+    reply_timeout: Duration,
+    deadline: Duration,
+    create: F,
+) -> Res<(Vec<Worker>, Arc<AtomicBool>)>
+where
+    F: Fn(&mut Conn, u32, &mut Stats) -> Res<()> + Clone + Send + 'static,
+{
+    let next = Arc::new(AtomicU32::new(1));
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(clients + 1));
+    let mut creators = Vec::new();
+    for c in 0..clients {
+        let (next, timed_out, start) = (next.clone(), timed_out.clone(), start.clone());
+        let (create, socket) = (create.clone(), socket.to_path_buf());
+        let h = std::thread::Builder::new()
+            .name(format!("creator-{c}"))
+            .spawn(move || {
+                let conn = Conn::connect(&socket, reply_timeout);
+                start.wait();
+                let mut stats = Stats::default();
+                let r = conn.and_then(|mut conn| {
+                    let deadline = Instant::now() + deadline;
+                    loop {
+                        if Instant::now() >= deadline {
+                            timed_out.store(true, Ordering::Relaxed);
+                            return Ok(());
+                        }
+                        let d = next.fetch_add(1, Ordering::Relaxed);
+                        if d > domains {
+                            return Ok(());
+                        }
+                        create(&mut conn, d, &mut stats)
+                            .map_err(|e| e.context(format_args!("creator {c}, domain {d}")))?;
+                    }
+                });
+                (stats, r)
+            })
+            .map_err(|e| Fail::Wrong(format!("spawn: {e}")))?;
+        creators.push(h);
+    }
+    start.wait();
+    Ok((creators, timed_out))
+}
+
+/// What a run's threads came to.
+#[derive(Debug, Default)]
+pub struct Joined {
+    /// Their figures, summed.
+    pub stats: Stats,
+    /// The stalls, in the order the threads were given.
+    pub stalls: Vec<Fail>,
+    /// The other failures, likewise.
+    pub wrong: Vec<Fail>,
+}
+
+/// Waits for every thread of a run.
+pub fn join_workers(workers: impl IntoIterator<Item = Worker>) -> Joined {
+    let mut joined = Joined::default();
+    for h in workers {
+        let name = h.thread().name().unwrap_or("a").to_string();
+        let (stats, r) =
+            h.join().unwrap_or_else(|_| (Stats::default(), Err(Fail::Wrong(format!("{name} thread panicked")))));
+        joined.stats.requests += stats.requests;
+        joined.stats.domains += stats.domains;
+        joined.stats.retries += stats.retries;
+        match r {
+            Ok(()) => {}
+            Err(e) if e.is_stall() => joined.stalls.push(e),
+            Err(e) => joined.wrong.push(e),
+        }
+    }
+    joined
 }
 
 /// Prepares the store, starts the watchers, runs the creators.
@@ -124,20 +214,8 @@ pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut watchers = Vec::new();
     for w in 0..b.watchers {
-        let mut client = Client::connect(socket).map_err(|e| Fail::Wrong(format!("watcher {w}: connect: {e}")))?;
-        client.set_reply_timeout(b.reply_timeout);
-        let token = format!("xsload-w{w}");
-        match client.watch(BACKEND, &token)? {
-            Reply::Ok(_) => {}
-            Reply::Err(e) => return Err(Fail::Wrong(format!("watcher {w}: WATCH: {e}"))),
-        }
-        match client.next_event(b.reply_timeout) {
-            Some((path, _)) if path == BACKEND.as_bytes() => {}
-            Some((path, _)) => {
-                return Err(Fail::Wrong(format!("watcher {w}: initial event for {}", show(&path))));
-            }
-            None => return Err(Fail::Stalled(format!("watcher {w}: no initial event"))),
-        }
+        let client = watching(socket, BACKEND, &format!("xsload-w{w}"), b.reply_timeout)
+            .map_err(|e| e.context(format_args!("watcher {w}")))?;
         let (abandon, done_tx) = (abandon.clone(), done_tx.clone());
         let h = std::thread::Builder::new()
             .name(format!("watcher-{w}"))
@@ -147,71 +225,26 @@ pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     }
     drop(done_tx);
 
-    let next = Arc::new(AtomicU32::new(1));
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let start = Arc::new(Barrier::new(b.clients + 1));
-    let mut creators = Vec::new();
-    for c in 0..b.clients {
-        let (next, timed_out, start) = (next.clone(), timed_out.clone(), start.clone());
-        let (b2, socket) = (b.clone(), socket.to_path_buf());
-        let h = std::thread::Builder::new()
-            .name(format!("creator-{c}"))
-            .spawn(move || {
-                let conn = Conn::connect(&socket, b2.reply_timeout);
-                start.wait();
-                let mut stats = CreatorStats::default();
-                let r = conn.and_then(|mut conn| {
-                    let deadline = Instant::now() + b2.deadline;
-                    loop {
-                        if Instant::now() >= deadline {
-                            timed_out.store(true, Ordering::Relaxed);
-                            return Ok(());
-                        }
-                        let d = next.fetch_add(1, Ordering::Relaxed);
-                        if d > b2.domains {
-                            return Ok(());
-                        }
-                        create_domain(&mut conn, d, &mut stats)
-                            .map_err(|e| e.context(format_args!("creator {c}, domain {d}")))?;
-                        stats.domains += 1;
-                    }
-                });
-                (stats, r)
-            })
-            .map_err(|e| Fail::Wrong(format!("spawn: {e}")))?;
-        creators.push(h);
-    }
-    start.wait();
+    let (creators, timed_out) =
+        start_creators(socket, b.clients, b.domains, b.reply_timeout, b.deadline, |conn, d, stats| {
+            create_domain(conn, d, stats)?;
+            stats.domains += 1;
+            Ok(())
+        })?;
     let t0 = Instant::now();
 
+    let joined = join_workers(creators);
     let mut res = BootResult {
         elapsed: 0.0,
-        requests: 0,
-        domains_done: 0,
-        retries: 0,
-        stalled_clients: 0,
+        requests: joined.stats.requests,
+        domains_done: joined.stats.domains,
+        retries: joined.stats.retries,
+        stalled_clients: joined.stalls.len(),
         timed_out: false,
         watchers: Vec::new(),
-        stall_note: None,
+        stall_note: joined.stalls.first().map(Fail::to_string),
     };
-    let mut wrong = None;
-    for h in creators {
-        let (stats, r) =
-            h.join().unwrap_or_else(|_| (CreatorStats::default(), Err(Fail::Wrong("creator thread panicked".into()))));
-        res.requests += stats.requests;
-        res.domains_done += stats.domains;
-        res.retries += stats.retries;
-        match r {
-            Ok(()) => {}
-            Err(e @ Fail::Stalled(_)) => {
-                res.stalled_clients += 1;
-                res.stall_note.get_or_insert_with(|| e.to_string());
-            }
-            Err(e) => {
-                wrong.get_or_insert(e);
-            }
-        }
-    }
+    let mut wrong = joined.wrong.into_iter().next();
     res.elapsed = t0.elapsed().as_secs_f64();
     res.timed_out = timed_out.load(Ordering::Relaxed);
 
@@ -238,6 +271,22 @@ pub fn run(socket: &Path, b: &Boot) -> Res<BootResult> {
     match wrong {
         Some(e) => Err(e),
         None => Ok(res),
+    }
+}
+
+/// A client watching `path` with `token`, past the watch's initial event,
+/// for the run's watchers (their replies within `timeout`).
+pub fn watching(socket: &Path, path: &str, token: &str, timeout: Duration) -> Res<Client> {
+    let mut client = Client::connect(socket).map_err(|e| Fail::from(e).context("connect"))?;
+    client.set_reply_timeout(timeout);
+    match client.watch(path, token).map_err(|e| Fail::from(e).context("WATCH"))? {
+        Reply::Ok(_) => {}
+        Reply::Err(e) => return Err(Fail::Wrong(format!("WATCH: {e}"))),
+    }
+    match client.next_event(timeout) {
+        Some((event, _)) if event == path.as_bytes() => Ok(client),
+        Some((event, _)) => Err(Fail::Wrong(format!("initial event for {}", show(&event)))),
+        None => Err(Fail::Stalled("no initial event".into())),
     }
 }
 
@@ -326,7 +375,7 @@ pub(crate) enum Attempt {
     Conflict,
 }
 
-fn create_domain(conn: &mut Conn, d: u32, stats: &mut CreatorStats) -> Res<()> {
+fn create_domain(conn: &mut Conn, d: u32, stats: &mut Stats) -> Res<()> {
     for _ in 0..MAX_ATTEMPTS {
         match attempt(conn, d, Devices::Inherit, &mut stats.requests)? {
             Attempt::Committed => {

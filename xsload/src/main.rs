@@ -47,8 +47,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use conn::Fail;
-use daemons::{Daemon, Kind, Programs, StartError};
+use conn::{Fail, Res};
+use daemons::{DaemonProcess, Kind, Programs, StartError};
 use report::{Better, Cell, Metric, Sheet, Unit};
 
 /// Side-by-side xenstore daemon load generator.
@@ -324,8 +324,8 @@ struct Runner {
 
 impl Runner {
     /// A fresh daemon for one case, or `None` (skipped or failed: noted).
-    fn start(&mut self, kind: Kind, cpu: Option<usize>, case: &str) -> Option<Daemon> {
-        self.started(kind, case, |progs| Daemon::start(kind, progs, cpu))
+    fn start(&mut self, kind: Kind, cpu: Option<usize>, case: &str) -> Option<DaemonProcess<Kind>> {
+        self.started(kind, case, |progs| daemons::start(kind, progs, cpu))
     }
 
     /// `m` for every daemon of `kinds`: all up at once, `reps` runs of
@@ -339,7 +339,7 @@ impl Runner {
         cpu: Option<usize>,
         m: Metric,
         reps: usize,
-        run: impl Fn(&std::path::Path) -> conn::Res<f64>,
+        run: impl Fn(&std::path::Path) -> Res<f64>,
     ) {
         let mut entrants = Vec::new();
         for &kind in kinds {
@@ -358,7 +358,7 @@ impl Runner {
                 }
             }
         }
-        for (kind, mut d, mut runs, failed) in entrants {
+        for (kind, d, mut runs, failed) in entrants {
             match failed {
                 Some(e) => self.fail(&[m], kind, &e, &d),
                 None => {
@@ -366,23 +366,24 @@ impl Runner {
                     self.sheet.set(m, kind, Cell::Num(median));
                 }
             }
-            self.check_alive(&mut d, m.case);
+            self.check_alive(&d, m.case);
         }
     }
 
-    /// A fresh rxenstored serving simulated rings, or `None` (noted).
-    fn start_rings(&mut self, case: &str) -> Option<Daemon> {
-        self.started(Kind::Rxenstored, case, |progs| Daemon::start_sim_rings(progs, None))
+    /// A fresh rxenstored serving simulated rings and their directory, or
+    /// `None` (noted).
+    fn start_rings(&mut self, case: &str) -> Option<(DaemonProcess<Kind>, PathBuf)> {
+        self.started(Kind::Rxenstored, case, |progs| daemons::start_sim_rings(progs, None))
     }
 
     /// Runs `start` unless `kind` is known to be unavailable; notes why
     /// not, remembering an unavailable daemon for the rest of the run.
-    fn started(
+    fn started<T>(
         &mut self,
         kind: Kind,
         case: &str,
-        start: impl FnOnce(&Programs) -> Result<Daemon, StartError>,
-    ) -> Option<Daemon> {
+        start: impl FnOnce(&Programs) -> Result<T, StartError>,
+    ) -> Option<T> {
         if self.unavailable.contains_key(&kind) {
             return None;
         }
@@ -393,9 +394,9 @@ impl Runner {
                 self.unavailable.insert(kind, m);
                 None
             }
-            Err(e @ StartError::Failed(_)) => {
+            Err(e) => {
                 self.sheet.failures += 1;
-                self.sheet.note(format!("{case}: {kind} {e}"));
+                self.sheet.note(format!("{case}: {kind} failed to start: {e}"));
                 None
             }
         }
@@ -403,7 +404,7 @@ impl Runner {
 
     /// Records a failed case: every metric of it gets `text`; a stall is
     /// noted, anything else is also a failure of the run.
-    fn fail(&mut self, metrics: &[Metric<'_>], kind: Kind, e: &Fail, d: &Daemon) {
+    fn fail(&mut self, metrics: &[Metric<'_>], kind: Kind, e: &Fail, d: &DaemonProcess<Kind>) {
         let text = if e.is_stall() { "stalled" } else { "ERROR" };
         for m in metrics {
             self.sheet.set(*m, kind, Cell::Text(text.into()));
@@ -417,8 +418,30 @@ impl Runner {
         }
     }
 
+    /// A case's outcome: a failure is recorded (see [`fail`](Self::fail));
+    /// a result is described on the progress line and returned.
+    fn outcome<T>(
+        &mut self,
+        metrics: &[Metric<'_>],
+        kind: Kind,
+        d: &DaemonProcess<Kind>,
+        outcome: Res<T>,
+        describe: impl FnOnce(&T) -> String,
+    ) -> Option<T> {
+        match outcome {
+            Ok(res) => {
+                progress(metrics.first().map_or("", |m| m.case), kind, &describe(&res));
+                Some(res)
+            }
+            Err(e) => {
+                self.fail(metrics, kind, &e, d);
+                None
+            }
+        }
+    }
+
     /// Notes a daemon that died during a case (a failure).
-    fn check_alive(&mut self, d: &mut Daemon, case: &str) {
+    fn check_alive(&mut self, d: &DaemonProcess<Kind>, case: &str) {
         if !d.is_alive() {
             self.sheet.failures += 1;
             self.sheet.note(format!("{case}: {} died (log: {})", d.kind(), d.log_tail()));
@@ -485,7 +508,7 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes, cases: &[(u32, usize
         all.extend(watchers.iter().copied());
         all.extend([hwm, cpu_user, cpu_sys]);
         for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
-            let Some(mut d) = r.start(kind, None, &case) else {
+            let Some(d) = r.start(kind, None, &case) else {
                 r.skip(&all, kind);
                 continue;
             };
@@ -498,90 +521,85 @@ fn run_bootstorm(r: &mut Runner, kinds: &[Kind], s: &Sizes, cases: &[(u32, usize
                 grace: s.boot_grace,
                 fresh,
             };
-            let cpu_before = d.cpu_times();
-            match bootstorm::run(d.socket(), &b) {
-                Err(e) => r.fail(&all, kind, &e, &d),
-                Ok(res) => {
-                    progress(
-                        &case,
-                        kind,
-                        &format!(
-                            "{} domains in {:.2} s, {} retries, {} stalled clients, watchers {:?}",
-                            res.domains_done, res.elapsed, res.retries, res.stalled_clients, res.watchers
-                        ),
-                    );
-                    if res.stalled_clients > 0 {
-                        let t = format!("stalled ({}/{clients} cl)", res.stalled_clients);
-                        for m in [elapsed, reqs, doms] {
-                            r.sheet.set(m, kind, Cell::Text(t.clone()));
-                        }
-                        r.sheet.note(format!(
-                            "{case}: {kind}: {} of {clients} creators stalled ({} of {domains} domains done): {}",
-                            res.stalled_clients,
-                            res.domains_done,
-                            res.stall_note.as_deref().unwrap_or("")
-                        ));
-                    } else if res.timed_out {
-                        let t = format!("(timeout {}/{domains})", res.domains_done);
-                        r.sheet.set(elapsed, kind, Cell::Text(format!(">{:.0} s", res.elapsed)));
-                        r.sheet.set(reqs, kind, Cell::NumNote(res.requests as f64 / res.elapsed, t.clone()));
-                        r.sheet.set(doms, kind, Cell::NumNote(res.domains_done as f64 / res.elapsed, t));
-                        r.sheet.note(format!(
-                            "{case}: {kind}: deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
-                            s.boot_deadline, res.domains_done
-                        ));
+            let cpu_before = sys::cpu_times(d.pid());
+            let outcome = bootstorm::run(d.socket(), &b);
+            if let Some(res) = r.outcome(&all, kind, &d, outcome, |res| {
+                format!(
+                    "{} domains in {:.2} s, {} retries, {} stalled clients, watchers {:?}",
+                    res.domains_done, res.elapsed, res.retries, res.stalled_clients, res.watchers
+                )
+            }) {
+                if res.stalled_clients > 0 {
+                    let t = format!("stalled ({}/{clients} cl)", res.stalled_clients);
+                    for m in [elapsed, reqs, doms] {
+                        r.sheet.set(m, kind, Cell::Text(t.clone()));
+                    }
+                    r.sheet.note(format!(
+                        "{case}: {kind}: {} of {clients} creators stalled ({} of {domains} domains done): {}",
+                        res.stalled_clients,
+                        res.domains_done,
+                        res.stall_note.as_deref().unwrap_or("")
+                    ));
+                } else if res.timed_out {
+                    let t = format!("(timeout {}/{domains})", res.domains_done);
+                    r.sheet.set(elapsed, kind, Cell::Text(format!(">{:.0} s", res.elapsed)));
+                    r.sheet.set(reqs, kind, Cell::NumNote(res.requests as f64 / res.elapsed, t.clone()));
+                    r.sheet.set(doms, kind, Cell::NumNote(res.domains_done as f64 / res.elapsed, t));
+                    r.sheet.note(format!(
+                        "{case}: {kind}: deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
+                        s.boot_deadline, res.domains_done
+                    ));
+                } else {
+                    r.sheet.set(elapsed, kind, Cell::Num(res.elapsed));
+                    r.sheet.set(reqs, kind, Cell::Num(res.requests as f64 / res.elapsed));
+                    r.sheet.set(doms, kind, Cell::Num(f64::from(res.domains_done) / res.elapsed));
+                }
+                r.sheet.set(retries, kind, Cell::Num(res.retries as f64));
+                for (m, w) in watchers.iter().zip(&res.watchers) {
+                    let cell = if w.stalled {
+                        Cell::NumNote(w.events as f64, "stalled".into())
                     } else {
-                        r.sheet.set(elapsed, kind, Cell::Num(res.elapsed));
-                        r.sheet.set(reqs, kind, Cell::Num(res.requests as f64 / res.elapsed));
-                        r.sheet.set(doms, kind, Cell::Num(f64::from(res.domains_done) / res.elapsed));
-                    }
-                    r.sheet.set(retries, kind, Cell::Num(res.retries as f64));
-                    for (m, w) in watchers.iter().zip(&res.watchers) {
-                        let cell = if w.stalled {
-                            Cell::NumNote(w.events as f64, "stalled".into())
-                        } else {
-                            Cell::Num(w.events as f64)
-                        };
-                        r.sheet.set(*m, kind, cell);
-                    }
-                    if res.watchers.iter().any(|w| w.stalled) {
-                        r.sheet.note(format!(
-                            "{case}: {kind}: a watcher did not get the final event within {:?} after the last domain",
-                            s.boot_grace
-                        ));
-                    }
-                    let expected = bootstorm::EVENTS_PER_DOMAIN * u64::from(res.domains_done);
-                    if let Some(w) = res.watchers.iter().find(|w| !w.stalled && w.events != expected) {
-                        r.sheet.note(format!(
-                            "{case}: {kind}: a watcher got {} events for {expected} backend keys written",
-                            w.events
-                        ));
-                    }
-                    match d.hwm() {
-                        Ok(v) => r.sheet.set(hwm, kind, Cell::Num(v as f64)),
-                        Err(e) => r.sheet.set(hwm, kind, Cell::Text(format!("? ({e})"))),
-                    }
-                    // Includes the watchers' last events and the clients'
-                    // disconnects; the clock ticks in 10 ms.
-                    let cpu = match (&cpu_before, d.cpu_times()) {
-                        (Ok(before), Ok(after)) => Ok((*before, after)),
-                        (Err(e), _) => Err(e.to_string()),
-                        (_, Err(e)) => Err(e.to_string()),
+                        Cell::Num(w.events as f64)
                     };
-                    match cpu {
-                        Ok(((u0, s0), (u1, s1))) => {
-                            r.sheet.set(cpu_user, kind, Cell::Num(u1 - u0));
-                            r.sheet.set(cpu_sys, kind, Cell::Num(s1 - s0));
-                        }
-                        Err(e) => {
-                            for m in [cpu_user, cpu_sys] {
-                                r.sheet.set(m, kind, Cell::Text(format!("? ({e})")));
-                            }
+                    r.sheet.set(*m, kind, cell);
+                }
+                if res.watchers.iter().any(|w| w.stalled) {
+                    r.sheet.note(format!(
+                        "{case}: {kind}: a watcher did not get the final event within {:?} after the last domain",
+                        s.boot_grace
+                    ));
+                }
+                let expected = bootstorm::EVENTS_PER_DOMAIN * u64::from(res.domains_done);
+                if let Some(w) = res.watchers.iter().find(|w| !w.stalled && w.events != expected) {
+                    r.sheet.note(format!(
+                        "{case}: {kind}: a watcher got {} events for {expected} backend keys written",
+                        w.events
+                    ));
+                }
+                match sys::proc_status_kb(d.pid(), "VmHWM") {
+                    Ok(v) => r.sheet.set(hwm, kind, Cell::Num(v as f64)),
+                    Err(e) => r.sheet.set(hwm, kind, Cell::Text(format!("? ({e})"))),
+                }
+                // Includes the watchers' last events and the clients'
+                // disconnects; the clock ticks in 10 ms.
+                let cpu = match (&cpu_before, sys::cpu_times(d.pid())) {
+                    (Ok(before), Ok(after)) => Ok((*before, after)),
+                    (Err(e), _) => Err(e.to_string()),
+                    (_, Err(e)) => Err(e.to_string()),
+                };
+                match cpu {
+                    Ok(((u0, s0), (u1, s1))) => {
+                        r.sheet.set(cpu_user, kind, Cell::Num(u1 - u0));
+                        r.sheet.set(cpu_sys, kind, Cell::Num(s1 - s0));
+                    }
+                    Err(e) => {
+                        for m in [cpu_user, cpu_sys] {
+                            r.sheet.set(m, kind, Cell::Text(format!("? ({e})")));
                         }
                     }
                 }
             }
-            r.check_alive(&mut d, &case);
+            r.check_alive(&d, &case);
         }
     }
 }
@@ -598,7 +616,7 @@ fn run_read_heavy(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>)
         let commits = metric("tx commits/s", Unit::PerSec, Better::Higher);
         let all = [reads, p50, p99, commits];
         for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
-            let Some(mut d) = r.start(kind, *cpu, case) else {
+            let Some(d) = r.start(kind, *cpu, case) else {
                 r.skip(&all, kind);
                 continue;
             };
@@ -608,24 +626,19 @@ fn run_read_heavy(r: &mut Runner, kinds: &[Kind], s: &Sizes, pin: Option<usize>)
                 duration: s.rh_duration,
                 timeout: s.reply_timeout,
             };
-            match readheavy::run(d.socket(), &rh) {
-                Err(e) => r.fail(&all, kind, &e, &d),
-                Ok(res) => {
-                    progress(
-                        case,
-                        kind,
-                        &format!(
-                            "{:.0} reads/s, p99 {:.0} µs, {:.0} commits/s ({} EAGAIN); populated at {:.0} writes/s",
-                            res.reads_per_s, res.p99_us, res.commits_per_s, res.retries, res.populate_per_s
-                        ),
-                    );
-                    r.sheet.set(reads, kind, Cell::Num(res.reads_per_s));
-                    r.sheet.set(p50, kind, Cell::Num(res.p50_us));
-                    r.sheet.set(p99, kind, Cell::Num(res.p99_us));
-                    r.sheet.set(commits, kind, Cell::Num(res.commits_per_s));
-                }
+            let outcome = readheavy::run(d.socket(), &rh);
+            if let Some(res) = r.outcome(&all, kind, &d, outcome, |res| {
+                format!(
+                    "{:.0} reads/s, p99 {:.0} µs, {:.0} commits/s ({} EAGAIN); populated at {:.0} writes/s",
+                    res.reads_per_s, res.p99_us, res.commits_per_s, res.retries, res.populate_per_s
+                )
+            }) {
+                r.sheet.set(reads, kind, Cell::Num(res.reads_per_s));
+                r.sheet.set(p50, kind, Cell::Num(res.p50_us));
+                r.sheet.set(p99, kind, Cell::Num(res.p99_us));
+                r.sheet.set(commits, kind, Cell::Num(res.commits_per_s));
             }
-            r.check_alive(&mut d, case);
+            r.check_alive(&d, case);
         }
     }
     let scaling =
@@ -654,7 +667,7 @@ fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     let load = metric("load writes/s (pipelined)", Unit::PerSec, Better::Higher);
     let all = [per_node, rss, load];
     for &kind in kinds.iter().filter(|k| **k != Kind::Floor) {
-        let Some(mut d) = r.start(kind, None, &case) else {
+        let Some(d) = r.start(kind, None, &case) else {
             r.skip(&all, kind);
             continue;
         };
@@ -664,38 +677,33 @@ fn run_large(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
             timeout: s.reply_timeout * 3,
             budget: s.large_budget,
         };
-        match large::run(d.socket(), d.pid(), &l) {
-            Err(e) => r.fail(&all, kind, &e, &d),
-            Ok(res) => {
-                progress(
-                    &case,
-                    kind,
-                    &format!(
-                        "{} nodes, RSS {} → {} bytes ({:.0} B/node), HWM {}, {:.0} writes/s",
-                        res.nodes,
-                        res.rss_before,
-                        res.rss_after,
-                        res.per_node(),
-                        res.hwm,
-                        res.load_per_s
-                    ),
-                );
-                if res.partial {
-                    let t = format!("({}k loaded)", res.nodes / 1000);
-                    r.sheet.set(per_node, kind, Cell::NumNote(res.per_node(), t.clone()));
-                    r.sheet.set(rss, kind, Cell::NumNote(res.rss_after as f64, t));
-                    r.sheet.note(format!(
-                        "{case}: {kind}: loading stopped at the {:?} budget after {} nodes ({:.0} writes/s); RSS per node is over those",
-                        s.large_budget, res.nodes, res.load_per_s
-                    ));
-                } else {
-                    r.sheet.set(per_node, kind, Cell::Num(res.per_node()));
-                    r.sheet.set(rss, kind, Cell::Num(res.rss_after as f64));
-                }
-                r.sheet.set(load, kind, Cell::Num(res.load_per_s));
+        let outcome = large::run(d.socket(), d.pid(), &l);
+        if let Some(res) = r.outcome(&all, kind, &d, outcome, |res| {
+            format!(
+                "{} nodes, RSS {} → {} bytes ({:.0} B/node), HWM {}, {:.0} writes/s",
+                res.nodes,
+                res.rss_before,
+                res.rss_after,
+                res.per_node(),
+                res.hwm,
+                res.load_per_s
+            )
+        }) {
+            if res.partial {
+                let t = format!("({}k loaded)", res.nodes / 1000);
+                r.sheet.set(per_node, kind, Cell::NumNote(res.per_node(), t.clone()));
+                r.sheet.set(rss, kind, Cell::NumNote(res.rss_after as f64, t));
+                r.sheet.note(format!(
+                    "{case}: {kind}: loading stopped at the {:?} budget after {} nodes ({:.0} writes/s); RSS per node is over those",
+                    s.large_budget, res.nodes, res.load_per_s
+                ));
+            } else {
+                r.sheet.set(per_node, kind, Cell::Num(res.per_node()));
+                r.sheet.set(rss, kind, Cell::Num(res.rss_after as f64));
             }
+            r.sheet.set(load, kind, Cell::Num(res.load_per_s));
         }
-        r.check_alive(&mut d, &case);
+        r.check_alive(&d, &case);
     }
 }
 
@@ -772,7 +780,7 @@ fn run_watch_root(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
     // without and then with the watcher (and removes them after each).
     struct Entrant {
         kind: Kind,
-        d: Daemon,
+        d: DaemonProcess<Kind>,
         plain: Vec<f64>,
         watched: Vec<f64>,
         events: u64,
@@ -839,7 +847,7 @@ fn run_watch_root(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                 r.sheet.set(lag, e.kind, Cell::Num(e.lag * 1e6));
             }
         }
-        r.check_alive(&mut e.d, &case);
+        r.check_alive(&e.d, &case);
     }
     for m in ["writes/s, no watcher", "writes/s, watcher on /"] {
         ratio_to_c(r, &case, m, &kinds);
@@ -903,7 +911,7 @@ fn run_ls_tree(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
             }
         }
     }
-    for (kind, mut d, mut walks, mut tools, failed) in entrants {
+    for (kind, d, mut walks, mut tools, failed) in entrants {
         match failed {
             Some(e) => r.fail(all, kind, &e, &d),
             None => {
@@ -919,7 +927,7 @@ fn run_ls_tree(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
                 }
             }
         }
-        r.check_alive(&mut d, &case);
+        r.check_alive(&d, &case);
     }
     for m in ["walk (DIRECTORY+READ), nodes/s", "xenstore-ls, nodes/s"] {
         ratio_to_c(r, &case, m, &kinds);
@@ -928,7 +936,7 @@ fn run_ls_tree(r: &mut Runner, kinds: &[Kind], s: &Sizes) {
 
 /// Notes a failed ring case (a stall, or a failure of the run) and
 /// returns the text of its cells.
-fn ring_fail(r: &mut Runner, case: &str, e: &Fail, d: &Daemon) -> String {
+fn ring_fail(r: &mut Runner, case: &str, e: &Fail, d: &DaemonProcess<Kind>) -> String {
     let kind = Kind::Rxenstored;
     if e.is_stall() {
         r.sheet.note(format!("{case}: {kind} {e}"));
@@ -958,15 +966,15 @@ fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
         let per = (s.pairs_requests / 2 / guests as u64).max(1);
         let mut cells = Vec::new();
         for t in rings::Transport::BOTH {
-            let Some(mut d) = r.start_rings(&case) else {
+            let Some((d, dir)) = r.start_rings(&case) else {
                 cells.push(Cell::Text("no start".into()));
                 continue;
             };
             let mut runs = Vec::new();
             let mut failed = None;
             for rep in 0..s.pairs_reps {
-                let res = match (t, d.rings_dir()) {
-                    (rings::Transport::Ring, Some(dir)) => {
+                let res = match t {
+                    rings::Transport::Ring => {
                         let p = rings::PairsRing {
                             guests,
                             // Fresh domains for every run.
@@ -976,10 +984,9 @@ fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
                             keys: 16,
                             timeout: s.reply_timeout,
                         };
-                        rings::pairs(d.socket(), dir, &p)
+                        rings::pairs(d.socket(), &dir, &p)
                     }
-                    (rings::Transport::Ring, None) => Err(Fail::Wrong("the daemon has no rings directory".into())),
-                    (rings::Transport::Socket, _) => {
+                    rings::Transport::Socket => {
                         let p = pairs::Pairs {
                             conns: guests,
                             pairs_per_conn: per,
@@ -1016,7 +1023,7 @@ fn run_pairs_ring(r: &mut Runner, s: &Sizes) {
                     cells.push(Cell::Num(median));
                 }
             }
-            r.check_alive(&mut d, &case);
+            r.check_alive(&d, &case);
         }
         let names = ["req/s over rings", "req/s over the socket"];
         for (name, cell) in names.iter().zip(cells) {
@@ -1034,12 +1041,8 @@ fn run_bootstorm_ring(r: &mut Runner, s: &Sizes) {
         // Per transport: the result and peak RSS, or the text of the cells.
         let mut outcomes: Vec<Result<(rings::BootRingResult, Cell), String>> = Vec::new();
         for t in rings::Transport::BOTH {
-            let Some(mut d) = r.start_rings(&case) else {
+            let Some((d, dir)) = r.start_rings(&case) else {
                 outcomes.push(Err("no start".into()));
-                continue;
-            };
-            let Some(dir) = d.rings_dir().map(std::path::Path::to_path_buf) else {
-                outcomes.push(Err("no rings".into()));
                 continue;
             };
             let b = rings::BootRing {
@@ -1069,29 +1072,25 @@ fn run_bootstorm_ring(r: &mut Runner, s: &Sizes) {
                             res.state_events
                         ),
                     );
+                    let over = |what: String| format!("{case}: guests over {}: {what}", t.name());
                     if res.timed_out {
-                        r.sheet.note(format!(
-                            "{case}: guests over {}: deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
-                            t.name(),
-                            s.boot_deadline,
-                            res.domains_done
-                        ));
+                        r.sheet.note(over(format!(
+                            "deadline of {:?} reached after {} of {domains} domains; rates are over the domains done",
+                            s.boot_deadline, res.domains_done
+                        )));
                     }
                     if res.watcher_stalled {
-                        r.sheet.note(format!(
-                            "{case}: guests over {}: the watcher did not get the final event within {:?}",
-                            t.name(),
-                            s.boot_grace
-                        ));
+                        r.sheet
+                            .note(over(format!("the watcher did not get the final event within {:?}", s.boot_grace)));
                     }
-                    let hwm = match d.hwm() {
+                    let hwm = match sys::proc_status_kb(d.pid(), "VmHWM") {
                         Ok(v) => Cell::Num(v as f64),
                         Err(e) => Cell::Text(format!("? ({e})")),
                     };
                     outcomes.push(Ok((res, hwm)));
                 }
             }
-            r.check_alive(&mut d, &case);
+            r.check_alive(&d, &case);
         }
         type Figure = fn(&rings::BootRingResult) -> Cell;
         let rate = |v: f64, res: &rings::BootRingResult| {

@@ -62,17 +62,21 @@ fn prepare(socket: &Path, p: &Pairs) -> Res<Conn> {
     Conn::connect(socket, p.timeout)
 }
 
+/// The value of pair `i`, distinct from its neighbours': the pair number,
+/// padded with a letter.
+pub fn pair_value(i: u64, value: &mut [u8]) {
+    value.fill(b'a' + (i % 26) as u8);
+    let num = i.to_string();
+    let n = num.len().min(value.len());
+    value[..n].copy_from_slice(&num.as_bytes()[..n]);
+}
+
 fn worker(mut conn: Conn, c: usize, p: &Pairs) -> Res<()> {
     let keys: Vec<Vec<u8>> = (0..p.keys).map(|k| format!("/bench/c{c}/k{k}").into_bytes()).collect();
     let mut value = vec![b'a'; p.value_bytes];
     for i in 0..p.pairs_per_conn {
         let path = &keys[(i % p.keys) as usize];
-        // Distinct values: the pair number, padded with a letter.
-        value.fill(b'a' + (i % 26) as u8);
-        let num = i.to_string();
-        let n = num.len().min(value.len());
-        value[..n].copy_from_slice(&num.as_bytes()[..n]);
-
+        pair_value(i, &mut value);
         let id = conn.queue(Op::Write, 0, &[path, b"\0", &value]);
         conn.flush()?;
         let m = conn.reply(Op::Write, id)?;

@@ -30,7 +30,7 @@
 //! within the grace period.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,11 @@ use rxenstored_platform::sim::{SimGuest, nul};
 use wire::Op;
 use wire::client::{Client, Reply};
 
-use crate::bootstorm::{Attempt, BACKEND, CONFIG, CONFIG_VALUE, DEVICES, Devices, attempt};
+use crate::bootstorm::{
+    Attempt, BACKEND, CONFIG, CONFIG_VALUE, DEVICES, Devices, Stats, attempt, join_workers, start_creators, watching,
+};
 use crate::conn::{Conn, Fail, Res, join_all, show};
+use crate::pairs;
 
 /// Where the guests' requests go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,11 +190,7 @@ fn guest_pairs(g: &mut SimGuest, p: &PairsRing) -> Res<()> {
     let mut value = vec![b'a'; p.value_bytes];
     for i in 0..p.pairs_per_guest {
         let path = &keys[(i % p.keys) as usize];
-        // Distinct values, as `pairs` makes them.
-        value.fill(b'a' + (i % 26) as u8);
-        let num = i.to_string();
-        let n = num.len().min(value.len());
-        value[..n].copy_from_slice(&num.as_bytes()[..n]);
+        pairs::pair_value(i, &mut value);
         g.write_ok(path, &value)?;
         g.read_expect(path, &value)?;
     }
@@ -241,13 +240,6 @@ pub struct BootRingResult {
     pub watcher_stalled: bool,
 }
 
-#[derive(Debug, Default)]
-struct Stats {
-    requests: u64,
-    domains: u32,
-    retries: u64,
-}
-
 /// What the guest threads get from the creators: the domain, and its
 /// simulated guest on the ring transport.
 type Handoff = (u32, Option<SimGuest>);
@@ -264,19 +256,7 @@ pub fn bootstorm(socket: &Path, b: &BootRing) -> Res<BootRingResult> {
     setup.write(0, CONFIG.as_bytes(), CONFIG_VALUE.as_bytes())?;
 
     // The watcher, past its initial event before timing.
-    let mut client = Client::connect(socket).map_err(io_fail("watcher: connect"))?;
-    client.set_reply_timeout(b.reply_timeout);
-    match client.watch(WATCHED, "xsload-ring").map_err(io_fail("watcher: WATCH"))? {
-        Reply::Ok(_) => {}
-        Reply::Err(e) => return Err(Fail::Wrong(format!("watcher: WATCH: {e}"))),
-    }
-    match client.next_event(b.reply_timeout) {
-        Some((path, _)) if path == WATCHED.as_bytes() => {}
-        Some((path, _)) => {
-            return Err(Fail::Wrong(format!("watcher: initial event for {}", show(&path))));
-        }
-        None => return Err(Fail::Stalled("watcher: no initial event".into())),
-    }
+    let client = watching(socket, WATCHED, "xsload-ring", b.reply_timeout).map_err(|e| e.context("watcher"))?;
     let abandon = Arc::new(AtomicBool::new(false));
     let watcher = {
         let abandon = abandon.clone();
@@ -318,60 +298,23 @@ pub fn bootstorm(socket: &Path, b: &BootRing) -> Res<BootRingResult> {
         guests.push(h);
     }
 
-    let next = Arc::new(AtomicU32::new(1));
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let start = Arc::new(Barrier::new(b.clients + 1));
-    let mut creators = Vec::new();
-    for c in 0..b.clients {
-        let (next, timed_out, start, tx) = (next.clone(), timed_out.clone(), start.clone(), tx.clone());
-        let (b2, socket) = (b.clone(), socket.to_path_buf());
-        let h = std::thread::Builder::new()
-            .name(format!("creator-{c}"))
-            .spawn(move || {
-                let conn = Conn::connect(&socket, b2.reply_timeout);
-                start.wait();
-                let mut stats = Stats::default();
-                let r = conn.and_then(|mut conn| {
-                    let deadline = Instant::now() + b2.deadline;
-                    loop {
-                        if Instant::now() >= deadline {
-                            timed_out.store(true, Ordering::Relaxed);
-                            return Ok(());
-                        }
-                        let d = next.fetch_add(1, Ordering::Relaxed);
-                        if d > b2.domains {
-                            return Ok(());
-                        }
-                        let g = create_domain(&mut conn, &b2.rings, d, &b2, &mut stats)
-                            .map_err(|e| e.context(format_args!("creator {c}, domain {d}")))?;
-                        if tx.send((d, g)).is_err() {
-                            return Err(Fail::Wrong("every guest thread has failed".into()));
-                        }
-                    }
-                });
-                (stats, r)
-            })
-            .map_err(|e| Fail::Wrong(format!("spawn: {e}")))?;
-        creators.push(h);
-    }
-    drop(tx);
-    start.wait();
+    let b2 = b.clone();
+    let (creators, timed_out) =
+        start_creators(socket, b.clients, b.domains, b.reply_timeout, b.deadline, move |conn, d, stats| {
+            let g = create_domain(conn, &b2.rings, d, &b2, stats)?;
+            tx.send((d, g)).map_err(|_| Fail::Wrong("every guest thread has failed".into()))
+        })?;
     let t0 = Instant::now();
 
-    let mut res = BootRingResult::default();
-    let mut first_err: Option<Fail> = None;
-    for h in creators.into_iter().chain(guests) {
-        let (stats, r) = h.join().unwrap_or_else(|_| (Stats::default(), Err(Fail::Wrong("thread panicked".into()))));
-        res.requests += stats.requests;
-        res.domains_done += stats.domains;
-        res.retries += stats.retries;
-        if let Err(e) = r {
-            // A wrong reply says more than a stall it may have caused.
-            if first_err.as_ref().is_none_or(|f| f.is_stall() && !e.is_stall()) {
-                first_err = Some(e);
-            }
-        }
-    }
+    let joined = join_workers(creators.into_iter().chain(guests));
+    let mut res = BootRingResult {
+        requests: joined.stats.requests,
+        domains_done: joined.stats.domains,
+        retries: joined.stats.retries,
+        ..BootRingResult::default()
+    };
+    // A wrong reply says more than a stall it may have caused.
+    let first_err = joined.wrong.into_iter().chain(joined.stalls).next();
     res.elapsed = t0.elapsed().as_secs_f64();
     res.timed_out = timed_out.load(Ordering::Relaxed);
 

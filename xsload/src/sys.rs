@@ -3,7 +3,6 @@
 //! daemon when the tool is interrupted.
 
 use std::io;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Pins the calling thread to `cpu` (`sched_setaffinity(0, …)`); threads it
@@ -79,39 +78,6 @@ pub fn cpu_times(pid: i32) -> io::Result<(f64, f64)> {
     Ok((tick()?, tick()?))
 }
 
-/// Whether `pid` names a live, non-zombie process.
-pub fn pid_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state letter follows the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
-    }
-}
-
-/// The file name of `/proc/<pid>/exe`, to make sure a pid still names the
-/// process we think before signalling it.
-pub fn exe_name(pid: i32) -> Option<String> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    Some(exe.file_name()?.to_string_lossy().into_owned())
-}
-
-/// Sends `sig` to `pid` (never to a group: `pid` must be positive).
-pub fn kill(pid: i32, sig: libc::c_int) {
-    if pid > 0 {
-        // SAFETY: kill(2) has no memory-safety preconditions; pid > 0 names
-        // one process, never a group.
-        unsafe { libc::kill(pid, sig) };
-    }
-}
-
-/// Something the signal thread must stop before the tool exits.
-pub type StopFn = Box<dyn FnMut() + Send>;
-
-/// Daemons still running, by registration id. Held while one is stopped so
-/// that the signal thread and a guard's `Drop` never stop the same one at
-/// the same time.
-pub static RUNNING: Mutex<Vec<(u64, StopFn)>> = Mutex::new(Vec::new());
-
 /// Write end of the pipe through which the signal handler wakes the
 /// signal thread.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
@@ -124,7 +90,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 /// Catches SIGINT, SIGTERM and SIGHUP with a handler that only writes the
 /// signal number to a pipe, and starts a thread that reads it, stops every
-/// registered daemon and exits with 128 + the signal number. (A handler,
+/// daemon still running (`launch::stop_all`) and exits with 128 + the signal number. (A handler,
 /// not a blocked mask and `sigwait`: child processes would inherit the
 /// mask, and the daemons would then ignore our SIGTERM. Handlers are reset
 /// by exec.)
@@ -151,10 +117,7 @@ pub fn install_signal_thread() -> io::Result<()> {
         }
         let sig = i32::from(byte);
         eprintln!("xsload: signal {sig}: stopping the daemons");
-        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, stop) in running.iter_mut() {
-            stop();
-        }
+        launch::stop_all();
         std::process::exit(128 + sig);
     })?;
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {

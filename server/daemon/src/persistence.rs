@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use engine::DomId;
-use persist::{DomainRecord, LogRecord, QuotaValue, Recovered, State, StateDir, WatchRecord};
+use persist::{DomainRecord, LogRecord, QuotaValue, Recovered, SavedState, StateDir, WatchRecord};
 use rxenstored_core::quota::{Quota, QuotaName, QuotaTable};
 use rxenstored_core::{
     Config, ConnId, ConnImage, Core, DomainImage, Image, ImageKind, JournalEntry, Platform, Transport, WatchImage,
@@ -184,7 +184,7 @@ impl Persistence {
 
 /// The daemon's state as `persist` saves it: the core's checkpoint
 /// [`Image`], each guest's target and watches in its domain's record.
-pub fn export<P: Platform>(core: &mut Core<P>) -> State {
+pub fn export<P: Platform>(core: &mut Core<P>) -> SavedState {
     let image = core.image(ImageKind::Checkpoint);
     let mut rings: BTreeMap<DomId, ConnImage> = BTreeMap::new();
     for c in image.connections {
@@ -216,7 +216,7 @@ pub fn export<P: Platform>(core: &mut Core<P>) -> State {
             }
         })
         .collect();
-    State { snapshot: image.tree, domains, global_quotas: quota_values(&image.quotas) }
+    SavedState { snapshot: image.tree, domains, global_quotas: quota_values(&image.quotas) }
 }
 
 fn quota_values(table: &QuotaTable) -> Vec<QuotaValue> {
@@ -238,7 +238,7 @@ fn quota_table(values: &[QuotaValue], base: &QuotaTable) -> QuotaTable {
 
 /// Recovered state as the core's checkpoint [`Image`], over `config`'s
 /// quotas.
-fn image(config: &Config, state: State) -> Image {
+fn image(config: &Config, state: SavedState) -> Image {
     let quotas = quota_table(&state.global_quotas, &config.quotas);
     let mut domains = Vec::with_capacity(state.domains.len());
     let mut connections = Vec::new();
@@ -267,7 +267,7 @@ fn image(config: &Config, state: State) -> Image {
 /// A core over recovered state: the tree, the quotas, the domains with
 /// their rings re-attached and their watches re-registered and fired once
 /// ([`ImageKind::Checkpoint`]).
-pub fn restore<P: Platform>(config: Config, platform: P, state: State) -> Core<P> {
+pub fn restore<P: Platform>(config: Config, platform: P, state: SavedState) -> Core<P> {
     let image = image(&config, state);
     let restored = Core::restore(config, platform, image);
     for w in &restored.warnings {

@@ -10,8 +10,7 @@ static ALLOCATOR: MiMalloc = MiMalloc;
 /// the alignment allows: every mimalloc block is aligned to at least a
 /// word, and nearly all of this program's allocations ask for no more.
 /// (The `mimalloc` crate calls the `_aligned` variants for every request,
-/// which take a slower path: this saves 3.6 % of the threaded daemon's
-/// instructions under `pairs`.)
+/// which take a slower path; benches/README.md has what this saves.)
 struct MiMalloc;
 
 /// What `mi_malloc` guarantees of any block.

@@ -1162,9 +1162,9 @@ fn send_gathered<'a, const N: usize>(
 
 /// A client thread's `recv`, as the system call itself: glibc's `recv` is a
 /// cancellation point, and in a threaded process it switches
-/// asynchronous cancellation on and off around every call (2 % of the
-/// threaded daemon's instructions under `pairs`). Nothing here is
-/// cancelled.
+/// asynchronous cancellation on and off around every call (a cost that
+/// showed in the threaded daemon's profile, benches/README.md). Nothing
+/// here is cancelled.
 fn recv_blocking(stream: &StdUnixStream, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of its length for the call's
     // duration; no source address is asked for.

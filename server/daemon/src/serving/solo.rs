@@ -4,8 +4,8 @@
 //!
 //! The poll costs a third of the system calls of a lone client's request
 //! (a toolstack building a domain, `xenstore-ls` of a large tree): with it
-//! the loop reaches about 0.8 of the socket's floor, without it what a
-//! thread per client reaches. Under load a poll returns many clients at
+//! the loop stays well below the socket's floor, without it it reaches
+//! what a thread per client reaches (benches/README.md). Under load a poll returns many clients at
 //! once and costs nothing extra, so a solo run starts only after the same
 //! client was the only one ready for a few polls in a row and a few
 //! milliseconds ([`Solo::note_poll`]).
