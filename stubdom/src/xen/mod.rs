@@ -1,63 +1,47 @@
-//! The Xen PVH platform (feature `xen`). Compiled in CI, cannot run here:
-//! reviewed against PROTOCOL.md §8 and §10 and Xen's public headers
-//! (facts only). Hypercalls go through `xen-sys` (`hypercall_N`, its
-//! constants and event-channel structures); what it lacks — the hypercall
-//! page set-up, HVM parameters, grant-table mapping — is here.
+//! The Xen platform (feature `xen`): what the image needs of the
+//! hypervisor when `init-xenstore-domain` starts it as Xen's xenstore
+//! domain (a PVH domain: the HVM container, HAP, no emulated devices).
 //!
-//! What runs under Xen (as `init-xenstore-domain` starts a stub):
-//! - [`init`]: detect Xen (CPUID 0x40000000 "XenVMMXenVMM"), register
-//!   [`HYPERCALL_PAGE`] through the MSR that leaf base+2 names, read the
-//!   stub's own xenstore ring and event channel (HVM params STORE_PFN,
-//!   STORE_EVTCHN — §10.6: "these come from the stub's own start info").
-//! - [`console_write`]: the hypervisor console (`console_io`), in
-//!   addition to port 0xE9.
-//! - [`map_guest_ring`]: grant reference 1 of a guest (§8.1, §10.6) mapped
-//!   at a frame of our own; [`bind_interdomain`], [`notify`]: the event
-//!   channel of §10.4.
-//! - [`shutdown`], SCHEDOP_shutdown(poweroff).
+//! - this module: detecting Xen, the hypercall page, HVM parameters, the
+//!   memory map, shutdown;
+//! - [`hypercall`]: the calls themselves;
+//! - [`events`]: event channels (the shared info page's pending bits,
+//!   binding, `SCHEDOP_poll`);
+//! - [`console`]: the console ring xenconsoled reads;
+//! - [`platform`]: the core's `Platform` (guests' rings through grant
+//!   reference 1, domain state through `getdomaininfo`) and the serving
+//!   loop.
 //!
-//! Not done yet (see README.md): a `Platform` over these calls for the
-//! core (the QEMU one, `frontend::ShmPlatform`, is the model), the event
-//! channel pending bitmap in the shared info page, `VIRQ_DOM_EXC` and
-//! `get_domain_state` for domain death (§8.3), the stub's own ring as a
-//! connection.
+//! Interface facts (numbers, structure layouts) come from Xen's public
+//! headers and PROTOCOL.md §8 and §10; `xen-sys` supplies the constants
+//! and structures it has.
 
-use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+pub mod console;
+pub mod events;
+pub mod hypercall;
+pub mod platform;
 
-use xen_sys::{
-    __HYPERVISOR_event_channel_op, __HYPERVISOR_grant_table_op, __HYPERVISOR_hvm_op, __HYPERVISOR_sched_op,
-    EVTCHNOP_bind_interdomain, EVTCHNOP_send, SCHEDOP_shutdown, evtchn_bind_interdomain, evtchn_send, hypercall_2,
-    hypercall_3,
-};
+use core::sync::atomic::{AtomicBool, Ordering};
 
-// The page Xen fills with one 32-byte call stub per hypercall; `xen-sys`
-// calls `HYPERCALL_PAGE + 32 * op`.
-global_asm!(
-    r#"
-    .section .text.hypercall_page, "ax"
-    .balign 4096
-    .globl HYPERCALL_PAGE
-HYPERCALL_PAGE:
-    .fill 4096, 1, 0xcc
-    .text
-"#
-);
-
-unsafe extern "C" {
-    static HYPERCALL_PAGE: [u8; 4096];
-}
+use xen_sys::{__HYPERVISOR_hvm_op, __HYPERVISOR_memory_op, __HYPERVISOR_sched_op, SCHEDOP_shutdown};
 
 static ON_XEN: AtomicBool = AtomicBool::new(false);
-static STORE_PFN: AtomicU64 = AtomicU64::new(0);
-static STORE_EVTCHN: AtomicU64 = AtomicU64::new(0);
 
-/// `HVMOP_get_param` and the parameters (public/hvm/params.h).
-const HVMOP_GET_PARAM: u64 = 1;
-const HVM_PARAM_STORE_PFN: u32 = 1;
-const HVM_PARAM_STORE_EVTCHN: u32 = 2;
 /// `DOMID_SELF`.
-const DOMID_SELF: u16 = 0x7FF0;
+pub const DOMID_SELF: u16 = 0x7FF0;
+/// Page size and shift.
+pub const PAGE_SHIFT: u32 = 12;
+
+/// `HVMOP_get_param` and the parameters it reads (public/hvm/params.h).
+const HVMOP_GET_PARAM: u64 = 1;
+pub const HVM_PARAM_CONSOLE_PFN: u32 = 17;
+pub const HVM_PARAM_CONSOLE_EVTCHN: u32 = 18;
+
+/// `XENMEM_*` (public/memory.h).
+const XENMEM_CURRENT_RESERVATION: u64 = 3;
+const XENMEM_MEMORY_MAP: u64 = 9;
+/// E820 type of RAM.
+const E820_RAM: u32 = 1;
 
 #[repr(C)]
 struct HvmParam {
@@ -65,23 +49,6 @@ struct HvmParam {
     _pad: u16,
     index: u32,
     value: u64,
-}
-
-/// `GNTTABOP_map_grant_ref` (public/grant_table.h).
-const GNTTABOP_MAP_GRANT_REF: u64 = 0;
-const GNTMAP_HOST_MAP: u32 = 1 << 1;
-/// The grant reference a guest's xenstore page has (§10.6).
-pub const GNTTAB_RESERVED_XENSTORE: u32 = 1;
-
-#[repr(C)]
-struct GnttabMapGrantRef {
-    host_addr: u64,
-    flags: u32,
-    gref: u32,
-    dom: u16,
-    status: i16,
-    handle: u32,
-    dev_bus_addr: u64,
 }
 
 fn cpuid(leaf: u32) -> (u32, u32, u32, u32) {
@@ -101,104 +68,164 @@ fn xen_cpuid_base() -> Option<u32> {
     })
 }
 
-/// Detects Xen and prepares the hypercall page; records the stub's own
-/// xenstore ring. Without Xen (QEMU) it does nothing.
-pub fn init(_start_info: Option<&crate::start_info::StartInfo>) {
-    let Some(base) = xen_cpuid_base() else {
-        crate::println!("stubdom: not on Xen");
-        return;
-    };
+/// Detects Xen and has it fill the hypercall page. Returns Xen's version
+/// (major, minor), or `None` when not running on Xen (QEMU alone).
+pub fn init() -> Option<(u32, u32)> {
+    let base = xen_cpuid_base()?;
+    let (version, _, _, _) = cpuid(base + 1);
     let (_, msr, _, _) = cpuid(base + 2);
-    // SAFETY: the page is ours, identity-mapped; Xen overwrites it with the
-    // call stubs when its physical address is written to the MSR.
-    let page = (&raw const HYPERCALL_PAGE) as u64;
-    // SAFETY: the MSR Xen named for the hypercall page (§ CPUID leaf base+2).
+    let page = hypercall::page_address();
+    // SAFETY: the MSR Xen named (CPUID leaf base+2) for the hypercall page;
+    // the page is ours, identity-mapped, and Xen overwrites it with the
+    // call stubs.
     unsafe {
-        asm!("wrmsr", in("ecx") msr, in("eax") page as u32, in("edx") (page >> 32) as u32, options(nostack));
+        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") page as u32, in("edx") (page >> 32) as u32, options(nostack));
     }
     ON_XEN.store(true, Ordering::Release);
-    STORE_PFN.store(hvm_param(HVM_PARAM_STORE_PFN).unwrap_or(0), Ordering::Relaxed);
-    STORE_EVTCHN.store(hvm_param(HVM_PARAM_STORE_EVTCHN).unwrap_or(0), Ordering::Relaxed);
-    crate::println!(
-        "stubdom: Xen (CPUID base {base:#x}), own store ring pfn {:#x}, event channel {}",
-        STORE_PFN.load(Ordering::Relaxed),
-        STORE_EVTCHN.load(Ordering::Relaxed)
-    );
+    Some((version >> 16, version & 0xffff))
 }
 
-fn on_xen() -> bool {
+pub fn on_xen() -> bool {
     ON_XEN.load(Ordering::Acquire)
 }
 
-fn hvm_param(index: u32) -> Option<u64> {
+/// Reads an HVM parameter of this domain.
+pub fn hvm_param(index: u32) -> Option<u64> {
     let mut p = HvmParam { domid: DOMID_SELF, _pad: 0, index, value: 0 };
     // SAFETY: a valid argument structure for HVMOP_get_param.
-    let rc = unsafe { hypercall_2(__HYPERVISOR_hvm_op, HVMOP_GET_PARAM, &raw mut p as u64) };
+    let rc = unsafe { hypercall::call(__HYPERVISOR_hvm_op, HVMOP_GET_PARAM, &raw mut p as u64, 0) };
     (rc == 0).then_some(p.value)
 }
 
-/// Writes to the hypervisor console.
-pub fn console_write(bytes: &[u8]) {
-    if on_xen() {
-        // SAFETY: CONSOLEIO_write reads `bytes` only.
-        unsafe { xen_sys::hypercall::console_io(xen_sys::hypercall::ConsoleIO::Write, bytes) };
+/// One entry of the domain's E820 map (`struct e820entry`, packed).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Default)]
+struct E820Entry {
+    addr: u64,
+    size: u64,
+    kind: u32,
+}
+
+#[repr(C)]
+struct MemoryMap {
+    nr_entries: u32,
+    buffer: u64,
+}
+
+/// The RAM this domain may use: `[start, end)` physical ranges from the
+/// E820 map the domain builder set, and how many pages Xen says the
+/// domain has (RAM beyond that is not populated: `--maxmem` above
+/// `--memory`).
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub ram: [(u64, u64); 8],
+    pub ram_ranges: usize,
+    pub reserved_pages: u64,
+}
+
+impl Memory {
+    /// Asks Xen for the map and the reservation.
+    pub fn query() -> Option<Memory> {
+        let mut entries = [E820Entry::default(); 16];
+        let mut map = MemoryMap { nr_entries: entries.len() as u32, buffer: entries.as_mut_ptr() as u64 };
+        // SAFETY: XENMEM_memory_map writes at most `nr_entries` entries.
+        let rc = unsafe { hypercall::call(__HYPERVISOR_memory_op, XENMEM_MEMORY_MAP, &raw mut map as u64, 0) };
+        if rc != 0 {
+            return None;
+        }
+        let mut memory = Memory { ram: [(0, 0); 8], ram_ranges: 0, reserved_pages: 0 };
+        for e in entries.iter().take(map.nr_entries as usize) {
+            let (addr, size, kind) = (e.addr, e.size, e.kind);
+            if kind == E820_RAM && size > 0 && memory.ram_ranges < memory.ram.len() {
+                memory.ram[memory.ram_ranges] = (addr, addr + size);
+                memory.ram_ranges += 1;
+            }
+        }
+        let domid = DOMID_SELF;
+        // SAFETY: XENMEM_current_reservation reads a domid.
+        let pages =
+            unsafe { hypercall::call(__HYPERVISOR_memory_op, XENMEM_CURRENT_RESERVATION, &raw const domid as u64, 0) };
+        memory.reserved_pages = u64::try_from(pages).unwrap_or(0);
+        Some(memory)
+    }
+
+    /// The end of RAM as the map describes it (populated or not).
+    pub fn ram_end(&self) -> u64 {
+        self.ram[..self.ram_ranges].iter().map(|r| r.1).max().unwrap_or(0)
+    }
+
+    /// The populated RAM range that holds `addr`, cut at what the
+    /// reservation can cover (the domain's special pages, outside RAM,
+    /// count in it too: the estimate errs low).
+    pub fn populated_range_from(&self, addr: u64) -> Option<(u64, u64)> {
+        let (_, end) = *self.ram[..self.ram_ranges].iter().find(|r| r.0 <= addr && addr < r.1)?;
+        let populated = self.reserved_pages.saturating_sub(SPECIAL_PAGES) << PAGE_SHIFT;
+        let end = end.min(populated);
+        (end > addr).then_some((addr, end))
     }
 }
 
-/// Powers the domain off (`SCHEDOP_shutdown` takes a pointer to
-/// `struct sched_shutdown { reason }` on x86, which `xen-sys`'s
-/// `sched_op` does not pass, hence the direct call). 0 = poweroff, other
-/// codes = crash.
+/// Pages Xen's domain builder places outside RAM for an HVM container
+/// (`X86_HVM_NR_SPECIAL_PAGES`): console, xenstore, and the like.
+const SPECIAL_PAGES: u64 = 8;
+
+/// Powers the domain off (0) or reports a crash (any other code).
 pub fn shutdown(code: u32) {
     if on_xen() {
         let reason: u32 = if code == 0 { 0 } else { 3 };
-        // SAFETY: a valid sched_shutdown argument.
-        unsafe { hypercall_2(__HYPERVISOR_sched_op, u64::from(SCHEDOP_shutdown), &raw const reason as u64) };
+        // SAFETY: SCHEDOP_shutdown takes a pointer to `struct
+        // sched_shutdown { reason }`.
+        unsafe { hypercall::call(__HYPERVISOR_sched_op, u64::from(SCHEDOP_shutdown), &raw const reason as u64, 0) };
     }
 }
 
-/// Maps grant reference 1 of `domid` (its xenstore page) at the physical
-/// frame `frame` of this domain (PVH: auto-translated, `host_addr` is a
-/// guest-physical address). Returns the grant handle for unmapping.
-pub fn map_guest_ring(domid: u16, frame: u64) -> Result<u32, i16> {
-    let mut op = GnttabMapGrantRef {
-        host_addr: frame << 12,
-        flags: GNTMAP_HOST_MAP,
-        gref: GNTTAB_RESERVED_XENSTORE,
-        dom: domid,
-        status: 0,
-        handle: 0,
-        dev_bus_addr: 0,
+/// Sends the console to the ring the domain builder set up (HVM
+/// parameters), when there is one.
+pub fn start_console() {
+    if let (Some(pfn), Some(port)) = (hvm_param(HVM_PARAM_CONSOLE_PFN), hvm_param(HVM_PARAM_CONSOLE_EVTCHN))
+        && pfn != 0
+    {
+        console::init(pfn, port as u32);
+    }
+}
+
+/// The options `init-xenstore-domain` and the host pass on the command
+/// line: `--event N` (dom0's port for its ring, required); others are
+/// reported and ignored.
+fn parse_cmdline(cmdline: &str) -> Option<u32> {
+    let mut words = cmdline.split_ascii_whitespace();
+    let mut event = None;
+    while let Some(w) = words.next() {
+        match w {
+            "--event" => event = words.next().and_then(|n| n.parse().ok()),
+            other => crate::println!("stubdom: ignoring command-line word {other:?}"),
+        }
+    }
+    event
+}
+
+/// Serves as Xen's xenstore domain; never returns.
+pub fn run(cmdline: &str, memory: Option<Memory>, t0: u64) -> ! {
+    let Some(event) = parse_cmdline(cmdline) else {
+        crate::println!("stubdom: no `--event N` on the command line: not started by init-xenstore-domain?");
+        shutdown(1);
+        crate::arch::halt();
     };
-    // SAFETY: one valid map_grant_ref argument.
-    let rc = unsafe { hypercall_3(__HYPERVISOR_grant_table_op, GNTTABOP_MAP_GRANT_REF, &raw mut op as u64, 1) };
-    match (rc, op.status) {
-        (0, 0) => Ok(op.handle),
-        (0, s) => Err(s),
-        _ => Err(-1),
-    }
-}
-
-/// Binds an inter-domain event channel to (domid, port); the local port.
-pub fn bind_interdomain(domid: u16, remote_port: u32) -> Option<u32> {
-    let mut op = evtchn_bind_interdomain { remote_dom: domid, remote_port, local_port: 0 };
-    // SAFETY: a valid argument structure.
-    let rc =
-        unsafe { hypercall_2(__HYPERVISOR_event_channel_op, u64::from(EVTCHNOP_bind_interdomain), &raw mut op as u64) };
-    (rc == 0).then_some(op.local_port)
-}
-
-/// Kicks a local event-channel port (§10.4).
-pub fn notify(port: u32) {
-    let mut op = evtchn_send { port };
-    // SAFETY: a valid argument structure.
-    unsafe { hypercall_2(__HYPERVISOR_event_channel_op, u64::from(EVTCHNOP_send), &raw mut op as u64) };
-}
-
-/// What the (not yet written) Xen platform will call.
-type XenCalls = (fn(u16, u64) -> Result<u32, i16>, fn(u16, u32) -> Option<u32>, fn(u32));
-
-#[allow(dead_code)]
-fn keep_linked() -> XenCalls {
-    (map_guest_ring, bind_interdomain, notify)
+    let ram_end = memory.map_or(crate::heap::start(), |m| m.ram_end());
+    let mut frames = platform::Frames::above(ram_end);
+    let shared = match frames.take().map(events::SharedInfo::map) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            crate::println!("stubdom: cannot map the shared info page ({})", e.0);
+            shutdown(1);
+            crate::arch::halt();
+        }
+        None => {
+            crate::println!("stubdom: no free frame for the shared info page");
+            shutdown(1);
+            crate::arch::halt();
+        }
+    };
+    crate::println!("stubdom: {} Mcycles from entry to serving", (crate::arch::rdtsc() - t0) / 1_000_000);
+    platform::serve(server::Config::default(), event, shared, frames)
 }
