@@ -1,7 +1,8 @@
 //! The console: QEMU's debug port 0xE9 (`-debugcon stdio`). Under Xen the
-//! `xen` platform writes to the console ring instead (see `xen.rs`); the
-//! debug port is also what Xen's `hvm_debug` / `guest_loglvl` path prints
-//! for PVH guests, so lines are not lost there either.
+//! lines also go to the console ring that xenconsoled reads
+//! (`xen::console`); Xen itself prints a PVH domain's port 0xE9 bytes on
+//! its own console as `(dN) ...`, so lines written before xenconsoled
+//! connects are not lost either.
 
 use core::fmt;
 
@@ -14,7 +15,7 @@ pub fn write_bytes(bytes: &[u8]) {
         unsafe { crate::arch::outb(DEBUG_PORT, b) }
     }
     #[cfg(feature = "xen")]
-    crate::xen::console_write(bytes);
+    crate::xen::console::write(bytes);
 }
 
 /// `core::fmt` adapter for [`write_bytes`].

@@ -24,10 +24,11 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use engine::DomId;
 use rxenstored_core::features;
-use rxenstored_core::ring::{PAGE_SIZE, Ring, RingError, RingIo, RingPage};
+use rxenstored_core::ring::{PAGE_SIZE, Ring, RingIo, RingPage};
 use rxenstored_core::{ConnId, Core, Error, Platform, RingStart};
 
 use crate::println;
+use crate::serve::{Server, Stats};
 
 /// Number of control rings (pages 1..=4).
 pub const CONTROL_RINGS: usize = 4;
@@ -166,23 +167,24 @@ impl Platform for ShmPlatform {
     }
 }
 
-/// Counters reported at shutdown.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub rounds: u64,
-    pub requests: u64,
-    pub bytes_out: u64,
-}
+impl crate::serve::Rings for ShmPlatform {
+    fn ring_conns(&self, into: &mut Vec<ConnId>) {
+        into.extend(self.rings.keys().copied());
+    }
 
-/// Requests taken from one ring per polling round (fairness).
-const BURST: usize = 8;
+    fn describe(&self, conn: ConnId) -> alloc::string::String {
+        match self.rings.get(&conn) {
+            Some(r) => alloc::format!("ring page {} ({:?})", r.page_index, r.domid),
+            None => alloc::format!("connection {conn:?}"),
+        }
+    }
+}
 
 /// The polling loop over the shared region.
 #[derive(Debug)]
 pub struct Frontend {
-    core: Core<ShmPlatform>,
+    server: Server<ShmPlatform>,
     shm: Shm,
-    stats: Stats,
 }
 
 impl Frontend {
@@ -201,7 +203,7 @@ impl Frontend {
         shm.info(info::FIRST_GUEST_PAGE).store(FIRST_GUEST_PAGE as u32, Ordering::Relaxed);
         shm.info(info::SHUTDOWN).store(0, Ordering::Relaxed);
         shm.info(info::MAGIC).store(info::MAGIC_VALUE, Ordering::Release);
-        Frontend { core, shm, stats: Stats::default() }
+        Frontend { server: Server::new(core), shm }
     }
 
     /// Tells the host the rings are served.
@@ -209,110 +211,24 @@ impl Frontend {
         self.shm.info(info::STATE).store(1, Ordering::Release);
     }
 
-    /// Serves until the host asks to stop.
+    /// Serves until the host asks to stop (there are no event channels
+    /// under QEMU: the loop polls).
     pub fn run(&mut self) -> Stats {
-        let mut buf = Vec::with_capacity(16 + 4096);
-        let mut ids: Vec<ConnId> = Vec::new();
         loop {
             if self.shm.info(info::SHUTDOWN).load(Ordering::Acquire) != 0 {
-                return self.stats;
+                return self.server.stats();
             }
-            self.stats.rounds += 1;
-            if self.stats.rounds.is_multiple_of(1024) {
-                self.shm.info(info::ROUNDS).store(self.stats.rounds as u32, Ordering::Relaxed);
+            let turns = self.server.stats().turns;
+            if turns.is_multiple_of(1024) {
+                self.shm.info(info::ROUNDS).store(turns as u32, Ordering::Relaxed);
             }
-            ids.clear();
-            ids.extend(self.core.platform().rings.keys().copied());
-            let mut progressed = false;
-            for &id in &ids {
-                progressed |= self.serve(id, &mut buf);
-            }
-            let _ = self.core.take_dirty();
-            for &id in &ids {
-                progressed |= self.flush(id);
-            }
-            if !progressed {
+            if !self.server.turn() {
                 crate::arch::pause();
             }
         }
     }
 
-    /// Takes up to [`BURST`] requests from a ring into the core, within the
-    /// connection's `outstanding` quota.
-    fn serve(&mut self, id: ConnId, buf: &mut Vec<u8>) -> bool {
-        let mut progressed = false;
-        for _ in 0..BURST {
-            if let Some(limit) = self.core.outstanding_limit(id)
-                && self.core.output(id).is_some_and(|q| q.len() >= limit)
-            {
-                break;
-            }
-            let Some(ring) = self.core.platform().ring(id) else { break };
-            if !ring.has_input() {
-                break;
-            }
-            match ring.read_message(buf) {
-                Ok(polled) => {
-                    progressed |= polled.consumed;
-                    if !polled.complete {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    self.abandon(id, e);
-                    break;
-                }
-            }
-            self.stats.requests += 1;
-            if let Err(v) = self.core.receive(id, buf) {
-                self.abandon(id, RingError::Protocol { len: v.len });
-                break;
-            }
-            // The request stays in the ring until its reply is written.
-            let (queue, platform) = self.core.output_and_platform(id);
-            if let (Some(q), Some(ring)) = (queue, platform.ring(id)) {
-                ring.note_request(q.pushed());
-            }
-        }
-        progressed
-    }
-
-    /// A guest broke its ring: the `error` field tells it why (the ring
-    /// did that), the core ignores the connection from now on (as C).
-    fn abandon(&mut self, id: ConnId, e: RingError) {
-        if let Some(ring) = self.core.platform().ring(id) {
-            ring.fail(e);
-        }
-        let r = &self.core.platform().rings[&id];
-        println!("stubdom: ring page {} ({:?}) abandoned: {e} (error {})", r.page_index, r.domid, e.code());
-        self.core.ignore_connection(id);
-    }
-
-    /// Copies queued replies and events into the ring as space allows, and
-    /// releases the requests they answer.
-    fn flush(&mut self, id: ConnId) -> bool {
-        let mut progressed = false;
-        let (queue, platform) = self.core.output_and_platform(id);
-        let (Some(q), Some(ring)) = (queue, platform.ring(id)) else { return false };
-        if ring.error().is_some() {
-            return false;
-        }
-        while let Some(front) = q.front() {
-            let len = front.len();
-            let Ok(n) = ring.write(front) else { break };
-            q.advance(n);
-            self.stats.bytes_out += n as u64;
-            progressed |= n > 0;
-            if n < len {
-                break;
-            }
-        }
-        // Requests whose replies are now out give their space back.
-        progressed |= ring.release_answered(q.gone());
-        progressed
-    }
-
     pub fn core(&self) -> &Core<ShmPlatform> {
-        &self.core
+        self.server.core()
     }
 }

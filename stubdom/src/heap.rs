@@ -1,33 +1,32 @@
-//! The global allocator: `linked_list_allocator` over a static region in
-//! the `.heap` section (not zeroed by the entry code; the ELF loader
-//! zero-fills it as part of the data segment's memory size).
-
-use core::cell::UnsafeCell;
+//! The global allocator: `linked_list_allocator` over the RAM after the
+//! image, as far as the boot platform says RAM goes (Xen's memory map and
+//! reservation, or the PVH start info's map under QEMU). The image itself
+//! carries no heap, so that it loads into the few MiB a xenstore domain
+//! gets (`launch-xenstore`'s default is 8 MiB).
 
 use linked_list_allocator::LockedHeap;
-
-/// Heap size. The QEMU test boots with 64 MiB; a Xen stub domain is given
-/// its memory by the domain configuration and must be at least this plus
-/// the image.
-pub const HEAP_SIZE: usize = 16 * 1024 * 1024;
-
-#[repr(C, align(4096))]
-struct Region(UnsafeCell<[u8; HEAP_SIZE]>);
-
-// SAFETY: handed to the allocator once, at boot, and never touched again.
-unsafe impl Sync for Region {}
-
-#[unsafe(link_section = ".heap")]
-static REGION: Region = Region(UnsafeCell::new([0; HEAP_SIZE]));
 
 #[global_allocator]
 static ALLOCATOR: LockedHeap = LockedHeap::empty();
 
-/// Gives the region to the allocator. Called once, first thing.
-pub fn init() {
-    // SAFETY: called once before any allocation; the region is 'static
-    // and used by nobody else.
-    unsafe { ALLOCATOR.lock().init(REGION.0.get().cast(), HEAP_SIZE) }
+unsafe extern "C" {
+    static __image_end: u8;
+}
+
+/// The first heap address: the page after the image.
+pub fn start() -> u64 {
+    ((&raw const __image_end) as u64).next_multiple_of(4096)
+}
+
+/// Gives `[start, end)` to the allocator. Called once, before any
+/// allocation.
+///
+/// # Safety
+/// The range is RAM, mapped, and used by nothing else for the life of the
+/// image.
+pub unsafe fn init(start: u64, end: u64) {
+    // SAFETY: by the caller's contract.
+    unsafe { ALLOCATOR.lock().init(start as *mut u8, (end - start) as usize) }
 }
 
 /// Bytes in use and free.

@@ -11,10 +11,13 @@
 //! - `start_info`: the PVH start info (Xen's `hvm_start_info`).
 //! - `selftest`: the core driven as a guest with raw wire bytes, at every
 //!   boot.
+//! - `serve`: one turn over every ring (requests in, replies and events
+//!   out, the other ends kicked), whatever the platform.
 //! - `pci`, `frontend`: the QEMU test platform — `rxenstored_core::ring` rings in
 //!   an `ivshmem` shared region, served by polling.
-//! - `xen` (feature `xen`): the Xen platform (hypercall page, console ring,
-//!   the domain's own xenstore ring, grant tables, event channels).
+//! - `xen` (feature `xen`): the Xen platform, when the image runs as Xen's
+//!   xenstore domain (hypercall page, console ring, dom0's and guests'
+//!   rings through grant tables, event channels, domain state).
 //!
 //! Invariants: interrupts are never enabled; there is one CPU and one
 //! stack; everything above the platform comes from `rxenstored_core`.
@@ -32,6 +35,7 @@ mod heap;
 mod pci;
 mod rt;
 mod selftest;
+mod serve;
 mod start_info;
 #[cfg(feature = "xen")]
 mod xen;
@@ -49,27 +53,66 @@ const IVSHMEM_DEVICE: u16 = 0x1110;
 const BAR_FALLBACK: u64 = 0xE000_0000;
 const IDENTITY_MAPPED: u64 = 1 << 32;
 
+/// Where the heap ends when the boot platform gives no memory map.
+const HEAP_FALLBACK_END: u64 = 32 << 20;
+
 /// Called by `boot` in long mode with the physical address of the PVH
 /// start info.
 #[unsafe(no_mangle)]
 pub extern "C" fn stub_main(start_info: u32) -> ! {
-    heap::init();
     let t0 = arch::rdtsc();
-    println!("rxenstored stubdom {} (no_std engine + protocol core, PVH image)", env!("CARGO_PKG_VERSION"));
     let info = start_info::read(start_info);
-    match &info {
-        Some(i) => println!(
-            "stubdom: PVH start info v{} at {start_info:#x}, {} memory map entries",
-            i.version, i.memmap_entries
-        ),
-        None => println!("stubdom: no PVH start info at {start_info:#x}"),
-    }
     #[cfg(feature = "xen")]
-    xen::init(info.as_ref());
+    let xen = xen::init();
+    #[cfg(not(feature = "xen"))]
+    let xen: Option<(u32, u32)> = None;
+    #[cfg(feature = "xen")]
+    let xen_memory = xen.and_then(|_| xen::Memory::query());
+    #[cfg(feature = "xen")]
+    if xen.is_some() {
+        xen::start_console();
+    }
+    println!("rxenstored stubdom {} (no_std engine + protocol core, PVH image)", env!("CARGO_PKG_VERSION"));
+
+    // The heap: the RAM after the image and what the loader put beside it.
+    let heap_start = heap::start().max(info.as_ref().map_or(0, |i| i.end_of_boot_data()));
+    #[cfg(feature = "xen")]
+    let xen_heap = xen_memory.and_then(|m| m.populated_range_from(heap_start));
+    #[cfg(not(feature = "xen"))]
+    let xen_heap: Option<(u64, u64)> = None;
+    let (start, end) = xen_heap
+        .or_else(|| info.as_ref().and_then(|i| i.ram_range_from(heap_start)))
+        .unwrap_or((heap_start, HEAP_FALLBACK_END));
+    // SAFETY: RAM after the image, below 4 GiB (identity-mapped), used by
+    // nothing else.
+    unsafe { heap::init(start, end) };
+
+    match (&info, xen) {
+        (_, Some((major, minor))) => println!(
+            "stubdom: Xen {major}.{minor}, PVH, command line {:?}, heap {:#x}..{:#x} ({} KiB)",
+            info.as_ref().map_or("", |i| i.cmdline()),
+            start,
+            end,
+            (end - start) / 1024
+        ),
+        (Some(i), None) => println!(
+            "stubdom: PVH start info v{} at {start_info:#x}, {} memory map entries, heap {} KiB",
+            i.version,
+            i.memmap_entries,
+            (end - start) / 1024
+        ),
+        (None, None) => println!("stubdom: no PVH start info at {start_info:#x}"),
+    }
 
     if !selftest::run() {
         println!("stubdom: self-test FAILED");
         rt::exit(1);
+    }
+
+    #[cfg(feature = "xen")]
+    if xen.is_some() {
+        let cmdline = info.as_ref().map_or("", |i| i.cmdline());
+        xen::run(cmdline, xen_memory, t0);
     }
 
     let Some(bdf) = pci::find(IVSHMEM_VENDOR, IVSHMEM_DEVICE) else {
@@ -115,7 +158,7 @@ pub extern "C" fn stub_main(start_info: u32) -> ! {
     let (used, _) = heap::usage();
     println!(
         "stubdom: shutdown requested: {} polling rounds, {} requests, {} bytes out, {} nodes, heap {} KiB used",
-        stats.rounds,
+        stats.turns,
         stats.requests,
         stats.bytes_out,
         fe.core().store().snapshot().len(),

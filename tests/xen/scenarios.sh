@@ -13,10 +13,16 @@ R_XENSTORED=/usr/sbin/rxenstored
 STATE_DIR=/var/lib/xenstored
 PIDFILE=/var/run/xen/xenstored.pid
 XS_LOG=/var/log/xen/xenstored.log
+# The stub domain image (tests/xen/run puts it where the package does).
+STUBDOM_IMAGE=/usr/lib/rxenstored/rxenstored-stubdom
 case "$FLAVOUR" in
     rxenstored) XS_BIN=$R_XENSTORED; XS_ARGS="--state-dir $STATE_DIR --durability commit --log-file $XS_LOG" ;;
+    # No daemon in dom0: the store is a domain, its log is its console.
+    stubdom) XS_BIN=; XS_ARGS=; XS_LOG=/var/log/xen/console/guest-Xenstore.log ;;
     *) XS_BIN=$C_XENSTORED; XS_ARGS= ;;
 esac
+# Ours: rxenstored in dom0 or its stub domain (CONTROL quota and the like).
+case "$FLAVOUR" in rxenstored|stubdom) OURS=1 ;; *) OURS= ;; esac
 [ -e /harness/xs_args ] && XS_ARGS=$(cat /harness/xs_args)
 XL_TIMEOUT=240
 FAILED=0
@@ -30,7 +36,7 @@ xsread() { timeout 20 xenstore-read "$@" 2>/dev/null; }
 # scenario NAME FUNCTION [flavours]: runs FUNCTION unless --only left it
 # out or it does not apply to this daemon.
 scenario() {
-    name=$1 fn=$2 flavours=${3:-rxenstored cxenstored}
+    name=$1 fn=$2 flavours=${3:-rxenstored cxenstored stubdom}
     if [ -n "$ONLY" ] && ! echo ",$ONLY," | grep -q ",$name,"; then return 0; fi
     case " $flavours " in
         *" $FLAVOUR "*) ;;
@@ -177,9 +183,49 @@ EOF
     check "dom0's name" [ "$(xsread /local/domain/0/name)" = Domain-0 ] || return 1
 }
 
+# ---- 1'. the stub domain as Xen's xenstore domain ---------------------------
+
+s_start_stub_domain() {
+    cat >/etc/default/xencommons <<EOF
+XENSTORETYPE=domain
+XENSTORE_DOMAIN_KERNEL=$STUBDOM_IMAGE
+EOF
+    t=$(now)
+    # launch-xenstore runs init-xenstore-domain (default --memory 8), which
+    # returns once the store has answered its writes through dom0's ring.
+    check "launch-xenstore" timeout 60 /etc/xen/scripts/launch-xenstore || return 1
+    info "launch-xenstore returned after $(elapsed "$t") s (init-xenstore-domain to a serving store)"
+    check "pid file $PIDFILE names the domain: $(cat $PIDFILE)" grep -q '^domid:[0-9]' $PIDFILE || return 1
+    stubid=$(sed -n 's/^domid://p' $PIDFILE)
+    t=$(now)
+    check "first xenstore-read (dom0's kernel ring) answered within 10 s" \
+        [ "$(timeout 10 xenstore-read /tool/xenstored/domid)" = "$stubid" ] || return 1
+    info "first request took $(elapsed "$t") s"
+    check "xen-init-dom0" timeout 60 xen-init-dom0 >/run/xen-init-dom0.log 2>&1 || return 1
+    check "xenconsoled" xenconsoled --log=guest --log-dir=/var/log/xen/console || return 1
+    check "dom0's name" [ "$(xsread /local/domain/0/name)" = Domain-0 ] || return 1
+    check "xenstore-write" timeout 20 xenstore-write /harness/stub written || return 1
+    check "xenstore-read" [ "$(xsread /harness/stub)" = written ] || return 1
+    check "xenstore-ls" sh -c "timeout 20 xenstore-ls /local/domain/$stubid | grep -q 'name = \"Xenstore\"'" || return 1
+    check "xl list shows the store's domain" sh -c "timeout 30 xl list | grep -q '^Xenstore  *$stubid '" || return 1
+    for _ in $(seq 1 20); do grep -q '^stubdom: ready' $XS_LOG 2>/dev/null && break; sleep 0.5; done
+    check "its console log ($XS_LOG) has the readiness line" grep -q '^stubdom: ready' $XS_LOG || return 1
+    info "console: $(grep '^stubdom: \(Xen\|ready\)' $XS_LOG | tr '\n' ' ')"
+}
+
 # ---- 2. dom0's kernel served from the first moment -------------------------
 
 s_dom0_kernel_ring() {
+    if [ "$FLAVOUR" = stubdom ]; then
+        # Every dom0 client goes through dom0's kernel ring here. (Nothing
+        # can be queued before the start: init-xenstore-domain's
+        # IOCTL_XENBUS_BACKEND_SETUP waits for dom0's requests in flight.)
+        check "dom0's xenbus probed (control/feature-poweroff)" \
+            xen-probe wait /local/domain/0/control/feature-poweroff --timeout 30 || return 1
+        check "a request on dom0's ring" timeout 20 xen-probe --xenbus write /harness/ring yes || return 1
+        check "its write is stored" [ "$(xsread /harness/ring)" = yes ] || return 1
+        return 0
+    fi
     check "no queued request to wait for (scenario 1 did not run)" [ -n "$EARLY_PID" ] || return 1
     wait "$EARLY_PID"
     rc=$?
@@ -250,13 +296,13 @@ s_several_guests() {
     done
     check "g4 holds a transaction" xen-probe wait /local/domain/$d4/data/hold/holding --timeout 120 ||
         { guest_console g4; return 1; }
-    if [ "$FLAVOUR" = rxenstored ]; then
+    if [ -n "$OURS" ]; then
         check "g4 is accounted (quota $d4)" timeout 20 xenstore-control quota $d4 >/dev/null || return 1
     fi
     check "@releaseDomain fires for g4 destroyed mid-transaction" \
         xen-probe await-release $d4 --timeout 60 -- xl destroy g4 || return 1
     check "g4's uncommitted write never appears" sh -c "! xenstore-exists /harness/tx/g4" || return 1
-    if [ "$FLAVOUR" = rxenstored ]; then
+    if [ -n "$OURS" ]; then
         check "g4's watches and quotas are gone" sh -c "! timeout 20 xenstore-control quota $d4 >/dev/null 2>&1" ||
             return 1
     fi
@@ -353,12 +399,17 @@ s_crash_restart() {
 }
 
 run_all() {
-    info "xenstored: $FLAVOUR ($XS_BIN $XS_ARGS)"
-    scenario start-as-host s_start_as_host
+    if [ "$FLAVOUR" = stubdom ]; then
+        info "xenstored: rxenstored's stub domain ($STUBDOM_IMAGE, $(wc -c <$STUBDOM_IMAGE) bytes)"
+        scenario start-stub-domain s_start_stub_domain stubdom
+    else
+        info "xenstored: $FLAVOUR ($XS_BIN $XS_ARGS)"
+        scenario start-as-host s_start_as_host "rxenstored cxenstored"
+    fi
     scenario dom0-kernel-ring s_dom0_kernel_ring
     scenario guest-devices s_guest_devices
     scenario several-guests s_several_guests
     scenario crash-restart s_crash_restart rxenstored
-    scenario live-update s_live_update
+    scenario live-update s_live_update "rxenstored cxenstored"
     [ $FAILED = 0 ]
 }

@@ -433,7 +433,8 @@ impl<P: RingPage> Ring<P> {
             upto = Some(end);
             self.unanswered.pop_front();
         }
-        upto.is_some_and(|end| self.release(end))
+        let moved = upto.is_some_and(|end| self.release(end));
+        self.release_partial_if_idle() || moved
     }
 
     /// Hands back the space of everything read, answered or not, the
@@ -451,9 +452,24 @@ impl<P: RingPage> Ring<P> {
     fn release_if_stuck(&mut self) -> bool {
         let full = load(&self.page, layout::REQ_PROD).wrapping_sub(self.released) >= RING_SIZE;
         if self.partial.is_empty() || !full {
-            return false;
+            return self.release_partial_if_idle();
         }
         self.release_taken()
+    }
+
+    /// The rest of a half-received message comes without a notification
+    /// unless the part read is handed back: Linux's xenbus writer kicks the
+    /// event channel only when it finds the ring drained (`req_cons` at its
+    /// old `req_prod`), and writes a header and its payload as two chunks.
+    /// So when nothing unanswered precedes it, the part read is released
+    /// (it is lost, as with C, should the daemon die before the rest
+    /// arrives). With requests unanswered before it, their release comes
+    /// first and this runs then.
+    fn release_partial_if_idle(&mut self) -> bool {
+        if self.partial.is_empty() || !self.unanswered.is_empty() {
+            return false;
+        }
+        self.release(self.cursor)
     }
 
     fn release(&mut self, upto: u32) -> bool {
@@ -724,15 +740,44 @@ mod tests {
     }
 
     #[test]
+    fn a_half_received_message_after_an_unanswered_one_is_released_with_it() {
+        let page = HeapPage::new();
+        let mut g = ModelGuest::at(&page, 0);
+        let mut ring = Ring::new(&page, features::DEFAULT);
+        let first = msg(Op::Read, 1, b"/a\0");
+        let second = msg(Op::Write, 2, b"/b\0value");
+        let mut out = Vec::new();
+        g.put(&page, &first, 100);
+        assert!(ring.read_message(&mut out).expect("good ring").complete);
+        ring.note_request(10);
+        g.put(&page, &second[..HEADER_LEN], 100);
+        // The header waits behind the unanswered request: req_cons stays
+        // where the first request starts.
+        assert_eq!(ring.read_message(&mut out), Ok(Polled { complete: false, consumed: false }));
+        assert_eq!(load(&page, layout::REQ_CONS), 0);
+        // The first reply out: both the request and the header go back, so
+        // the guest's payload write finds a drained ring and kicks.
+        assert!(ring.release_answered(10));
+        assert_eq!(load(&page, layout::REQ_CONS), load(&page, layout::REQ_PROD));
+        g.put(&page, &second[HEADER_LEN..], 100);
+        let p = ring.read_message(&mut out).expect("good ring");
+        assert!(p.complete);
+        assert_eq!(out, second);
+    }
+
+    #[test]
     fn messages_across_the_wrap_point_and_in_pieces() {
         let page = HeapPage::new();
         let mut g = ModelGuest::at(&page, u32::MAX - 9);
         let mut ring = Ring::new(&page, features::DEFAULT);
         let m = msg(Op::Write, 7, b"/a/b\0value");
         let mut out = Vec::new();
-        // Three bytes of header only.
+        // Three bytes of header only: handed back at once (nothing
+        // unanswered before them), so that a writer who kicks only a
+        // drained ring kicks for the rest.
         assert_eq!(g.put(&page, &m, 3), 3);
-        assert_eq!(ring.read_message(&mut out), Ok(Polled { complete: false, consumed: false }));
+        assert_eq!(ring.read_message(&mut out), Ok(Polled { complete: false, consumed: true }));
+        assert_eq!(load(&page, layout::REQ_CONS), load(&page, layout::REQ_PROD));
         assert_eq!(ring.read_message(&mut out), Ok(Polled { complete: false, consumed: false }));
         assert!(ring.has_input(), "a half-received message counts as input");
         g.put(&page, &m[3..], 100);

@@ -240,13 +240,16 @@ impl<P: Platform> LoopState<P> {
         if !self.rings.enabled {
             return;
         }
-        let has_input = match self.core.platform().ring(id) {
-            Some(ring) if ring.error().is_none() => ring.has_input(),
-            _ => return,
-        };
+        if self.core.platform().ring(id).is_none_or(|ring| ring.error().is_some()) {
+            return;
+        }
         if let Ok(true) = self.write_ring(id) {
             self.core.platform().notify(id);
         }
+        // Looked at after the release: a guest that wrote while its
+        // requests held `req_cons` back did not kick (it kicks only a
+        // drained ring).
+        let has_input = self.core.platform().ring(id).is_some_and(|ring| ring.has_input());
         if has_input {
             // It may have been waiting for room under its quota.
             self.rings.enqueue(id);

@@ -23,7 +23,8 @@ type Conn = Client<Box<dyn Transport>>;
 #[command(about = "xenstore checks for the Xen test harness")]
 struct Args {
     /// Talk through /dev/xen/xenbus (the kernel's ring) instead of the
-    /// daemon's socket ($XENSTORED_PATH, else /var/run/xenstored/socket).
+    /// daemon's socket ($XENSTORED_PATH, else /var/run/xenstored/socket);
+    /// also what happens when there is no socket.
     #[arg(long)]
     xenbus: bool,
     /// How long one request may wait for its reply.
@@ -71,10 +72,12 @@ enum Cmd {
 }
 
 fn connect(args: &Args) -> io::Result<Conn> {
-    let transport: Box<dyn Transport> = if args.xenbus {
+    let path = std::env::var("XENSTORED_PATH").unwrap_or_else(|_| "/var/run/xenstored/socket".into());
+    // Without a socket (the store in a stub domain), the kernel's ring, as
+    // libxenstore does.
+    let transport: Box<dyn Transport> = if args.xenbus || !std::path::Path::new(&path).exists() {
         Box::new(xenbus::Xenbus::open()?)
     } else {
-        let path = std::env::var("XENSTORED_PATH").unwrap_or_else(|_| "/var/run/xenstored/socket".into());
         Box::new(
             std::os::unix::net::UnixStream::connect(&path)
                 .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?,
