@@ -389,6 +389,15 @@ impl<P: RingPage> Ring<P> {
         load(&self.page, layout::EVTCHN_PORT)
     }
 
+    /// The guest's port to bind: the one the page names, else the one
+    /// INTRODUCE gave (§8.1).
+    pub fn port_to_bind(&self, introduced: u32) -> u32 {
+        match self.evtchn_port() {
+            0 => introduced,
+            named => named,
+        }
+    }
+
     /// Why the ring was abandoned, if it was.
     pub fn error(&self) -> Option<RingError> {
         self.bad

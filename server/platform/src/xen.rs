@@ -360,10 +360,7 @@ impl Platform for XenPlatform {
         start: RingStart,
     ) -> Result<(), Error> {
         let mut ring = Ring::new(self.map_ring(domid)?, features);
-        let port = match ring.evtchn_port() {
-            0 => port,
-            p => p,
-        };
+        let port = ring.port_to_bind(port);
         let local = self.bind(domid, port).map_err(|e| {
             tracing::warn!("domain {}: cannot bind port {port}: {e}", domid.0);
             Error::BadRequest

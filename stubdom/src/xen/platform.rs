@@ -204,10 +204,7 @@ impl Platform for XenPlatform {
         };
         let page = XenPage(NonNull::new((gfn << PAGE_SHIFT) as *mut u8).ok_or(Error::BadRequest)?);
         let mut ring = Ring::new(page, features);
-        let port = match ring.evtchn_port() {
-            0 => port,
-            p => p,
-        };
+        let port = ring.port_to_bind(port);
         let local_port = match events::bind_interdomain(domid.0, port) {
             Ok(p) => p,
             Err(e) => {
