@@ -6,7 +6,7 @@
 //! # Threads
 //!
 //! The core and everything that touches it (client table, rings,
-//! persistence) sit behind one lock, in [`LoopState`]. Who reads the sockets
+//! persistence) sit behind one lock, in `LoopState`. Who reads the sockets
 //! depends on the mode:
 //!
 //! - **threaded** (`--socket-threads`): each socket client has a thread of its own
@@ -19,7 +19,7 @@
 //!   calls (`recv`, `send`) rather than three with a poll, the socket work
 //!   of many clients runs on all cores, and a busy lock batches requests
 //!   instead of queueing threads on a futex. A client with too much input
-//!   waiting ([`INBOX_BYTES`]) waits for the lock itself: that is the
+//!   waiting (`INBOX_BYTES`) waits for the lock itself: that is the
 //!   back-pressure a flooding client gets. A client thread sends the
 //!   replies of the connections it served; other output (watch events)
 //!   is left to the main loop, woken once, which sends it in batches.
