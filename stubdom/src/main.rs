@@ -39,6 +39,31 @@ mod serve;
 mod start_info;
 #[cfg(feature = "xen")]
 mod xen;
+/// Without the `xen` feature the image never finds Xen.
+#[cfg(not(feature = "xen"))]
+mod xen {
+    /// Never built: there is no Xen platform in this build.
+    #[derive(Debug)]
+    pub enum Boot {}
+
+    pub fn boot() -> Option<Boot> {
+        None
+    }
+
+    impl Boot {
+        pub fn version(&self) -> (u32, u32) {
+            match *self {}
+        }
+
+        pub fn heap_range(&self, _from: u64) -> Option<(u64, u64)> {
+            match *self {}
+        }
+
+        pub fn run(self, _cmdline: &str, _t0: u64) -> ! {
+            match self {}
+        }
+    }
+}
 
 use core::ptr::NonNull;
 
@@ -62,37 +87,26 @@ const HEAP_FALLBACK_END: u64 = 32 << 20;
 pub extern "C" fn stub_main(start_info: u32) -> ! {
     let t0 = arch::rdtsc();
     let info = start_info::read(start_info);
-    #[cfg(feature = "xen")]
-    let xen = xen::init();
-    #[cfg(not(feature = "xen"))]
-    let xen: Option<(u32, u32)> = None;
-    #[cfg(feature = "xen")]
-    let xen_memory = xen.and_then(|_| xen::Memory::query());
-    #[cfg(feature = "xen")]
-    if xen.is_some() {
-        xen::start_console();
-    }
+    let xen = xen::boot();
     println!("rxenstored stubdom {} (no_std engine + protocol core, PVH image)", env!("CARGO_PKG_VERSION"));
 
     // The heap: the RAM after the image and what the loader put beside it.
     let heap_start = heap::start().max(info.as_ref().map_or(0, |i| i.end_of_boot_data()));
-    #[cfg(feature = "xen")]
-    let xen_heap = xen_memory.and_then(|m| m.populated_range_from(heap_start));
-    #[cfg(not(feature = "xen"))]
-    let xen_heap: Option<(u64, u64)> = None;
-    let (start, end) = xen_heap
+    let (start, end) = xen
+        .as_ref()
+        .and_then(|x| x.heap_range(heap_start))
         .or_else(|| info.as_ref().and_then(|i| i.ram_range_from(heap_start)))
         .unwrap_or((heap_start, HEAP_FALLBACK_END));
     // SAFETY: RAM after the image, below 4 GiB (identity-mapped), used by
     // nothing else.
     unsafe { heap::init(start, end) };
 
-    match (&info, xen) {
-        (_, Some((major, minor))) => println!(
-            "stubdom: Xen {major}.{minor}, PVH, command line {:?}, heap {:#x}..{:#x} ({} KiB)",
-            info.as_ref().map_or("", |i| i.cmdline()),
-            start,
-            end,
+    let cmdline = info.as_ref().map_or("", |i| i.cmdline());
+    match (&info, &xen) {
+        (_, Some(x)) => println!(
+            "stubdom: Xen {}.{}, PVH, command line {cmdline:?}, heap {start:#x}..{end:#x} ({} KiB)",
+            x.version().0,
+            x.version().1,
             (end - start) / 1024
         ),
         (Some(i), None) => println!(
@@ -109,10 +123,8 @@ pub extern "C" fn stub_main(start_info: u32) -> ! {
         rt::exit(1);
     }
 
-    #[cfg(feature = "xen")]
-    if xen.is_some() {
-        let cmdline = info.as_ref().map_or("", |i| i.cmdline());
-        xen::run(cmdline, xen_memory, t0);
+    if let Some(x) = xen {
+        x.run(cmdline, t0);
     }
 
     let Some(bdf) = pci::find(IVSHMEM_VENDOR, IVSHMEM_DEVICE) else {

@@ -70,7 +70,7 @@ fn xen_cpuid_base() -> Option<u32> {
 
 /// Detects Xen and has it fill the hypercall page. Returns Xen's version
 /// (major, minor), or `None` when not running on Xen (QEMU alone).
-pub fn init() -> Option<(u32, u32)> {
+fn init() -> Option<(u32, u32)> {
     let base = xen_cpuid_base()?;
     let (version, _, _, _) = cpuid(base + 1);
     let (_, msr, _, _) = cpuid(base + 2);
@@ -83,6 +83,38 @@ pub fn init() -> Option<(u32, u32)> {
     }
     ON_XEN.store(true, Ordering::Release);
     Some((version >> 16, version & 0xffff))
+}
+
+/// What the boot learnt of Xen.
+#[derive(Debug)]
+pub struct Boot {
+    version: (u32, u32),
+    memory: Option<Memory>,
+}
+
+/// On Xen: the hypercall page, the console ring, the memory map. `None`
+/// when the image runs without Xen.
+pub fn boot() -> Option<Boot> {
+    let version = init()?;
+    start_console();
+    Some(Boot { version, memory: Memory::query() })
+}
+
+impl Boot {
+    /// Xen's version, (major, minor).
+    pub fn version(&self) -> (u32, u32) {
+        self.version
+    }
+
+    /// The populated RAM from `from` on, for the heap.
+    pub fn heap_range(&self, from: u64) -> Option<(u64, u64)> {
+        self.memory?.populated_range_from(from)
+    }
+
+    /// Serves as Xen's xenstore domain; never returns.
+    pub fn run(self, cmdline: &str, t0: u64) -> ! {
+        run(cmdline, self.memory, t0)
+    }
 }
 
 pub fn on_xen() -> bool {
@@ -181,7 +213,7 @@ pub fn shutdown(code: u32) {
 
 /// Sends the console to the ring the domain builder set up (HVM
 /// parameters), when there is one.
-pub fn start_console() {
+fn start_console() {
     if let (Some(pfn), Some(port)) = (hvm_param(HVM_PARAM_CONSOLE_PFN), hvm_param(HVM_PARAM_CONSOLE_EVTCHN))
         && pfn != 0
     {
@@ -204,8 +236,7 @@ fn parse_cmdline(cmdline: &str) -> Option<u32> {
     event
 }
 
-/// Serves as Xen's xenstore domain; never returns.
-pub fn run(cmdline: &str, memory: Option<Memory>, t0: u64) -> ! {
+fn run(cmdline: &str, memory: Option<Memory>, t0: u64) -> ! {
     let Some(event) = parse_cmdline(cmdline) else {
         crate::println!("stubdom: no `--event N` on the command line: not started by init-xenstore-domain?");
         shutdown(1);
