@@ -3,48 +3,62 @@
 //!
 //! Everything here is I/O; every protocol decision is the core's.
 //!
+//! # Reply order
+//!
+//! The one rule every path here keeps: **each connection gets the replies
+//! and watch events that serving the requests one at a time, in the order
+//! the daemon took them in, would give it.** A connection's requests are
+//! answered in the order it sent them; a watch event queued for it before
+//! one of its replies goes out before that reply. Requests of different
+//! connections interleave in whatever order the daemon takes them in (a
+//! read racing a concurrent commit may see the tree before or after it,
+//! as a client could with C xenstored), but each connection sees one
+//! serial order. `tests/reply_order.rs` checks the rule against a serial
+//! model run on [`Core`] directly, over every path below.
+//!
 //! # Threads
 //!
 //! The core and everything that touches it (client table, rings,
-//! persistence) sit behind one lock, in `LoopState`. Who reads the sockets
-//! depends on the mode:
+//! persistence) sit behind one lock, in `LoopState`. The main loop polls
+//! the sockets, as C xenstored does: one loop turn serves every ready
+//! client and then writes, so a watcher gets a turn's events together
+//! (a thread per client, tried as `--socket-threads` until 2026-12,
+//! sent each request's events on their own, which cost a bootstorm with
+//! watchers more than the parallel socket work gained; see
+//! benches/README.md). Three adaptations, each kept because `xsload`
+//! shows it pays on a workload users have (benches/README.md):
 //!
-//! - **threaded** (`--socket-threads`): each socket client has a thread of its own
-//!   that blocks in `recv`, and puts what it read in a shared inbox. The
-//!   core's work is *combined*: whichever thread gets the lock serves
-//!   everything in the inbox and writes out what the core queued, while
-//!   the others go straight back to `recv` instead of sleeping on the lock
-//!   (a thread that left input behind checks the inbox again after
-//!   unlocking, so nothing is stranded). A request then costs two system
-//!   calls (`recv`, `send`) rather than three with a poll, the socket work
-//!   of many clients runs on all cores, and a busy lock batches requests
-//!   instead of queueing threads on a futex. A client with too much input
-//!   waiting (`INBOX_BYTES`) waits for the lock itself: that is the
-//!   back-pressure a flooding client gets. A client thread sends the
-//!   replies of the connections it served; other output (watch events)
-//!   is left to the main loop, woken once, which sends it in batches.
+//! - **Snapshot reads.** The plain reads at the start of what a
+//!   privileged client sent are answered from the store's published
+//!   snapshot ([`Reader`]) when nothing of the client's is ahead of them
+//!   (no output queued, no partial request, no earlier input in the core),
+//!   without a turn of the core.
+//! - **Solo runs** (`solo.rs`). A client alone for a while is served by a
+//!   blocking `recv` until anyone else needs the loop: two system calls
+//!   a request instead of three.
+//! - **Readers on threads of their own.** A client that asks mostly reads
+//!   outside transactions ([`rxenstored_core::RequestMix`], `promote`) is
+//!   handed to a thread that blocks in `recv` and answers its snapshot
+//!   reads itself, without the lock, so they run on every core at once;
+//!   the rest of its input goes to a shared inbox. The core's work is
+//!   *combined*: whichever thread gets the lock serves everything in the
+//!   inbox and writes out what the core queued, while the others go
+//!   straight back to `recv` (a thread that left input behind checks the
+//!   inbox again after unlocking, so nothing is stranded). A client with
+//!   too much input waiting (`INBOX_BYTES`) waits for the lock itself:
+//!   that is the back-pressure a flooding client gets. Each connection's
+//!   `Lane` keeps its replies in order: a read is answered on the thread
+//!   only if it starts where a request starts ([`FrameTracker`]), none of
+//!   the connection's earlier input is still in the core, and no output
+//!   waits for it; otherwise it goes through the core like any request.
+//!   A client thread sends the replies of the connections it served;
+//!   other output (watch events) is left to the main loop, woken once,
+//!   which sends it in batches.
 //!
-//!   Reads outside transactions by a privileged client (dom0's tools)
-//!   need only the tree: the client's thread answers them itself from the
-//!   store's published snapshot ([`Reader`]), without the lock, so they
-//!   run on every core at once. Each connection's `Lane` keeps its
-//!   replies in order: a read is answered there only if it starts where a
-//!   request starts ([`FrameTracker`]), none of the connection's earlier
-//!   input is still in the core, and no output waits for it; otherwise it
-//!   goes through the core like any request.
-//! - **single** (the default, and always in commit durability, whose
-//!   group commit needs a loop turn to batch over): the main loop polls
-//!   the sockets too, as C xenstored does. One loop turn serves every
-//!   ready client and then writes, so a watcher gets a turn's events
-//!   together; with a thread per client each request's events go out on
-//!   their own, which costs a bootstorm with watchers more than the
-//!   parallel socket work gains (see benches/README.md). Two exceptions:
-//!   a client alone for a while is served by a blocking `recv` until
-//!   anyone else needs the loop (`solo.rs`), and a client that asks
-//!   mostly reads outside transactions is handed to a thread of its own,
-//!   as in threaded mode, so that its snapshot reads run beside the loop
-//!   ([`rxenstored_core::RequestMix`], `promote`; not with a trace file nor
-//!   with group commit).
+//! None of the three runs with a trace file (whose lines the core's
+//! callers write) nor with commit durability (whose group commit needs a
+//! loop turn to batch over, and a snapshot read could show what is not
+//! durable yet).
 //!
 //! The main thread always runs the poll: the listening socket, signals,
 //! the platform's event descriptor (rings), sockets whose output is
@@ -138,22 +152,22 @@ pub fn bind(path: &FsPath) -> io::Result<UnixListener> {
 
 /// A socket client as the writers see it.
 struct Client {
-    /// Shared with the client's thread in threaded mode (which reads it).
+    /// Shared with the client's thread when a thread of its own reads it.
     stream: Arc<StdUnixStream>,
     /// Registered for writability (output is waiting).
     wants_write: bool,
     lane: Arc<Lane>,
-    /// Read by a thread of its own (threaded mode, or promoted from the
-    /// loop as a reader), not by the poll.
+    /// Read by a thread of its own (promoted from the loop as a reader),
+    /// not by the poll.
     threaded: bool,
-    /// Single mode: answers the client's leading plain reads from the
-    /// published snapshot (privileged clients, [`LoopState::loop_snapshot_reads`]).
+    /// Answers the client's leading plain reads from the published
+    /// snapshot (privileged clients, [`LoopState::loop_snapshot_reads`]).
     reader: Option<Reader>,
 }
 
 /// What a client's thread shares with the holder of the lock about one
-/// connection (threaded mode), for the snapshot reads the thread answers
-/// itself: they must not overtake the connection's earlier replies.
+/// connection, for the snapshot reads the thread answers itself: they
+/// must not overtake the connection's earlier replies.
 #[derive(Default)]
 struct Lane {
     /// Bytes handed to the inbox whose turn has not finished: while there
@@ -180,7 +194,6 @@ pub(crate) struct LoopState<P: Platform> {
     core: Core<P>,
     clients: HashMap<ConnId, Client>,
     registry: Registry,
-    threaded: bool,
     trace: Option<fs::File>,
     /// Guests' rings, when the platform has them (`rings.rs`).
     rings: rings::RingState,
@@ -200,10 +213,6 @@ pub(crate) struct LoopState<P: Platform> {
     through: Vec<(Arc<Lane>, usize)>,
     /// The connections a turn flushes (kept to keep its allocation).
     dirty_ids: Vec<ConnId>,
-    /// Client threads answer snapshot reads themselves ([`Reader`]):
-    /// threaded mode without a trace file (whose lines the core's callers
-    /// write).
-    snapshot_reads: bool,
     /// Snapshot replies being built (kept for its allocation).
     snapshot_out: Vec<u8>,
     /// Clients found to be readers this turn, promoted at its end.
@@ -299,7 +308,6 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             core,
             clients: HashMap::default(),
             registry: poll.registry().try_clone()?,
-            threaded: false,
             trace,
             rings,
             persistence: None,
@@ -308,7 +316,6 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             deferred: HashSet::default(),
             through: Vec::new(),
             dirty_ids: Vec::new(),
-            snapshot_reads: false,
             snapshot_out: Vec::new(),
             promote: Vec::new(),
             quota_log: QuotaLog::new(QUOTA_LOG_INTERVAL),
@@ -336,28 +343,17 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         })
     }
 
-    /// Serves socket clients from a thread each (`true`) or from the main
-    /// loop (`false`, the default). Call before any client is adopted.
     /// The least time between two log lines for one domain's refusals by
     /// one quota (default [`QUOTA_LOG_INTERVAL`]).
     pub fn set_quota_log_interval(&mut self, interval: Duration) {
         self.shared.state.lock().quota_log = QuotaLog::new(interval);
     }
 
-    pub fn set_socket_threads(&mut self, threaded: bool) {
-        let mut state = self.shared.state.lock();
-        state.threaded = threaded;
-        state.snapshot_reads = threaded && state.trace.is_none();
-    }
-
     /// Journals every change to `p` (see [`crate::persistence`]): in commit
     /// mode no reply leaves before the changes it acknowledges are durable,
-    /// and the sockets are served from the main loop so that one `fsync`
-    /// covers a whole turn's requests.
+    /// and the sockets are served from the main loop alone so that one
+    /// `fsync` covers a whole turn's requests.
     pub fn set_persistence(&mut self, p: Persistence) {
-        if p.group_commit() {
-            self.set_socket_threads(false);
-        }
         self.shared.state.lock().persistence = Some(p);
     }
 
@@ -491,23 +487,15 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         }
     }
 
-    /// Puts a connected socket in service: polled by the main loop, or read
-    /// by a thread of its own.
+    /// Puts a connected socket in service, polled by the main loop.
     fn serve_client(&mut self, state: &mut LoopState<P>, id: ConnId, stream: StdUnixStream) -> io::Result<()> {
         let stream = Arc::new(stream);
         let lane = Arc::new(Lane::default());
-        if !state.threaded {
-            stream.set_nonblocking(true)?;
-            let fd = stream.as_raw_fd();
-            state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)?;
-            let reader = state.loop_snapshot_reads().then(|| state.core.reader(id)).flatten().map(|(reader, _)| reader);
-            state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: false, reader });
-            return Ok(());
-        }
-        stream.set_nonblocking(false)?;
-        let reads = if state.snapshot_reads { state.core.reader(id) } else { None };
-        self.spawn_client_thread(id, &stream, &lane, reads)?;
-        state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: true, reader: None });
+        stream.set_nonblocking(true)?;
+        let fd = stream.as_raw_fd();
+        state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)?;
+        let reader = state.loop_snapshot_reads().then(|| state.core.reader(id)).flatten().map(|(reader, _)| reader);
+        state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: false, reader });
         Ok(())
     }
 
@@ -531,11 +519,10 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         Ok(())
     }
 
-    /// Single mode: hands a client that asks mostly reads to a thread of
-    /// its own, between its requests. Its reads are then answered from the
-    /// published snapshot on that thread, in parallel with the loop and
-    /// each other, as in threaded mode; the rest of its requests go
-    /// through the inbox. Writers stay in the loop, whose turns batch
+    /// Hands a client that asks mostly reads to a thread of its own,
+    /// between its requests. Its reads are then answered from the published
+    /// snapshot on that thread, in parallel with the loop and each other;
+    /// the rest of its requests go through the inbox. Writers stay in the loop, whose turns batch
     /// them (a thread costs a wake-up per request).
     fn promote(&mut self, state: &mut LoopState<P>, id: ConnId) {
         let Some(client) = state.clients.get(&id).filter(|c| !c.threaded && !c.wants_write) else { return };
@@ -599,7 +586,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             return;
         }
         // The successor (ours or C's) polls its sockets: it gets them
-        // non-blocking, as the single-threaded mode keeps them.
+        // non-blocking, as the loop keeps them.
         let set_blocking = |state: &LoopState<P>, blocking: bool| {
             for c in state.clients.values().filter(|c| c.threaded) {
                 let _ = c.stream.set_nonblocking(!blocking);
@@ -934,7 +921,7 @@ impl<P: Platform> LoopState<P> {
         true
     }
 
-    /// Single mode: reads what a readable socket holds.
+    /// Reads what a readable socket holds.
     fn read_client(&mut self, id: ConnId, buf: &mut [u8]) {
         loop {
             let Some(client) = self.clients.get(&id) else { return };
@@ -967,7 +954,7 @@ impl<P: Platform> LoopState<P> {
         }
     }
 
-    /// Single mode: answers the plain reads at the start of `bytes` from
+    /// Answers the plain reads at the start of `bytes` from
     /// the published snapshot when nothing of the client's is ahead of
     /// them (as a client thread does, `answer_reads`). Returns the bytes
     /// used.
@@ -999,13 +986,13 @@ impl<P: Platform> LoopState<P> {
         }
     }
 
-    /// Single mode: plain reads at the start of what a client sent are
+    /// Plain reads at the start of what a client sent are
     /// answered from the published snapshot, and clients that ask mostly
     /// reads get a thread of their own ([`rxenstored_core::RequestMix`]); not
     /// with a trace file (whose lines the core's callers write), nor with
     /// group commit (a snapshot read could show what is not durable yet).
     fn loop_snapshot_reads(&self) -> bool {
-        !self.threaded && self.trace.is_none() && self.persistence.as_ref().is_none_or(|p| !p.group_commit())
+        self.trace.is_none() && self.persistence.as_ref().is_none_or(|p| !p.group_commit())
     }
 
     /// Something only the main loop's turn handles: a fatal error, rings

@@ -1,4 +1,4 @@
-//! Solo runs (a child module of `daemon`, single mode only): one socket
+//! Solo runs (a child module of `serving`): one socket
 //! client talking to the daemon alone is served with a blocking `recv` on
 //! its socket instead of a poll, a read and a write per request.
 //!
