@@ -25,8 +25,8 @@
 //! (a thread per client, tried as `--socket-threads` until 2026-12,
 //! sent each request's events on their own, which cost a bootstorm with
 //! watchers more than the parallel socket work gained; see
-//! benches/README.md). Three adaptations, each kept because `xsload`
-//! shows it pays on a workload users have (benches/README.md):
+//! benches/README.md). Three adaptations, each kept for a workload users
+//! have (what each buys, measured: benches/README.md):
 //!
 //! - **Snapshot reads.** The plain reads at the start of what a
 //!   privileged client sent are answered from the store's published
