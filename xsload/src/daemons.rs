@@ -2,7 +2,8 @@
 //! run directory under /tmp each, stopped when dropped, also on panic, and
 //! by the signal thread on SIGINT/SIGTERM through `launch::stop_all`):
 //!
-//! * `rxenstored`: run as `rxenstored --no-fork` with `XENSTORED_RUNDIR`;
+//! * `rxenstored`, `rx-threads`: run as `rxenstored --no-fork` with
+//!   `XENSTORED_RUNDIR`, the second with `--socket-threads`;
 //! * `cxenstored`, `oxenstored`: Debian's 4.17 daemons through
 //!   `peers/start-peer` and `peers/stop-peer`;
 //! * `floor`: this binary's hidden `floor-server` subcommand (a null store).
@@ -22,6 +23,8 @@ pub use launch::{DaemonProcess, StartError};
 pub enum Kind {
     /// Ours, in its default mode (sockets served by the event loop).
     Rxenstored,
+    /// Ours with `--socket-threads` (a thread per socket client).
+    RxThreads,
     /// Debian's C xenstored 4.17.
     Cxenstored,
     /// Debian's OCaml oxenstored 4.17.
@@ -32,12 +35,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 4] = [Kind::Rxenstored, Kind::Cxenstored, Kind::Oxenstored, Kind::Floor];
+    pub const ALL: [Kind; 5] = [Kind::Rxenstored, Kind::RxThreads, Kind::Cxenstored, Kind::Oxenstored, Kind::Floor];
 
     /// The name used on the command line and in the table.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Rxenstored => "rxenstored",
+            Kind::RxThreads => "rx-threads",
             Kind::Cxenstored => "cxenstored",
             Kind::Oxenstored => "oxenstored",
             Kind::Floor => "floor",
@@ -54,9 +58,9 @@ impl Kind {
         matches!(self, Kind::Cxenstored | Kind::Oxenstored)
     }
 
-    /// Whether this is rxenstored.
+    /// Whether this is rxenstored, in either mode.
     pub fn is_ours(self) -> bool {
-        matches!(self, Kind::Rxenstored)
+        matches!(self, Kind::Rxenstored | Kind::RxThreads)
     }
 }
 
@@ -81,6 +85,9 @@ pub struct Programs {
 pub fn start(kind: Kind, progs: &Programs, cpu: Option<usize>) -> Result<DaemonProcess<Kind>, StartError> {
     let started = match kind {
         Kind::Rxenstored => DaemonProcess::rxenstored(kind, &progs.rxenstored, cpu, |_, _| {}),
+        Kind::RxThreads => DaemonProcess::rxenstored(kind, &progs.rxenstored, cpu, |c, _| {
+            c.arg("--socket-threads");
+        }),
         Kind::Cxenstored => DaemonProcess::peer(kind, Peer::Cxenstored, &progs.shared, cpu),
         Kind::Oxenstored => DaemonProcess::peer(kind, Peer::Oxenstored, &progs.shared, cpu),
         Kind::Floor => DaemonProcess::spawn(kind, &progs.this_exe, cpu, |c, rundir| {

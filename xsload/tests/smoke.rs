@@ -62,7 +62,8 @@ fn xsload(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn quick_run_all_daemons_json() {
-    let (ok, stdout, stderr) = xsload(&["--quick", "--json", "--daemons", "rxenstored,cxenstored,oxenstored,floor"]);
+    let (ok, stdout, stderr) =
+        xsload(&["--quick", "--json", "--daemons", "rxenstored,rx-threads,cxenstored,oxenstored,floor"]);
     assert!(ok, "xsload failed:\n{stderr}\n{stdout}");
     let doc: Value = serde_json::from_str(&stdout).expect("JSON output");
     assert_eq!(doc["failures"], 0, "{stderr}");
@@ -94,8 +95,10 @@ fn quick_run_all_daemons_json() {
     }
     // A fresh tree: every creator's first transaction creates the missing
     // backend levels, and none of them may conflict.
-    if !unavailable.contains_key("rxenstored") {
-        let kind = "rxenstored";
+    for kind in ["rxenstored", "rx-threads"] {
+        if unavailable.contains_key(kind) {
+            continue;
+        }
         let retries = rows
             .iter()
             .find(|r| r["case"] == "bootstorm fresh 20 dom/4 cl" && r["metric"] == "EAGAIN retries")
@@ -114,8 +117,12 @@ fn quick_run_all_daemons_json() {
             assert!(v.is_number(), "{case} / {}: {kind} has {v} instead of a figure\n{stderr}", r["metric"]);
         }
         let applies_to_floor = case.starts_with("pairs ");
-        for kind in ["rxenstored", "floor"] {
-            if unavailable.contains_key(kind) || (kind == "floor" && !applies_to_floor) {
+        let ring = case.contains("-ring");
+        for kind in ["rxenstored", "rx-threads", "floor"] {
+            if unavailable.contains_key(kind)
+                || (kind == "floor" && !applies_to_floor)
+                || (kind == "rx-threads" && ring)
+            {
                 continue;
             }
             assert!(values.contains_key(kind), "{case}: no {kind} value");
