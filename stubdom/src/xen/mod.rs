@@ -239,8 +239,7 @@ fn parse_cmdline(cmdline: &str) -> Option<u32> {
 fn run(cmdline: &str, memory: Option<Memory>, t0: u64) -> ! {
     let Some(event) = parse_cmdline(cmdline) else {
         crate::println!("stubdom: no `--event N` on the command line: not started by init-xenstore-domain?");
-        shutdown(1);
-        crate::arch::halt();
+        crate::rt::exit(1)
     };
     let ram_end = memory.map_or(crate::heap::start(), |m| m.ram_end());
     let mut frames = platform::Frames::above(ram_end);
@@ -248,13 +247,11 @@ fn run(cmdline: &str, memory: Option<Memory>, t0: u64) -> ! {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             crate::println!("stubdom: cannot map the shared info page ({})", e.0);
-            shutdown(1);
-            crate::arch::halt();
+            crate::rt::exit(1)
         }
         None => {
             crate::println!("stubdom: no free frame for the shared info page");
-            shutdown(1);
-            crate::arch::halt();
+            crate::rt::exit(1)
         }
     };
     crate::println!("stubdom: {} Mcycles from entry to serving", (crate::arch::rdtsc() - t0) / 1_000_000);

@@ -307,31 +307,32 @@ pub fn serve(config: rxenstored_core::Config, event: u32, shared: SharedInfo, fr
     let mut core = Core::with_platform(config, XenPlatform::new(frames));
     if let Err(e) = core.attach_own_ring(event) {
         println!("stubdom: cannot serve dom0's ring (port {event}): {e}");
-        super::shutdown(1);
-        crate::arch::halt();
+        crate::rt::exit(1)
     }
     let mut server = Server::new(core);
     let (used, free) = crate::heap::usage();
     println!("stubdom: ready: serving dom0 on port {event}, heap {} KiB used / {} KiB free", used / 1024, free / 1024);
+    // The rings' ports and VIRQ_DOM_EXC's, taken again after each pass (a
+    // pass may bind or close some).
     let mut ports: Vec<u32> = Vec::new();
-    loop {
+    let take_ports = |server: &mut Server<XenPlatform>, ports: &mut Vec<u32>| {
         ports.clear();
-        server.core_mut().platform().ports(&mut ports);
+        server.core_mut().platform().ports(ports);
+        ports.extend(virq_port);
+    };
+    take_ports(&mut server, &mut ports);
+    loop {
+        let mut dom_exc = false;
         for &p in &ports {
-            shared.take_pending(p);
+            dom_exc |= shared.take_pending(p) && Some(p) == virq_port;
         }
-        if let Some(v) = virq_port
-            && shared.take_pending(v)
-        {
-            let gone = server.core_mut().check_domains();
-            for d in gone {
+        if dom_exc {
+            for d in server.core_mut().check_domains() {
                 println!("stubdom: domain {} is gone", d.0);
             }
         }
         while server.turn() {}
-        ports.clear();
-        server.core_mut().platform().ports(&mut ports);
-        ports.extend(virq_port);
+        take_ports(&mut server, &mut ports);
         if ports.len() <= events::POLL_MAX_PORTS {
             if let Err(e) = events::poll(&ports) {
                 println!("stubdom: SCHEDOP_poll failed ({})", e.0);
