@@ -66,10 +66,11 @@ fn rx_to_rx_keeps_connections_watches_partial_requests_and_every_write() {
     rx_to_rx_under_load(&d);
 }
 
-/// With a thread per socket client, the update stops every thread between
-/// requests first: a request read but not yet served would be lost.
+/// A daemon started with the deprecated `--socket-threads` (accepted and
+/// ignored) still starts, and updates to a successor that gets the same
+/// command line.
 #[test]
-fn rx_to_rx_with_socket_threads_loses_nothing_read() {
+fn rx_to_rx_with_the_deprecated_socket_threads_option() {
     let d = match daemon::start_rx(&["--socket-threads"]) {
         Ok(d) => d,
         Err(e) => return eprintln!("skipped: {e}"),

@@ -1,17 +1,15 @@
-//! The Unix-socket frontend under concurrency, in both of its modes: the
-//! single event loop (the default) and a thread per client
-//! (`--socket-threads`).
+//! The Unix-socket frontend under concurrency.
 //!
 //! - Many clients at once each get every reply, in order, with the right
-//!   contents (the threaded mode hands input between threads).
+//!   contents.
 //! - A watcher that stops reading holds up nobody: writers keep being
 //!   answered while its events pile up (a socket client is dom0, whose
 //!   queue C does not bound either), and when it reads again it gets every
 //!   event, in order.
 //! - A client that floods requests without reading replies is answered
 //!   in full once it reads, and others are served meanwhile.
-//! - Reads that a client thread answers itself from the published snapshot
-//!   (threaded mode) keep their place among the client's other requests:
+//! - Reads that a reader's thread answers itself from the published
+//!   snapshot keep their place among the client's other requests:
 //!   a read sent after a write sees it, and replies come in request order,
 //!   also when the client stops reading them for a while.
 
@@ -24,7 +22,9 @@ use rxenstored_suite::daemon::TestDaemon;
 use rxenstored_suite::harness::start_rx_or_skip;
 use wire::{Op, client::Client};
 
-const MODES: [&[&str]; 2] = [&[], &["--socket-threads"]];
+/// The daemon's arguments for each run (one: the event loop is the only
+/// way of serving sockets).
+const MODES: [&[&str]; 1] = [&[]];
 
 /// A client watching `path`, its initial event already taken.
 fn watching(d: &TestDaemon, path: &str) -> Client {

@@ -85,8 +85,8 @@ pub fn start(kind: Kind) -> Result<TestDaemon, Unavailable> {
 }
 
 /// Starts rxenstored with extra command-line arguments (and those of
-/// `$RXENSTORED_ARGS` that `args` does not have: run-tests runs the socket
-/// suites again with `--socket-threads`).
+/// `$RXENSTORED_ARGS` that `args` does not have, to run a suite against a
+/// differently started daemon).
 pub fn start_rx(args: &[&str]) -> Result<TestDaemon, Unavailable> {
     let bin = rxenstored_bin().ok_or_else(|| Unavailable("cannot locate the target directory".into()))?;
     let env_args = std::env::var("RXENSTORED_ARGS").unwrap_or_default();

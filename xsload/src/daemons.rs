@@ -2,8 +2,7 @@
 //! run directory under /tmp each, stopped when dropped, also on panic, and
 //! by the signal thread on SIGINT/SIGTERM through `launch::stop_all`):
 //!
-//! * `rxenstored`, `rx-threads`: run as `rxenstored --no-fork` with
-//!   `XENSTORED_RUNDIR`, the second with `--socket-threads`;
+//! * `rxenstored`: run as `rxenstored --no-fork` with `XENSTORED_RUNDIR`;
 //! * `cxenstored`, `oxenstored`: Debian's 4.17 daemons through
 //!   `peers/start-peer` and `peers/stop-peer`;
 //! * `floor`: this binary's hidden `floor-server` subcommand (a null store).
@@ -23,8 +22,6 @@ pub use launch::{DaemonProcess, StartError};
 pub enum Kind {
     /// Ours, in its default mode (sockets served by the event loop).
     Rxenstored,
-    /// Ours with `--socket-threads` (a thread per socket client).
-    RxThreads,
     /// Debian's C xenstored 4.17.
     Cxenstored,
     /// Debian's OCaml oxenstored 4.17.
@@ -35,13 +32,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 5] = [Kind::Rxenstored, Kind::RxThreads, Kind::Cxenstored, Kind::Oxenstored, Kind::Floor];
+    pub const ALL: [Kind; 4] = [Kind::Rxenstored, Kind::Cxenstored, Kind::Oxenstored, Kind::Floor];
 
     /// The name used on the command line and in the table.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Rxenstored => "rxenstored",
-            Kind::RxThreads => "rx-threads",
             Kind::Cxenstored => "cxenstored",
             Kind::Oxenstored => "oxenstored",
             Kind::Floor => "floor",
@@ -58,9 +54,9 @@ impl Kind {
         matches!(self, Kind::Cxenstored | Kind::Oxenstored)
     }
 
-    /// Whether this is rxenstored, in either mode.
+    /// Whether this is rxenstored.
     pub fn is_ours(self) -> bool {
-        matches!(self, Kind::Rxenstored | Kind::RxThreads)
+        matches!(self, Kind::Rxenstored)
     }
 }
 
@@ -85,9 +81,6 @@ pub struct Programs {
 pub fn start(kind: Kind, progs: &Programs, cpu: Option<usize>) -> Result<DaemonProcess<Kind>, StartError> {
     let started = match kind {
         Kind::Rxenstored => DaemonProcess::rxenstored(kind, &progs.rxenstored, cpu, |_, _| {}),
-        Kind::RxThreads => DaemonProcess::rxenstored(kind, &progs.rxenstored, cpu, |c, _| {
-            c.arg("--socket-threads");
-        }),
         Kind::Cxenstored => DaemonProcess::peer(kind, Peer::Cxenstored, &progs.shared, cpu),
         Kind::Oxenstored => DaemonProcess::peer(kind, Peer::Oxenstored, &progs.shared, cpu),
         Kind::Floor => DaemonProcess::spawn(kind, &progs.this_exe, cpu, |c, rundir| {

@@ -64,9 +64,9 @@ struct Cli {
     /// only, over simulated rings and over the socket.
     #[arg(long, value_delimiter = ',', default_values = WORKLOADS)]
     only: Vec<String>,
-    /// Servers to compare: rxenstored (default mode), rx-threads (rxenstored
-    /// --socket-threads), cxenstored, oxenstored, floor (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "rxenstored,rx-threads,cxenstored,oxenstored,floor")]
+    /// Servers to compare: rxenstored, cxenstored, oxenstored, floor
+    /// (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "rxenstored,cxenstored,oxenstored,floor")]
     daemons: Vec<String>,
     /// Also run `pairs` with the daemon (`taskset -c CPU`) and the client
     /// threads (sched_setaffinity) pinned to this CPU, as peers/README.md's
@@ -1184,7 +1184,7 @@ fn main() -> ExitCode {
             Some(k) if !kinds.contains(&k) => kinds.push(k),
             Some(_) => {}
             None => {
-                eprintln!("xsload: unknown daemon {name:?} (rxenstored, rx-threads, cxenstored, oxenstored, floor)");
+                eprintln!("xsload: unknown daemon {name:?} (rxenstored, cxenstored, oxenstored, floor)");
                 return ExitCode::from(2);
             }
         }

@@ -299,8 +299,6 @@ impl Sheet {
                     "values": values,
                     "rx_vs_best_ref": r.vs_best_ref(Kind::Rxenstored).map(|(x, k)| json!({ "ratio": x, "ref": k.name() })),
                     "rx_vs_floor": r.vs_floor(Kind::Rxenstored),
-                    "rx_threads_vs_best_ref": r.vs_best_ref(Kind::RxThreads).map(|(x, k)| json!({ "ratio": x, "ref": k.name() })),
-                    "rx_threads_vs_floor": r.vs_floor(Kind::RxThreads),
                 })
             })
             .collect();

@@ -62,8 +62,7 @@ fn xsload(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn quick_run_all_daemons_json() {
-    let (ok, stdout, stderr) =
-        xsload(&["--quick", "--json", "--daemons", "rxenstored,rx-threads,cxenstored,oxenstored,floor"]);
+    let (ok, stdout, stderr) = xsload(&["--quick", "--json", "--daemons", "rxenstored,cxenstored,oxenstored,floor"]);
     assert!(ok, "xsload failed:\n{stderr}\n{stdout}");
     let doc: Value = serde_json::from_str(&stdout).expect("JSON output");
     assert_eq!(doc["failures"], 0, "{stderr}");
@@ -95,10 +94,8 @@ fn quick_run_all_daemons_json() {
     }
     // A fresh tree: every creator's first transaction creates the missing
     // backend levels, and none of them may conflict.
-    for kind in ["rxenstored", "rx-threads"] {
-        if unavailable.contains_key(kind) {
-            continue;
-        }
+    if !unavailable.contains_key("rxenstored") {
+        let kind = "rxenstored";
         let retries = rows
             .iter()
             .find(|r| r["case"] == "bootstorm fresh 20 dom/4 cl" && r["metric"] == "EAGAIN retries")
@@ -117,12 +114,8 @@ fn quick_run_all_daemons_json() {
             assert!(v.is_number(), "{case} / {}: {kind} has {v} instead of a figure\n{stderr}", r["metric"]);
         }
         let applies_to_floor = case.starts_with("pairs ");
-        let ring = case.contains("-ring");
-        for kind in ["rxenstored", "rx-threads", "floor"] {
-            if unavailable.contains_key(kind)
-                || (kind == "floor" && !applies_to_floor)
-                || (kind == "rx-threads" && ring)
-            {
+        for kind in ["rxenstored", "floor"] {
+            if unavailable.contains_key(kind) || (kind == "floor" && !applies_to_floor) {
                 continue;
             }
             assert!(values.contains_key(kind), "{case}: no {kind} value");

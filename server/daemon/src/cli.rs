@@ -89,12 +89,11 @@ pub struct Args {
     #[arg(long = "no-rings")]
     pub no_rings: bool,
 
-    /// Serve each socket client from a thread of its own instead of the
-    /// main event loop (which already hands clients that mostly read to
-    /// threads of their own): costs a bootstorm with watchers CPU and
-    /// memory (ignored with --durability commit, whose group commit needs
-    /// the loop).
-    #[arg(long = "socket-threads")]
+    /// Deprecated and ignored: the event loop serves every socket client
+    /// (handing clients that mostly read to threads of their own). Still
+    /// accepted so that an existing command line, and a live update from a
+    /// daemon started with it, keep working.
+    #[arg(long = "socket-threads", hide = true)]
     pub socket_threads: bool,
 
     /// Keep the state in this directory: restart after a crash with it.

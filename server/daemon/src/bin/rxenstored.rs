@@ -483,7 +483,9 @@ fn run(args: Args) -> Result<(), String> {
         p.start(&mut core).map_err(|e| format!("cannot write the initial checkpoint: {e}"))?;
     }
     let mut daemon = Daemon::new(core, listener, socket.clone(), trace).map_err(|e| format!("cannot start: {e}"))?;
-    daemon.set_socket_threads(args.socket_threads);
+    if args.socket_threads {
+        tracing::warn!("--socket-threads is deprecated and ignored: the event loop serves every socket client");
+    }
     daemon.set_quota_log_interval(Duration::from_secs(args.quota_log_interval));
     if let Some(p) = persistence {
         daemon.set_persistence(p);

@@ -3,48 +3,62 @@
 //!
 //! Everything here is I/O; every protocol decision is the core's.
 //!
+//! # Reply order
+//!
+//! The one rule every path here keeps: **each connection gets the replies
+//! and watch events that serving the requests one at a time, in the order
+//! the daemon took them in, would give it.** A connection's requests are
+//! answered in the order it sent them; a watch event queued for it before
+//! one of its replies goes out before that reply. Requests of different
+//! connections interleave in whatever order the daemon takes them in (a
+//! read racing a concurrent commit may see the tree before or after it,
+//! as a client could with C xenstored), but each connection sees one
+//! serial order. `tests/reply_order.rs` checks the rule against a serial
+//! model run on [`Core`] directly, over every path below.
+//!
 //! # Threads
 //!
 //! The core and everything that touches it (client table, rings,
-//! persistence) sit behind one lock, in `LoopState`. Who reads the sockets
-//! depends on the mode:
+//! persistence) sit behind one lock, in `LoopState`. The main loop polls
+//! the sockets, as C xenstored does: one loop turn serves every ready
+//! client and then writes, so a watcher gets a turn's events together
+//! (a thread per client, tried as `--socket-threads` until 2026-12,
+//! sent each request's events on their own, which cost a bootstorm with
+//! watchers more than the parallel socket work gained; see
+//! benches/README.md). Three adaptations, each kept for a workload users
+//! have (what each buys, measured: benches/README.md):
 //!
-//! - **threaded** (`--socket-threads`): each socket client has a thread of its own
-//!   that blocks in `recv`, and puts what it read in a shared inbox. The
-//!   core's work is *combined*: whichever thread gets the lock serves
-//!   everything in the inbox and writes out what the core queued, while
-//!   the others go straight back to `recv` instead of sleeping on the lock
-//!   (a thread that left input behind checks the inbox again after
-//!   unlocking, so nothing is stranded). A request then costs two system
-//!   calls (`recv`, `send`) rather than three with a poll, the socket work
-//!   of many clients runs on all cores, and a busy lock batches requests
-//!   instead of queueing threads on a futex. A client with too much input
-//!   waiting (`INBOX_BYTES`) waits for the lock itself: that is the
-//!   back-pressure a flooding client gets. A client thread sends the
-//!   replies of the connections it served; other output (watch events)
-//!   is left to the main loop, woken once, which sends it in batches.
+//! - **Snapshot reads.** The plain reads at the start of what a
+//!   privileged client sent are answered from the store's published
+//!   snapshot ([`Reader`]) when nothing of the client's is ahead of them
+//!   (no output queued, no partial request, no earlier input in the core),
+//!   without a turn of the core.
+//! - **Solo runs** (`solo.rs`). A client alone for a while is served by a
+//!   blocking `recv` until anyone else needs the loop: two system calls
+//!   a request instead of three.
+//! - **Readers on threads of their own.** A client that asks mostly reads
+//!   outside transactions ([`rxenstored_core::RequestMix`], `promote`) is
+//!   handed to a thread that blocks in `recv` and answers its snapshot
+//!   reads itself, without the lock, so they run on every core at once;
+//!   the rest of its input goes to a shared inbox. The core's work is
+//!   *combined*: whichever thread gets the lock serves everything in the
+//!   inbox and writes out what the core queued, while the others go
+//!   straight back to `recv` (a thread that left input behind checks the
+//!   inbox again after unlocking, so nothing is stranded). A client with
+//!   too much input waiting (`INBOX_BYTES`) waits for the lock itself:
+//!   that is the back-pressure a flooding client gets. Each connection's
+//!   `Lane` keeps its replies in order: a read is answered on the thread
+//!   only if it starts where a request starts ([`FrameTracker`]), none of
+//!   the connection's earlier input is still in the core, and no output
+//!   waits for it; otherwise it goes through the core like any request.
+//!   A client thread sends the replies of the connections it served;
+//!   other output (watch events) is left to the main loop, woken once,
+//!   which sends it in batches.
 //!
-//!   Reads outside transactions by a privileged client (dom0's tools)
-//!   need only the tree: the client's thread answers them itself from the
-//!   store's published snapshot ([`Reader`]), without the lock, so they
-//!   run on every core at once. Each connection's `Lane` keeps its
-//!   replies in order: a read is answered there only if it starts where a
-//!   request starts ([`FrameTracker`]), none of the connection's earlier
-//!   input is still in the core, and no output waits for it; otherwise it
-//!   goes through the core like any request.
-//! - **single** (the default, and always in commit durability, whose
-//!   group commit needs a loop turn to batch over): the main loop polls
-//!   the sockets too, as C xenstored does. One loop turn serves every
-//!   ready client and then writes, so a watcher gets a turn's events
-//!   together; with a thread per client each request's events go out on
-//!   their own, which costs a bootstorm with watchers more than the
-//!   parallel socket work gains (see benches/README.md). Two exceptions:
-//!   a client alone for a while is served by a blocking `recv` until
-//!   anyone else needs the loop (`solo.rs`), and a client that asks
-//!   mostly reads outside transactions is handed to a thread of its own,
-//!   as in threaded mode, so that its snapshot reads run beside the loop
-//!   ([`rxenstored_core::RequestMix`], `promote`; not with a trace file nor
-//!   with group commit).
+//! None of the three runs with a trace file (whose lines the core's
+//! callers write) nor with commit durability (whose group commit needs a
+//! loop turn to batch over, and a snapshot read could show what is not
+//! durable yet).
 //!
 //! The main thread always runs the poll: the listening socket, signals,
 //! the platform's event descriptor (rings), sockets whose output is
@@ -138,22 +152,22 @@ pub fn bind(path: &FsPath) -> io::Result<UnixListener> {
 
 /// A socket client as the writers see it.
 struct Client {
-    /// Shared with the client's thread in threaded mode (which reads it).
+    /// Shared with the client's thread when a thread of its own reads it.
     stream: Arc<StdUnixStream>,
     /// Registered for writability (output is waiting).
     wants_write: bool,
     lane: Arc<Lane>,
-    /// Read by a thread of its own (threaded mode, or promoted from the
-    /// loop as a reader), not by the poll.
+    /// Read by a thread of its own (promoted from the loop as a reader),
+    /// not by the poll.
     threaded: bool,
-    /// Single mode: answers the client's leading plain reads from the
-    /// published snapshot (privileged clients, [`LoopState::loop_snapshot_reads`]).
+    /// Answers the client's leading plain reads from the published
+    /// snapshot (privileged clients, [`LoopState::loop_snapshot_reads`]).
     reader: Option<Reader>,
 }
 
 /// What a client's thread shares with the holder of the lock about one
-/// connection (threaded mode), for the snapshot reads the thread answers
-/// itself: they must not overtake the connection's earlier replies.
+/// connection, for the snapshot reads the thread answers itself: they
+/// must not overtake the connection's earlier replies.
 #[derive(Default)]
 struct Lane {
     /// Bytes handed to the inbox whose turn has not finished: while there
@@ -180,7 +194,6 @@ pub(crate) struct LoopState<P: Platform> {
     core: Core<P>,
     clients: HashMap<ConnId, Client>,
     registry: Registry,
-    threaded: bool,
     trace: Option<fs::File>,
     /// Guests' rings, when the platform has them (`rings.rs`).
     rings: rings::RingState,
@@ -188,28 +201,38 @@ pub(crate) struct LoopState<P: Platform> {
     persistence: Option<Persistence>,
     /// Set by a client thread that could not persist: the main loop stops.
     fatal: Option<io::Error>,
-    /// Connections whose input was served this turn: their replies go out
-    /// at its end.
-    served: Vec<ConnId>,
     /// Connections with output from a client thread's turn that did not
     /// ask for it (watch events): the main loop sends it, so that a busy
     /// stretch reaches a watcher in a few large writes, not one per event.
     deferred: HashSet<ConnId>,
+    /// Rate-limited log lines for refusals by quotas (`quota_log.rs`).
+    quota_log: QuotaLog,
+}
+
+/// The scratch of one turn of the core: what it served and what it must
+/// flush. Empty between turns; kept, beside [`LoopState`] under the lock,
+/// only for its allocations.
+#[derive(Default)]
+struct Turn {
+    /// Connections whose input was served this turn: their replies go out
+    /// at its end.
+    served: Vec<ConnId>,
     /// Inbox input served this turn: its [`Lane::waiting`] drops when the
     /// turn has sent the replies.
     through: Vec<(Arc<Lane>, usize)>,
-    /// The connections a turn flushes (kept to keep its allocation).
+    /// The connections a turn flushes.
     dirty_ids: Vec<ConnId>,
-    /// Client threads answer snapshot reads themselves ([`Reader`]):
-    /// threaded mode without a trace file (whose lines the core's callers
-    /// write).
-    snapshot_reads: bool,
-    /// Snapshot replies being built (kept for its allocation).
+    /// Snapshot replies being built.
     snapshot_out: Vec<u8>,
     /// Clients found to be readers this turn, promoted at its end.
     promote: Vec<ConnId>,
-    /// Rate-limited log lines for refusals by quotas (`quota_log.rs`).
-    quota_log: QuotaLog,
+}
+
+/// What [`Shared::state`] guards: the state, and the scratch of the turn
+/// that whoever holds the lock runs.
+struct Locked<P: Platform> {
+    state: LoopState<P>,
+    turn: Turn,
 }
 
 /// What a client thread read, waiting in the inbox for the core.
@@ -226,7 +249,7 @@ pub const QUOTA_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the main thread and the client threads share.
 struct Shared<P: Platform> {
-    state: Mutex<LoopState<P>>,
+    state: Mutex<Locked<P>>,
     /// Input read by client threads; served by whoever holds `state`.
     inbox: SegQueue<Input>,
     /// Wakes the main loop (ring work queued, live update requested, fatal
@@ -299,22 +322,15 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             core,
             clients: HashMap::default(),
             registry: poll.registry().try_clone()?,
-            threaded: false,
             trace,
             rings,
             persistence: None,
             fatal: None,
-            served: Vec::new(),
             deferred: HashSet::default(),
-            through: Vec::new(),
-            dirty_ids: Vec::new(),
-            snapshot_reads: false,
-            snapshot_out: Vec::new(),
-            promote: Vec::new(),
             quota_log: QuotaLog::new(QUOTA_LOG_INTERVAL),
         };
         let shared = Shared {
-            state: Mutex::new(state),
+            state: Mutex::new(Locked { state, turn: Turn::default() }),
             inbox: SegQueue::new(),
             waker,
             flush_wake: AtomicBool::new(false),
@@ -336,33 +352,22 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         })
     }
 
-    /// Serves socket clients from a thread each (`true`) or from the main
-    /// loop (`false`, the default). Call before any client is adopted.
     /// The least time between two log lines for one domain's refusals by
     /// one quota (default [`QUOTA_LOG_INTERVAL`]).
     pub fn set_quota_log_interval(&mut self, interval: Duration) {
-        self.shared.state.lock().quota_log = QuotaLog::new(interval);
-    }
-
-    pub fn set_socket_threads(&mut self, threaded: bool) {
-        let mut state = self.shared.state.lock();
-        state.threaded = threaded;
-        state.snapshot_reads = threaded && state.trace.is_none();
+        self.shared.state.lock().state.quota_log = QuotaLog::new(interval);
     }
 
     /// Journals every change to `p` (see [`crate::persistence`]): in commit
     /// mode no reply leaves before the changes it acknowledges are durable,
-    /// and the sockets are served from the main loop so that one `fsync`
-    /// covers a whole turn's requests.
+    /// and the sockets are served from the main loop alone so that one
+    /// `fsync` covers a whole turn's requests.
     pub fn set_persistence(&mut self, p: Persistence) {
-        if p.group_commit() {
-            self.set_socket_threads(false);
-        }
-        self.shared.state.lock().persistence = Some(p);
+        self.shared.state.lock().state.persistence = Some(p);
     }
 
     pub fn core(&self) -> MappedMutexGuard<'_, Core<P>> {
-        MutexGuard::map(self.shared.state.lock(), |s| &mut s.core)
+        MutexGuard::map(self.shared.state.lock(), |s| &mut s.state.core)
     }
 
     fn poll_timeout(&self, state: &LoopState<P>) -> Option<Duration> {
@@ -379,9 +384,10 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         // Output restored by a live update (the requester's OK among it).
         let shared = Arc::clone(&self.shared);
         let mut timeout = {
-            let mut state = shared.state.lock();
-            state.flush_dirty();
-            self.poll_timeout(&state)
+            let mut locked = shared.state.lock();
+            let Locked { state, turn } = &mut *locked;
+            state.flush_dirty(turn);
+            self.poll_timeout(state)
         };
         // Input adopted clients sent before the loop started. (Every
         // unlock is followed by this: a client thread that found the lock
@@ -393,7 +399,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            let mut state = shared.state.lock();
+            let mut locked = shared.state.lock();
+            let Locked { state, turn } = &mut *locked;
             // Deferred output is sent at the end of this turn.
             shared.flush_wake.store(false, Ordering::SeqCst);
             // The client that was the poll's only event, if so.
@@ -402,10 +409,10 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             for event in events.iter() {
                 count += 1;
                 match event.token() {
-                    LISTENER => self.accept(&mut state)?,
+                    LISTENER => self.accept(state)?,
                     SIGNALS => {
                         tracing::info!("termination signal: shutting down");
-                        state.shutdown(&self.socket_path);
+                        state.shutdown(turn, &self.socket_path);
                         return Ok(());
                     }
                     rings::EVTCHN => state.ring_events(),
@@ -414,7 +421,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                         let id = ConnId(t as u64);
                         let polled = state.clients.get(&id).is_some_and(|c| !c.threaded);
                         if polled && (event.is_readable() || event.is_read_closed()) {
-                            state.read_client(id, &mut buf);
+                            state.read_client(turn, id, &mut buf);
                             if !event.is_read_closed() && !event.is_writable() {
                                 alone = Some(id);
                             }
@@ -428,24 +435,24 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             if let Some(e) = state.fatal.take() {
                 return Err(e);
             }
-            state.serve_inbox(&shared.inbox);
-            state.service_rings();
+            state.serve_inbox(turn, &shared.inbox);
+            state.service_rings(turn);
             for id in writable.drain(..) {
                 state.flush(id);
             }
             // Group commit: what this turn changed is durable before any
             // reply acknowledging it is written.
-            state.finish_turn(false)?;
-            for id in std::mem::take(&mut state.promote) {
-                self.promote(&mut state, id);
+            state.finish_turn(turn, false)?;
+            for id in turn.promote.drain(..) {
+                self.promote(state, id);
             }
             let due = state.core.live_update_pending()
                 && self.last_live_update_check.is_none_or(|t| t.elapsed() >= LIVE_UPDATE_CHECK);
             // (What client threads do after this wakes the loop if it
             // changes the timeout: rings made ready, a live update.)
-            timeout = self.poll_timeout(&state);
+            timeout = self.poll_timeout(state);
             let solo = self.solo.note_poll(alone.filter(|_| count == 1)) && !state.loop_needed();
-            drop(state);
+            drop(locked);
             shared.combine();
             if due {
                 self.last_live_update_check = Some(Instant::now());
@@ -460,8 +467,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// Serves a socket connection the previous process accepted (`-U`).
     pub fn adopt_client(&mut self, id: ConnId, stream: StdUnixStream) -> io::Result<()> {
         let shared = Arc::clone(&self.shared);
-        let mut state = shared.state.lock();
-        self.serve_client(&mut state, id, stream)
+        let mut locked = shared.state.lock();
+        self.serve_client(&mut locked.state, id, stream)
     }
 
     fn accept(&mut self, state: &mut LoopState<P>) -> io::Result<()> {
@@ -491,23 +498,15 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         }
     }
 
-    /// Puts a connected socket in service: polled by the main loop, or read
-    /// by a thread of its own.
+    /// Puts a connected socket in service, polled by the main loop.
     fn serve_client(&mut self, state: &mut LoopState<P>, id: ConnId, stream: StdUnixStream) -> io::Result<()> {
         let stream = Arc::new(stream);
         let lane = Arc::new(Lane::default());
-        if !state.threaded {
-            stream.set_nonblocking(true)?;
-            let fd = stream.as_raw_fd();
-            state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)?;
-            let reader = state.loop_snapshot_reads().then(|| state.core.reader(id)).flatten().map(|(reader, _)| reader);
-            state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: false, reader });
-            return Ok(());
-        }
-        stream.set_nonblocking(false)?;
-        let reads = if state.snapshot_reads { state.core.reader(id) } else { None };
-        self.spawn_client_thread(id, &stream, &lane, reads)?;
-        state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: true, reader: None });
+        stream.set_nonblocking(true)?;
+        let fd = stream.as_raw_fd();
+        state.registry.register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)?;
+        let reader = state.loop_snapshot_reads().then(|| state.core.reader(id)).flatten().map(|(reader, _)| reader);
+        state.clients.insert(id, Client { stream, wants_write: false, lane, threaded: false, reader });
         Ok(())
     }
 
@@ -531,11 +530,10 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         Ok(())
     }
 
-    /// Single mode: hands a client that asks mostly reads to a thread of
-    /// its own, between its requests. Its reads are then answered from the
-    /// published snapshot on that thread, in parallel with the loop and
-    /// each other, as in threaded mode; the rest of its requests go
-    /// through the inbox. Writers stay in the loop, whose turns batch
+    /// Hands a client that asks mostly reads to a thread of its own,
+    /// between its requests. Its reads are then answered from the published
+    /// snapshot on that thread, in parallel with the loop and each other;
+    /// the rest of its requests go through the inbox. Writers stay in the loop, whose turns batch
     /// them (a thread costs a wake-up per request).
     fn promote(&mut self, state: &mut LoopState<P>, id: ConnId) {
         let Some(client) = state.clients.get(&id).filter(|c| !c.threaded && !c.wants_write) else { return };
@@ -572,24 +570,25 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     /// the update is not due yet or failed; everything carries on then.
     fn check_live_update(&self) {
         let gates = self.pause_clients();
-        let mut state = self.shared.state.lock();
+        let mut locked = self.shared.state.lock();
+        let Locked { state, turn } = &mut *locked;
         // All that was read is in the core before it decides.
-        state.serve_inbox(&self.shared.inbox);
+        state.serve_inbox(turn, &self.shared.inbox);
         if let Some(req) = state.core.live_update_tick(self.started.elapsed().as_secs()) {
-            self.live_update(&mut state, &req);
+            self.live_update(state, turn, &req);
         }
         // A refusal or a failure of the update has replies to send.
-        let _ = state.finish_turn(false);
-        drop(state);
+        let _ = state.finish_turn(turn, false);
+        drop(locked);
         self.resume_clients(gates);
         self.shared.combine();
     }
 
     /// Dumps the state and `exec`s the new binary; comes back only if that
     /// failed.
-    fn live_update(&self, state: &mut LoopState<P>, req: &LuRequest) {
+    fn live_update(&self, state: &mut LoopState<P>, turn: &mut Turn, req: &LuRequest) {
         // What can still be sent now need not go through the file.
-        state.flush_dirty();
+        state.flush_dirty(turn);
         state.fold_lanes();
         if let Some(p) = state.persistence.as_mut()
             && let Err(e) = p.after_requests(&mut state.core)
@@ -599,7 +598,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             return;
         }
         // The successor (ours or C's) polls its sockets: it gets them
-        // non-blocking, as the single-threaded mode keeps them.
+        // non-blocking, as the loop keeps them.
         let set_blocking = |state: &LoopState<P>, blocking: bool| {
             for c in state.clients.values().filter(|c| c.threaded) {
                 let _ = c.stream.set_nonblocking(!blocking);
@@ -693,21 +692,23 @@ fn serve_socket<P: Platform>(shared: &Shared<P>, me: &ClientSide, reads: Option<
             continue;
         }
         let id = me.id;
-        if let Some(mut state) = shared.state.try_lock() {
+        if let Some(mut locked) = shared.state.try_lock() {
             // The lock was free: serve directly (after whatever waits,
             // which may include this client's earlier input).
-            state.serve_inbox(&shared.inbox);
-            state.serve_input(id, got.as_deref().map_err(String::as_str));
-            shared.end_turn(&mut state);
+            let Locked { state, turn } = &mut *locked;
+            state.serve_inbox(turn, &shared.inbox);
+            state.serve_input(turn, id, got.as_deref().map_err(String::as_str));
+            shared.end_turn(state, turn);
         } else {
             let bytes = got.map(<[u8]>::to_vec);
             let len = bytes.as_ref().map_or(0, Vec::len);
             let waiting = me.lane.waiting.fetch_add(len, Ordering::SeqCst) + len;
             shared.inbox.push(Input { id, bytes, lane: Arc::clone(&me.lane) });
             if waiting >= INBOX_BYTES {
-                let mut state = shared.state.lock();
-                state.serve_inbox(&shared.inbox);
-                shared.end_turn(&mut state);
+                let mut locked = shared.state.lock();
+                let Locked { state, turn } = &mut *locked;
+                state.serve_inbox(turn, &shared.inbox);
+                shared.end_turn(state, turn);
             }
         }
         shared.combine();
@@ -737,7 +738,7 @@ fn answer_reads<P: Platform>(
     }
     let (used, stuck) = send_snapshot_replies(&me.stream, &me.lane, reader, bytes, replies);
     if let Some(stuck) = stuck {
-        shared.state.lock().snapshot_send_stopped(me.id, stuck);
+        shared.state.lock().state.snapshot_send_stopped(me.id, stuck);
         shared.combine();
     }
     used
@@ -807,17 +808,18 @@ impl<P: Platform> Shared<P> {
     /// after unlocking).
     fn combine(&self) {
         while !self.inbox.is_empty() {
-            let Some(mut state) = self.state.try_lock() else { return };
-            state.serve_inbox(&self.inbox);
-            self.end_turn(&mut state);
+            let Some(mut locked) = self.state.try_lock() else { return };
+            let Locked { state, turn } = &mut *locked;
+            state.serve_inbox(turn, &self.inbox);
+            self.end_turn(state, turn);
         }
     }
 
     /// After serving input outside the main loop: output, persistence, and
     /// a wake-up for the main loop if it has work (rings made ready, a live
     /// update requested, a fatal error).
-    fn end_turn(&self, state: &mut LoopState<P>) {
-        if let Err(e) = state.finish_turn(true) {
+    fn end_turn(&self, state: &mut LoopState<P>, turn: &mut Turn) {
+        if let Err(e) = state.finish_turn(turn, true) {
             state.fatal = Some(e);
         }
         let flush = !state.deferred.is_empty() && !self.flush_wake.swap(true, Ordering::SeqCst);
@@ -854,20 +856,20 @@ impl<P: Platform> LoopState<P> {
     /// After requests: persistence (group commit before any reply), output,
     /// logs. With `defer` (a client thread's turn) only the replies of the
     /// connections it served are sent; the rest is left to the main loop.
-    fn finish_turn(&mut self, defer: bool) -> io::Result<()> {
+    fn finish_turn(&mut self, turn: &mut Turn, defer: bool) -> io::Result<()> {
         if let Some(p) = self.persistence.as_mut()
             && let Err(e) = p.after_requests(&mut self.core)
         {
             tracing::error!("cannot persist the state: {e}; stopping rather than acknowledging what may be lost");
             // No snapshot read may pass the unsent replies either.
-            self.through.clear();
+            turn.through.clear();
             return Err(e);
         }
         if defer {
-            let mut ids = core::mem::take(&mut self.dirty_ids);
+            let mut ids = core::mem::take(&mut turn.dirty_ids);
             self.core.take_dirty_into(&mut ids);
             for id in ids.drain(..) {
-                if self.served.contains(&id) {
+                if turn.served.contains(&id) {
                     self.flush(id);
                 } else {
                     self.deferred.insert(id);
@@ -876,13 +878,13 @@ impl<P: Platform> LoopState<P> {
                     }
                 }
             }
-            self.dirty_ids = ids;
+            turn.dirty_ids = ids;
         } else {
-            self.flush_dirty();
+            self.flush_dirty(turn);
         }
-        self.served.clear();
+        turn.served.clear();
         // The replies are out (or queued, with `backlog` set).
-        for (lane, len) in self.through.drain(..) {
+        for (lane, len) in turn.through.drain(..) {
             lane.waiting.fetch_sub(len, Ordering::SeqCst);
         }
         for line in self.core.take_logs() {
@@ -901,19 +903,19 @@ impl<P: Platform> LoopState<P> {
     }
 
     /// Hands the client threads' input to the core, in the order read.
-    fn serve_inbox(&mut self, inbox: &SegQueue<Input>) {
+    fn serve_inbox(&mut self, turn: &mut Turn, inbox: &SegQueue<Input>) {
         while let Some(input) = inbox.pop() {
-            self.serve_input(input.id, input.bytes.as_deref().map_err(String::as_str));
-            self.through.push((input.lane, input.bytes.as_ref().map_or(0, Vec::len)));
+            self.serve_input(turn, input.id, input.bytes.as_deref().map_err(String::as_str));
+            turn.through.push((input.lane, input.bytes.as_ref().map_or(0, Vec::len)));
         }
     }
 
     /// What a client thread read: bytes, or the connection's end.
-    fn serve_input(&mut self, id: ConnId, input: Result<&[u8], &str>) {
+    fn serve_input(&mut self, turn: &mut Turn, id: ConnId, input: Result<&[u8], &str>) {
         match input {
             Ok(bytes) => {
                 if self.clients.contains_key(&id) {
-                    self.feed(id, bytes);
+                    self.feed(turn, id, bytes);
                 }
             }
             Err(reason) => self.close(id, reason),
@@ -921,8 +923,8 @@ impl<P: Platform> LoopState<P> {
     }
 
     /// Hands received bytes to the core; false if it closed the connection.
-    fn feed(&mut self, id: ConnId, bytes: &[u8]) -> bool {
-        self.served.push(id);
+    fn feed(&mut self, turn: &mut Turn, id: ConnId, bytes: &[u8]) -> bool {
+        turn.served.push(id);
         if let Some(trace) = self.trace.as_mut() {
             let _ = writeln!(trace, "IN  conn {} {} bytes", id.0, bytes.len());
         }
@@ -934,8 +936,8 @@ impl<P: Platform> LoopState<P> {
         true
     }
 
-    /// Single mode: reads what a readable socket holds.
-    fn read_client(&mut self, id: ConnId, buf: &mut [u8]) {
+    /// Reads what a readable socket holds.
+    fn read_client(&mut self, turn: &mut Turn, id: ConnId, buf: &mut [u8]) {
         loop {
             let Some(client) = self.clients.get(&id) else { return };
             let got = {
@@ -947,15 +949,15 @@ impl<P: Platform> LoopState<P> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(0) => return self.close(id, "end of file"),
                 Ok(n) => {
-                    let answered = self.answer_snapshot_reads(id, &buf[..n]);
-                    if !self.clients.contains_key(&id) || (answered < n && !self.feed(id, &buf[answered..n])) {
+                    let answered = self.answer_snapshot_reads(turn, id, &buf[..n]);
+                    if !self.clients.contains_key(&id) || (answered < n && !self.feed(turn, id, &buf[answered..n])) {
                         return;
                     }
                     if self.loop_snapshot_reads()
                         && self.core.request_mix(id).is_some_and(|m| m.mostly_reads())
-                        && !self.promote.contains(&id)
+                        && !turn.promote.contains(&id)
                     {
-                        self.promote.push(id);
+                        turn.promote.push(id);
                     }
                     if n < buf.len() {
                         // A short read drained the socket.
@@ -967,20 +969,20 @@ impl<P: Platform> LoopState<P> {
         }
     }
 
-    /// Single mode: answers the plain reads at the start of `bytes` from
+    /// Answers the plain reads at the start of `bytes` from
     /// the published snapshot when nothing of the client's is ahead of
     /// them (as a client thread does, `answer_reads`). Returns the bytes
     /// used.
-    fn answer_snapshot_reads(&mut self, id: ConnId, bytes: &[u8]) -> usize {
+    fn answer_snapshot_reads(&mut self, turn: &mut Turn, id: ConnId, bytes: &[u8]) -> usize {
         if !self.core.idle(id) {
             return 0;
         }
         let Some(client) = self.clients.get(&id) else { return 0 };
         let Some(reader) = &client.reader else { return 0 };
-        let (used, stuck) = send_snapshot_replies(&client.stream, &client.lane, reader, bytes, &mut self.snapshot_out);
-        if self.snapshot_out.capacity() > CLIENT_BUF {
+        let (used, stuck) = send_snapshot_replies(&client.stream, &client.lane, reader, bytes, &mut turn.snapshot_out);
+        if turn.snapshot_out.capacity() > CLIENT_BUF {
             // A burst's buffer is not kept.
-            self.snapshot_out = Vec::new();
+            turn.snapshot_out = Vec::new();
         }
         self.core.count_snapshot_reads(id, split_messages(&bytes[..used]).count());
         if let Some(stuck) = stuck {
@@ -999,13 +1001,13 @@ impl<P: Platform> LoopState<P> {
         }
     }
 
-    /// Single mode: plain reads at the start of what a client sent are
+    /// Plain reads at the start of what a client sent are
     /// answered from the published snapshot, and clients that ask mostly
     /// reads get a thread of their own ([`rxenstored_core::RequestMix`]); not
     /// with a trace file (whose lines the core's callers write), nor with
     /// group commit (a snapshot read could show what is not durable yet).
     fn loop_snapshot_reads(&self) -> bool {
-        !self.threaded && self.trace.is_none() && self.persistence.as_ref().is_none_or(|p| !p.group_commit())
+        self.trace.is_none() && self.persistence.as_ref().is_none_or(|p| !p.group_commit())
     }
 
     /// Something only the main loop's turn handles: a fatal error, rings
@@ -1033,8 +1035,8 @@ impl<P: Platform> LoopState<P> {
 
     /// Sends what every connection has waiting: output left to the main
     /// loop by client threads, and what the core queued since.
-    fn flush_dirty(&mut self) {
-        let mut ids = core::mem::take(&mut self.dirty_ids);
+    fn flush_dirty(&mut self, turn: &mut Turn) {
+        let mut ids = core::mem::take(&mut turn.dirty_ids);
         ids.extend(self.deferred.drain());
         self.core.take_dirty_into(&mut ids);
         for id in ids.drain(..) {
@@ -1043,7 +1045,7 @@ impl<P: Platform> LoopState<P> {
                 self.flush_ring(id);
             }
         }
-        self.dirty_ids = ids;
+        turn.dirty_ids = ids;
     }
 
     /// Writes queued output until done or the socket is full; asks for
@@ -1132,13 +1134,13 @@ impl<P: Platform> LoopState<P> {
 
     /// Finishes what was read, gives clients a moment to take their
     /// replies, and removes the socket.
-    fn shutdown(&mut self, socket_path: &FsPath) {
+    fn shutdown(&mut self, turn: &mut Turn, socket_path: &FsPath) {
         if let Some(p) = self.persistence.as_mut()
             && let Err(e) = p.shutdown(&mut self.core)
         {
             tracing::error!("final checkpoint failed: {e}");
         }
-        self.flush_dirty();
+        self.flush_dirty(turn);
         let _ = fs::remove_file(socket_path);
         std::thread::sleep(Duration::from_millis(1));
     }

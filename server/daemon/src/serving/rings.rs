@@ -21,7 +21,7 @@ use mio::{Interest, Poll, Token};
 use rxenstored_core::ring::RingError;
 use rxenstored_core::{ConnId, Core, Platform};
 
-use super::LoopState;
+use super::{LoopState, Turn};
 
 pub(super) const EVTCHN: Token = Token(usize::MAX - 2);
 
@@ -106,7 +106,7 @@ impl<P: Platform> LoopState<P> {
     }
 
     /// One turn over the ready rings (and the periodic sweep).
-    pub(super) fn service_rings(&mut self) {
+    pub(super) fn service_rings(&mut self, turn: &mut Turn) {
         if !self.rings.enabled {
             return;
         }
@@ -119,7 +119,7 @@ impl<P: Platform> LoopState<P> {
         for _ in 0..self.rings.ready.len() {
             let Some(id) = self.rings.ready.pop_front() else { break };
             self.rings.queued.remove(&id);
-            if self.serve_ring(id) {
+            if self.serve_ring(turn, id) {
                 self.rings.enqueue(id);
             }
         }
@@ -127,7 +127,7 @@ impl<P: Platform> LoopState<P> {
 
     /// Output written, then up to [`BUDGET`] requests read and handled;
     /// returns whether the ring has more to do right away.
-    fn serve_ring(&mut self, id: ConnId) -> bool {
+    fn serve_ring(&mut self, turn: &mut Turn, id: ConnId) -> bool {
         let Some(ring) = self.core.platform().ring(id) else { return false };
         if ring.error().is_some() {
             return false;
@@ -182,7 +182,7 @@ impl<P: Platform> LoopState<P> {
         }
         if hold {
             // Written by the turn's flush, after the fsync.
-            self.dirty_ids.push(id);
+            turn.dirty_ids.push(id);
         } else {
             match self.write_ring(id) {
                 Ok(wrote) => notify |= wrote,

@@ -1,4 +1,4 @@
-//! Solo runs (a child module of `daemon`, single mode only): one socket
+//! Solo runs (a child module of `serving`): one socket
 //! client talking to the daemon alone is served with a blocking `recv` on
 //! its socket instead of a poll, a read and a write per request.
 //!
@@ -36,7 +36,7 @@ use parking_lot::{Condvar, Mutex};
 
 use rxenstored_core::{ConnId, Platform};
 
-use super::{ClientSide, Daemon, Shared, answer_reads, recv_blocking};
+use super::{ClientSide, Daemon, Locked, Shared, answer_reads, recv_blocking};
 
 /// How often the helper repeats an unacknowledged interruption.
 const RESIGNAL: Duration = Duration::from_millis(2);
@@ -278,7 +278,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let shared = Arc::clone(&self.shared);
         let deadline = timeout.map(|t| Instant::now() + t);
         let (stream, lane) = {
-            let state = shared.state.lock();
+            let locked = shared.state.lock();
+            let state = &locked.state;
             // (A client handed to a thread this turn is no longer polled.)
             let Some(client) = state.clients.get(&id).filter(|c| !c.wants_write && !c.threaded) else {
                 return Ok(timeout);
@@ -311,14 +312,15 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                 Ok(End::Loop)
             }
         };
-        let mut state = shared.state.lock();
+        let mut locked = shared.state.lock();
+        let state = &mut locked.state;
         if matches!(end, Ok(End::Loop)) && state.clients.contains_key(&id) && state.poll_again(id, &stream) {
             // Output the socket did not take waits for writability now.
             state.flush(id);
         }
         end?;
-        let timeout = self.poll_timeout(&state);
-        drop(state);
+        let timeout = self.poll_timeout(state);
+        drop(locked);
         shared.combine();
         Ok(timeout)
     }
@@ -338,7 +340,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
     ) -> io::Result<End> {
         let id = side.id;
         let mut snapshot = {
-            let state = shared.state.lock();
+            let locked = shared.state.lock();
+            let state = &locked.state;
             if state.loop_snapshot_reads() { state.core.reader(id) } else { None }
         };
         let mut replies = Vec::new();
@@ -369,7 +372,8 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                 }
                 continue;
             }
-            let mut state = shared.state.lock();
+            let mut locked = shared.state.lock();
+            let Locked { state, turn } = &mut *locked;
             let open = match got {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The receive timeout: a timer is due.
@@ -380,21 +384,21 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                     state.close(id, "end of file");
                     false
                 }
-                Ok(n) => state.feed(id, &buf[answered..n]),
+                Ok(n) => state.feed(turn, id, &buf[answered..n]),
                 Err(e) => {
                     state.close(id, &e.to_string());
                     false
                 }
             };
             *served += 1;
-            state.finish_turn(false)?;
+            state.finish_turn(turn, false)?;
             if !open || !state.clients.contains_key(&id) {
                 return Ok(End::Closed);
             }
             let now = Instant::now();
             // A timer sooner than the run's deadline, or the deadline.
             let sooner = self
-                .poll_timeout(&state)
+                .poll_timeout(state)
                 .is_some_and(|t| deadline.is_none_or(|d| now + t + Duration::from_millis(1) < d));
             let backlog = state.clients.get(&id).is_some_and(|c| c.lane.out.lock().backlog);
             if sooner || deadline.is_some_and(|d| now >= d) || backlog || state.loop_needed() {
@@ -402,7 +406,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
             }
             // Input a client thread left while the lock was held (the
             // thread went back to its `recv`: whoever unlocks serves it).
-            drop(state);
+            drop(locked);
             shared.combine();
         }
     }

@@ -1,0 +1,264 @@
+//! The reply-ordering rule of the socket frontend (server/daemon's
+//! `serving` module docs), tested where users see it: each connection gets
+//! the replies and watch events that serving the requests one at a time
+//! would give it, whatever the interleaving of the clients and whichever
+//! way the daemon serves them.
+//!
+//! Several real clients talk to the daemon started as a process, each
+//! pipelining its requests in random chunks (cut anywhere, also inside a
+//! message) with random pauses between them, concurrently. Each works in a
+//! subtree of its own and watches it, so its reply stream does not depend
+//! on how the clients interleave; the test compares it, message for
+//! message, with what `rxenstored_core::Core` gives the same bytes served
+//! serially. The sizes reach every path the daemon has for a socket
+//! client: the loop's turns (several clients at once), solo runs (one
+//! client alone for more than 8 polls and 5 ms), snapshot reads (plain
+//! reads with nothing of the client's ahead of them: socket clients are
+//! privileged) and the hand-over to a reader thread (a window of 256
+//! requests, three in four plain reads). The failure it guards against: a
+//! reply or event overtaking an earlier one of its connection when a
+//! client moves between these paths.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{TestCaseError, TestRunner};
+use rxenstored_core::{Config, Core};
+use rxenstored_suite::harness::start_rx_or_skip;
+use wire::{HEADER_LEN, Header, Op, encode};
+
+/// One request of a client, on key `k{n}` of its own subtree.
+#[derive(Debug, Clone)]
+enum Step {
+    Write(u8, u8),
+    Read(u8),
+    Directory,
+    GetPerms(u8),
+    Mkdir(u8),
+    Rm(u8),
+    Watch(u8),
+    Unwatch(u8),
+}
+
+fn step(reader: bool) -> impl Strategy<Value = Step> {
+    // A reader's requests are nine in ten plain reads, so that it is
+    // handed to a thread of its own after its first 256.
+    let (reads, others) = if reader { (18, 1) } else { (3, 2) };
+    prop_oneof![
+        reads => (0u8..4).prop_map(Step::Read),
+        reads / 3 => Just(Step::Directory),
+        reads / 3 => (0u8..4).prop_map(Step::GetPerms),
+        others * 3 => (0u8..4, any::<u8>()).prop_map(|(k, v)| Step::Write(k, v)),
+        others => (0u8..4).prop_map(Step::Mkdir),
+        others => (0u8..4).prop_map(Step::Rm),
+        others => (0u8..3).prop_map(Step::Watch),
+        others => (0u8..3).prop_map(Step::Unwatch),
+    ]
+}
+
+/// A client: its requests, and how they are cut and paced on the wire.
+#[derive(Debug, Clone)]
+struct Plan {
+    steps: Vec<Step>,
+    /// Bytes per send, cycled.
+    chunks: Vec<usize>,
+    /// Pause after each send, in milliseconds, cycled.
+    pauses: Vec<u8>,
+}
+
+fn plan() -> impl Strategy<Value = Plan> {
+    any::<bool>()
+        .prop_flat_map(|reader| {
+            let len = if reader { 260..700usize } else { 1..120usize };
+            (
+                prop::collection::vec(step(reader), len),
+                prop::collection::vec(prop_oneof![3 => 1usize..200, 1 => 200usize..3000], 1..8),
+                prop::collection::vec(prop_oneof![1 => Just(0u8), 1 => 1u8..4], 1..8),
+            )
+        })
+        .prop_map(|(steps, chunks, pauses)| Plan { steps, chunks, pauses })
+}
+
+/// The bytes client `me` sends: its steps, then a read whose reply
+/// (request id `u32::MAX`) ends its stream: every event its own writes
+/// fire is queued before that reply.
+fn request_bytes(me: usize, plan: &Plan) -> Vec<u8> {
+    let base = format!("/order/c{me}");
+    let mut out = Vec::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        let id = i as u32 + 1;
+        let key = |k: &u8| format!("{base}/k{k}\0");
+        match s {
+            Step::Write(k, v) => encode(Op::Write, id, 0, format!("{base}/k{k}\0v{v}").as_bytes(), &mut out),
+            Step::Read(k) => encode(Op::Read, id, 0, key(k).as_bytes(), &mut out),
+            Step::Directory => encode(Op::Directory, id, 0, format!("{base}\0").as_bytes(), &mut out),
+            Step::GetPerms(k) => encode(Op::GetPerms, id, 0, key(k).as_bytes(), &mut out),
+            Step::Mkdir(k) => encode(Op::Mkdir, id, 0, key(k).as_bytes(), &mut out),
+            Step::Rm(k) => encode(Op::Rm, id, 0, key(k).as_bytes(), &mut out),
+            Step::Watch(k) => encode(Op::Watch, id, 0, format!("{base}/k{k}\0t{k}\0").as_bytes(), &mut out),
+            Step::Unwatch(k) => encode(Op::Unwatch, id, 0, format!("{base}/k{k}\0t{k}\0").as_bytes(), &mut out),
+        }
+    }
+    encode(Op::Read, u32::MAX, 0, format!("{base}\0").as_bytes(), &mut out);
+    out
+}
+
+/// A stream's messages, one `Vec` each.
+fn messages(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while bytes.len() >= HEADER_LEN {
+        let head: &[u8; HEADER_LEN] = bytes[..HEADER_LEN].try_into().expect("a header");
+        let len = (HEADER_LEN + Header::parse(head).len as usize).min(bytes.len());
+        out.push(bytes[..len].to_vec());
+        bytes = &bytes[len..];
+    }
+    out
+}
+
+/// A message as its header's fields and its payload, for a readable diff.
+fn show(message: &[u8]) -> String {
+    let head: &[u8; HEADER_LEN] = message[..HEADER_LEN].try_into().expect("a header");
+    let h = Header::parse(head);
+    let op = Op::from_code(h.msg_type).map_or_else(|| h.msg_type.to_string(), |o| format!("{o:?}"));
+    format!("{op} req {} tx {}: {:?}", h.req_id, h.tx_id, String::from_utf8_lossy(&message[HEADER_LEN..]))
+}
+
+fn is_last(message: &[u8]) -> bool {
+    let head: &[u8; HEADER_LEN] = message[..HEADER_LEN].try_into().expect("a header");
+    Header::parse(head).req_id == u32::MAX && Header::parse(head).msg_type != Op::WatchEvent.code()
+}
+
+/// What serial execution gives each client: the core alone, each
+/// client's requests served one at a time (the subtrees are disjoint, so
+/// any serial order gives each connection the same stream), its output
+/// taken after each (so that no watch event is coalesced with an
+/// identical one waiting unsent: §6.8, which the daemon does when its
+/// client has not yet been sent the first).
+fn serial(requests: &[Vec<u8>]) -> Vec<Vec<Vec<u8>>> {
+    let mut core = Core::new(Config::default());
+    let ids: Vec<_> = requests.iter().map(|_| core.connect_socket()).collect();
+    let mut outs = Vec::new();
+    for (id, bytes) in ids.iter().zip(requests) {
+        let mut got = Vec::new();
+        for request in messages(bytes) {
+            core.receive(*id, &request).expect("well framed");
+            let out = core.output(*id).expect("connected");
+            let n = got.len();
+            got.extend(out.chunks().flatten());
+            out.consume(got.len() - n);
+        }
+        outs.push(messages(&got));
+    }
+    outs
+}
+
+fn is_event(message: &[u8]) -> bool {
+    let head: &[u8; HEADER_LEN] = message[..HEADER_LEN].try_into().expect("a header");
+    Header::parse(head).msg_type == Op::WatchEvent.code()
+}
+
+/// Whether `got` is `serial` with, at most, watch events left out that
+/// repeat one the connection got earlier (coalesced while it waited
+/// unsent, §6.8); else where they part.
+fn same_stream(got: &[Vec<u8>], serial: &[Vec<u8>]) -> Result<(), String> {
+    let (mut i, mut j) = (0, 0);
+    while j < serial.len() {
+        if got.get(i) == Some(&serial[j]) {
+            i += 1;
+        } else if !(is_event(&serial[j]) && got[..i].contains(&serial[j])) {
+            let around = |ms: &[Vec<u8>], n: usize| {
+                ms[n.saturating_sub(4)..(n + 4).min(ms.len())].iter().map(|m| show(m)).collect::<Vec<_>>()
+            };
+            return Err(format!("message {i}: got {:#?}, serial {:#?}", around(got, i), around(serial, j)));
+        }
+        j += 1;
+    }
+    if i < got.len() {
+        return Err(format!("{} more messages than serial execution gives: {}", got.len() - i, show(&got[i])));
+    }
+    Ok(())
+}
+
+/// Sends `bytes` as `plan` cuts and paces them, while a second thread
+/// reads the replies up to the last one.
+fn run_client(socket: &std::path::Path, plan: &Plan, bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut stream = UnixStream::connect(socket).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut reading = stream.try_clone().expect("clone");
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reading.read(&mut buf).expect("the daemon answers");
+            assert!(n > 0, "the daemon closed the connection");
+            got.extend_from_slice(&buf[..n]);
+            let msgs = messages(&got);
+            let whole = msgs.iter().map(Vec::len).sum::<usize>() == got.len();
+            if whole && msgs.last().is_some_and(|m| is_last(m)) {
+                return msgs;
+            }
+        }
+    });
+    let mut rest = bytes;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = plan.chunks[i % plan.chunks.len()].min(rest.len());
+        stream.write_all(&rest[..n]).expect("send");
+        rest = &rest[n..];
+        let pause = plan.pauses[i % plan.pauses.len()];
+        if pause > 0 {
+            std::thread::sleep(Duration::from_millis(pause.into()));
+        }
+        i += 1;
+    }
+    reader.join().expect("the reading thread")
+}
+
+/// Solo runs and hand-overs to reader threads the daemons logged, over
+/// all cases: the sizes must reach both paths.
+static SOLO_RUNS: AtomicUsize = AtomicUsize::new(0);
+static READERS: AtomicUsize = AtomicUsize::new(0);
+
+/// One case: `plans` run concurrently against a fresh daemon, each
+/// client's stream compared with the serial one.
+fn one_case(plans: &[Plan]) -> Result<(), TestCaseError> {
+    let Some(d) = start_rx_or_skip(&["--log-level", "debug"]) else { return Ok(()) };
+    let requests: Vec<Vec<u8>> = plans.iter().enumerate().map(|(i, p)| request_bytes(i, p)).collect();
+    let want = serial(&requests);
+    let got: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+        let socket = d.socket();
+        let runs: Vec<_> =
+            plans.iter().zip(&requests).map(|(p, bytes)| s.spawn(move || run_client(socket, p, bytes))).collect();
+        runs.into_iter().map(|r| r.join().expect("a client")).collect()
+    });
+    let log = d.log();
+    SOLO_RUNS.fetch_add(log.matches("solo run ended").count(), Ordering::Relaxed);
+    READERS.fetch_add(log.matches("a reader: served by a thread of its own").count(), Ordering::Relaxed);
+    for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+        if let Err(e) = same_stream(got, want) {
+            prop_assert!(false, "client {}: {}", i, e);
+        }
+    }
+    Ok(())
+}
+
+/// Any interleaving of 1 to 4 clients, over any mix of the daemon's ways
+/// of serving them, gives each the stream serial execution gives.
+#[test]
+fn each_connection_gets_what_serial_execution_gives() {
+    if start_rx_or_skip(&[]).is_none() {
+        return;
+    }
+    let config = ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = TestRunner::new(config);
+    if let Err(e) = runner.run(&prop::collection::vec(plan(), 1..5), |plans| one_case(&plans)) {
+        panic!("{e}");
+    }
+    let (solo, readers) = (SOLO_RUNS.load(Ordering::Relaxed), READERS.load(Ordering::Relaxed));
+    eprintln!("paths reached: {solo} solo runs, {readers} readers handed to threads");
+    assert!(solo > 0, "no case had a solo run");
+    assert!(readers > 0, "no case handed a reader to a thread");
+}
