@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use engine::DomId;
 use rxenstored_core::features;
 use rxenstored_core::ring::{PAGE_SIZE, Ring, RingIo, RingPage};
-use rxenstored_core::{ConnId, Core, Error, Platform, RingStart};
+use rxenstored_core::{ConnId, Core, Error, Platform, RingAttach, RingStart};
 
 use crate::println;
 use crate::serve::{Server, Stats};
@@ -127,15 +127,8 @@ impl ShmPlatform {
 }
 
 impl Platform for ShmPlatform {
-    fn attach(
-        &mut self,
-        conn: ConnId,
-        domid: DomId,
-        gfn: u64,
-        _port: u32,
-        features: u32,
-        start: RingStart,
-    ) -> Result<(), Error> {
+    fn attach(&mut self, ring: RingAttach) -> Result<(), Error> {
+        let RingAttach { conn, domid, gfn, features, start, .. } = ring;
         let index = usize::try_from(gfn).unwrap_or(usize::MAX);
         if index < FIRST_GUEST_PAGE || index >= self.shm.pages() {
             return Err(Error::Platform("gfn is not a guest page of the shared region"));

@@ -34,6 +34,25 @@ pub enum RingStart {
     Resume,
 }
 
+/// A domain's ring as [`Platform::attach`] is asked to take it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingAttach {
+    /// The connection that will carry the ring's traffic.
+    pub conn: ConnId,
+    /// The domain whose ring it is.
+    pub domid: DomId,
+    /// The ring page's frame as INTRODUCE named it (a platform that maps
+    /// grant reference 1 instead ignores it).
+    pub gfn: u64,
+    /// The event channel port INTRODUCE named (unless the page names
+    /// another, §8.1).
+    pub port: u32,
+    /// The server features to advertise in the page.
+    pub features: u32,
+    /// Whether the ring starts afresh or is taken as it is.
+    pub start: RingStart,
+}
+
 /// What the core and the event loop ask of the hypervisor: map a guest's
 /// ring, bind and notify its event channel, report pending ports and
 /// domain state. The daemon implements it over Xen's devices
@@ -42,19 +61,9 @@ pub enum RingStart {
 /// a default for ring-less platforms.
 pub trait Platform {
     /// A new domain's ring: map its page (grant reference 1, or the
-    /// daemon's own page for the store domain), bind `port` (unless the
-    /// page names another, §8.1), advertise `features` and take the ring
-    /// up as `start` says; `conn` is the connection that will carry its
-    /// traffic.
-    fn attach(
-        &mut self,
-        conn: ConnId,
-        domid: DomId,
-        gfn: u64,
-        port: u32,
-        features: u32,
-        start: RingStart,
-    ) -> Result<(), Error>;
+    /// daemon's own page for the store domain), bind its port, advertise
+    /// its features and take it up as [`RingAttach::start`] says.
+    fn attach(&mut self, ring: RingAttach) -> Result<(), Error>;
     /// INTRODUCE of an introduced domain: rebind its event channel to
     /// `port` and reset its ring (§8.1 steps 2–4).
     fn rebind(&mut self, conn: ConnId, domid: DomId, port: u32) -> Result<(), Error>;
@@ -121,16 +130,8 @@ pub trait Platform {
 
 /// A platform chosen at run time (the daemon's command line).
 impl<T: Platform + ?Sized> Platform for alloc::boxed::Box<T> {
-    fn attach(
-        &mut self,
-        conn: ConnId,
-        domid: DomId,
-        gfn: u64,
-        port: u32,
-        features: u32,
-        start: RingStart,
-    ) -> Result<(), Error> {
-        (**self).attach(conn, domid, gfn, port, features, start)
+    fn attach(&mut self, ring: RingAttach) -> Result<(), Error> {
+        (**self).attach(ring)
     }
     fn rebind(&mut self, conn: ConnId, domid: DomId, port: u32) -> Result<(), Error> {
         (**self).rebind(conn, domid, port)
@@ -183,7 +184,7 @@ impl<T: Platform + ?Sized> Platform for alloc::boxed::Box<T> {
 pub struct NoRings;
 
 impl Platform for NoRings {
-    fn attach(&mut self, _: ConnId, _: DomId, _: u64, _: u32, _: u32, _: RingStart) -> Result<(), Error> {
+    fn attach(&mut self, _: RingAttach) -> Result<(), Error> {
         Ok(())
     }
     fn rebind(&mut self, _: ConnId, _: DomId, _: u32) -> Result<(), Error> {

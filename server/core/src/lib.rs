@@ -61,7 +61,7 @@ pub mod live_update {
 
 pub use access::Caller;
 pub use conn::{Conn, ConnId, ConnKind, OutQueue, RequestMix};
-pub use domain::{Domain, DomainState, NoRings, Platform, RingStart};
+pub use domain::{Domain, DomainState, NoRings, Platform, RingAttach, RingStart};
 pub use error::Error;
 pub use live_update::LuRequest;
 pub use protocol::{

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use engine::DomId;
 use rxenstored_core::ring::{self, GuestRing, Ring, RingIo, layout};
-use rxenstored_core::{ConnId, DomainState, Error, Platform, RingStart};
+use rxenstored_core::{ConnId, DomainState, Error, Platform, RingAttach, RingStart};
 use wire::Op;
 use wire::client::Reply;
 
@@ -171,15 +171,8 @@ fn is_dom_exc(mask: u32, name: &[u8]) -> bool {
 }
 
 impl Platform for SimPlatform {
-    fn attach(
-        &mut self,
-        conn: ConnId,
-        domid: DomId,
-        _gfn: u64,
-        _port: u32,
-        features: u32,
-        start: RingStart,
-    ) -> Result<(), Error> {
+    fn attach(&mut self, ring: RingAttach) -> Result<(), Error> {
+        let RingAttach { conn, domid, features, start, .. } = ring;
         let open = || -> io::Result<SimRing> {
             let page = map_file(&ring_file(&self.dir, domid))?;
             let to_store = open_fifo(&fifo(&self.dir, domid, "store"))?;

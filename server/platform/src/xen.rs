@@ -22,7 +22,7 @@ use std::ptr::NonNull;
 
 use engine::DomId;
 use rxenstored_core::ring::{PAGE_SIZE, Ring, RingIo, RingPage};
-use rxenstored_core::{ConnId, DomainState, Error, Platform, RingStart};
+use rxenstored_core::{ConnId, DomainState, Error, Platform, RingAttach, RingStart};
 
 use crate::os::MappedPage;
 
@@ -350,15 +350,8 @@ impl XenPlatform {
 }
 
 impl Platform for XenPlatform {
-    fn attach(
-        &mut self,
-        conn: ConnId,
-        domid: DomId,
-        _gfn: u64,
-        port: u32,
-        features: u32,
-        start: RingStart,
-    ) -> Result<(), Error> {
+    fn attach(&mut self, ring: RingAttach) -> Result<(), Error> {
+        let RingAttach { conn, domid, port, features, start, .. } = ring;
         let mut ring = Ring::new(self.map_ring(domid)?, features);
         let port = ring.port_to_bind(port);
         let local = self.bind(domid, port).map_err(|e| {

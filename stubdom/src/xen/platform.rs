@@ -17,7 +17,7 @@ use core::ptr::NonNull;
 
 use engine::DomId;
 use rxenstored_core::ring::{Ring, RingIo, RingPage};
-use rxenstored_core::{ConnId, Core, DomainState, Error, Platform, RingStart};
+use rxenstored_core::{ConnId, Core, DomainState, Error, Platform, RingAttach, RingStart};
 use xen_sys::{__HYPERVISOR_domctl, __HYPERVISOR_grant_table_op, VIRQ_DOM_EXC};
 
 use super::events::{self, SharedInfo};
@@ -184,15 +184,8 @@ impl XenPlatform {
 }
 
 impl Platform for XenPlatform {
-    fn attach(
-        &mut self,
-        conn: ConnId,
-        domid: DomId,
-        _gfn: u64,
-        port: u32,
-        features: u32,
-        start: RingStart,
-    ) -> Result<(), Error> {
+    fn attach(&mut self, ring: RingAttach) -> Result<(), Error> {
+        let RingAttach { conn, domid, port, features, start, .. } = ring;
         let gfn = self.frames.take().ok_or(Error::Platform("no free frame to map the ring at"))?;
         let handle = match map_grant(domid, gfn) {
             Ok(h) => h,

@@ -9,7 +9,7 @@ use wire::{one_arg, parse_lenient_u32, split_args};
 
 use super::{Core, JournalEntry, parse_domid_arg};
 use crate::conn::ConnId;
-use crate::domain::{Domain, Platform, RingStart};
+use crate::domain::{Domain, Platform, RingAttach, RingStart};
 use crate::error::{Error, Result};
 use crate::features;
 use crate::quota::QuotaName;
@@ -68,7 +68,7 @@ impl<P: Platform> Core<P> {
     pub(super) fn attach_domain(&mut self, domid: DomId, gfn: u64, port: u32, start: RingStart) -> Result<ConnId> {
         let conn = self.connect_domain(domid);
         let features = self.conns.get(&conn).map_or(features::DEFAULT, |c| c.features);
-        if let Err(e) = self.platform.attach(conn, domid, gfn, port, features, start) {
+        if let Err(e) = self.platform.attach(RingAttach { conn, domid, gfn, port, features, start }) {
             self.disconnect(conn);
             return Err(e);
         }

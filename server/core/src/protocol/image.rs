@@ -27,7 +27,7 @@ use wire::{Header, Message, Op, encode_watch_event};
 
 use super::{Config, Core};
 use crate::conn::{ConnId, ConnKind};
-use crate::domain::{Domain, Platform, RingStart};
+use crate::domain::{Domain, Platform, RingAttach, RingStart};
 use crate::quota::QuotaTable;
 
 /// What an image is taken for: it decides what the image holds and how
@@ -335,7 +335,8 @@ impl<P: Platform> Core<P> {
         let d = self.domains.get(&domid).filter(|d| d.introduced && d.domid != self.config.priv_domid)?;
         let (gfn, port, features) = (d.gfn, d.port, d.features);
         let conn = self.connect_domain(domid);
-        if let Err(e) = self.platform.attach(conn, domid, gfn, port, features, RingStart::Resume) {
+        if let Err(e) = self.platform.attach(RingAttach { conn, domid, gfn, port, features, start: RingStart::Resume })
+        {
             warnings.push(format!("domain {domid}: cannot re-attach its ring ({e}); releasing it"));
             self.destroy_domain(domid, conn);
             return None;

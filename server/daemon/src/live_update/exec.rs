@@ -295,15 +295,7 @@ mod tests {
     }
 
     impl Platform for Handing {
-        fn attach(
-            &mut self,
-            _: ConnId,
-            _: engine::DomId,
-            _: u64,
-            _: u32,
-            _: u32,
-            _: rxenstored_core::RingStart,
-        ) -> Result<(), rxenstored_core::Error> {
+        fn attach(&mut self, _: rxenstored_core::RingAttach) -> Result<(), rxenstored_core::Error> {
             Ok(())
         }
         fn rebind(&mut self, _: ConnId, _: engine::DomId, _: u32) -> Result<(), rxenstored_core::Error> {
