@@ -18,6 +18,11 @@
 //! requests, three in four plain reads). The failure it guards against: a
 //! reply or event overtaking an earlier one of its connection when a
 //! client moves between these paths.
+//!
+//! Clients also run transactions (committed or not) in their subtrees:
+//! the requests inside one must go through the core, never be answered
+//! from the published snapshot, and a commit of one client's subtree must
+//! never fail for another's work.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -41,12 +46,29 @@ enum Step {
     Rm(u8),
     Watch(u8),
     Unwatch(u8),
+    /// Node operations in a transaction, then its end: commit (`true`) or
+    /// abort.
+    Transaction(Vec<Step>, bool),
+}
+
+/// A node operation inside a transaction, on two keys, so that its reads
+/// often follow its own writes (which the published snapshot does not
+/// have).
+fn tx_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u8..2).prop_map(Step::Read),
+        1 => Just(Step::Directory),
+        1 => (0u8..2).prop_map(Step::GetPerms),
+        3 => (0u8..2, any::<u8>()).prop_map(|(k, v)| Step::Write(k, v)),
+        1 => (0u8..2).prop_map(Step::Mkdir),
+        1 => (0u8..2).prop_map(Step::Rm),
+    ]
 }
 
 fn step(reader: bool) -> impl Strategy<Value = Step> {
     // A reader's requests are nine in ten plain reads, so that it is
     // handed to a thread of its own after its first 256.
-    let (reads, others) = if reader { (18, 1) } else { (3, 2) };
+    let (reads, others, txs) = if reader { (18, 1, 0) } else { (3, 2, 2) };
     prop_oneof![
         reads => (0u8..4).prop_map(Step::Read),
         reads / 3 => Just(Step::Directory),
@@ -56,6 +78,9 @@ fn step(reader: bool) -> impl Strategy<Value = Step> {
         others => (0u8..4).prop_map(Step::Rm),
         others => (0u8..3).prop_map(Step::Watch),
         others => (0u8..3).prop_map(Step::Unwatch),
+        // (Not a reader's: a transaction's requests are not plain reads.)
+        txs => (prop::collection::vec(tx_step(), 0..6), prop::bool::weighted(0.8))
+            .prop_map(|(steps, commit)| Step::Transaction(steps, commit)),
     ]
 }
 
@@ -63,8 +88,12 @@ fn step(reader: bool) -> impl Strategy<Value = Step> {
 #[derive(Debug, Clone)]
 struct Plan {
     steps: Vec<Step>,
-    /// Bytes per send, cycled.
+    /// Bytes per send, cycled; or, with `whole`, messages per send.
     chunks: Vec<usize>,
+    /// Sends are cut between messages, as most clients send: a request
+    /// then often starts a read, where the daemon may answer it from the
+    /// published snapshot.
+    whole: bool,
     /// Pause after each send, in milliseconds, cycled.
     pauses: Vec<u8>,
 }
@@ -77,33 +106,65 @@ fn plan() -> impl Strategy<Value = Plan> {
                 prop::collection::vec(step(reader), len),
                 prop::collection::vec(prop_oneof![3 => 1usize..200, 1 => 200usize..3000], 1..8),
                 prop::collection::vec(prop_oneof![1 => Just(0u8), 1 => 1u8..4], 1..8),
+                any::<bool>(),
             )
         })
-        .prop_map(|(steps, chunks, pauses)| Plan { steps, chunks, pauses })
+        .prop_map(|(steps, chunks, pauses, whole)| Plan { steps, chunks, pauses, whole })
 }
 
 /// The bytes client `me` sends: its steps, then a read whose reply
 /// (request id `u32::MAX`) ends its stream: every event its own writes
-/// fire is queued before that reply.
+/// fire is queued before that reply. Requests are pipelined, transactions
+/// included: the n-th TRANSACTION_START of a connection gets id n (which
+/// `serial` checks), so the requests inside it can go before its reply.
 fn request_bytes(me: usize, plan: &Plan) -> Vec<u8> {
-    let base = format!("/order/c{me}");
     let mut out = Vec::new();
-    for (i, s) in plan.steps.iter().enumerate() {
-        let id = i as u32 + 1;
-        let key = |k: &u8| format!("{base}/k{k}\0");
-        match s {
-            Step::Write(k, v) => encode(Op::Write, id, 0, format!("{base}/k{k}\0v{v}").as_bytes(), &mut out),
-            Step::Read(k) => encode(Op::Read, id, 0, key(k).as_bytes(), &mut out),
-            Step::Directory => encode(Op::Directory, id, 0, format!("{base}\0").as_bytes(), &mut out),
-            Step::GetPerms(k) => encode(Op::GetPerms, id, 0, key(k).as_bytes(), &mut out),
-            Step::Mkdir(k) => encode(Op::Mkdir, id, 0, key(k).as_bytes(), &mut out),
-            Step::Rm(k) => encode(Op::Rm, id, 0, key(k).as_bytes(), &mut out),
-            Step::Watch(k) => encode(Op::Watch, id, 0, format!("{base}/k{k}\0t{k}\0").as_bytes(), &mut out),
-            Step::Unwatch(k) => encode(Op::Unwatch, id, 0, format!("{base}/k{k}\0t{k}\0").as_bytes(), &mut out),
+    let mut ids = Ids::default();
+    for s in &plan.steps {
+        encode_step(&base(me), s, 0, &mut ids, &mut out);
+    }
+    encode(Op::Read, u32::MAX, 0, format!("{}\0", base(me)).as_bytes(), &mut out);
+    out
+}
+
+/// Client `me`'s subtree, made before the clients start, so that their
+/// transactions touch nothing they share.
+fn base(me: usize) -> String {
+    format!("/order/c{me}")
+}
+
+/// The request and transaction ids a client has used.
+#[derive(Default)]
+struct Ids {
+    request: u32,
+    transactions: u32,
+}
+
+fn encode_step(base: &str, s: &Step, tx: u32, ids: &mut Ids, out: &mut Vec<u8>) {
+    ids.request += 1;
+    let id = ids.request;
+    let key = |k: &u8| format!("{base}/k{k}\0");
+    match s {
+        Step::Write(k, v) => encode(Op::Write, id, tx, format!("{base}/k{k}\0v{v}").as_bytes(), out),
+        Step::Read(k) => encode(Op::Read, id, tx, key(k).as_bytes(), out),
+        Step::Directory => encode(Op::Directory, id, tx, format!("{base}\0").as_bytes(), out),
+        Step::GetPerms(k) => encode(Op::GetPerms, id, tx, key(k).as_bytes(), out),
+        Step::Mkdir(k) => encode(Op::Mkdir, id, tx, key(k).as_bytes(), out),
+        Step::Rm(k) => encode(Op::Rm, id, tx, key(k).as_bytes(), out),
+        Step::Watch(k) => encode(Op::Watch, id, 0, format!("{base}/k{k}\0t{k}\0").as_bytes(), out),
+        Step::Unwatch(k) => encode(Op::Unwatch, id, 0, format!("{base}/k{k}\0t{k}\0").as_bytes(), out),
+        Step::Transaction(steps, commit) => {
+            encode(Op::TransactionStart, id, 0, b"\0", out);
+            ids.transactions += 1;
+            let tx = ids.transactions;
+            for s in steps {
+                encode_step(base, s, tx, ids, out);
+            }
+            ids.request += 1;
+            let end: &[u8] = if *commit { b"T\0" } else { b"F\0" };
+            encode(Op::TransactionEnd, ids.request, tx, end, out);
         }
     }
-    encode(Op::Read, u32::MAX, 0, format!("{base}\0").as_bytes(), &mut out);
-    out
 }
 
 /// A stream's messages, one `Vec` each.
@@ -139,20 +200,56 @@ fn is_last(message: &[u8]) -> bool {
 /// client has not yet been sent the first).
 fn serial(requests: &[Vec<u8>]) -> Vec<Vec<Vec<u8>>> {
     let mut core = Core::new(Config::default());
+    let setup = core.connect_socket();
+    core.receive(setup, &make_bases(requests.len())).expect("well framed");
     let ids: Vec<_> = requests.iter().map(|_| core.connect_socket()).collect();
     let mut outs = Vec::new();
     for (id, bytes) in ids.iter().zip(requests) {
         let mut got = Vec::new();
+        let mut started = 0;
         for request in messages(bytes) {
             core.receive(*id, &request).expect("well framed");
             let out = core.output(*id).expect("connected");
             let n = got.len();
             got.extend(out.chunks().flatten());
             out.consume(got.len() - n);
+            if request_op(&request) == Op::TransactionStart.code() {
+                started += 1;
+                let reply = messages(&got[n..]).pop().expect("a reply");
+                assert_eq!(reply[HEADER_LEN..], *format!("{started}\0").as_bytes(), "transaction ids as predicted");
+            }
         }
         outs.push(messages(&got));
     }
     outs
+}
+
+fn request_op(message: &[u8]) -> u32 {
+    let head: &[u8; HEADER_LEN] = message[..HEADER_LEN].try_into().expect("a header");
+    Header::parse(head).msg_type
+}
+
+/// The requests that make every client's subtree.
+fn make_bases(clients: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for me in 0..clients {
+        encode(Op::Mkdir, me as u32, 0, format!("{}\0", base(me)).as_bytes(), &mut out);
+    }
+    out
+}
+
+/// Makes the subtrees in the daemon before the clients start.
+fn make_bases_in(socket: &std::path::Path, clients: usize) {
+    let mut stream = UnixStream::connect(socket).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    stream.write_all(&make_bases(clients)).expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while messages(&got).len() < clients || messages(&got).iter().map(Vec::len).sum::<usize>() != got.len() {
+        let n = stream.read(&mut buf).expect("the daemon answers");
+        assert!(n > 0, "the daemon closed the connection");
+        got.extend_from_slice(&buf[..n]);
+    }
 }
 
 fn is_event(message: &[u8]) -> bool {
@@ -205,7 +302,9 @@ fn run_client(socket: &std::path::Path, plan: &Plan, bytes: &[u8]) -> Vec<Vec<u8
     let mut rest = bytes;
     let mut i = 0;
     while !rest.is_empty() {
-        let n = plan.chunks[i % plan.chunks.len()].min(rest.len());
+        let chunk = plan.chunks[i % plan.chunks.len()];
+        let n = if plan.whole { messages(rest).iter().take(chunk % 4 + 1).map(Vec::len).sum() } else { chunk };
+        let n = n.min(rest.len());
         stream.write_all(&rest[..n]).expect("send");
         rest = &rest[n..];
         let pause = plan.pauses[i % plan.pauses.len()];
@@ -221,6 +320,8 @@ fn run_client(socket: &std::path::Path, plan: &Plan, bytes: &[u8]) -> Vec<Vec<u8
 /// all cases: the sizes must reach both paths.
 static SOLO_RUNS: AtomicUsize = AtomicUsize::new(0);
 static READERS: AtomicUsize = AtomicUsize::new(0);
+/// Transactions ended (TRANSACTION_END replies) over all cases.
+static TRANSACTIONS: AtomicUsize = AtomicUsize::new(0);
 
 /// One case: `plans` run concurrently against a fresh daemon, each
 /// client's stream compared with the serial one.
@@ -228,6 +329,7 @@ fn one_case(plans: &[Plan]) -> Result<(), TestCaseError> {
     let Some(d) = start_rx_or_skip(&["--log-level", "debug"]) else { return Ok(()) };
     let requests: Vec<Vec<u8>> = plans.iter().enumerate().map(|(i, p)| request_bytes(i, p)).collect();
     let want = serial(&requests);
+    make_bases_in(d.socket(), plans.len());
     let got: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
         let socket = d.socket();
         let runs: Vec<_> =
@@ -237,6 +339,8 @@ fn one_case(plans: &[Plan]) -> Result<(), TestCaseError> {
     let log = d.log();
     SOLO_RUNS.fetch_add(log.matches("solo run ended").count(), Ordering::Relaxed);
     READERS.fetch_add(log.matches("a reader: served by a thread of its own").count(), Ordering::Relaxed);
+    let ends = got.iter().flatten().filter(|m| request_op(m) == Op::TransactionEnd.code()).count();
+    TRANSACTIONS.fetch_add(ends, Ordering::Relaxed);
     for (i, (got, want)) in got.iter().zip(&want).enumerate() {
         if let Err(e) = same_stream(got, want) {
             prop_assert!(false, "client {}: {}", i, e);
@@ -258,7 +362,9 @@ fn each_connection_gets_what_serial_execution_gives() {
         panic!("{e}");
     }
     let (solo, readers) = (SOLO_RUNS.load(Ordering::Relaxed), READERS.load(Ordering::Relaxed));
-    eprintln!("paths reached: {solo} solo runs, {readers} readers handed to threads");
+    let transactions = TRANSACTIONS.load(Ordering::Relaxed);
+    eprintln!("paths reached: {solo} solo runs, {readers} readers handed to threads, {transactions} transactions");
+    assert!(transactions > 0, "no case ran a transaction");
     assert!(solo > 0, "no case had a solo run");
     assert!(readers > 0, "no case handed a reader to a thread");
 }
