@@ -14,10 +14,10 @@
 //! client: the loop's turns (several clients at once), solo runs (one
 //! client alone for more than 8 polls and 5 ms), snapshot reads (plain
 //! reads with nothing of the client's ahead of them: socket clients are
-//! privileged) and the hand-over to a reader thread (a window of 256
-//! requests, three in four plain reads). The failure it guards against: a
-//! reply or event overtaking an earlier one of its connection when a
-//! client moves between these paths.
+//! privileged), and snapshot replies the socket does not take (a client
+//! that reads its replies late, after large reads filled its socket). The
+//! failure it guards against: a reply or event overtaking an earlier one
+//! of its connection when a client moves between these paths.
 //!
 //! Clients also run transactions (committed or not) in their subtrees:
 //! the requests inside one must go through the core, never be answered
@@ -66,14 +66,15 @@ fn tx_step() -> impl Strategy<Value = Step> {
 }
 
 fn step(reader: bool) -> impl Strategy<Value = Step> {
-    // A reader's requests are nine in ten plain reads, so that it is
-    // handed to a thread of its own after its first 256.
+    // A reader's requests are nine in ten plain reads, many of them of
+    // values of 3 kB (`Step::Write` with `v` 0), whose replies fill its
+    // socket when it reads them late.
     let (reads, others, txs) = if reader { (18, 1, 0) } else { (3, 2, 2) };
     prop_oneof![
         reads => (0u8..4).prop_map(Step::Read),
         reads / 3 => Just(Step::Directory),
         reads / 3 => (0u8..4).prop_map(Step::GetPerms),
-        others * 3 => (0u8..4, any::<u8>()).prop_map(|(k, v)| Step::Write(k, v)),
+        others * 3 => (0u8..4, prop_oneof![1 => Just(0u8), 3 => any::<u8>()]).prop_map(|(k, v)| Step::Write(k, v)),
         others => (0u8..4).prop_map(Step::Mkdir),
         others => (0u8..4).prop_map(Step::Rm),
         others => (0u8..3).prop_map(Step::Watch),
@@ -96,20 +97,35 @@ struct Plan {
     whole: bool,
     /// Pause after each send, in milliseconds, cycled.
     pauses: Vec<u8>,
+    /// The client starts reading its replies only after this many
+    /// milliseconds.
+    late: u8,
 }
 
 fn plan() -> impl Strategy<Value = Plan> {
     any::<bool>()
         .prop_flat_map(|reader| {
             let len = if reader { 260..700usize } else { 1..120usize };
+            // Half the readers read their replies late.
+            let late = if reader { prop_oneof![1 => Just(0u8), 1 => 30u8..150].boxed() } else { Just(0u8).boxed() };
             (
                 prop::collection::vec(step(reader), len),
                 prop::collection::vec(prop_oneof![3 => 1usize..200, 1 => 200usize..3000], 1..8),
                 prop::collection::vec(prop_oneof![1 => Just(0u8), 1 => 1u8..4], 1..8),
                 any::<bool>(),
+                late,
             )
         })
-        .prop_map(|(steps, chunks, pauses, whole)| Plan { steps, chunks, pauses, whole })
+        .prop_map(|(mut steps, chunks, pauses, whole, late)| {
+            if late == 0 {
+                return Plan { steps, chunks, pauses, whole, late };
+            }
+            // Large values first, and the reads sent at once in whole
+            // messages, so that their replies (answered from the
+            // snapshot) fill the socket before the client reads.
+            steps.splice(0..0, (0..4).map(|k| Step::Write(k, 0)));
+            Plan { steps, chunks, pauses: vec![0], whole: true, late }
+        })
 }
 
 /// The bytes client `me` sends: its steps, then a read whose reply
@@ -145,6 +161,8 @@ fn encode_step(base: &str, s: &Step, tx: u32, ids: &mut Ids, out: &mut Vec<u8>) 
     let id = ids.request;
     let key = |k: &u8| format!("{base}/k{k}\0");
     match s {
+        // (`v` 0: a large value, whose reads fill a socket quickly.)
+        Step::Write(k, 0) => encode(Op::Write, id, tx, format!("{base}/k{k}\0{}", "x".repeat(3000)).as_bytes(), out),
         Step::Write(k, v) => encode(Op::Write, id, tx, format!("{base}/k{k}\0v{v}").as_bytes(), out),
         Step::Read(k) => encode(Op::Read, id, tx, key(k).as_bytes(), out),
         Step::Directory => encode(Op::Directory, id, tx, format!("{base}\0").as_bytes(), out),
@@ -285,7 +303,9 @@ fn run_client(socket: &std::path::Path, plan: &Plan, bytes: &[u8]) -> Vec<Vec<u8
     let mut stream = UnixStream::connect(socket).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let mut reading = stream.try_clone().expect("clone");
+    let late = Duration::from_millis(plan.late.into());
     let reader = std::thread::spawn(move || {
+        std::thread::sleep(late);
         let mut got = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -316,10 +336,11 @@ fn run_client(socket: &std::path::Path, plan: &Plan, bytes: &[u8]) -> Vec<Vec<u8
     reader.join().expect("the reading thread")
 }
 
-/// Solo runs and hand-overs to reader threads the daemons logged, over
-/// all cases: the sizes must reach both paths.
+/// Solo runs, and snapshot replies left for the poll by a full socket,
+/// that the daemons logged over all cases: the sizes must reach both
+/// paths.
 static SOLO_RUNS: AtomicUsize = AtomicUsize::new(0);
-static READERS: AtomicUsize = AtomicUsize::new(0);
+static SOCKET_FULL: AtomicUsize = AtomicUsize::new(0);
 /// Transactions ended (TRANSACTION_END replies) over all cases.
 static TRANSACTIONS: AtomicUsize = AtomicUsize::new(0);
 
@@ -338,7 +359,7 @@ fn one_case(plans: &[Plan]) -> Result<(), TestCaseError> {
     });
     let log = d.log();
     SOLO_RUNS.fetch_add(log.matches("solo run ended").count(), Ordering::Relaxed);
-    READERS.fetch_add(log.matches("a reader: served by a thread of its own").count(), Ordering::Relaxed);
+    SOCKET_FULL.fetch_add(log.matches("socket full: snapshot replies wait for the poll").count(), Ordering::Relaxed);
     let ends = got.iter().flatten().filter(|m| request_op(m) == Op::TransactionEnd.code()).count();
     TRANSACTIONS.fetch_add(ends, Ordering::Relaxed);
     for (i, (got, want)) in got.iter().zip(&want).enumerate() {
@@ -361,10 +382,10 @@ fn each_connection_gets_what_serial_execution_gives() {
     if let Err(e) = runner.run(&prop::collection::vec(plan(), 1..5), |plans| one_case(&plans)) {
         panic!("{e}");
     }
-    let (solo, readers) = (SOLO_RUNS.load(Ordering::Relaxed), READERS.load(Ordering::Relaxed));
+    let (solo, full) = (SOLO_RUNS.load(Ordering::Relaxed), SOCKET_FULL.load(Ordering::Relaxed));
     let transactions = TRANSACTIONS.load(Ordering::Relaxed);
-    eprintln!("paths reached: {solo} solo runs, {readers} readers handed to threads, {transactions} transactions");
+    eprintln!("paths reached: {solo} solo runs, {full} snapshot replies left to the poll, {transactions} transactions");
     assert!(transactions > 0, "no case ran a transaction");
     assert!(solo > 0, "no case had a solo run");
-    assert!(readers > 0, "no case handed a reader to a thread");
+    assert!(full > 0, "no case filled a socket with snapshot replies");
 }

@@ -22,10 +22,6 @@ use rxenstored_suite::daemon::TestDaemon;
 use rxenstored_suite::harness::start_rx_or_skip;
 use wire::{Op, client::Client};
 
-/// The daemon's arguments for each run (one: the event loop is the only
-/// way of serving sockets).
-const MODES: [&[&str]; 1] = [&[]];
-
 /// A client watching `path`, its initial event already taken.
 fn watching(d: &TestDaemon, path: &str) -> Client {
     let mut watcher = d.connect();
@@ -36,135 +32,126 @@ fn watching(d: &TestDaemon, path: &str) -> Client {
 
 #[test]
 fn concurrent_clients_each_get_their_own_replies_in_order() {
-    for args in MODES {
-        let Some(d) = start_rx_or_skip(args) else { return };
-        let done = Arc::new(AtomicUsize::new(0));
-        let clients: Vec<_> = (0..16)
-            .map(|c| {
-                let mut client = d.connect();
-                client.set_reply_timeout(Duration::from_secs(20));
-                let done = Arc::clone(&done);
-                std::thread::spawn(move || {
-                    for i in 0..400 {
-                        let path = format!("/conc/c{c}/k{}", i % 7);
-                        let value = format!("{c}-{i}");
-                        assert!(client.write(&path, &value).expect("write").is_ok());
-                        let r = client.read(&path).expect("read");
-                        assert_eq!(r.ok(), Some(value.as_bytes()), "client {c} request {i}");
-                    }
-                    done.fetch_add(1, Ordering::SeqCst);
-                })
+    let Some(d) = start_rx_or_skip(&[]) else { return };
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let mut client = d.connect();
+            client.set_reply_timeout(Duration::from_secs(20));
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                for i in 0..400 {
+                    let path = format!("/conc/c{c}/k{}", i % 7);
+                    let value = format!("{c}-{i}");
+                    assert!(client.write(&path, &value).expect("write").is_ok());
+                    let r = client.read(&path).expect("read");
+                    assert_eq!(r.ok(), Some(value.as_bytes()), "client {c} request {i}");
+                }
+                done.fetch_add(1, Ordering::SeqCst);
             })
-            .collect();
-        for c in clients {
-            c.join().expect("client thread");
-        }
-        assert_eq!(done.load(Ordering::SeqCst), 16, "{args:?}");
-        assert!(d.connect().read("/conc/c15/k0").expect("read").is_ok());
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client thread");
     }
+    assert_eq!(done.load(Ordering::SeqCst), 16);
+    assert!(d.connect().read("/conc/c15/k0").expect("read").is_ok());
 }
 
 #[test]
 fn a_watcher_that_stops_reading_blocks_nobody_and_loses_nothing() {
-    for args in MODES {
-        let Some(d) = start_rx_or_skip(args) else { return };
-        let mut watcher = watching(&d, "/busy");
-        // From here the watcher reads nothing: about 5 MB of events pile up,
-        // far past what the socket buffers hold.
-        let value = vec![b'v'; 64];
-        let mut writer = d.connect();
-        writer.set_reply_timeout(Duration::from_secs(10));
-        let writes = 20_000;
-        let started = Instant::now();
-        for i in 0..writes {
-            let path = format!("/busy/node-with-a-long-name-to-fill-the-queue-faster/{i:0>200}");
-            assert!(writer.write(&path, &value).expect("writer answered").is_ok(), "{args:?} write {i}");
-        }
-        // A third client is served as well.
-        assert!(d.connect().read("/busy").expect("read").is_ok());
-        assert!(started.elapsed() < Duration::from_secs(60), "{args:?}: writes took {:?}", started.elapsed());
-        // The watcher catches up: every event, in order.
-        for i in 0..writes {
-            let (path, token) =
-                watcher.next_event(Duration::from_secs(10)).unwrap_or_else(|| panic!("{args:?}: event {i} missing"));
-            assert_eq!(token, b"tok");
-            let want = format!("/busy/node-with-a-long-name-to-fill-the-queue-faster/{i:0>200}");
-            assert_eq!(String::from_utf8_lossy(&path), want, "{args:?}");
-        }
-        assert!(d.log().lines().all(|l| !l.contains("panicked")), "{}", d.log());
+    let Some(d) = start_rx_or_skip(&[]) else { return };
+    let mut watcher = watching(&d, "/busy");
+    // From here the watcher reads nothing: about 5 MB of events pile up,
+    // far past what the socket buffers hold.
+    let value = vec![b'v'; 64];
+    let mut writer = d.connect();
+    writer.set_reply_timeout(Duration::from_secs(10));
+    let writes = 20_000;
+    let started = Instant::now();
+    for i in 0..writes {
+        let path = format!("/busy/node-with-a-long-name-to-fill-the-queue-faster/{i:0>200}");
+        assert!(writer.write(&path, &value).expect("writer answered").is_ok(), "write {i}");
     }
+    // A third client is served as well.
+    assert!(d.connect().read("/busy").expect("read").is_ok());
+    assert!(started.elapsed() < Duration::from_secs(60), "writes took {:?}", started.elapsed());
+    // The watcher catches up: every event, in order.
+    for i in 0..writes {
+        let (path, token) = watcher.next_event(Duration::from_secs(10)).unwrap_or_else(|| panic!("event {i} missing"));
+        assert_eq!(token, b"tok");
+        let want = format!("/busy/node-with-a-long-name-to-fill-the-queue-faster/{i:0>200}");
+        assert_eq!(String::from_utf8_lossy(&path), want);
+    }
+    assert!(d.log().lines().all(|l| !l.contains("panicked")), "{}", d.log());
 }
 
 #[test]
 fn a_client_flooding_requests_gets_every_reply_and_others_are_served() {
-    for args in MODES {
-        let Some(d) = start_rx_or_skip(args) else { return };
-        let mut flood = Client::connect(d.socket()).expect("connect");
-        flood.set_reply_timeout(Duration::from_secs(20));
-        // 5,000 pipelined writes, sent before any reply is read (a thread
-        // writes: the socket fills while the daemon is still answering).
-        let count = 5_000u32;
-        let mut bytes = Vec::new();
-        for i in 0..count {
-            wire::encode(Op::Write, i, 0, format!("/flood/k{i}\0value-{i}").as_bytes(), &mut bytes);
-        }
-        let mut stream = flood.stream().try_clone().expect("clone");
-        let sender = std::thread::spawn(move || stream.write_all(&bytes).expect("send the flood"));
-        let mut other = d.connect();
-        other.set_reply_timeout(Duration::from_secs(10));
-        for i in 0..50 {
-            assert!(other.write(format!("/other/{i}"), "x").expect("other served").is_ok());
-        }
-        for i in 0..count {
-            let m = flood.wait_reply(i).expect("reply");
-            assert_eq!(m.header.msg_type, Op::Write.code(), "{args:?} reply {i}: {:?}", m.payload);
-        }
-        sender.join().expect("sender");
-        assert_eq!(d.connect().read("/flood/k4999").expect("read").ok(), Some(&b"value-4999"[..]));
+    let Some(d) = start_rx_or_skip(&[]) else { return };
+    let mut flood = Client::connect(d.socket()).expect("connect");
+    flood.set_reply_timeout(Duration::from_secs(20));
+    // 5,000 pipelined writes, sent before any reply is read (a thread
+    // writes: the socket fills while the daemon is still answering).
+    let count = 5_000u32;
+    let mut bytes = Vec::new();
+    for i in 0..count {
+        wire::encode(Op::Write, i, 0, format!("/flood/k{i}\0value-{i}").as_bytes(), &mut bytes);
     }
+    let mut stream = flood.stream().try_clone().expect("clone");
+    let sender = std::thread::spawn(move || stream.write_all(&bytes).expect("send the flood"));
+    let mut other = d.connect();
+    other.set_reply_timeout(Duration::from_secs(10));
+    for i in 0..50 {
+        assert!(other.write(format!("/other/{i}"), "x").expect("other served").is_ok());
+    }
+    for i in 0..count {
+        let m = flood.wait_reply(i).expect("reply");
+        assert_eq!(m.header.msg_type, Op::Write.code(), "reply {i}: {:?}", m.payload);
+    }
+    sender.join().expect("sender");
+    assert_eq!(d.connect().read("/flood/k4999").expect("read").ok(), Some(&b"value-4999"[..]));
 }
 
 #[test]
 fn clients_that_come_and_go_are_served_and_leave_nothing_behind() {
-    for args in MODES {
-        let Some(d) = start_rx_or_skip(args) else { return };
-        let mut watcher = watching(&d, "/churn");
-        // 8 threads, 50 short connections each: one write, then gone
-        // (half of them without waiting for the reply).
-        let workers: Vec<_> = (0..8)
-            .map(|w| {
-                let socket = d.socket().to_path_buf();
-                std::thread::spawn(move || {
-                    for i in 0..50 {
-                        let mut c = Client::connect(&socket).expect("connect");
-                        let path = format!("/churn/w{w}-{i}");
-                        if i % 2 == 0 {
-                            assert!(c.write(&path, "x").expect("write").is_ok());
-                        } else {
-                            let mut bytes = Vec::new();
-                            wire::encode(Op::Write, 1, 0, format!("{path}\0x").as_bytes(), &mut bytes);
-                            c.send_raw(&bytes).expect("send");
-                        }
+    let Some(d) = start_rx_or_skip(&[]) else { return };
+    let mut watcher = watching(&d, "/churn");
+    // 8 threads, 50 short connections each: one write, then gone
+    // (half of them without waiting for the reply).
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let socket = d.socket().to_path_buf();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let mut c = Client::connect(&socket).expect("connect");
+                    let path = format!("/churn/w{w}-{i}");
+                    if i % 2 == 0 {
+                        assert!(c.write(&path, "x").expect("write").is_ok());
+                    } else {
+                        let mut bytes = Vec::new();
+                        wire::encode(Op::Write, 1, 0, format!("{path}\0x").as_bytes(), &mut bytes);
+                        c.send_raw(&bytes).expect("send");
                     }
-                })
+                }
             })
-            .collect();
-        for w in workers {
-            w.join().expect("worker");
-        }
-        // Every write is applied (a request fully sent is served even if its
-        // sender is gone) and the watcher saw each one.
-        let mut seen = 0;
-        while watcher.next_event(Duration::from_secs(5)).is_some() {
-            seen += 1;
-            if seen == 400 {
-                break;
-            }
-        }
-        assert_eq!(seen, 400, "{args:?}");
-        let listing = d.connect().directory("/churn").expect("directory");
-        assert_eq!(listing.ok().map(|l| l.split(|b| *b == 0).filter(|n| !n.is_empty()).count()), Some(400), "{args:?}");
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
     }
+    // Every write is applied (a request fully sent is served even if its
+    // sender is gone) and the watcher saw each one.
+    let mut seen = 0;
+    while watcher.next_event(Duration::from_secs(5)).is_some() {
+        seen += 1;
+        if seen == 400 {
+            break;
+        }
+    }
+    assert_eq!(seen, 400);
+    let listing = d.connect().directory("/churn").expect("directory");
+    assert_eq!(listing.ok().map(|l| l.split(|b| *b == 0).filter(|n| !n.is_empty()).count()), Some(400));
 }
 
 /// Sends `count` requests made by `request(i)` one `write` each (so that
@@ -200,88 +187,84 @@ fn replies_in_order(client: &mut Client, count: u32) -> Vec<wire::Message> {
 
 #[test]
 fn reads_keep_their_place_among_a_clients_writes_under_contention() {
-    for args in MODES {
-        let Some(d) = start_rx_or_skip(args) else { return };
-        // Writers keep the core busy, so that the client's writes wait in
-        // the inbox while its reads arrive.
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let hammers: Vec<_> = (0..4)
-            .map(|h| {
-                let mut c = d.connect();
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || {
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        assert!(c.write(format!("/hammer/{h}"), n.to_string()).expect("hammer").is_ok());
-                        n += 1;
-                    }
-                })
+    let Some(d) = start_rx_or_skip(&[]) else { return };
+    // Writers keep the core busy, so that the client's writes wait in
+    // the inbox while its reads arrive.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammers: Vec<_> = (0..4)
+        .map(|h| {
+            let mut c = d.connect();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(c.write(format!("/hammer/{h}"), n.to_string()).expect("hammer").is_ok());
+                    n += 1;
+                }
             })
-            .collect();
-        let mut client = d.connect();
-        let rounds = 3_000u32;
-        // Per round: WRITE /order/k = i, READ it, DIRECTORY /order, GET_PERMS.
-        let sender = send_each(&client, rounds * 4, |n, bytes| {
-            let (i, step) = (n / 4, n % 4);
-            match step {
-                0 => wire::encode(Op::Write, n, 0, format!("/order/k\0{i}").as_bytes(), bytes),
-                1 => wire::encode(Op::Read, n, 0, b"/order/k\0", bytes),
-                2 => wire::encode(Op::Directory, n, 0, b"/order\0", bytes),
-                _ => wire::encode(Op::GetPerms, n, 0, b"/order/k\0", bytes),
-            }
-        });
-        let got = replies_in_order(&mut client, rounds * 4);
-        sender.join().expect("sender");
-        stop.store(true, Ordering::Relaxed);
-        for h in hammers {
-            h.join().expect("hammer");
+        })
+        .collect();
+    let mut client = d.connect();
+    let rounds = 3_000u32;
+    // Per round: WRITE /order/k = i, READ it, DIRECTORY /order, GET_PERMS.
+    let sender = send_each(&client, rounds * 4, |n, bytes| {
+        let (i, step) = (n / 4, n % 4);
+        match step {
+            0 => wire::encode(Op::Write, n, 0, format!("/order/k\0{i}").as_bytes(), bytes),
+            1 => wire::encode(Op::Read, n, 0, b"/order/k\0", bytes),
+            2 => wire::encode(Op::Directory, n, 0, b"/order\0", bytes),
+            _ => wire::encode(Op::GetPerms, n, 0, b"/order/k\0", bytes),
         }
-        for (n, m) in got.iter().enumerate() {
-            let (i, step) = (n / 4, n % 4);
-            assert_eq!(m.header.req_id, n as u32, "{args:?}: replies in request order");
-            let expected: Vec<u8> = match step {
-                0 => b"OK\0".to_vec(),
-                1 => i.to_string().into_bytes(),
-                2 => b"k\0".to_vec(),
-                _ => b"n0\0".to_vec(),
-            };
-            assert_eq!(m.payload, expected, "{args:?}: round {i} step {step}");
-        }
+    });
+    let got = replies_in_order(&mut client, rounds * 4);
+    sender.join().expect("sender");
+    stop.store(true, Ordering::Relaxed);
+    for h in hammers {
+        h.join().expect("hammer");
+    }
+    for (n, m) in got.iter().enumerate() {
+        let (i, step) = (n / 4, n % 4);
+        assert_eq!(m.header.req_id, n as u32, "replies in request order");
+        let expected: Vec<u8> = match step {
+            0 => b"OK\0".to_vec(),
+            1 => i.to_string().into_bytes(),
+            2 => b"k\0".to_vec(),
+            _ => b"n0\0".to_vec(),
+        };
+        assert_eq!(m.payload, expected, "round {i} step {step}");
     }
 }
 
 #[test]
 fn a_reader_that_stops_taking_replies_gets_them_all_in_order() {
-    for args in MODES {
-        let Some(d) = start_rx_or_skip(args) else { return };
-        let big = vec![b'b'; 4000];
-        let mut admin = d.connect();
-        assert!(admin.write("/big", &big).expect("write").is_ok());
-        // 3,000 reads of 4 kB: 12 MB of replies, far past the socket's
-        // buffer, sent while nothing is read; then a write and a read.
-        let mut reader = d.connect();
-        let count = 3_000u32;
-        let sender = send_each(&reader, count + 2, move |i, bytes| match i {
-            _ if i < count => wire::encode(Op::Read, i, 0, b"/big\0", bytes),
-            _ if i == count => wire::encode(Op::Write, i, 0, b"/big\0small", bytes),
-            _ => wire::encode(Op::Read, i, 0, b"/big\0", bytes),
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        // Meanwhile others are served.
-        let mut other = d.connect();
-        other.set_reply_timeout(Duration::from_secs(5));
-        assert!(other.write("/other", "x").expect("other served").is_ok());
-        let got = replies_in_order(&mut reader, count + 2);
-        sender.join().expect("sender");
-        for (i, m) in got.iter().enumerate() {
-            assert_eq!(m.header.req_id, i as u32, "{args:?}: replies in request order");
-            let expected: &[u8] = match i as u32 {
-                i if i < count => &big,
-                i if i == count => b"OK\0",
-                _ => b"small",
-            };
-            assert!(m.payload == expected, "{args:?}: reply {i} has {} bytes", m.payload.len());
-        }
+    let Some(d) = start_rx_or_skip(&[]) else { return };
+    let big = vec![b'b'; 4000];
+    let mut admin = d.connect();
+    assert!(admin.write("/big", &big).expect("write").is_ok());
+    // 3,000 reads of 4 kB: 12 MB of replies, far past the socket's
+    // buffer, sent while nothing is read; then a write and a read.
+    let mut reader = d.connect();
+    let count = 3_000u32;
+    let sender = send_each(&reader, count + 2, move |i, bytes| match i {
+        _ if i < count => wire::encode(Op::Read, i, 0, b"/big\0", bytes),
+        _ if i == count => wire::encode(Op::Write, i, 0, b"/big\0small", bytes),
+        _ => wire::encode(Op::Read, i, 0, b"/big\0", bytes),
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile others are served.
+    let mut other = d.connect();
+    other.set_reply_timeout(Duration::from_secs(5));
+    assert!(other.write("/other", "x").expect("other served").is_ok());
+    let got = replies_in_order(&mut reader, count + 2);
+    sender.join().expect("sender");
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.header.req_id, i as u32, "replies in request order");
+        let expected: &[u8] = match i as u32 {
+            i if i < count => &big,
+            i if i == count => b"OK\0",
+            _ => b"small",
+        };
+        assert!(m.payload == expected, "reply {i} has {} bytes", m.payload.len());
     }
 }
 
@@ -389,11 +372,12 @@ fn a_checkpoint_falls_due_while_a_lone_client_idles() {
     assert!(lone.read("/idle/k").expect("read").is_ok());
 }
 
-/// In the default mode a client that asks mostly reads is handed to a
-/// thread of its own (its reads then run beside the loop): nothing of its
-/// conversation changes, before, during or after the hand-over.
+/// A client that pipelines mostly reads beside a busy neighbour (its
+/// reads answered from the snapshot, its write through the core) keeps
+/// its conversation: replies in order, each read seeing its own write,
+/// then others' events and its transactions.
 #[test]
-fn a_reader_handed_to_a_thread_keeps_its_conversation() {
+fn a_pipelined_reader_beside_a_busy_neighbour_keeps_its_conversation() {
     let Some(d) = start_rx_or_skip(&["--log-level", "debug"]) else { return };
     let mut admin = d.connect();
     assert!(admin.write("/r/k", "0").expect("write").is_ok());
@@ -402,7 +386,7 @@ fn a_reader_handed_to_a_thread_keeps_its_conversation() {
     assert!(reader.watch("/r", "w").expect("watch").is_ok());
     assert!(reader.next_event(Duration::from_secs(5)).is_some(), "the initial event");
     // A busy neighbour, so that the reader is never alone (a lone client
-    // gets a solo run rather than a thread).
+    // gets a solo run).
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let neighbour = {
         let mut c = d.connect();
@@ -437,13 +421,6 @@ fn a_reader_handed_to_a_thread_keeps_its_conversation() {
             _ => b"mine",
         };
         assert_eq!(m.payload, want, "reply {i}");
-    }
-    // (The daemon logs the hand-over once the thread runs: maybe after
-    // the thread's first replies.)
-    let started = Instant::now();
-    while !d.log().contains("a reader: served by a thread of its own") {
-        assert!(started.elapsed() < Duration::from_secs(10), "no hand-over:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
     }
     // Afterwards: others' writes reach it as events, its transactions work.
     assert!(admin.write("/r/other", "1").expect("write").is_ok());
@@ -491,56 +468,4 @@ fn a_lone_clients_burst_of_reads_larger_than_its_socket_arrives_whole() {
         }
     }
     assert!(lone.read("/small").expect("read").is_ok());
-}
-
-/// Default mode, both adaptations at once: a reader handed to a thread
-/// of its own goes on writing now and then while another client, alone in
-/// the loop, is served in a solo run. Every request of both is answered
-/// (the reader's writes go through the core's lock, which the solo run
-/// takes and gives back every request).
-#[test]
-fn a_readers_writes_are_served_while_another_client_runs_solo() {
-    let Some(d) = start_rx_or_skip(&["--log-level", "debug"]) else { return };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // The writer is busy from the start, so that the reader is never
-    // alone (a lone client is served in a solo run, not handed over).
-    let writer = {
-        let mut c = d.connect();
-        c.set_reply_timeout(Duration::from_secs(10));
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                assert!(c.write("/mixed/solo", n.to_string()).expect("writer's write").is_ok());
-                n += 1;
-            }
-            n
-        })
-    };
-    let mut reader = d.connect();
-    reader.set_reply_timeout(Duration::from_secs(10));
-    assert!(reader.write("/mixed/r", "0").expect("write").is_ok());
-    for _ in 0..600 {
-        assert!(reader.read("/mixed/r").expect("read").is_ok());
-    }
-    let started = Instant::now();
-    while !d.log().contains("a reader: served by a thread of its own") {
-        assert!(started.elapsed() < Duration::from_secs(10), "no hand-over:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Now the writer is alone in the loop: its solo run starts.
-    std::thread::sleep(Duration::from_millis(50));
-    for i in 0..300 {
-        let value = i.to_string();
-        assert!(reader.write("/mixed/r", &value).expect("reader's write").is_ok(), "write {i}");
-        assert_eq!(reader.read("/mixed/r").expect("reader's read").ok(), Some(value.as_bytes()), "read {i}");
-    }
-    stop.store(true, Ordering::Relaxed);
-    assert!(writer.join().expect("writer") > 0);
-    // (The run ends, and says so, when the writer's end is read.)
-    let started = Instant::now();
-    while !d.log().contains("solo run ended") {
-        assert!(started.elapsed() < Duration::from_secs(10), "no solo run:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

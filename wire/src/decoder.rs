@@ -136,109 +136,11 @@ impl Decoder {
     }
 }
 
-/// Follows where messages end in a byte stream without keeping it: a
-/// [`Decoder`]'s boundaries at the cost of a header.
-///
-/// A frontend that hands some messages of a stream to one consumer and the
-/// rest to another must know, when bytes arrive, whether the stream is
-/// between two messages (`at_boundary`), or whether the bytes continue a
-/// message already given to the other side.
-#[derive(Debug, Clone, Default)]
-pub struct FrameTracker {
-    header: [u8; HEADER_LEN],
-    /// Header bytes of the current message seen so far.
-    header_seen: usize,
-    /// Payload bytes of the current message still to come.
-    payload_left: usize,
-    /// An oversize length was seen: the stream has no boundaries any more.
-    lost: bool,
-}
-
-impl FrameTracker {
-    /// A tracker at the start of a stream.
-    pub fn new() -> FrameTracker {
-        FrameTracker::default()
-    }
-
-    /// A tracker where `decoder` stands: past what it has returned and
-    /// what it holds back.
-    pub fn following(decoder: &Decoder) -> FrameTracker {
-        let mut t = FrameTracker { lost: decoder.is_poisoned(), ..FrameTracker::default() };
-        t.advance(&decoder.buf[decoder.pos..]);
-        t
-    }
-
-    /// Whether the bytes seen so far end exactly after a whole message.
-    pub fn at_boundary(&self) -> bool {
-        !self.lost && self.header_seen == 0 && self.payload_left == 0
-    }
-
-    /// Follows `bytes`, the continuation of the stream.
-    pub fn advance(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() && !self.lost {
-            if self.payload_left > 0 {
-                let n = self.payload_left.min(bytes.len());
-                self.payload_left -= n;
-                bytes = &bytes[n..];
-                continue;
-            }
-            let n = (HEADER_LEN - self.header_seen).min(bytes.len());
-            self.header[self.header_seen..self.header_seen + n].copy_from_slice(&bytes[..n]);
-            self.header_seen += n;
-            bytes = &bytes[n..];
-            if self.header_seen == HEADER_LEN {
-                self.header_seen = 0;
-                let len = Header::parse(&self.header).len as usize;
-                self.lost = len > PAYLOAD_MAX;
-                self.payload_left = len;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Op, encode};
     use alloc::vec;
-
-    proptest::proptest! {
-        /// The tracker agrees with a decoder fed the same chunks: at a
-        /// boundary exactly when the decoder holds nothing back.
-        #[test]
-        fn tracker_follows_the_decoder(
-            lens in proptest::collection::vec(0usize..40, 0..8),
-            cuts in proptest::collection::vec(0usize..200, 0..10),
-            oversize in proptest::bool::ANY,
-        ) {
-            let mut stream = vec![];
-            for (i, len) in lens.iter().enumerate() {
-                encode(Op::Write, i as u32, 0, &vec![b'x'; *len], &mut stream);
-            }
-            if oversize {
-                stream.extend_from_slice(&Header { msg_type: 2, req_id: 9, tx_id: 0, len: 5000 }.to_bytes());
-            }
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(stream.len())).collect();
-            cuts.push(stream.len());
-            cuts.sort_unstable();
-            let (mut d, mut t, mut from) = (Decoder::new(), FrameTracker::new(), 0);
-            for cut in cuts {
-                d.push(&stream[from..cut]);
-                t.advance(&stream[from..cut]);
-                from = cut;
-                let mut poisoned = false;
-                loop {
-                    match d.next_message() {
-                        Ok(Some(_)) => {}
-                        Ok(None) => break,
-                        Err(_) => { poisoned = true; break }
-                    }
-                }
-                proptest::prop_assert_eq!(t.at_boundary(), !poisoned && d.buffered() == 0);
-                proptest::prop_assert_eq!(FrameTracker::following(&d).at_boundary(), t.at_boundary());
-            }
-        }
-    }
 
     #[test]
     fn byte_by_byte() {

@@ -5,8 +5,7 @@
 //! * [`Op`], [`Header`], [`Errno`] and the constants: the vocabulary of the
 //!   protocol (PROTOCOL.md §0, §1.1, §1.5, §2.1).
 //! * [`Decoder`]: bytes in, whole [`Message`]s out; splits anywhere, never
-//!   panics, refuses payloads above [`PAYLOAD_MAX`] (§1.2). [`FrameTracker`]
-//!   follows the same boundaries without keeping the bytes.
+//!   panics, refuses payloads above [`PAYLOAD_MAX`] (§1.2).
 //! * [`encode`], [`encode_error`], [`encode_watch_event`]: messages out.
 //! * [`one_arg`], [`split_args`], [`parse_domid`], [`parse_lenient_u32`]:
 //!   the payload parsing primitives of §1.3 and §2.2.
@@ -30,7 +29,7 @@ mod payload;
 #[cfg(feature = "std")]
 pub mod client;
 
-pub use decoder::{Decoder, FrameError, FrameTracker, Message};
+pub use decoder::{Decoder, FrameError, Message};
 pub use errno::Errno;
 pub use header::{Header, encode, encode_error, encode_watch_event};
 pub use op::Op;

@@ -209,51 +209,10 @@ pub struct Conn {
     pub(crate) features: u32,
     /// Listed in the core's dirty list since its last drain.
     pub(crate) dirty: bool,
-    /// What the connection has asked so far.
-    pub(crate) mix: RequestMix,
     /// A guest's ring taken up again after a crash restart: a request in a
     /// transaction this daemon does not know was begun before the crash,
     /// and is adopted as lost instead of refused with ENOENT.
     pub(crate) adopts_lost_transactions: bool,
-}
-
-/// The mix of a connection's recent requests: whether, in its last full
-/// window of [`RequestMix::WINDOW`] requests, three in four were reads
-/// outside a transaction (READ, DIRECTORY, DIRECTORY_PART, GET_PERMS with
-/// transaction 0), which a frontend can answer from the published
-/// snapshot without the core. (Reads answered during a solo run are not
-/// counted: a client alone is served best where it is.)
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RequestMix {
-    requests: u32,
-    plain_reads: u32,
-    mostly_reads: bool,
-}
-
-impl RequestMix {
-    /// Requests in a window: the mix is decided once per window.
-    pub const WINDOW: u32 = 256;
-
-    pub(crate) fn count(&mut self, header: &wire::Header) {
-        self.add(header.tx_id == 0 && header.op().is_some_and(crate::ops::is_read));
-    }
-
-    /// One request, a plain read or not.
-    pub(crate) fn add(&mut self, plain_read: bool) {
-        self.requests += 1;
-        self.plain_reads += u32::from(plain_read);
-        if self.requests == Self::WINDOW {
-            self.mostly_reads = self.plain_reads >= Self::WINDOW / 4 * 3;
-            self.requests = 0;
-            self.plain_reads = 0;
-        }
-    }
-
-    /// Whether, in the last full window, three in four requests were
-    /// plain reads.
-    pub fn mostly_reads(&self) -> bool {
-        self.mostly_reads
-    }
 }
 
 impl Conn {
@@ -268,7 +227,6 @@ impl Conn {
             watches: 0,
             features,
             dirty: false,
-            mix: RequestMix::default(),
             adopts_lost_transactions: false,
         }
     }
@@ -419,38 +377,5 @@ mod tests {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod mix_tests {
-    use super::RequestMix;
-    use wire::{Header, Op};
-
-    fn header(op: Op, tx_id: u32) -> Header {
-        Header { msg_type: op as u32, req_id: 0, tx_id, len: 0 }
-    }
-
-    #[test]
-    fn a_window_of_three_in_four_plain_reads_makes_a_reader() {
-        let mut mix = RequestMix::default();
-        for i in 0..RequestMix::WINDOW {
-            assert!(!mix.mostly_reads(), "decided before the window is full ({i})");
-            mix.count(&header(if i % 4 == 0 { Op::Write } else { Op::Read }, 0));
-        }
-        assert!(mix.mostly_reads());
-        // The next full window decides again: reads in a transaction are
-        // not plain reads.
-        for i in 0..RequestMix::WINDOW {
-            mix.count(&header(if i % 2 == 0 { Op::Directory } else { Op::GetPerms }, 7));
-        }
-        assert!(!mix.mostly_reads());
-        for _ in 0..RequestMix::WINDOW / 4 * 3 - 1 {
-            mix.add(true);
-        }
-        for _ in 0..RequestMix::WINDOW / 4 + 1 {
-            mix.add(false);
-        }
-        assert!(!mix.mostly_reads(), "one read short");
     }
 }

@@ -24,7 +24,7 @@
 //! - `watch`: the watch index.
 //! - `domain`: [`Domain`] records and the [`Platform`] trait.
 //! - `reader`: [`Reader`], non-transactional reads answered from the
-//!   published snapshot outside the core (the daemon's client threads).
+//!   published snapshot outside the core (the daemon's snapshot reads).
 //! - `protocol`: [`Core`], the state machine: the request pipeline (§1.6),
 //!   transactions, watch firing; in files of their own, as parts of the
 //!   same type, the domain operations (INTRODUCE, RELEASE, ...), CONTROL,
@@ -60,7 +60,7 @@ pub mod live_update {
 }
 
 pub use access::Caller;
-pub use conn::{Conn, ConnId, ConnKind, OutQueue, RequestMix};
+pub use conn::{Conn, ConnId, ConnKind, OutQueue};
 pub use domain::{Domain, DomainState, NoRings, Platform, RingAttach, RingStart};
 pub use error::Error;
 pub use live_update::LuRequest;

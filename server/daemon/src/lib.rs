@@ -6,7 +6,7 @@
 //! # Layout
 //!
 //! - [`serving`]: the event loop ([`serving::Daemon`]) over the Unix
-//!   socket and the platform's rings, client threads, solo runs.
+//!   socket and the platform's rings, snapshot reads, solo runs.
 //! - [`persistence`]: `--state-dir`, `--durability`: the core's journal
 //!   to `persist`'s checkpoints and commit log, and back.
 //! - [`live_update`]: the state file (the core's image as a Xen migration

@@ -14,10 +14,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use engine::{Access, Change, Commit, CommitError, DomId, Path, Perm, Perms, Snapshot, Store, TreeEntry};
-use wire::{FrameError, FrameTracker, Header, Message, Op, PAYLOAD_MAX, encode_watch_event, one_arg, split_args};
+use wire::{FrameError, Header, Message, Op, PAYLOAD_MAX, encode_watch_event, one_arg, split_args};
 
 use crate::access::Caller;
-use crate::conn::{Conn, ConnId, ConnKind, OpenTx, OutQueue, RequestMix};
+use crate::conn::{Conn, ConnId, ConnKind, OpenTx, OutQueue};
 use crate::domain::{Domain, NoRings, Platform};
 use crate::error::{Error, Result};
 use crate::features;
@@ -263,10 +263,7 @@ impl<P: Platform> Core<P> {
         loop {
             let Some(conn) = self.conns.get_mut(&id) else { return Ok(()) };
             match conn.decoder.next_message() {
-                Ok(Some(msg)) => {
-                    conn.mix.count(&msg.header);
-                    self.handle(id, msg);
-                }
+                Ok(Some(msg)) => self.handle(id, msg),
                 Ok(None) => return Ok(()),
                 Err(FrameError::PayloadTooLong { len }) => return Err(ProtocolViolation { len }),
                 Err(_) => return Err(ProtocolViolation { len: 0 }),
@@ -388,20 +385,6 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// What a connection has asked so far.
-    pub fn request_mix(&self, id: ConnId) -> Option<RequestMix> {
-        self.conns.get(&id).map(|c| c.mix)
-    }
-
-    /// Counts `n` plain reads a frontend answered from the snapshot.
-    pub fn count_snapshot_reads(&mut self, id: ConnId, n: usize) {
-        if let Some(conn) = self.conns.get_mut(&id) {
-            for _ in 0..n {
-                conn.mix.add(true);
-            }
-        }
-    }
-
     /// Whether a connection's output queue is empty and no part of a
     /// request waits in its decoder: a reply made outside the core may
     /// then go out next without overtaking anything.
@@ -411,12 +394,11 @@ impl<P: Platform> Core<P> {
 
     /// Answers a connection's non-transactional reads outside the core, if
     /// they depend on the tree alone (a privileged caller's): see
-    /// [`Reader`]. Also returns where the connection's input stands, so
-    /// that the caller can tell which later bytes start a request.
-    pub fn reader(&self, id: ConnId) -> Option<(Reader, FrameTracker)> {
+    /// [`Reader`]. The caller answers only reads that start where the
+    /// connection's input stands when it is [idle](Self::idle).
+    pub fn reader(&self, id: ConnId) -> Option<Reader> {
         let conn = self.conns.get(&id)?;
-        let reader = Reader::for_caller(Arc::clone(&self.store), conn.caller)?;
-        Some((reader, FrameTracker::following(&conn.decoder)))
+        Reader::for_caller(Arc::clone(&self.store), conn.caller)
     }
 
     /// Whether a successful request changed what persistence keeps of

@@ -80,8 +80,8 @@ impl RingState {
         self.enabled
     }
 
-    /// Rings wait to be served (a client thread queued one: the main loop
-    /// must wake).
+    /// Rings wait to be served beyond a turn's budget (no solo run starts
+    /// or goes on then).
     pub(super) fn has_ready(&self) -> bool {
         !self.ready.is_empty()
     }

@@ -26,6 +26,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -36,7 +37,7 @@ use parking_lot::{Condvar, Mutex};
 
 use rxenstored_core::{ConnId, Platform};
 
-use super::{ClientSide, Daemon, Locked, Shared, answer_reads, recv_blocking};
+use super::Daemon;
 
 /// How often the helper repeats an unacknowledged interruption.
 const RESIGNAL: Duration = Duration::from_millis(2);
@@ -141,7 +142,7 @@ impl Solo {
     /// block in `recv`.
     pub(super) fn arm(&mut self) -> io::Result<()> {
         if self.helper.is_none() {
-            super::install_wakeup_signal();
+            install_wakeup_signal();
             let signalling = Arc::clone(&self.signalling);
             let helper = std::thread::Builder::new()
                 .name("solo-watch".into())
@@ -225,7 +226,7 @@ fn watch(s: &Signalling) {
             // SAFETY: `target` is the main thread, which outlives this
             // helper (the daemon joins it on drop); the signal's handler
             // does nothing.
-            unsafe { libc::pthread_kill(target, super::wakeup_signal()) };
+            unsafe { libc::pthread_kill(target, wakeup_signal()) };
             s.changed.wait_for(&mut phase, RESIGNAL);
         }
     }
@@ -265,7 +266,7 @@ enum End {
     Closed,
 }
 
-impl<P: Platform + Send + 'static> Daemon<P> {
+impl<P: Platform> Daemon<P> {
     /// Serves `id` alone until anything else needs the loop (see the module
     /// doc), then hands its socket back to the poll. `timeout` is the
     /// poll's: the run ends by then. Returns the poll's next timeout.
@@ -275,22 +276,15 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         buf: &mut [u8],
         timeout: Option<Duration>,
     ) -> io::Result<Option<Duration>> {
-        let shared = Arc::clone(&self.shared);
         let deadline = timeout.map(|t| Instant::now() + t);
-        let (stream, lane) = {
-            let locked = shared.state.lock();
-            let state = &locked.state;
-            // (A client handed to a thread this turn is no longer polled.)
-            let Some(client) = state.clients.get(&id).filter(|c| !c.wants_write && !c.threaded) else {
-                return Ok(timeout);
-            };
-            let stream = Arc::clone(&client.stream);
-            if let Err(e) = state.registry.deregister(&mut SourceFd(&stream.as_raw_fd())) {
-                tracing::debug!(conn = id.0, "no solo run: {e}");
-                return Ok(timeout);
-            }
-            (stream, Arc::clone(&client.lane))
+        let Some(client) = self.state.clients.get(&id).filter(|c| !c.wants_write) else {
+            return Ok(timeout);
         };
+        let stream = Arc::clone(&client.stream);
+        if let Err(e) = self.state.registry.deregister(&mut SourceFd(&stream.as_raw_fd())) {
+            tracing::debug!(conn = id.0, "no solo run: {e}");
+            return Ok(timeout);
+        }
         let blocking = stream
             .set_nonblocking(false)
             .and_then(|()| stream.set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1)))))
@@ -298,9 +292,7 @@ impl<P: Platform + Send + 'static> Daemon<P> {
         let mut served = 0u64;
         let end = match blocking {
             Ok(()) => {
-                // (The gate is a live update's, which never starts in a run.)
-                let side = ClientSide { id, stream: Arc::clone(&stream), gate: Arc::default(), lane };
-                let end = self.solo_turns(&shared, &side, buf, deadline, &mut served);
+                let end = self.solo_turns(id, &stream, buf, deadline, &mut served);
                 self.solo.disarm(served);
                 tracing::debug!(conn = id.0, served, "solo run ended");
                 end
@@ -312,102 +304,117 @@ impl<P: Platform + Send + 'static> Daemon<P> {
                 Ok(End::Loop)
             }
         };
-        let mut locked = shared.state.lock();
-        let state = &mut locked.state;
-        if matches!(end, Ok(End::Loop)) && state.clients.contains_key(&id) && state.poll_again(id, &stream) {
+        if matches!(end, Ok(End::Loop)) && self.state.clients.contains_key(&id) && self.state.poll_again(id, &stream) {
             // Output the socket did not take waits for writability now.
-            state.flush(id);
+            self.state.flush(id);
         }
         end?;
-        let timeout = self.poll_timeout(state);
-        drop(locked);
-        shared.combine();
-        Ok(timeout)
+        Ok(self.state.poll_timeout())
     }
 
-    /// The requests of a solo run, one `recv` each.
-    /// Reads at the start of what arrives are answered from the published
-    /// snapshot, as a client thread answers them (`answer_reads`): every
-    /// earlier request of the client is through the core and its output
-    /// sent, or the run would have ended.
+    /// The requests of a solo run, one `recv` each. Reads at the start of
+    /// what arrives are answered from the published snapshot, as in the
+    /// loop: every earlier request of the client is through the core and
+    /// its output sent, or the run would have ended.
     fn solo_turns(
-        &self,
-        shared: &Shared<P>,
-        side: &ClientSide,
+        &mut self,
+        id: ConnId,
+        stream: &StdUnixStream,
         buf: &mut [u8],
         deadline: Option<Instant>,
         served: &mut u64,
     ) -> io::Result<End> {
-        let id = side.id;
-        let mut snapshot = {
-            let locked = shared.state.lock();
-            let state = &locked.state;
-            if state.loop_snapshot_reads() { state.core.reader(id) } else { None }
-        };
-        let mut replies = Vec::new();
         loop {
             if self.solo.interrupted() {
                 return Ok(End::Loop);
             }
-            let got = recv_blocking(&side.stream, buf);
-            let answered = match (&got, &mut snapshot) {
-                (Ok(n), Some((reader, framing))) if *n > 0 => {
-                    let bytes = &buf[..*n];
-                    let used = answer_reads(shared, side, reader, framing, bytes, &mut replies);
-                    framing.advance(&bytes[used..]);
-                    used
-                }
-                _ => 0,
-            };
-            // (Unless the socket was full or failed: the loop must poll it.)
-            if got.as_ref().is_ok_and(|n| *n > 0 && *n == answered) && {
-                let out = side.lane.out.lock();
-                !out.backlog && !out.closed
-            } {
-                // Only reads, answered: the core has nothing new, so only
-                // the run's deadline can have changed.
-                *served += 1;
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok(End::Loop);
-                }
-                continue;
-            }
-            let mut locked = shared.state.lock();
-            let Locked { state, turn } = &mut *locked;
-            let open = match got {
+            let open = match recv_blocking(stream, buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The receive timeout: a timer is due.
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                     return Ok(End::Loop);
                 }
                 Ok(0) => {
-                    state.close(id, "end of file");
+                    self.state.close(id, "end of file");
                     false
                 }
-                Ok(n) => state.feed(turn, id, &buf[answered..n]),
+                Ok(n) => {
+                    let answered = self.state.answer_snapshot_reads(&mut self.turn, id, &buf[..n]);
+                    if answered == n && self.state.clients.contains_key(&id) && !self.state.output_waiting(id) {
+                        // Only reads, answered: the core has nothing new,
+                        // so only the run's deadline can have changed.
+                        *served += 1;
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Ok(End::Loop);
+                        }
+                        continue;
+                    }
+                    self.state.clients.contains_key(&id) && (answered == n || self.state.feed(id, &buf[answered..n]))
+                }
                 Err(e) => {
-                    state.close(id, &e.to_string());
+                    self.state.close(id, &e.to_string());
                     false
                 }
             };
             *served += 1;
-            state.finish_turn(turn, false)?;
-            if !open || !state.clients.contains_key(&id) {
+            self.state.finish_turn(&mut self.turn)?;
+            if !open || !self.state.clients.contains_key(&id) {
                 return Ok(End::Closed);
             }
             let now = Instant::now();
             // A timer sooner than the run's deadline, or the deadline.
             let sooner = self
-                .poll_timeout(state)
+                .state
+                .poll_timeout()
                 .is_some_and(|t| deadline.is_none_or(|d| now + t + Duration::from_millis(1) < d));
-            let backlog = state.clients.get(&id).is_some_and(|c| c.lane.out.lock().backlog);
-            if sooner || deadline.is_some_and(|d| now >= d) || backlog || state.loop_needed() {
+            if sooner || deadline.is_some_and(|d| now >= d) || self.state.output_waiting(id) || self.state.loop_needed()
+            {
                 return Ok(End::Loop);
             }
-            // Input a client thread left while the lock was held (the
-            // thread went back to its `recv`: whoever unlocks serves it).
-            drop(locked);
-            shared.combine();
         }
     }
+}
+
+extern "C" fn on_wakeup_signal(_: libc::c_int) {}
+
+/// The signal that interrupts the main thread's `recv` (its handler does
+/// nothing; installed without `SA_RESTART`, so `recv` returns `EINTR`).
+fn wakeup_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 2
+}
+
+fn install_wakeup_signal() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction with a handler that does nothing
+        // (async-signal-safe by construction) and an empty mask.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_wakeup_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0;
+            libc::sigaction(wakeup_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// A solo run's `recv`, as the system call itself: glibc's `recv` is a
+/// cancellation point, and in a process with threads (the helper) it
+/// switches asynchronous cancellation on and off around every call.
+/// Nothing here is cancelled.
+fn recv_blocking(stream: &StdUnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length for the call's
+    // duration; no source address is asked for.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            stream.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            0,
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
