@@ -362,6 +362,17 @@ impl<P: Platform> Daemon<P> {
     }
 }
 
+/// What became of the bytes a client sent ([`LoopState::received`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Received {
+    /// All of them were plain reads, answered from the snapshot.
+    Answered,
+    /// Some went to the core.
+    Fed,
+    /// The connection is gone.
+    Closed,
+}
+
 /// The messages of a well-formed stream (replies this process encoded).
 fn split_messages(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
@@ -429,11 +440,18 @@ impl<P: Platform> LoopState<P> {
     }
 
     /// What a client sent: its leading plain reads answered from the
-    /// snapshot, the rest handed to the core. False if the connection is
-    /// gone.
-    fn received(&mut self, turn: &mut Turn, id: ConnId, bytes: &[u8]) -> bool {
+    /// snapshot, the rest handed to the core.
+    fn received(&mut self, turn: &mut Turn, id: ConnId, bytes: &[u8]) -> Received {
         let answered = self.answer_snapshot_reads(turn, id, bytes);
-        self.clients.contains_key(&id) && (answered == bytes.len() || self.feed(id, &bytes[answered..]))
+        if !self.clients.contains_key(&id) {
+            Received::Closed
+        } else if answered == bytes.len() {
+            Received::Answered
+        } else if self.feed(id, &bytes[answered..]) {
+            Received::Fed
+        } else {
+            Received::Closed
+        }
     }
 
     /// Reads what a readable socket holds.
@@ -450,7 +468,7 @@ impl<P: Platform> LoopState<P> {
                 Ok(0) => return self.close(id, "end of file"),
                 Ok(n) => {
                     // (A short read drained the socket.)
-                    if !self.received(turn, id, &buf[..n]) || n < buf.len() {
+                    if self.received(turn, id, &buf[..n]) == Received::Closed || n < buf.len() {
                         return;
                     }
                 }

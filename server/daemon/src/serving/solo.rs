@@ -37,7 +37,7 @@ use parking_lot::{Condvar, Mutex};
 
 use rxenstored_core::{ConnId, Platform};
 
-use super::Daemon;
+use super::{Daemon, Received};
 
 /// How often the helper repeats an unacknowledged interruption.
 const RESIGNAL: Duration = Duration::from_millis(2);
@@ -338,9 +338,8 @@ impl<P: Platform> Daemon<P> {
                     self.state.close(id, "end of file");
                     false
                 }
-                Ok(n) => {
-                    let answered = self.state.answer_snapshot_reads(&mut self.turn, id, &buf[..n]);
-                    if answered == n && self.state.clients.contains_key(&id) && !self.state.output_waiting(id) {
+                Ok(n) => match self.state.received(&mut self.turn, id, &buf[..n]) {
+                    Received::Answered if !self.state.output_waiting(id) => {
                         // Only reads, answered: the core has nothing new,
                         // so only the run's deadline can have changed.
                         *served += 1;
@@ -349,8 +348,9 @@ impl<P: Platform> Daemon<P> {
                         }
                         continue;
                     }
-                    self.state.clients.contains_key(&id) && (answered == n || self.state.feed(id, &buf[answered..n]))
-                }
+                    Received::Closed => false,
+                    Received::Answered | Received::Fed => true,
+                },
                 Err(e) => {
                     self.state.close(id, &e.to_string());
                     false
