@@ -1,4 +1,4 @@
-//! A bootstorm on a fresh host, over the socket, in both socket modes:
+//! A bootstorm on a fresh host, over the socket:
 //! domains created at once by several toolstack connections, each in one
 //! transaction, while `/local/domain/0/backend` does not exist yet.
 //!

@@ -188,8 +188,8 @@ fn replies_in_order(client: &mut Client, count: u32) -> Vec<wire::Message> {
 #[test]
 fn reads_keep_their_place_among_a_clients_writes_under_contention() {
     let Some(d) = start_rx_or_skip(&[]) else { return };
-    // Writers keep the core busy, so that the client's writes wait in
-    // the inbox while its reads arrive.
+    // Writers keep the loop busy, so that the client's reads arrive
+    // while its writes still wait behind theirs.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hammers: Vec<_> = (0..4)
         .map(|h| {
@@ -269,7 +269,7 @@ fn a_reader_that_stops_taking_replies_gets_them_all_in_order() {
 }
 
 /// A client alone for a while is served by a blocking `recv` on its socket
-/// (the loop's solo runs, default mode): whoever else turns up is served at
+/// (the loop's solo runs): whoever else turns up is served at
 /// once, events cross between the two both ways, the lone client keeps
 /// its order, and its leaving or misbehaving mid-run harms nobody.
 #[test]

@@ -20,7 +20,7 @@ pub use launch::{DaemonProcess, StartError};
 /// Which server a [`DaemonProcess`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
-    /// Ours, in its default mode (sockets served by the event loop).
+    /// Ours.
     Rxenstored,
     /// Debian's C xenstored 4.17.
     Cxenstored,
@@ -52,11 +52,6 @@ impl Kind {
     /// Whether this is one of the reference daemons (C or OCaml).
     pub fn is_reference(self) -> bool {
         matches!(self, Kind::Cxenstored | Kind::Oxenstored)
-    }
-
-    /// Whether this is rxenstored.
-    pub fn is_ours(self) -> bool {
-        matches!(self, Kind::Rxenstored)
     }
 }
 

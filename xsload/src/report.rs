@@ -1,5 +1,5 @@
 //! The results sheet: one row per (case, metric), one cell per daemon, and
-//! the ratios of rxenstored (each of its modes in the run) to the better
+//! the ratios of rxenstored to the better
 //! reference daemon and (for the `pairs` rows) to the floor. Printed as a text table or as JSON.
 
 use std::collections::BTreeMap;
@@ -99,12 +99,12 @@ pub struct Row {
 }
 
 impl Row {
-    /// `ours` ÷ the better reference daemon, and which one that is.
-    fn vs_best_ref(&self, ours: Kind) -> Option<(f64, Kind)> {
+    /// rxenstored ÷ the better reference daemon, and which one that is.
+    fn vs_best_ref(&self) -> Option<(f64, Kind)> {
         if self.better == Better::Neither {
             return None;
         }
-        let rx = self.cells.get(&ours)?.num()?;
+        let rx = self.cells.get(&Kind::Rxenstored)?.num()?;
         let best =
             self.cells.iter().filter(|(k, _)| k.is_reference()).filter_map(|(k, c)| Some((c.num()?, *k))).reduce(
                 |a, b| {
@@ -118,12 +118,12 @@ impl Row {
         (best.0 > 0.0).then(|| (rx / best.0, best.1))
     }
 
-    /// `ours` ÷ floor.
-    fn vs_floor(&self, ours: Kind) -> Option<f64> {
+    /// rxenstored ÷ floor.
+    fn vs_floor(&self) -> Option<f64> {
         if !self.floor_ratio {
             return None;
         }
-        let rx = self.cells.get(&ours)?.num()?;
+        let rx = self.cells.get(&Kind::Rxenstored)?.num()?;
         let floor = self.cells.get(&Kind::Floor)?.num()?;
         (floor > 0.0).then(|| rx / floor)
     }
@@ -198,17 +198,14 @@ impl Sheet {
     /// The text table.
     pub fn table(&self, daemons: &[Kind]) -> String {
         let with_floor = daemons.contains(&Kind::Floor);
-        // Ratio columns for each of our modes in the run.
-        let ours: Vec<Kind> = daemons.iter().copied().filter(|k| k.is_ours()).collect();
-        let short = |k: Kind| if k == Kind::Rxenstored { "rx" } else { "rx-thr" };
+        // Ratio columns when rxenstored is in the run.
+        let with_rx = daemons.contains(&Kind::Rxenstored);
         let mut head: Vec<String> = vec!["case".into(), "metric".into()];
         head.extend(daemons.iter().map(|k| k.name().to_string()));
-        for &k in &ours {
-            head.push(format!("{} ÷ best ref", short(k)));
-        }
-        if with_floor {
-            for &k in &ours {
-                head.push(format!("{} ÷ floor", short(k)));
+        if with_rx {
+            head.push("rx ÷ best ref".into());
+            if with_floor {
+                head.push("rx ÷ floor".into());
             }
         }
         let mut lines: Vec<Vec<String>> = vec![head];
@@ -227,15 +224,13 @@ impl Sheet {
                     None => "–".into(),
                 });
             }
-            for &k in &ours {
-                line.push(match r.vs_best_ref(k) {
+            if with_rx {
+                line.push(match r.vs_best_ref() {
                     Some((x, best)) => format!("{x:.2} ({})", &best.name()[..2]),
                     None => "–".into(),
                 });
-            }
-            if with_floor {
-                for &k in &ours {
-                    line.push(r.vs_floor(k).map_or("–".into(), |x| format!("{x:.2}")));
+                if with_floor {
+                    line.push(r.vs_floor().map_or("–".into(), |x| format!("{x:.2}")));
                 }
             }
             lines.push(line);
@@ -297,8 +292,8 @@ impl Sheet {
                         Better::Neither => "neither",
                     },
                     "values": values,
-                    "rx_vs_best_ref": r.vs_best_ref(Kind::Rxenstored).map(|(x, k)| json!({ "ratio": x, "ref": k.name() })),
-                    "rx_vs_floor": r.vs_floor(Kind::Rxenstored),
+                    "rx_vs_best_ref": r.vs_best_ref().map(|(x, k)| json!({ "ratio": x, "ref": k.name() })),
+                    "rx_vs_floor": r.vs_floor(),
                 })
             })
             .collect();

@@ -89,10 +89,9 @@ pub struct Args {
     #[arg(long = "no-rings")]
     pub no_rings: bool,
 
-    /// Deprecated and ignored: the event loop serves every socket client
-    /// (handing clients that mostly read to threads of their own). Still
-    /// accepted so that an existing command line, and a live update from a
-    /// daemon started with it, keep working.
+    /// Deprecated and ignored: one event loop serves every socket client.
+    /// Still accepted so that an existing command line, and a live update
+    /// from a daemon started with it, keep working.
     #[arg(long = "socket-threads", hide = true)]
     pub socket_threads: bool,
 
