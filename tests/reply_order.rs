@@ -120,11 +120,12 @@ fn plan() -> impl Strategy<Value = Plan> {
             if late == 0 {
                 return Plan { steps, chunks, pauses, whole, late };
             }
-            // Large values first, and the reads sent at once in whole
-            // messages, so that their replies (answered from the
-            // snapshot) fill the socket before the client reads.
+            // Large values first, and the reads sent in whole messages a
+            // millisecond apart (so that each send is read on its own,
+            // starting a request), so that their replies (answered from
+            // the snapshot) fill the socket before the client reads.
             steps.splice(0..0, (0..4).map(|k| Step::Write(k, 0)));
-            Plan { steps, chunks, pauses: vec![0], whole: true, late }
+            Plan { steps, chunks, pauses: vec![1], whole: true, late }
         })
 }
 
@@ -195,6 +196,18 @@ fn messages(mut bytes: &[u8]) -> Vec<Vec<u8>> {
         bytes = &bytes[len..];
     }
     out
+}
+
+/// The bytes of the first `count` messages of `bytes` (all, if it has
+/// fewer), found from their headers without copying them.
+fn leading_messages_len(bytes: &[u8], count: usize) -> usize {
+    let mut at = 0;
+    for _ in 0..count {
+        let Some(head) = bytes.get(at..at + HEADER_LEN) else { break };
+        let head: &[u8; HEADER_LEN] = head.try_into().expect("a header");
+        at = (at + HEADER_LEN + Header::parse(head).len as usize).min(bytes.len());
+    }
+    at
 }
 
 /// A message as its header's fields and its payload, for a readable diff.
@@ -323,7 +336,7 @@ fn run_client(socket: &std::path::Path, plan: &Plan, bytes: &[u8]) -> Vec<Vec<u8
     let mut i = 0;
     while !rest.is_empty() {
         let chunk = plan.chunks[i % plan.chunks.len()];
-        let n = if plan.whole { messages(rest).iter().take(chunk % 4 + 1).map(Vec::len).sum() } else { chunk };
+        let n = if plan.whole { leading_messages_len(rest, chunk % 4 + 1) } else { chunk };
         let n = n.min(rest.len());
         stream.write_all(&rest[..n]).expect("send");
         rest = &rest[n..];
